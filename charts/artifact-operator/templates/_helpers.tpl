@@ -1,0 +1,103 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "artifact-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the prefix of every resource the chart creates. */}}
+{{- define "artifact-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "artifact-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "artifact-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "artifact-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "artifact-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: artifact-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "artifact-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "artifact-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "artifact-operator.leaseName" -}}
+{{- default (include "artifact-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "artifact-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Validation of combinations of values that values.schema.json cannot express. Included by the
+Deployment so that it runs on every install and render.
+*/}}
+{{- define "artifact-operator.validate" -}}
+{{- if and .Values.rbac.namespaced (empty .Values.watchNamespaces) }}
+{{- fail "rbac.namespaced: true requires watchNamespaces: a Role can only grant access inside the namespaces it is created in" }}
+{{- end }}
+{{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicas) 1) }}
+{{- fail "replicas > 1 requires leaderElection.enabled: without it every pod would reconcile the same objects" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Rules every watched namespace needs, shared by the ClusterRole (cluster mode) and the per-namespace
+Role (namespaced mode). Argument: a dict with "secretWrite" (bool): whether Secret create/patch is
+part of this rule set. Cluster mode passes false: Secret writes are never granted cluster-wide.
+*/}}
+{{- define "artifact-operator.namespaceRules" -}}
+- apiGroups: ["artifacts.dev"]
+  resources: ["artifactstores"]
+  # patch: only to add and remove the operator's finalizer.
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["artifacts.dev"]
+  resources: ["stacks"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["artifacts.dev"]
+  resources: ["artifactstores/status", "stacks/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  # create + patch: server-side apply of the ConfigMaps it owns.
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+{{- if .secretWrite }}
+  # get/list/watch: the Secrets ArtifactStores reference; create + patch: the owned Secret with
+  # AWS env-var names it publishes for key auth.
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- else }}
+  # Read only: Secret create/patch is granted per namespace (rbac.secretWriteNamespaces).
+  verbs: ["get", "list", "watch"]
+{{- end }}
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,113 @@
+//! The `Stack` custom resource: an ArtifactStore combined with an orchestrator, rendered into one
+//! ConfigMap that the orchestrator's pods consume.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An artifact store combined with an orchestrator, as ZenML's stacks are.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "artifacts.dev",
+    version = "v1alpha1",
+    kind = "Stack",
+    plural = "stacks",
+    shortname = "stk",
+    category = "artifacts",
+    namespaced,
+    status = "StackStatus",
+    doc = "An ArtifactStore combined with an orchestrator. The operator renders one ConfigMap with the configuration each consumer (env, ZenML, Argo Workflows, Kubeflow Pipelines) needs.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Store", type_ = "string", json_path = ".spec.artifactStoreRef.name"),
+    printcolumn(name = "Orchestrator", type_ = "string", json_path = ".spec.orchestrator.type"),
+    printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMapName", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StackSpec {
+    /// The ArtifactStore, in this namespace.
+    pub artifact_store_ref: ArtifactStoreRef,
+    /// The orchestrator whose pods use the store.
+    pub orchestrator: Orchestrator,
+    /// Which consumer formats to render. Env keys are always rendered.
+    #[serde(default)]
+    pub outputs: Outputs,
+}
+
+/// A reference to an ArtifactStore in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ArtifactStoreRef {
+    /// Name of the ArtifactStore.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The orchestrator and the identity its pods run as.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Orchestrator {
+    /// `Kubernetes` (ZenML's kubernetes orchestrator), `ArgoWorkflows` or `KubeflowPipelines`.
+    #[serde(rename = "type")]
+    pub kind: OrchestratorKind,
+    /// The ServiceAccount the orchestrator's pods run as, in this namespace. The operator checks
+    /// that this identity can use the store.
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: String,
+}
+
+/// Supported orchestrators.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OrchestratorKind {
+    Kubernetes,
+    ArgoWorkflows,
+    KubeflowPipelines,
+}
+
+/// Renderings of the stack's configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outputs {
+    /// Formats to render besides the env keys: `ZenML`, `Argo`, `KFP`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub formats: Vec<OutputFormat>,
+    /// With `Argo`, annotate the ConfigMap as the namespace's default artifact repository
+    /// (`workflows.argoproj.io/default-artifact-repository`).
+    #[serde(default)]
+    pub argo_default_repository: bool,
+}
+
+/// A consumer format.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum OutputFormat {
+    /// Keys for `envFrom` (always rendered).
+    Env,
+    /// A ZenML stack description (S3 artifact store and kubernetes orchestrator components).
+    ZenML,
+    /// An Argo Workflows artifact repository.
+    Argo,
+    /// Kubeflow Pipelines launcher configuration.
+    #[serde(rename = "KFP")]
+    Kfp,
+}
+
+/// Observed state of a Stack.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The ConfigMap holding the renderings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
+    /// SHA-256 of the ConfigMap's data, also set as its `artifacts.dev/content-hash` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+}

@@ -1,0 +1,165 @@
+//! Building SDK clients for one store: its region, endpoint, TLS trust and credentials.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::Region;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use super::ratelimit::RateLimiter;
+use crate::resolve::ResolvedEndpoint;
+
+/// Access keys read from a user's Secret. Debug never prints them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticKeys(redacted)")
+    }
+}
+
+/// Everything needed to talk to one store's S3.
+#[derive(Clone, Debug)]
+pub struct S3Connection {
+    pub region: String,
+    pub endpoint: Option<ResolvedEndpoint>,
+    pub path_style: bool,
+    pub ca_pem: Option<String>,
+    /// None: the operator's ambient identity.
+    pub keys: Option<StaticKeys>,
+}
+
+impl S3Connection {
+    /// The endpoint as shown in messages.
+    pub fn endpoint_display(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => endpoint.url.clone(),
+            None => format!("https://s3.{}.amazonaws.com", self.region),
+        }
+    }
+
+    /// The rate-limiting key: one per account. The access key id is not a secret, but it is
+    /// hashed anyway so that it never appears in memory dumps of metrics or logs by accident.
+    pub fn account_key(&self) -> String {
+        match &self.keys {
+            Some(keys) => format!(
+                "key:{}",
+                &crate::render::content_hash(&[("id".to_owned(), keys.access_key_id.clone())].into())[..16]
+            ),
+            None => "ambient".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the CA bundle is not a valid PEM certificate bundle")]
+    InvalidCaBundle,
+    #[error(
+        "the operator cannot verify an endpoint with insecureSkipVerify; give endpoint.tls.caBundle instead so both the operator and the pods verify it"
+    )]
+    InsecureSkipVerifyUnsupported,
+}
+
+/// Shared AWS state: the operator's ambient configuration and the per-account rate limiter.
+pub struct AwsEdge {
+    ambient: SdkConfig,
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// Timeouts for the operator's own calls: short, so that a dead endpoint does not hold a worker.
+fn operator_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(30))
+        .build()
+}
+
+impl AwsEdge {
+    /// Loads the ambient configuration (environment, web identity/IRSA, Pod Identity, instance role).
+    pub async fn load(limiter: RateLimiter) -> Self {
+        let ambient = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            .timeout_config(operator_timeouts())
+            .load()
+            .await;
+        Self { ambient, limiter: Arc::new(limiter) }
+    }
+
+    pub fn ambient_region(&self) -> Option<String> {
+        self.ambient.region().map(|r| r.to_string())
+    }
+
+    pub fn s3(&self, connection: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&self.ambient).region(Region::new(connection.region.clone()));
+        if let Some(endpoint) = &connection.endpoint {
+            if endpoint.insecure_skip_verify && endpoint.is_https() {
+                return Err(ConnectError::InsecureSkipVerifyUnsupported);
+            }
+            builder = builder.endpoint_url(&endpoint.url).force_path_style(connection.path_style);
+        }
+        if let Some(pem) = &connection.ca_pem {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConnectError::InvalidCaBundle);
+            }
+            let context = TlsContext::builder()
+                .with_trust_store(TrustStore::default().with_pem_certificate(pem.as_bytes()))
+                .build()
+                .map_err(|_| ConnectError::InvalidCaBundle)?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                .tls_context(context)
+                .build_https();
+            builder = builder.http_client(http);
+        }
+        if let Some(keys) = &connection.keys {
+            builder = builder.credentials_provider(Credentials::new(
+                &keys.access_key_id,
+                &keys.secret_access_key,
+                keys.session_token.clone(),
+                None,
+                "artifact-store-secret",
+            ));
+        }
+        Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+    }
+
+    /// STS with the given keys, or the ambient identity.
+    pub fn sts(&self, keys: Option<&StaticKeys>) -> aws_sdk_sts::Client {
+        let mut builder = aws_sdk_sts::config::Builder::from(&self.ambient);
+        if self.ambient.region().is_none() {
+            builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
+        }
+        if let Some(keys) = keys {
+            builder = builder.credentials_provider(Credentials::new(
+                &keys.access_key_id,
+                &keys.secret_access_key,
+                keys.session_token.clone(),
+                None,
+                "artifact-store-secret",
+            ));
+        }
+        aws_sdk_sts::Client::from_conf(builder.build())
+    }
+
+    /// IAM with the ambient identity (IAM is global; its region is us-east-1 unless overridden).
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        let mut builder = aws_sdk_iam::config::Builder::from(&self.ambient);
+        if self.ambient.region().is_none() {
+            builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
+        }
+        aws_sdk_iam::Client::from_conf(builder.build())
+    }
+}

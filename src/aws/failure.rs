@@ -1,0 +1,193 @@
+//! Classification of AWS errors into condition reasons with messages that say what to fix. Messages
+//! carry the bucket, region, endpoint and error code, never a credential.
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+/// Why a check failed: a condition reason, a message for humans, and whether retrying without any
+/// change can help (network trouble, throttling) or the user must act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn user(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), transient: false }
+    }
+    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), transient: true }
+    }
+}
+
+/// What a failed call looked like, independent of the SDK's types, so classification is pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallError {
+    pub http_status: Option<u16>,
+    pub code: Option<String>,
+    pub aws_message: Option<String>,
+    pub bucket_region: Option<String>,
+    /// Set when no response came back (DNS, connection, TLS, timeout).
+    pub dispatch: Option<String>,
+}
+
+impl CallError {
+    pub fn from_sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> Self {
+        let response = err.raw_response();
+        let dispatch = match err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Some(source_chain(err)),
+            _ => None,
+        };
+        Self {
+            http_status: response.map(|r| r.status().as_u16()),
+            code: err.code().map(str::to_owned),
+            aws_message: err.message().map(str::to_owned),
+            bucket_region: response.and_then(|r| r.headers().get("x-amz-bucket-region")).map(str::to_owned),
+            dispatch,
+        }
+    }
+
+    fn code_or_status(&self) -> String {
+        match (&self.code, self.http_status) {
+            (Some(code), _) => code.clone(),
+            (None, Some(status)) => format!("HTTP {status}"),
+            (None, None) => "no response".to_owned(),
+        }
+    }
+}
+
+/// The error and its sources, joined: the SDK's own Display is often just "dispatch failure".
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// Where a call went, for messages.
+pub struct Target<'a> {
+    /// What was attempted, e.g. "read s3://bucket/prefix".
+    pub action: &'a str,
+    pub bucket: &'a str,
+    pub region: &'a str,
+    pub endpoint: &'a str,
+}
+
+/// Classifies a failed S3 call.
+pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
+    let Target { action, bucket, region, endpoint } = target;
+    if let Some(cause) = &error.dispatch {
+        return Failure::transient(
+            "EndpointUnreachable",
+            format!(
+                "could not reach {endpoint} to {action}: {cause}; check endpoint.url, DNS, the network path from the operator and TLS settings"
+            ),
+        );
+    }
+    let code = error.code.as_deref().unwrap_or_default();
+    match (code, error.http_status) {
+        ("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException", _) | (_, Some(301)) => {
+            let actual = error.bucket_region.as_deref().unwrap_or("another region");
+            Failure::user(
+                "RegionMismatch",
+                format!("bucket {bucket} is in {actual}, not {region}; set spec.region to {actual} or remove it so the operator discovers it"),
+            )
+        }
+        ("NoSuchBucket", _) | ("", Some(404)) => Failure::user(
+            "BucketNotFound",
+            format!("bucket {bucket} does not exist at {endpoint}; create it, fix the bucket in spec.path, or set provisioning to Create"),
+        ),
+        ("InvalidAccessKeyId", _) => Failure::user(
+            "InvalidAccessKeyId",
+            format!("{endpoint} does not know the access key id in the referenced Secret; put a valid key in the Secret"),
+        ),
+        ("SignatureDoesNotMatch", _) => Failure::user(
+            "SignatureDoesNotMatch",
+            format!("{endpoint} rejected the request signature: the secret access key in the referenced Secret does not belong to its access key id"),
+        ),
+        ("ExpiredToken" | "TokenRefreshRequired" | "ExpiredTokenException", _) => Failure::user(
+            "ExpiredToken",
+            "the session token in the referenced Secret has expired; put fresh temporary credentials in the Secret, or use long-lived keys or implicit auth".to_owned(),
+        ),
+        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _) | (_, Some(429 | 503)) => Failure::transient(
+            "Throttled",
+            format!("{endpoint} throttled the request to {action} ({}); the operator retries with backoff", error.code_or_status()),
+        ),
+        ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | ("", Some(403)) => Failure::user(
+            "AccessDenied",
+            format!(
+                "access denied to {action} ({}); grant the identity s3:ListBucket on arn:aws:s3:::{bucket} and s3:GetObject, s3:PutObject and s3:DeleteObject under the prefix, or check the bucket policy and that the bucket belongs to your account",
+                error.code_or_status()
+            ),
+        ),
+        (_, Some(status)) if status >= 500 => Failure::transient(
+            "S3Unavailable",
+            format!("{endpoint} answered {} to {action}; the operator retries with backoff", error.code_or_status()),
+        ),
+        _ => Failure::user(
+            "S3Error",
+            format!(
+                "{endpoint} refused to {action}: {}{}",
+                error.code_or_status(),
+                error.aws_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TARGET: Target<'static> =
+        Target { action: "read s3://b/p", bucket: "b", region: "us-west-2", endpoint: "https://s3.amazonaws.com" };
+
+    fn status(code: Option<&str>, http_status: u16) -> CallError {
+        CallError { http_status: Some(http_status), code: code.map(str::to_owned), ..CallError::default() }
+    }
+
+    #[test]
+    fn maps_each_error_to_its_own_reason() {
+        let cases = [
+            (status(Some("AccessDenied"), 403), "AccessDenied", false),
+            (status(None, 403), "AccessDenied", false),
+            (status(Some("NoSuchBucket"), 404), "BucketNotFound", false),
+            (status(None, 404), "BucketNotFound", false),
+            (status(Some("PermanentRedirect"), 301), "RegionMismatch", false),
+            (status(Some("ExpiredToken"), 400), "ExpiredToken", false),
+            (status(Some("InvalidAccessKeyId"), 403), "InvalidAccessKeyId", false),
+            (status(Some("SignatureDoesNotMatch"), 403), "SignatureDoesNotMatch", false),
+            (status(Some("SlowDown"), 503), "Throttled", true),
+            (status(Some("InternalError"), 500), "S3Unavailable", true),
+            (
+                CallError { dispatch: Some("connection refused".into()), ..CallError::default() },
+                "EndpointUnreachable",
+                true,
+            ),
+        ];
+        for (error, reason, transient) in cases {
+            let failure = classify_s3(&error, &TARGET);
+            assert_eq!((failure.reason, failure.transient), (reason, transient), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn region_mismatch_names_both_regions() {
+        let error = CallError { bucket_region: Some("eu-central-1".into()), ..status(None, 301) };
+        let failure = classify_s3(&error, &TARGET);
+        assert!(
+            failure.message.contains("eu-central-1") && failure.message.contains("us-west-2"),
+            "{}",
+            failure.message
+        );
+    }
+}

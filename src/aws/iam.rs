@@ -1,0 +1,231 @@
+//! IRSA checks: the role exists, its trust policy lets the cluster's OIDC issuer federate the
+//! ServiceAccount, and its policies allow the S3 actions the pods need.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::failure::{CallError, Failure};
+use super::ratelimit::RateLimiter;
+use crate::s3path::S3Path;
+
+/// The annotation IRSA's pod identity webhook reads.
+pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// The S3 actions pods need on the store.
+pub const REQUIRED_ACTIONS: [&str; 4] = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"];
+
+/// The role name of a role ARN (`arn:aws:iam::123456789012:role/path/name` → `name`).
+pub fn role_name(role_arn: &str) -> Option<&str> {
+    let resource = role_arn.split(':').nth(5)?;
+    let path = resource.strip_prefix("role/")?;
+    path.rsplit('/').next().filter(|name| !name.is_empty())
+}
+
+/// `https://oidc.eks.region.amazonaws.com/id/X` → `oidc.eks.region.amazonaws.com/id/X`.
+pub fn issuer_host_path(issuer: &str) -> &str {
+    let rest = issuer.strip_prefix("https://").unwrap_or(issuer);
+    rest.trim_end_matches('/')
+}
+
+fn as_strings(value: Option<&Value>) -> Vec<&str> {
+    match value {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// IAM's StringLike: `*` matches any run of characters, `?` one character.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Checks a role's trust policy (JSON) for IRSA. The error says what the trust policy lacks.
+pub fn check_trust_policy(document: &str, issuer: &str, namespace: &str, service_account: &str) -> Result<(), String> {
+    let policy: Value =
+        serde_json::from_str(document).map_err(|e| format!("the role's trust policy is not valid JSON ({e})"))?;
+    let provider = issuer_host_path(issuer);
+    let subject = format!("system:serviceaccount:{namespace}:{service_account}");
+    let statements = match policy.get("Statement") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(single @ Value::Object(_)) => vec![single],
+        _ => Vec::new(),
+    };
+    let mut federates_issuer = false;
+    for statement in statements {
+        if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        let actions = as_strings(statement.get("Action"));
+        if !actions.iter().any(|a| matches!(*a, "sts:AssumeRoleWithWebIdentity" | "sts:*" | "*")) {
+            continue;
+        }
+        let federated = as_strings(statement.get("Principal").and_then(|p| p.get("Federated")));
+        if !federated.iter().any(|f| f.ends_with(&format!(":oidc-provider/{provider}"))) {
+            continue;
+        }
+        federates_issuer = true;
+        let condition = statement.get("Condition");
+        let sub_key = format!("{provider}:sub");
+        let equals = as_strings(condition.and_then(|c| c.get("StringEquals")).and_then(|c| c.get(&sub_key)));
+        let like = as_strings(condition.and_then(|c| c.get("StringLike")).and_then(|c| c.get(&sub_key)));
+        if equals.is_empty() && like.is_empty() {
+            return Ok(());
+        }
+        if equals.contains(&subject.as_str()) || like.iter().any(|pattern| glob_matches(pattern, &subject)) {
+            return Ok(());
+        }
+    }
+    if federates_issuer {
+        Err(format!(
+            "the role's trust policy does not allow the subject {subject}; add it to the {provider}:sub condition"
+        ))
+    } else {
+        Err(format!(
+            "the role's trust policy has no Allow statement for sts:AssumeRoleWithWebIdentity from the federated principal oidc-provider/{provider} (this cluster's OIDC issuer)"
+        ))
+    }
+}
+
+pub struct Iam {
+    client: aws_sdk_iam::Client,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Whether the IAM API answered that it does not implement an operation.
+fn unsupported(error: &CallError) -> bool {
+    matches!(error.code.as_deref(), Some("NotImplemented" | "InvalidAction")) || matches!(error.http_status, Some(501))
+}
+
+impl Iam {
+    pub fn new(client: aws_sdk_iam::Client, limiter: Arc<RateLimiter>) -> Self {
+        Self { client, limiter }
+    }
+
+    /// The role's trust policy document, decoded.
+    pub async fn trust_policy(&self, role_arn: &str) -> Result<String, Failure> {
+        let name = role_name(role_arn).ok_or_else(|| {
+            Failure::user(
+                "InvalidRoleArn",
+                format!("{role_arn} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+            )
+        })?;
+        self.limiter.acquire("ambient").await;
+        let output = self.client.get_role().role_name(name).send().await.map_err(|err| {
+            let error = CallError::from_sdk(&err);
+            match error.code.as_deref() {
+                Some("NoSuchEntity") => Failure::user("IamRoleNotFound", format!("IAM role {role_arn} does not exist; create it or fix the ServiceAccount's {ROLE_ARN_ANNOTATION} annotation")),
+                Some("AccessDenied") => Failure::user("IamAccessDenied", "the operator may not call iam:GetRole; grant its own role iam:GetRole and iam:SimulatePrincipalPolicy so it can check IRSA roles"),
+                _ if error.dispatch.is_some() => Failure::transient("IamUnreachable", format!("could not reach IAM: {}", error.dispatch.unwrap_or_default())),
+                _ => Failure::transient("IamError", format!("IAM GetRole failed: {}", error.code.unwrap_or_else(|| "no response".into()))),
+            }
+        })?;
+        let document = output.role().and_then(|r| r.assume_role_policy_document()).unwrap_or_default();
+        Ok(urlencoding::decode(document).map(|d| d.into_owned()).unwrap_or_else(|_| document.to_owned()))
+    }
+
+    /// Actions of [`REQUIRED_ACTIONS`] the role's policies do not allow on the store. `Ok(None)`
+    /// when the IAM API does not implement the simulation.
+    pub async fn denied_actions(&self, role_arn: &str, path: &S3Path) -> Result<Option<Vec<String>>, Failure> {
+        let mut denied = Vec::new();
+        for action in REQUIRED_ACTIONS {
+            let resource = if action == "s3:ListBucket" {
+                format!("arn:aws:s3:::{}", path.bucket)
+            } else {
+                format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix())
+            };
+            self.limiter.acquire("ambient").await;
+            let output = self
+                .client
+                .simulate_principal_policy()
+                .policy_source_arn(role_arn)
+                .action_names(action)
+                .resource_arns(&resource)
+                .send()
+                .await;
+            let output = match output {
+                Ok(output) => output,
+                Err(err) => {
+                    let error = CallError::from_sdk(&err);
+                    if unsupported(&error) {
+                        return Ok(None);
+                    }
+                    return Err(Failure::transient(
+                        "IamError",
+                        format!(
+                            "IAM SimulatePrincipalPolicy failed: {}",
+                            error.code.unwrap_or_else(|| "no response".into())
+                        ),
+                    ));
+                }
+            };
+            let allowed = output.evaluation_results().iter().all(|r| r.eval_decision().as_str() == "allowed");
+            if !allowed || output.evaluation_results().is_empty() {
+                denied.push(format!("{action} on {resource}"));
+            }
+        }
+        Ok(Some(denied))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC";
+
+    fn policy(condition: &str) -> String {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"Federated":"arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC"}},"Action":"sts:AssumeRoleWithWebIdentity","Condition":{condition}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn accepts_exact_and_wildcard_subjects() {
+        let exact = policy(
+            r#"{"StringEquals":{"oidc.eks.eu-west-1.amazonaws.com/id/ABC:sub":"system:serviceaccount:ml:runner"}}"#,
+        );
+        assert_eq!(check_trust_policy(&exact, ISSUER, "ml", "runner"), Ok(()));
+        let like =
+            policy(r#"{"StringLike":{"oidc.eks.eu-west-1.amazonaws.com/id/ABC:sub":["system:serviceaccount:ml:*"]}}"#);
+        assert_eq!(check_trust_policy(&like, ISSUER, "ml", "anything"), Ok(()));
+    }
+
+    #[test]
+    fn names_the_missing_subject_or_issuer() {
+        let exact = policy(
+            r#"{"StringEquals":{"oidc.eks.eu-west-1.amazonaws.com/id/ABC:sub":"system:serviceaccount:ml:runner"}}"#,
+        );
+        let err = check_trust_policy(&exact, ISSUER, "ml", "other").unwrap_err();
+        assert!(err.contains("system:serviceaccount:ml:other"), "{err}");
+        let err = check_trust_policy(&exact, "https://oidc.other/id/X", "ml", "runner").unwrap_err();
+        assert!(err.contains("oidc-provider/oidc.other/id/X"), "{err}");
+    }
+
+    #[test]
+    fn parses_role_names_and_globs() {
+        assert_eq!(role_name("arn:aws:iam::123456789012:role/ml/runner"), Some("runner"));
+        assert_eq!(role_name("arn:aws:iam::123456789012:user/x"), None);
+        assert!(glob_matches("a*c?", "abbbcd"));
+        assert!(!glob_matches("a*c", "abd"));
+    }
+}

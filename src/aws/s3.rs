@@ -1,0 +1,346 @@
+//! The S3 calls the operator makes on one bucket, each rate-limited per account.
+
+use std::sync::Arc;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
+    CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    NoncurrentVersionExpiration, PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, VersioningConfiguration,
+};
+
+use super::failure::CallError;
+use super::ratelimit::RateLimiter;
+use crate::api::artifact_store::{BucketSettings, ServerSideEncryption as Sse};
+use crate::s3path::S3Path;
+
+/// The bucket tag that records which ArtifactStore (by UID) created a bucket. Deletion requires it.
+pub const CREATED_BY_TAG: &str = "artifacts.dev/created-by";
+/// The object the opt-in write probe puts and deletes under the prefix.
+pub const PROBE_OBJECT: &str = ".artifact-operator-probe";
+
+pub struct Bucket {
+    client: Client,
+    limiter: Arc<RateLimiter>,
+    account: String,
+    pub path: S3Path,
+}
+
+/// Result of creating a bucket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    AlreadyOwnedByYou,
+}
+
+/// A bucket setting that failed, and why.
+#[derive(Debug)]
+pub struct SettingError {
+    pub setting: &'static str,
+    pub error: CallError,
+}
+
+fn is_not_implemented(error: &CallError) -> bool {
+    matches!(error.code.as_deref(), Some("NotImplemented" | "XNotImplemented")) || error.http_status == Some(501)
+}
+
+impl Bucket {
+    pub fn new(client: Client, limiter: Arc<RateLimiter>, account: String, path: S3Path) -> Self {
+        Self { client, limiter, account, path }
+    }
+
+    async fn permit(&self) {
+        self.limiter.acquire(&self.account).await;
+    }
+
+    /// HeadBucket: the cheap existence and access check. Returns the bucket's region when the
+    /// endpoint reports it.
+    pub async fn head(&self, expected_owner: Option<&str>) -> Result<Option<String>, CallError> {
+        self.permit().await;
+        let output = self
+            .client
+            .head_bucket()
+            .bucket(&self.path.bucket)
+            .set_expected_bucket_owner(expected_owner.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| CallError::from_sdk(&e))?;
+        Ok(output.bucket_region().map(str::to_owned))
+    }
+
+    /// The bucket's region from GetBucketLocation, for endpoints that do not send it on HeadBucket.
+    pub async fn location(&self) -> Result<Option<String>, CallError> {
+        self.permit().await;
+        let output = self
+            .client
+            .get_bucket_location()
+            .bucket(&self.path.bucket)
+            .send()
+            .await
+            .map_err(|e| CallError::from_sdk(&e))?;
+        Ok(Some(match output.location_constraint() {
+            None => crate::resolve::DEFAULT_REGION.to_owned(),
+            Some(constraint) if constraint.as_str().is_empty() => crate::resolve::DEFAULT_REGION.to_owned(),
+            Some(BucketLocationConstraint::Eu) => "eu-west-1".to_owned(),
+            Some(constraint) => constraint.as_str().to_owned(),
+        }))
+    }
+
+    pub async fn create(&self, region: &str) -> Result<Created, CallError> {
+        self.permit().await;
+        let mut request = self.client.create_bucket().bucket(&self.path.bucket);
+        // us-east-1 is the one region that must not be named as a location constraint.
+        if region != "us-east-1" {
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match request.send().await {
+            Ok(_) => Ok(Created::New),
+            Err(err) => {
+                let error = CallError::from_sdk(&err);
+                if error.code.as_deref() == Some("BucketAlreadyOwnedByYou") {
+                    Ok(Created::AlreadyOwnedByYou)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Applies the settings of a created bucket. Settings the endpoint does not implement (MinIO has
+    /// no public access block, for example) are returned as skipped rather than failing.
+    pub async fn apply_settings(
+        &self,
+        settings: &BucketSettings,
+        creator_uid: &str,
+    ) -> Result<Vec<&'static str>, SettingError> {
+        let mut skipped = Vec::new();
+        let bucket = &self.path.bucket;
+        let mut tags =
+            vec![Tag::builder().key(CREATED_BY_TAG).value(creator_uid).build().expect("key and value are set")];
+        for (key, value) in &settings.tags {
+            tags.push(Tag::builder().key(key).value(value).build().expect("key and value are set"));
+        }
+        self.permit().await;
+        let result = self
+            .client
+            .put_bucket_tagging()
+            .bucket(bucket)
+            .tagging(Tagging::builder().set_tag_set(Some(tags)).build().expect("tag set is set"))
+            .send()
+            .await;
+        check("tags", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+
+        if settings.versioning {
+            self.permit().await;
+            let result = self
+                .client
+                .put_bucket_versioning()
+                .bucket(bucket)
+                .versioning_configuration(
+                    VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
+                )
+                .send()
+                .await;
+            check("versioning", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+        }
+
+        let (algorithm, kms_key) = match &settings.default_encryption {
+            Some(encryption) => (encryption.algorithm, encryption.kms_key_id.clone()),
+            None => (Sse::Aes256, None),
+        };
+        let rule = ServerSideEncryptionRule::builder()
+            .apply_server_side_encryption_by_default(
+                ServerSideEncryptionByDefault::builder()
+                    .sse_algorithm(ServerSideEncryption::from(algorithm.as_str()))
+                    .set_kms_master_key_id(kms_key)
+                    .build()
+                    .expect("algorithm is set"),
+            )
+            .build();
+        self.permit().await;
+        let result = self
+            .client
+            .put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(
+                ServerSideEncryptionConfiguration::builder().rules(rule).build().expect("rules are set"),
+            )
+            .send()
+            .await;
+        check("default encryption", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+
+        if settings.block_public_access {
+            self.permit().await;
+            let result = self
+                .client
+                .put_public_access_block()
+                .bucket(bucket)
+                .public_access_block_configuration(
+                    PublicAccessBlockConfiguration::builder()
+                        .block_public_acls(true)
+                        .ignore_public_acls(true)
+                        .block_public_policy(true)
+                        .restrict_public_buckets(true)
+                        .build(),
+                )
+                .send()
+                .await;
+            check("public access block", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+        }
+
+        if let Some(rules) = self.lifecycle_rules(settings) {
+            self.permit().await;
+            let result = self
+                .client
+                .put_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .lifecycle_configuration(
+                    BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().expect("rules are set"),
+                )
+                .send()
+                .await;
+            check("lifecycle", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+        }
+        Ok(skipped)
+    }
+
+    fn lifecycle_rules(&self, settings: &BucketSettings) -> Option<Vec<LifecycleRule>> {
+        let lifecycle = settings.lifecycle.as_ref()?;
+        let prefix_filter = || LifecycleRuleFilter::builder().prefix(self.path.key_prefix()).build();
+        let mut rules = Vec::new();
+        if let Some(days) = lifecycle.noncurrent_version_expiration_days {
+            rules.push(
+                LifecycleRule::builder()
+                    .id("artifact-operator-noncurrent-versions")
+                    .status(ExpirationStatus::Enabled)
+                    .filter(prefix_filter())
+                    .noncurrent_version_expiration(NoncurrentVersionExpiration::builder().noncurrent_days(days).build())
+                    .build()
+                    .expect("status is set"),
+            );
+        }
+        if let Some(days) = lifecycle.abort_incomplete_multipart_upload_days {
+            rules.push(
+                LifecycleRule::builder()
+                    .id("artifact-operator-abort-multipart")
+                    .status(ExpirationStatus::Enabled)
+                    .filter(prefix_filter())
+                    .abort_incomplete_multipart_upload(
+                        AbortIncompleteMultipartUpload::builder().days_after_initiation(days).build(),
+                    )
+                    .build()
+                    .expect("status is set"),
+            );
+        }
+        if let Some(days) = lifecycle.expire_objects_after_days {
+            rules.push(
+                LifecycleRule::builder()
+                    .id("artifact-operator-expire-objects")
+                    .status(ExpirationStatus::Enabled)
+                    .filter(prefix_filter())
+                    .expiration(LifecycleExpiration::builder().days(days).build())
+                    .build()
+                    .expect("status is set"),
+            );
+        }
+        (!rules.is_empty()).then_some(rules)
+    }
+
+    /// Lists at most one key under the prefix: proves read access where the pods will read.
+    pub async fn read_probe(&self) -> Result<(), CallError> {
+        self.permit().await;
+        self.client
+            .list_objects_v2()
+            .bucket(&self.path.bucket)
+            .prefix(self.path.key_prefix())
+            .max_keys(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| CallError::from_sdk(&e))
+    }
+
+    /// Puts and deletes a small marker object under the prefix.
+    pub async fn write_probe(&self) -> Result<(), CallError> {
+        let key = self.path.key(PROBE_OBJECT);
+        self.permit().await;
+        self.client
+            .put_object()
+            .bucket(&self.path.bucket)
+            .key(&key)
+            .body(ByteStream::from_static(b"artifact-operator write probe\n"))
+            .send()
+            .await
+            .map_err(|e| CallError::from_sdk(&e))?;
+        self.permit().await;
+        self.client
+            .delete_object()
+            .bucket(&self.path.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| CallError::from_sdk(&e))?;
+        Ok(())
+    }
+
+    /// The UID recorded in the creator tag, if any.
+    pub async fn creator(&self) -> Result<Option<String>, CallError> {
+        self.permit().await;
+        match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await {
+            Ok(output) => Ok(output.tag_set().iter().find(|t| t.key() == CREATED_BY_TAG).map(|t| t.value().to_owned())),
+            Err(err) => {
+                let error = CallError::from_sdk(&err);
+                if error.code.as_deref() == Some("NoSuchTagSet") { Ok(None) } else { Err(error) }
+            }
+        }
+    }
+
+    /// Some key (or version) left in the bucket, or None when it is truly empty, old versions and
+    /// delete markers included.
+    pub async fn any_object(&self) -> Result<Option<String>, CallError> {
+        self.permit().await;
+        let output = self
+            .client
+            .list_object_versions()
+            .bucket(&self.path.bucket)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| CallError::from_sdk(&e))?;
+        let version = output.versions().first().and_then(|v| v.key());
+        let marker = output.delete_markers().first().and_then(|m| m.key());
+        Ok(version.or(marker).map(str::to_owned))
+    }
+
+    pub async fn delete(&self) -> Result<(), CallError> {
+        self.permit().await;
+        self.client
+            .delete_bucket()
+            .bucket(&self.path.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| CallError::from_sdk(&e))
+    }
+}
+
+fn check(
+    setting: &'static str,
+    result: Result<(), CallError>,
+    skipped: &mut Vec<&'static str>,
+) -> Result<(), SettingError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) if is_not_implemented(&error) => {
+            skipped.push(setting);
+            Ok(())
+        }
+        Err(error) => Err(SettingError { setting, error }),
+    }
+}

@@ -1,0 +1,41 @@
+//! Keys for `envFrom`: the variables boto3, s3fs and the AWS CLI read, plus the store's location.
+
+use std::collections::BTreeMap;
+
+use crate::api::artifact_store::AddressingStyle;
+use crate::resolve::{ResolvedAuth, ResolvedStore};
+
+pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut set = |key: &str, value: String| {
+        env.insert(key.to_owned(), value);
+    };
+    set("ARTIFACT_STORE_NAME", store.name.clone());
+    set("ARTIFACT_STORE_PATH", store.path.to_string());
+    set("ARTIFACT_STORE_BUCKET", store.path.bucket.clone());
+    set("ARTIFACT_STORE_PREFIX", store.path.prefix.clone());
+    set("AWS_REGION", store.region.clone());
+    set("AWS_DEFAULT_REGION", store.region.clone());
+    if let Some(endpoint) = &store.endpoint {
+        set("AWS_ENDPOINT_URL_S3", endpoint.url.clone());
+        let style = match endpoint.addressing_style {
+            AddressingStyle::Auto => "auto",
+            AddressingStyle::Path => "path",
+            AddressingStyle::VirtualHosted => "virtual",
+        };
+        set("ARTIFACT_STORE_ADDRESSING_STYLE", style.to_owned());
+    }
+    if let Some(path) = store.ca_bundle_path() {
+        set("AWS_CA_BUNDLE", path);
+    }
+    if let Some(mode) = store.retry_mode() {
+        set("AWS_RETRY_MODE", mode.to_owned());
+    }
+    if let Some(attempts) = store.client.max_attempts {
+        set("AWS_MAX_ATTEMPTS", attempts.to_string());
+    }
+    if let ResolvedAuth::Keys(keys) = &store.auth {
+        set("ARTIFACT_STORE_CREDENTIALS_SECRET", keys.env_secret_name.clone());
+    }
+    env
+}

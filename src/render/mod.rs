@@ -1,0 +1,28 @@
+//! Renderings of a [`ResolvedStore`](crate::resolve::ResolvedStore) for each consumer. Pure
+//! functions: the same input always gives the same bytes, and no secret value is ever an input.
+
+pub mod env;
+pub mod zenml;
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+/// SHA-256 over ConfigMap data, in key order.
+pub fn content_hash(data: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in data {
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Pretty JSON with a trailing newline, as it is stored in ConfigMaps.
+pub fn to_json(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("a JSON value always serializes");
+    text.push('\n');
+    text
+}

@@ -1,0 +1,129 @@
+//! The resolved, secret-free description of an artifact store that every rendering reads. Built
+//! from an ArtifactStore's spec and the region the operator resolved; no I/O.
+
+use crate::api::artifact_store::{
+    AddressingStyle, ArtifactStore, CaBundleRef, ClientSettings, ObjectDefaults, RetryMode,
+};
+use crate::s3path::{PathError, S3Path};
+
+/// Where a CA bundle published in the store's ConfigMap is expected when that ConfigMap is mounted
+/// as a volume at [`CONFIG_MOUNT_PATH`].
+pub const CONFIG_MOUNT_PATH: &str = "/etc/artifact-store";
+pub const CA_BUNDLE_KEY: &str = "ca-bundle.pem";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedStore {
+    pub name: String,
+    pub path: S3Path,
+    pub region: String,
+    pub endpoint: Option<ResolvedEndpoint>,
+    pub auth: ResolvedAuth,
+    pub client: ClientSettings,
+    pub object_defaults: ObjectDefaults,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedEndpoint {
+    pub url: String,
+    pub addressing_style: AddressingStyle,
+    pub ca_bundle: Option<CaBundleRef>,
+    pub insecure_skip_verify: bool,
+}
+
+impl ResolvedEndpoint {
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+    /// `host[:port]`, as Argo Workflows wants it.
+    pub fn host_port(&self) -> &str {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
+        rest.split('/').next().unwrap_or(rest)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResolvedAuth {
+    Implicit { service_account: Option<String>, role_arn: Option<String> },
+    Keys(KeyRefs),
+}
+
+/// Where access keys live: the user's Secret and its key names, and the Secret the operator
+/// publishes with the same values under AWS environment variable names. Never the values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRefs {
+    pub secret_name: String,
+    pub access_key_id_key: String,
+    pub secret_access_key_key: String,
+    pub session_token_key: Option<String>,
+    pub env_secret_name: String,
+}
+
+/// The name of the ConfigMap an ArtifactStore publishes.
+pub fn store_config_map_name(store: &str) -> String {
+    format!("{store}-artifact-store")
+}
+
+/// The name of the Secret with AWS environment variable names an ArtifactStore publishes.
+pub fn store_env_secret_name(store: &str) -> String {
+    format!("{store}-aws-credentials")
+}
+
+/// The region used when neither the spec nor the bucket gives one (S3's own default).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+impl ResolvedStore {
+    /// Resolves a store. `region` is what the operator found; `has_session_token` whether the
+    /// Secret carries the session-token key.
+    pub fn new(store: &ArtifactStore, region: &str, has_session_token: bool) -> Result<Self, PathError> {
+        let spec = &store.spec;
+        let name = store.metadata.name.clone().unwrap_or_default();
+        let auth = match (&spec.auth.implicit, &spec.auth.secret_ref) {
+            (_, Some(secret)) => ResolvedAuth::Keys(KeyRefs {
+                secret_name: secret.name.clone(),
+                access_key_id_key: secret.access_key_id_key().to_owned(),
+                secret_access_key_key: secret.secret_access_key_key().to_owned(),
+                session_token_key: has_session_token.then(|| secret.session_token_key().to_owned()),
+                env_secret_name: store_env_secret_name(&name),
+            }),
+            (implicit, None) => {
+                let implicit = implicit.clone().unwrap_or_default();
+                ResolvedAuth::Implicit { service_account: implicit.service_account_name, role_arn: implicit.role_arn }
+            }
+        };
+        Ok(Self {
+            path: S3Path::parse(&spec.path)?,
+            region: region.to_owned(),
+            endpoint: spec.endpoint.as_ref().map(|e| ResolvedEndpoint {
+                url: e.url.trim_end_matches('/').to_owned(),
+                addressing_style: e.addressing_style,
+                ca_bundle: e.tls.as_ref().and_then(|t| t.ca_bundle.clone()),
+                insecure_skip_verify: e.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
+            }),
+            auth,
+            client: spec.client.clone().unwrap_or_default(),
+            object_defaults: spec.object_defaults.clone().unwrap_or_default(),
+            name,
+        })
+    }
+
+    /// Whether clients should put the bucket in the path: explicit `Path`, or `Auto` against a
+    /// custom endpoint (what botocore does too).
+    pub fn path_style(&self) -> bool {
+        self.endpoint.as_ref().is_some_and(|e| e.addressing_style != AddressingStyle::VirtualHosted)
+    }
+
+    pub fn ca_bundle_path(&self) -> Option<String> {
+        self.endpoint
+            .as_ref()
+            .and_then(|e| e.ca_bundle.as_ref())
+            .map(|_| format!("{CONFIG_MOUNT_PATH}/{CA_BUNDLE_KEY}"))
+    }
+
+    pub fn retry_mode(&self) -> Option<&'static str> {
+        self.client.retry_mode.map(|mode| match mode {
+            RetryMode::Legacy => "legacy",
+            RetryMode::Standard => "standard",
+            RetryMode::Adaptive => "adaptive",
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Parsing of `s3://bucket/prefix` paths. Mirrors the CRD's CEL rules so that objects written
+//! before the rules existed, or through a path that skipped them, still get a clear answer.
+
+use std::fmt;
+
+/// A parsed `s3://bucket/prefix`. The prefix has no leading or trailing slash; empty means the
+/// whole bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Path {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("path must start with s3://, for example s3://my-bucket/pipelines")]
+    Scheme,
+    #[error("the bucket name in path {0}")]
+    BucketName(&'static str),
+    #[error("the prefix in path must not contain empty segments (//)")]
+    EmptySegment,
+}
+
+impl S3Path {
+    pub fn parse(path: &str) -> Result<Self, PathError> {
+        let rest = path.strip_prefix("s3://").ok_or(PathError::Scheme)?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        validate_bucket_name(bucket).map_err(PathError::BucketName)?;
+        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+        if prefix.starts_with('/') || prefix.contains("//") {
+            return Err(PathError::EmptySegment);
+        }
+        Ok(Self { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
+    }
+
+    /// The key for `name` under the prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_owned() } else { format!("{}/{name}", self.prefix) }
+    }
+
+    /// The prefix as S3 key prefix: empty, or ending in `/`.
+    pub fn key_prefix(&self) -> String {
+        if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) }
+    }
+}
+
+impl fmt::Display for S3Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// S3's general-purpose bucket naming rules. The error completes "the bucket name in path ...".
+pub fn validate_bucket_name(name: &str) -> Result<(), &'static str> {
+    if !(3..=63).contains(&name.len()) {
+        return Err("must be 3 to 63 characters long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+        return Err("may contain only lowercase letters, digits, dots and hyphens");
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(name.as_bytes()[0]) || !alnum(name.as_bytes()[name.len() - 1]) {
+        return Err("must start and end with a lowercase letter or a digit");
+    }
+    if name.contains("..") {
+        return Err("must not contain two adjacent dots");
+    }
+    if name.split('.').count() == 4
+        && name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("must not be formatted as an IP address");
+    }
+    if name.starts_with("xn--") || name.starts_with("sthree-") {
+        return Err("must not start with the reserved prefixes xn-- or sthree-");
+    }
+    if ["-s3alias", "--ol-s3", ".mrap", "--x-s3"].iter().any(|suffix| name.ends_with(suffix)) {
+        return Err("must not end with the reserved suffixes -s3alias, --ol-s3, .mrap or --x-s3");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bucket_and_prefix() {
+        let path = S3Path::parse("s3://my-bucket/team/pipelines/").unwrap();
+        assert_eq!(path.bucket, "my-bucket");
+        assert_eq!(path.prefix, "team/pipelines");
+        assert_eq!(path.to_string(), "s3://my-bucket/team/pipelines");
+        assert_eq!(path.key("x"), "team/pipelines/x");
+        assert_eq!(path.key_prefix(), "team/pipelines/");
+    }
+
+    #[test]
+    fn parses_bare_bucket() {
+        let path = S3Path::parse("s3://bucket.with.dots").unwrap();
+        assert_eq!(path.prefix, "");
+        assert_eq!(path.key("x"), "x");
+        assert_eq!(path.key_prefix(), "");
+        assert_eq!(path.to_string(), "s3://bucket.with.dots");
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        assert_eq!(S3Path::parse("gs://bucket"), Err(PathError::Scheme));
+        assert_eq!(S3Path::parse("s3://bucket//x"), Err(PathError::EmptySegment));
+        for (bad, why) in [
+            ("ab", "must be 3 to 63 characters long"),
+            ("Upper", "may contain only lowercase letters, digits, dots and hyphens"),
+            ("-start", "must start and end with a lowercase letter or a digit"),
+            ("a..b", "must not contain two adjacent dots"),
+            ("192.168.1.1", "must not be formatted as an IP address"),
+            ("xn--bucket", "must not start with the reserved prefixes xn-- or sthree-"),
+            ("bucket-s3alias", "must not end with the reserved suffixes -s3alias, --ol-s3, .mrap or --x-s3"),
+        ] {
+            assert_eq!(validate_bucket_name(bad), Err(why), "{bad}");
+        }
+        assert!(validate_bucket_name(&"a".repeat(64)).is_err());
+        assert!(validate_bucket_name("1.2.3.bucket").is_ok());
+    }
+}

@@ -1,0 +1,221 @@
+//! The generated CRDs on the real apiserver: they become Established, valid samples are accepted,
+//! and bad input is rejected at admission with a message that names the field.
+
+mod common;
+
+use artifact_operator::api::ArtifactStore;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+fn store(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": spec})
+}
+
+fn dynamic_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("artifacts.dev", "v1alpha1", kind));
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+async fn create(api: &Api<DynamicObject>, object: Value) -> Result<(), String> {
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn valid_samples_are_accepted() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-valid").await;
+    let stores = dynamic_api(&client, &ns, "ArtifactStore");
+    create(
+        &stores,
+        store("keys", json!({"path": "s3://ml-artifacts/team-a", "auth": {"secretRef": {"name": "creds"}}})),
+    )
+    .await
+    .unwrap();
+    create(
+        &stores,
+        store(
+            "full",
+            json!({
+                "path": "s3://my.bucket-1",
+                "region": "eu-west-1",
+                "endpoint": {"url": "https://minio.storage:9000", "addressingStyle": "Path", "tls": {"caBundle": {"kind": "Secret", "name": "ca", "key": "ca.pem"}}},
+                "auth": {"implicit": {"serviceAccountName": "runner", "roleArn": "arn:aws:iam::123456789012:role/ml"}},
+                "client": {"retryMode": "adaptive", "maxAttempts": 5, "connectTimeoutSeconds": 5, "readTimeoutSeconds": 60, "signatureVersion": "s3v4"},
+                "objectDefaults": {"serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml", "acl": "bucket-owner-full-control", "storageClass": "INTELLIGENT_TIERING"},
+                "provisioning": "Create",
+                "bucket": {"versioning": true, "tags": {"team": "a"}, "lifecycle": {"noncurrentVersionExpirationDays": 30, "abortIncompleteMultipartUploadDays": 7}},
+                "deletionPolicy": "Delete",
+                "verification": {"writeProbe": true}
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let typed: Api<ArtifactStore> = Api::namespaced(client.clone(), &ns);
+    let keys = typed.get("keys").await.unwrap();
+    assert_eq!(
+        keys.spec.provisioning,
+        artifact_operator::api::artifact_store::Provisioning::Adopt,
+        "defaults are applied"
+    );
+    assert_eq!(keys.spec.deletion_policy, artifact_operator::api::artifact_store::DeletionPolicy::Retain);
+
+    let stacks = dynamic_api(&client, &ns, "Stack");
+    let stack = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"},
+        "spec": {"artifactStoreRef": {"name": "keys"}, "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "outputs": {"formats": ["ZenML", "Argo", "KFP"], "argoDefaultRepository": true}}});
+    create(&stacks, stack).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_with_a_message_naming_the_field() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-invalid").await;
+    let stores = dynamic_api(&client, &ns, "ArtifactStore");
+    let keys = json!({"secretRef": {"name": "creds"}});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("missing path", json!({"auth": keys}), "spec.path: Required value"),
+        ("no scheme", json!({"path": "my-bucket/x", "auth": keys}), "path must start with s3://"),
+        ("short bucket", json!({"path": "s3://ab", "auth": keys}), "must be 3 to 63 characters long"),
+        (
+            "long bucket",
+            json!({"path": format!("s3://{}", "a".repeat(64)), "auth": keys}),
+            "must be 3 to 63 characters long",
+        ),
+        (
+            "uppercase bucket",
+            json!({"path": "s3://MyBucket", "auth": keys}),
+            "only lowercase letters, digits, dots and hyphens",
+        ),
+        (
+            "underscore bucket",
+            json!({"path": "s3://my_bucket", "auth": keys}),
+            "only lowercase letters, digits, dots and hyphens",
+        ),
+        (
+            "hyphen at end",
+            json!({"path": "s3://bucket-", "auth": keys}),
+            "must start and end with a lowercase letter or a digit",
+        ),
+        ("adjacent dots", json!({"path": "s3://my..bucket", "auth": keys}), "two adjacent dots"),
+        ("ip address", json!({"path": "s3://192.168.10.1/p", "auth": keys}), "formatted as an IP address"),
+        ("xn-- prefix", json!({"path": "s3://xn--bucket", "auth": keys}), "reserved prefixes"),
+        ("-s3alias suffix", json!({"path": "s3://bucket-s3alias", "auth": keys}), "reserved suffixes"),
+        ("empty segment", json!({"path": "s3://bucket//p", "auth": keys}), "empty segments"),
+        (
+            "two auth methods",
+            json!({"path": "s3://bucket", "auth": {"implicit": {}, "secretRef": {"name": "c"}}}),
+            "spec.auth: Invalid value",
+        ),
+        (
+            "no auth method",
+            json!({"path": "s3://bucket", "auth": {}}),
+            "set exactly one of auth.implicit or auth.secretRef",
+        ),
+        (
+            "Delete with Adopt",
+            json!({"path": "s3://bucket", "auth": keys, "deletionPolicy": "Delete"}),
+            "spec.deletionPolicy: Forbidden: deletionPolicy Delete requires provisioning Create",
+        ),
+        (
+            "bucket settings with Adopt",
+            json!({"path": "s3://bucket", "auth": keys, "bucket": {"versioning": true}}),
+            "spec.bucket: Forbidden",
+        ),
+        (
+            "endpoint scheme",
+            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "ftp://minio:9000"}}),
+            "endpoint.url must be an http:// or https:// URL",
+        ),
+        (
+            "unknown addressing style",
+            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "http://minio:9000", "addressingStyle": "Dns"}}),
+            "spec.endpoint.addressingStyle: Unsupported value: \"Dns\"",
+        ),
+        (
+            "unknown provisioning",
+            json!({"path": "s3://bucket", "auth": keys, "provisioning": "Maybe"}),
+            "spec.provisioning: Unsupported value",
+        ),
+        (
+            "unknown encryption",
+            json!({"path": "s3://bucket", "auth": keys, "objectDefaults": {"serverSideEncryption": "rot13"}}),
+            "spec.objectDefaults.serverSideEncryption: Unsupported value",
+        ),
+        (
+            "kms key without kms",
+            json!({"path": "s3://bucket", "auth": keys, "objectDefaults": {"serverSideEncryption": "AES256", "sseKmsKeyId": "k"}}),
+            "sseKmsKeyId requires serverSideEncryption aws:kms",
+        ),
+        (
+            "bad role arn",
+            json!({"path": "s3://bucket", "auth": {"implicit": {"roleArn": "role/ml"}}}),
+            "spec.auth.implicit.roleArn",
+        ),
+        (
+            "too many attempts",
+            json!({"path": "s3://bucket", "auth": keys, "client": {"maxAttempts": 100}}),
+            "spec.client.maxAttempts",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, spec, expected) in &cases {
+        match create(&stores, store("bad", spec.clone())).await {
+            Ok(()) => failures.push(format!("{name}: accepted")),
+            Err(message) if !message.contains(expected) => {
+                failures.push(format!("{name}: message {message:?} lacks {expected:?}"))
+            }
+            Err(message) => println!("{name}: rejected: {message}"),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[tokio::test]
+async fn the_bucket_in_path_cannot_change_but_the_prefix_can() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-immutable").await;
+    let stores = dynamic_api(&client, &ns, "ArtifactStore");
+    create(&stores, store("s", json!({"path": "s3://first-bucket/a", "auth": {"secretRef": {"name": "c"}}})))
+        .await
+        .unwrap();
+    let params = PatchParams::default();
+    stores
+        .patch("s", &params, &Patch::Merge(json!({"spec": {"path": "s3://first-bucket/b"}})))
+        .await
+        .expect("the prefix may change");
+    let err = stores
+        .patch("s", &params, &Patch::Merge(json!({"spec": {"path": "s3://other-bucket/b"}})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the bucket in path cannot change once set"), "{err}");
+}
+
+#[tokio::test]
+async fn stack_rejects_unknown_orchestrator_and_missing_reference() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-stack").await;
+    let stacks = dynamic_api(&client, &ns, "Stack");
+    let base = |spec: Value| json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": spec});
+    let err = create(
+        &stacks,
+        base(
+            json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": "Airflow", "serviceAccountName": "a"}}),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("spec.orchestrator.type: Unsupported value: \"Airflow\""), "{err}");
+    let err = create(&stacks, base(json!({"orchestrator": {"type": "Kubernetes", "serviceAccountName": "a"}})))
+        .await
+        .unwrap_err();
+    assert!(err.contains("spec.artifactStoreRef: Required value"), "{err}");
+    let err = create(&stacks, base(json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "a"}, "outputs": {"formats": ["Parquet"]}}))).await.unwrap_err();
+    assert!(err.contains("spec.outputs.formats[0]: Unsupported value"), "{err}");
+}

@@ -1,0 +1,54 @@
+"""Creates the limited S3 user of the test environment through MinIO's admin API.
+
+Run by up.sh with the environment's Python. Everything comes from environment variables so no
+secret appears on a command line: AO_S3_ADMIN_ENDPOINT (http(s)://host:port), AO_S3_CA_FILE (for
+https), AO_S3_ROOT_ACCESS_KEY/AO_S3_ROOT_SECRET_KEY, AO_S3_USER_ACCESS_KEY/AO_S3_USER_SECRET_KEY.
+The user may do anything (s3:*) to buckets named limited-* and their objects, and nothing else.
+Idempotent: adding an existing policy or user replaces it.
+"""
+
+import os
+import urllib.parse
+
+import urllib3
+from minio.credentials import StaticProvider
+from minio.minioadmin import MinioAdmin
+
+POLICY_NAME = "limited-buckets"
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:*"],
+            "Resource": ["arn:aws:s3:::limited-*", "arn:aws:s3:::limited-*/*"],
+        }
+    ],
+}
+
+
+def main() -> None:
+    url = urllib.parse.urlparse(os.environ["AO_S3_ADMIN_ENDPOINT"])
+    secure = url.scheme == "https"
+    http_client = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=20),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2),
+        **({"cert_reqs": "CERT_REQUIRED", "ca_certs": os.environ["AO_S3_CA_FILE"]} if secure else {}),
+    )
+    admin = MinioAdmin(
+        endpoint=url.netloc,
+        credentials=StaticProvider(
+            os.environ["AO_S3_ROOT_ACCESS_KEY"], os.environ["AO_S3_ROOT_SECRET_KEY"]
+        ),
+        secure=secure,
+        http_client=http_client,
+    )
+    user = os.environ["AO_S3_USER_ACCESS_KEY"]
+    admin.policy_add(POLICY_NAME, policy=POLICY)
+    admin.user_add(user, os.environ["AO_S3_USER_SECRET_KEY"])
+    admin.attach_policy([POLICY_NAME], user=user)
+    print(f"{url.geturl()}: user {user} has policy {POLICY_NAME}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one: builds (or reuses from the cache) the
+# real control plane, S3, moto and helm; checks formatting, lints and generated files; starts the
+# local environment; runs every test; stops the environment.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
+
+step "building the test environment (cached under ~/.cache/artifact-operator)"
+tests/env/build.sh
+step "format, lints and generated files"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo run --quiet --locked -- crd --check
+tests/chart/render.sh --check
+step "chart and Argo CD health checks"
+tests/chart/test-chart.sh
+tests/chart/test-argocd-health.sh
+step "starting the local environment"
+tests/env/up.sh >/dev/null
+trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
+step "cargo test"
+cargo test --locked --all-targets -- --test-threads 4
