@@ -6,21 +6,45 @@ pub const READY: &str = "Ready";
 pub const BUCKET_READY: &str = "BucketReady";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+    pub fn is_false(self) -> bool {
+        self == Self::False
+    }
+}
+
 /// A condition as computed by a reconciler, before it is merged into the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub type_: &'static str,
-    pub status: bool,
+    pub status: Status,
     pub reason: String,
     pub message: String,
 }
 
 impl Observed {
     pub fn ok(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status: true, reason: reason.into(), message: message.into() }
+        Self { type_, status: Status::True, reason: reason.into(), message: message.into() }
+    }
+    pub fn unknown(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_, status: Status::Unknown, reason: reason.into(), message: message.into() }
     }
     pub fn failed(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status: false, reason: reason.into(), message: message.into() }
+        Self { type_, status: Status::False, reason: reason.into(), message: message.into() }
     }
 }
 
@@ -42,7 +66,7 @@ pub fn merge(
     let merged = observed
         .iter()
         .map(|o| {
-            let status = if o.status { "True" } else { "False" };
+            let status = o.status.as_str();
             let old = previous.iter().find(|c| c.type_ == o.type_);
             let last_transition_time = match old {
                 Some(old) if old.status == status => old.last_transition_time.clone(),

@@ -95,14 +95,16 @@ pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
     }
     let code = error.code.as_deref().unwrap_or_default();
     match (code, error.http_status) {
-        ("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException", _) | (_, Some(301)) => {
+        ("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException", _) | (_, Some(301)) | ("", Some(400))
+            if code != "" || error.bucket_region.is_some() || error.http_status == Some(301) =>
+        {
             let actual = error.bucket_region.as_deref().unwrap_or("another region");
             Failure::user(
                 "RegionMismatch",
                 format!("bucket {bucket} is in {actual}, not {region}; set spec.region to {actual} or remove it so the operator discovers it"),
             )
         }
-        ("NoSuchBucket", _) | ("", Some(404)) => Failure::user(
+        ("NoSuchBucket" | "NotFound", _) | ("", Some(404)) => Failure::user(
             "BucketNotFound",
             format!("bucket {bucket} does not exist at {endpoint}; create it, fix the bucket in spec.path, or set provisioning to Create"),
         ),

@@ -112,8 +112,11 @@ pub struct Iam {
 }
 
 /// Whether the IAM API answered that it does not implement an operation.
+/// moto, for one, answers an action it lacks with a bare error page and no error code.
 fn unsupported(error: &CallError) -> bool {
-    matches!(error.code.as_deref(), Some("NotImplemented" | "InvalidAction")) || matches!(error.http_status, Some(501))
+    matches!(error.code.as_deref(), Some("NotImplemented" | "InvalidAction"))
+        || matches!(error.http_status, Some(501))
+        || (error.code.is_none() && error.dispatch.is_none() && error.http_status.is_some())
 }
 
 impl Iam {
@@ -130,6 +133,7 @@ impl Iam {
             )
         })?;
         self.limiter.acquire("ambient").await;
+        crate::metrics::count_aws_call("iam");
         let output = self.client.get_role().role_name(name).send().await.map_err(|err| {
             let error = CallError::from_sdk(&err);
             match error.code.as_deref() {
@@ -154,6 +158,7 @@ impl Iam {
                 format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix())
             };
             self.limiter.acquire("ambient").await;
+            crate::metrics::count_aws_call("iam");
             let output = self
                 .client
                 .simulate_principal_policy()

@@ -46,6 +46,13 @@ fn is_not_implemented(error: &CallError) -> bool {
     matches!(error.code.as_deref(), Some("NotImplemented" | "XNotImplemented")) || error.http_status == Some(501)
 }
 
+/// S3-compatible servers that lack an AWS-only API (MinIO has no public access block) often answer
+/// it as a malformed request rather than as not implemented.
+fn is_unsupported_elsewhere(error: &CallError) -> bool {
+    is_not_implemented(error)
+        || matches!(error.code.as_deref(), Some("MalformedXML" | "InvalidRequest" | "MethodNotAllowed"))
+}
+
 impl Bucket {
     pub fn new(client: Client, limiter: Arc<RateLimiter>, account: String, path: S3Path) -> Self {
         Self { client, limiter, account, path }
@@ -53,6 +60,7 @@ impl Bucket {
 
     async fn permit(&self) {
         self.limiter.acquire(&self.account).await;
+        crate::metrics::count_aws_call("s3");
     }
 
     /// HeadBucket: the cheap existence and access check. Returns the bucket's region when the
@@ -118,6 +126,7 @@ impl Bucket {
         &self,
         settings: &BucketSettings,
         creator_uid: &str,
+        custom_endpoint: bool,
     ) -> Result<Vec<&'static str>, SettingError> {
         let mut skipped = Vec::new();
         let bucket = &self.path.bucket;
@@ -191,7 +200,13 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            check("public access block", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+            let result = result.map(|_| ()).map_err(|e| CallError::from_sdk(&e));
+            match result {
+                Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => {
+                    skipped.push("public access block")
+                }
+                result => check("public access block", result, &mut skipped)?,
+            }
         }
 
         if let Some(rules) = self.lifecycle_rules(settings) {

@@ -115,3 +115,98 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A running operator process watching one namespace, its output captured to a file.
+pub struct Operator {
+    child: std::process::Child,
+    pub log: PathBuf,
+    pub http_port: u16,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Operator {
+    /// Starts `artifact-operator run` on `namespace`, with the operator's ambient AWS identity set
+    /// to MinIO's root user (moto accepts any keys for IAM and STS).
+    pub fn start(namespace: &str, resync: &str) -> Self {
+        let env = test_env();
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let http_port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"))
+            .args(["run", "--namespaces", namespace, "--resync-interval", resync, "--log-format", "text"])
+            .args(["--log-level", "trace", "--http-addr", &format!("127.0.0.1:{http_port}")])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env("AWS_ACCESS_KEY_ID", env.var("AO_S3_ROOT_ACCESS_KEY"))
+            .env("AWS_SECRET_ACCESS_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
+            .env("AWS_REGION", env.var("AO_S3_REGION"))
+            .env("AWS_ENDPOINT_URL_IAM", env.var("AO_MOTO_ENDPOINT"))
+            .env("AWS_ENDPOINT_URL_STS", env.var("AO_MOTO_ENDPOINT"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the operator starts");
+        Self { child, log, http_port }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The operator's /metrics text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.expect("metrics port is open");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        body
+    }
+
+    /// The value of a counter line (`name{labels} value`) in /metrics, 0 when absent.
+    pub async fn counter(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// An S3 client for MinIO with its root user.
+pub fn s3_root() -> aws_sdk_s3::Client {
+    let env = test_env();
+    s3_client(env.var("AO_S3_ROOT_ACCESS_KEY"), env.var("AO_S3_ROOT_SECRET_KEY"))
+}
+
+pub fn s3_client(access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    let env = test_env();
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(env.var("AO_S3_REGION").to_owned()))
+        .endpoint_url(env.var("AO_S3_ENDPOINT"))
+        .force_path_style(true)
+        .credentials_provider(aws_credential_types::Credentials::new(access_key, secret_key, None, None, "test"))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A unique bucket name the limited MinIO user may use.
+pub fn limited_bucket(test: &str) -> String {
+    format!("limited-{}-{}", test.replace('_', "-"), fastrand::u32(..) % 1_000_000)
+}

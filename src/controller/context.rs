@@ -1,0 +1,118 @@
+//! State shared by every reconcile.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::aws::AwsEdge;
+use crate::conditions::Transition;
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a Ready store is re-verified (with ±10% jitter).
+    pub resync_interval: Duration,
+    /// The cluster's service-account issuer, for IRSA trust checks. None: read from the apiserver.
+    pub oidc_issuer: Option<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub aws: AwsEdge,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: crate::metrics::Metrics,
+    /// Consecutive failures per object (namespace/name), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// When each store (by UID) was last verified by this process, and with which inputs.
+    verified: Mutex<HashMap<String, (Instant, String)>>,
+    issuer: tokio::sync::OnceCell<String>,
+}
+
+impl Context {
+    pub fn new(client: Client, aws: AwsEdge, settings: Settings, metrics: crate::metrics::Metrics) -> Self {
+        let recorder =
+            Recorder::new(client.clone(), Reporter { controller: "artifact-operator".into(), instance: None });
+        Self {
+            client,
+            aws,
+            settings,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+            verified: Mutex::default(),
+            issuer: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Records a failure and returns the count so far.
+    pub fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key.to_owned()).or_default();
+        *count += 1;
+        *count
+    }
+
+    pub fn record_success(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// When this process last verified `uid` with `inputs`.
+    pub fn last_verified(&self, uid: &str, inputs: &str) -> Option<Instant> {
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified.get(uid).filter(|(_, seen)| seen == inputs).map(|(at, _)| *at)
+    }
+
+    pub fn mark_verified(&self, uid: &str, inputs: &str, at: Instant) {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_owned(), (at, inputs.to_owned()));
+    }
+
+    pub fn forget(&self, uid: &str, key: &str) {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.record_success(key);
+    }
+
+    /// The cluster's OIDC issuer: the configured one, or the apiserver's discovery document.
+    pub async fn oidc_issuer(&self) -> Result<String, String> {
+        if let Some(issuer) = &self.settings.oidc_issuer {
+            return Ok(issuer.clone());
+        }
+        self.issuer
+            .get_or_try_init(|| async {
+                let request = http::Request::get("/.well-known/openid-configuration")
+                    .body(Vec::new())
+                    .map_err(|e| e.to_string())?;
+                let document: serde_json::Value = self.client.request(request).await.map_err(|e| e.to_string())?;
+                document["issuer"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "the apiserver's discovery document has no issuer".to_owned())
+            })
+            .await
+            .cloned()
+    }
+
+    /// Publishes an Event per condition transition. Failing to publish is logged, not fatal.
+    pub async fn publish_transitions(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        transitions: &[Transition],
+    ) {
+        for transition in transitions {
+            let observed = &transition.observed;
+            let event = Event {
+                type_: if observed.status.is_false() { EventType::Warning } else { EventType::Normal },
+                reason: observed.reason.clone(),
+                note: Some(format!("{} is {}: {}", observed.type_, observed.status.as_str(), observed.message)),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, reference).await {
+                tracing::warn!(%error, "failed to publish an event");
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The operator process: flags, logging, the HTTP endpoints, and the controllers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::aws::AwsEdge;
+use crate::aws::ratelimit::RateLimiter;
+use crate::controller::Context;
+use crate::controller::apply::FIELD_MANAGER;
+use crate::controller::context::Settings;
+use crate::metrics::Metrics;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespace to watch; empty watches all namespaces. (One namespace, or all.)
+    #[arg(long, env = "AO_NAMESPACES", default_value = "")]
+    pub namespaces: String,
+    /// How often a Ready store is re-verified, e.g. 10m, 90s.
+    #[arg(long, env = "AO_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Objects reconciled at once.
+    #[arg(long, env = "AO_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// AWS calls per second per account.
+    #[arg(long, env = "AO_AWS_REQUESTS_PER_SECOND", default_value_t = 10.0)]
+    pub aws_requests_per_second: f64,
+    /// AWS calls per account allowed in a burst.
+    #[arg(long, env = "AO_AWS_BURST", default_value_t = 20)]
+    pub aws_burst: u32,
+    /// Log filter, e.g. info or artifact_operator=debug.
+    #[arg(long, env = "AO_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format: json or text.
+    #[arg(long, env = "AO_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "AO_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// The cluster's OIDC issuer for IRSA trust checks; read from the apiserver when unset.
+    #[arg(long, env = "AO_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Apply the CRDs at start (for local development; the chart installs them otherwise).
+    #[arg(long)]
+    pub install_crds: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Parses `90s`, `10m`, `1h` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        _ => return Err(format!("{text:?} has an unknown unit; use s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[derive(Clone)]
+struct Health {
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(|State(h): State<Health>| async move { h.metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Health>| async move {
+                if h.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+async fn install_crds(client: &Client) -> Result<(), kube::Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crate::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+    }
+    Ok(())
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    init_logging(&args);
+    let client = Client::try_default().await.map_err(|e| format!("failed to configure the Kubernetes client: {e}"))?;
+    if args.install_crds {
+        install_crds(&client).await.map_err(|e| format!("failed to install the CRDs: {e}"))?;
+    }
+    let aws = AwsEdge::load(RateLimiter::new(args.aws_requests_per_second, args.aws_burst)).await;
+    let metrics = Metrics::default();
+    let settings = Settings { resync_interval: args.resync_interval, oidc_issuer: args.oidc_issuer.clone() };
+    let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(serve(args.http_addr, Health { metrics, ready: ready.clone() }));
+    let namespace = Some(args.namespaces.trim().to_owned()).filter(|n| !n.is_empty());
+    if namespace.as_deref().is_some_and(|n| n.contains(',')) {
+        return Err("watching a list of namespaces is not supported yet: give one namespace or none (all)".into());
+    }
+    tracing::info!(namespace = namespace.as_deref().unwrap_or("*"), resync = ?args.resync_interval, "starting the controllers");
+    ready.store(true, Ordering::Relaxed);
+    crate::store::run(ctx, namespace, args.concurrency).await;
+    server.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

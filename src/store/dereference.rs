@@ -1,0 +1,120 @@
+//! Dereference: everything the store points at, from its own namespace only.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use crate::api::ArtifactStore;
+use crate::api::artifact_store::CaBundleKind;
+use crate::aws::{Failure, StaticKeys};
+
+/// The store's referenced objects, resolved. Holds key material: never log or display it.
+pub struct Inputs {
+    pub keys: Option<StaticKeys>,
+    pub has_session_token: bool,
+    pub ca_pem: Option<String>,
+    pub service_account: Option<ServiceAccount>,
+    /// Identifies this combination of spec and referenced objects (generation and resource
+    /// versions, never content), so unchanged inputs need no full re-verification.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {kind} {name}")]
+    Read { kind: &'static str, name: String, source: kube::Error },
+    #[error("{}", .0.message)]
+    Invalid(Failure),
+}
+
+fn value(secret: &Secret, key: &str) -> Option<String> {
+    let from_data =
+        secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).trim().to_owned());
+    let from_string = secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.trim().to_owned());
+    from_data.or(from_string).filter(|v| !v.is_empty())
+}
+
+pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Inputs, Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
+    let read = |kind: &'static str, name: &str| {
+        let name = name.to_owned();
+        move |source| Error::Read { kind, name, source }
+    };
+
+    let mut keys = None;
+    let mut has_session_token = false;
+    if let Some(auth) = &store.spec.auth.secret_ref {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let secret = api.get_opt(&auth.name).await.map_err(read("Secret", &auth.name))?.ok_or_else(|| {
+            Error::Invalid(Failure::user(
+                "SecretNotFound",
+                format!(
+                    "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
+                    auth.name,
+                    auth.access_key_id_key(),
+                    auth.secret_access_key_key()
+                ),
+            ))
+        })?;
+        versions.push(secret.resource_version().unwrap_or_default());
+        let missing = |key: &str| {
+            Error::Invalid(Failure::user(
+                "SecretKeyMissing",
+                format!(
+                    "Secret {} has no non-empty key {key}; add it, or name the key that holds it in spec.auth.secretRef",
+                    auth.name
+                ),
+            ))
+        };
+        let access_key_id =
+            value(&secret, auth.access_key_id_key()).ok_or_else(|| missing(auth.access_key_id_key()))?;
+        let secret_access_key =
+            value(&secret, auth.secret_access_key_key()).ok_or_else(|| missing(auth.secret_access_key_key()))?;
+        let session_token = value(&secret, auth.session_token_key());
+        has_session_token = session_token.is_some();
+        keys = Some(StaticKeys { access_key_id, secret_access_key, session_token });
+    }
+
+    let mut ca_pem = None;
+    if let Some(ca) = store.spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
+        let not_found = || {
+            Error::Invalid(Failure::user(
+                "CaBundleNotFound",
+                format!(
+                    "{:?} {} with key {} (endpoint.tls.caBundle) does not exist in namespace {namespace}",
+                    ca.kind, ca.name, ca.key
+                ),
+            ))
+        };
+        let (pem, version) = match ca.kind {
+            CaBundleKind::ConfigMap => {
+                let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+                let cm = api.get_opt(&ca.name).await.map_err(read("ConfigMap", &ca.name))?.ok_or_else(not_found)?;
+                (cm.data.as_ref().and_then(|d| d.get(&ca.key)).cloned(), cm.resource_version())
+            }
+            CaBundleKind::Secret => {
+                let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+                let secret = api.get_opt(&ca.name).await.map_err(read("Secret", &ca.name))?.ok_or_else(not_found)?;
+                (value(&secret, &ca.key), secret.resource_version())
+            }
+        };
+        ca_pem = Some(pem.ok_or_else(not_found)?);
+        versions.push(version.unwrap_or_default());
+    }
+
+    let mut service_account = None;
+    if let Some(name) = store.spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        let account = api.get_opt(name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
+            Error::Invalid(Failure::user(
+                "ServiceAccountNotFound",
+                format!("ServiceAccount {name} (spec.auth.implicit.serviceAccountName) does not exist in namespace {namespace}"),
+            ))
+        })?;
+        versions.push(account.resource_version().unwrap_or_default());
+        service_account = Some(account);
+    }
+
+    Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })
+}

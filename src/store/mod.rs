@@ -1,0 +1,435 @@
+//! The ArtifactStore reconciler: dereference → validate → verify → build → apply → status.
+
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::ArtifactStore;
+use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
+use crate::aws::Failure;
+use crate::conditions::{self, READY};
+use crate::controller::Context;
+use crate::controller::apply::{self, FIELD_MANAGER};
+use crate::controller::timing::{backoff, jittered, spread};
+use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::s3path::S3Path;
+use dereference::{Inputs, dereference};
+
+/// Held while a store with `deletionPolicy: Delete` may still have to delete its bucket.
+pub const FINALIZER: &str = "artifacts.dev/bucket-deletion";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to dereference the store's inputs")]
+    Dereference(#[source] dereference::Error),
+    #[error("failed to publish the store's configuration")]
+    Publish(#[source] kube::Error),
+    #[error("failed to write the store's status")]
+    Status(#[source] kube::Error),
+    #[error("failed to update the store's finalizer")]
+    Finalizer(#[source] kube::Error),
+    #[error("failed to check whether the namespace or the CRD is being deleted")]
+    DeletionScope(#[source] kube::Error),
+}
+
+impl Error {
+    /// A static label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Dereference(_) => "dereference",
+            Self::Publish(_) => "publish",
+            Self::Status(_) => "status",
+            Self::Finalizer(_) => "finalizer",
+            Self::DeletionScope(_) => "deletion_scope",
+        }
+    }
+}
+
+fn key(store: &ArtifactStore) -> String {
+    format!("{}/{}", store.namespace().unwrap_or_default(), store.name_any())
+}
+
+/// Whether a Secret, ConfigMap or ServiceAccount named `name` in `namespace` is referenced by `store`.
+fn references(store: &ArtifactStore, kind: &str, namespace: &str, name: &str) -> bool {
+    if store.namespace().as_deref() != Some(namespace) {
+        return false;
+    }
+    let spec = &store.spec;
+    let ca = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref());
+    match kind {
+        "Secret" => {
+            spec.auth.secret_ref.as_ref().is_some_and(|s| s.name == name)
+                || ca.is_some_and(|ca| ca.kind == CaBundleKind::Secret && ca.name == name)
+        }
+        "ConfigMap" => ca.is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap && ca.name == name),
+        "ServiceAccount" => spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_deref()) == Some(name),
+        _ => false,
+    }
+}
+
+fn referencing(
+    stores: &Store<ArtifactStore>,
+    kind: &'static str,
+    namespace: Option<String>,
+    name: String,
+) -> Vec<ObjectRef<ArtifactStore>> {
+    let namespace = namespace.unwrap_or_default();
+    stores
+        .state()
+        .iter()
+        .filter(|s| references(s, kind, &namespace, &name))
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+/// Runs the ArtifactStore controller until shutdown.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+    let client = ctx.client.clone();
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
+        client: &kube::Client,
+        ns: &Option<String>,
+    ) -> Api<K> {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
+    let controller =
+        Controller::new(api::<ArtifactStore>(&client, &namespace), watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let stores = controller.store();
+    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
+    let all = watcher::Config::default;
+    controller
+        .owns(api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
+        .watches(api::<PartialObjectMeta<Secret>>(&client, &namespace), all(), move |s| {
+            referencing(&s1, "Secret", s.metadata.namespace, s.metadata.name.unwrap_or_default())
+        })
+        .watches(api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), all(), move |c| {
+            referencing(&s2, "ConfigMap", c.metadata.namespace, c.metadata.name.unwrap_or_default())
+        })
+        .watches(api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace), all(), move |a| {
+            referencing(&s3, "ServiceAccount", a.metadata.namespace, a.metadata.name.unwrap_or_default())
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "artifact store reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(store: Arc<ArtifactStore>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&key(&store));
+    ctx.metrics.reconcile_error("ArtifactStore", error.category());
+    tracing::warn!(store = %key(&store), error = %error, source = ?std::error::Error::source(error).map(ToString::to_string), "artifact store reconcile failed");
+    Action::requeue(backoff(failures, ctx.settings.resync_interval))
+}
+
+pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&store, &ctx).await;
+    ctx.metrics.reconciled("ArtifactStore", started.elapsed());
+    result
+}
+
+async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
+    if store.metadata.deletion_timestamp.is_some() {
+        return cleanup(store, ctx).await;
+    }
+    sync_finalizer(store, ctx).await?;
+
+    // Validate what the schema could not (objects created before a rule existed).
+    let path = match S3Path::parse(&store.spec.path) {
+        Ok(path) => path,
+        Err(error) => {
+            let failure = Failure::user("InvalidPath", error.to_string());
+            write_status(store, ctx, &status::unresolved(&failure), |_| {}).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let inputs = match dereference(&ctx.client, store).await {
+        Ok(inputs) => inputs,
+        Err(dereference::Error::Invalid(failure)) => {
+            write_status(store, ctx, &status::unresolved(&failure), |s| {
+                s.bucket = Some(path.bucket.clone());
+                s.prefix = Some(path.prefix.clone());
+            })
+            .await?;
+            // The watches on Secrets, ConfigMaps and ServiceAccounts bring the fix at once.
+            return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+        }
+        Err(error) => return Err(Error::Dereference(error)),
+    };
+
+    let uid = store.uid().unwrap_or_default();
+    let previous = store.status.clone().unwrap_or_default();
+    let resync = ctx.settings.resync_interval;
+    let up_to_date = conditions::is_true_for(&previous.conditions, READY, store.metadata.generation)
+        && previous.verified_inputs.as_deref() == Some(inputs.fingerprint.as_str());
+    if up_to_date {
+        let region = previous.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let next = match ctx.last_verified(&uid, &inputs.fingerprint) {
+            Some(at) if at.elapsed() < resync => Some(resync - at.elapsed()),
+            Some(_) => match verify::quick_check(ctx, store, &inputs, &path, &region).await {
+                Ok(()) => {
+                    ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
+                    ctx.metrics.verified(&key(store));
+                    Some(jittered(resync))
+                }
+                Err(_) => None,
+            },
+            None => {
+                // First sight since this process started: spread the re-verifications.
+                let wait = spread(resync);
+                let at = Instant::now().checked_sub(resync - wait).unwrap_or_else(Instant::now);
+                ctx.mark_verified(&uid, &inputs.fingerprint, at);
+                Some(wait)
+            }
+        };
+        if let Some(next) = next {
+            publish(store, ctx, &inputs, &region).await?;
+            ctx.record_success(&key(store));
+            return Ok(Action::requeue(next));
+        }
+    }
+
+    let outcome = verify::verify(ctx, store, &inputs, &path).await;
+    let region = outcome.region.clone().or(previous.region.clone());
+    let config_map_name = store_config_map_name(&store.name_any());
+    let observed =
+        status::observe(&path.to_string(), region.as_deref(), &outcome.bucket, &outcome.credentials, &config_map_name);
+    let ready = outcome.bucket.is_ok() && outcome.credentials.is_ok();
+    if ready {
+        publish(store, ctx, &inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?;
+    }
+    let endpoint = store
+        .spec
+        .endpoint
+        .as_ref()
+        .map(|e| e.url.clone())
+        .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", region.as_deref().unwrap_or(DEFAULT_REGION)));
+    write_status(store, ctx, &observed, |s| {
+        s.bucket = Some(path.bucket.clone());
+        s.prefix = Some(path.prefix.clone());
+        s.region = region.clone();
+        s.endpoint = Some(endpoint.clone());
+        if let Ok(bucket) = &outcome.bucket {
+            s.bucket_created = Some(bucket.created_by_operator);
+        } else {
+            s.bucket_created = previous.bucket_created;
+        }
+        if let Ok(identity) = &outcome.credentials {
+            s.identity_arn = identity.arn.clone();
+        }
+        if ready {
+            s.config_map_name = Some(config_map_name.clone());
+            s.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&store.name_any()));
+            s.verified_inputs = Some(inputs.fingerprint.clone());
+        } else {
+            s.config_map_name = previous.config_map_name.clone();
+            s.credentials_secret_name = previous.credentials_secret_name.clone();
+        }
+    })
+    .await?;
+
+    if ready {
+        ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
+        ctx.metrics.verified(&key(store));
+        ctx.record_success(&key(store));
+        Ok(Action::requeue(jittered(resync)))
+    } else {
+        let failures = ctx.record_failure(&key(store));
+        Ok(Action::requeue(backoff(failures, resync)))
+    }
+}
+
+/// Applies the store's ConfigMap (and, for key auth, the env Secret) if they differ.
+async fn publish(store: &ArtifactStore, ctx: &Context, inputs: &Inputs, region: &str) -> Result<(), Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let resolved =
+        ResolvedStore::new(store, region, inputs.has_session_token).expect("the path was parsed before publishing");
+    let config_map = build::config_map(store, &resolved, inputs.ca_pem.as_deref());
+    let wrote = apply::config_map(&Api::namespaced(ctx.client.clone(), &namespace), &config_map)
+        .await
+        .map_err(Error::Publish)?;
+    if let Some(keys) = &inputs.keys {
+        let secret = build::env_secret(store, keys);
+        apply::secret(&Api::namespaced(ctx.client.clone(), &namespace), &secret).await.map_err(Error::Publish)?;
+    }
+    if wrote {
+        tracing::info!(store = %key(store), config_map = %store_config_map_name(&store.name_any()), "published the store's configuration");
+    }
+    Ok(())
+}
+
+/// Writes the status if anything but the verification time changed, and publishes an Event per
+/// condition transition.
+async fn write_status(
+    store: &ArtifactStore,
+    ctx: &Context,
+    observed: &[conditions::Observed],
+    fill: impl FnOnce(&mut ArtifactStoreStatus),
+) -> Result<(), Error> {
+    let previous = store.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let (merged, transitions) = conditions::merge(&previous.conditions, observed, store.metadata.generation, &now);
+    let mut next = ArtifactStoreStatus {
+        observed_generation: store.metadata.generation,
+        conditions: merged,
+        last_verified_time: previous.last_verified_time.clone(),
+        verified_inputs: previous.verified_inputs.clone(),
+        ..ArtifactStoreStatus::default()
+    };
+    fill(&mut next);
+    if next == previous {
+        return Ok(());
+    }
+    next.last_verified_time = Some(now);
+    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "status": next});
+    api.patch_status(&store.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Status)?;
+    ctx.publish_transitions(&store.object_ref(&()), &transitions).await;
+    Ok(())
+}
+
+fn has_finalizer(store: &ArtifactStore) -> bool {
+    store.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Sets the finalizer list with optimistic concurrency (resourceVersion), keeping other finalizers.
+async fn set_finalizer(store: &ArtifactStore, ctx: &Context, present: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = store.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": store.resource_version()}});
+    match api.patch(&store.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(Error::Finalizer(error)),
+    }
+}
+
+/// `Delete` needs the finalizer; `Retain` needs none.
+async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<(), Error> {
+    let wanted = store.spec.deletion_policy == DeletionPolicy::Delete;
+    if wanted != has_finalizer(store) {
+        set_finalizer(store, ctx, wanted).await?;
+    }
+    Ok(())
+}
+
+async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Delete".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
+        tracing::warn!(%error, "failed to publish an event");
+    }
+}
+
+/// Whether the store goes because its namespace or its CRD goes: then no bucket is deleted.
+async fn deleted_in_bulk(store: &ArtifactStore, ctx: &Context) -> Result<Option<String>, Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let terminating = namespaces.get_opt(&namespace).await.map_err(Error::DeletionScope)?;
+    if terminating.is_none_or(|n| n.metadata.deletion_timestamp.is_some()) {
+        return Ok(Some(format!("namespace {namespace} is being deleted")));
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let crd = crds.get_opt("artifactstores.artifacts.dev").await.map_err(Error::DeletionScope)?;
+    if crd.is_none_or(|c| c.metadata.deletion_timestamp.is_some()) {
+        return Ok(Some("the ArtifactStore CRD is being deleted".to_owned()));
+    }
+    Ok(None)
+}
+
+async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
+    ctx.forget(&store.uid().unwrap_or_default(), &key(store));
+    if !has_finalizer(store) {
+        return Ok(Action::await_change());
+    }
+    let status = store.status.clone().unwrap_or_default();
+    let bucket_name = status.bucket.clone().unwrap_or_else(|| store.spec.path.clone());
+    let retain = |why: String| async move {
+        let bucket_name =
+            store.status.as_ref().and_then(|s| s.bucket.clone()).unwrap_or_else(|| store.spec.path.clone());
+        event(ctx, store, EventType::Normal, "BucketRetained", format!("bucket {bucket_name} is kept: {why}")).await;
+        set_finalizer(store, ctx, false).await.map(|()| Action::await_change())
+    };
+    if store.spec.deletion_policy == DeletionPolicy::Retain {
+        return retain("deletionPolicy is Retain".into()).await;
+    }
+    if let Some(why) = deleted_in_bulk(store, ctx).await? {
+        return retain(format!("{why}; buckets are deleted only when their ArtifactStore itself is deleted")).await;
+    }
+    if status.bucket_created != Some(true) {
+        return retain("this operator did not create it".into()).await;
+    }
+    let blocked = |failure: Failure| async move {
+        let observed = vec![conditions::Observed::failed(READY, failure.reason, failure.message.clone())];
+        write_status(store, ctx, &observed, |s| {
+            let previous = store.status.clone().unwrap_or_default();
+            *s = ArtifactStoreStatus {
+                conditions: std::mem::take(&mut s.conditions),
+                observed_generation: s.observed_generation,
+                ..previous
+            };
+        })
+        .await?;
+        let failures = ctx.record_failure(&key(store));
+        Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+    };
+    let inputs = match dereference(&ctx.client, store).await {
+        Ok(inputs) => inputs,
+        Err(dereference::Error::Invalid(failure)) => {
+            return blocked(Failure::user(
+                "DeletionBlocked",
+                format!("cannot delete bucket {bucket_name}: {}", failure.message),
+            ))
+            .await;
+        }
+        Err(error) => return Err(Error::Dereference(error)),
+    };
+    let path = S3Path::parse(&store.spec.path).expect("a store with a created bucket has a valid path");
+    let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    match verify::delete_created_bucket(ctx, store, &inputs, &path, &region).await {
+        Ok(verify::Deletion::Deleted) => {
+            event(
+                ctx,
+                store,
+                EventType::Normal,
+                "BucketDeleted",
+                format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)"),
+            )
+            .await;
+            set_finalizer(store, ctx, false).await?;
+            Ok(Action::await_change())
+        }
+        Ok(verify::Deletion::NotOurs) => retain("its creator tag does not name this ArtifactStore".into()).await,
+        Err(failure) => blocked(failure).await,
+    }
+}

@@ -1,0 +1,81 @@
+//! Status: conditions from what verification found. Pure.
+
+use crate::aws::Failure;
+use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
+
+use super::verify::{BucketState, Identity};
+
+/// The three conditions for a store that could not even be dereferenced (missing Secret, ...).
+pub fn unresolved(failure: &Failure) -> Vec<Observed> {
+    vec![
+        Observed::failed(READY, failure.reason, failure.message.clone()),
+        Observed::unknown(
+            BUCKET_READY,
+            "CredentialsUnavailable",
+            "the bucket is checked once the credentials can be read",
+        ),
+        Observed::failed(CREDENTIALS_VALID, failure.reason, failure.message.clone()),
+    ]
+}
+
+/// The conditions for a verified (or failed) store.
+pub fn observe(
+    path: &str,
+    region: Option<&str>,
+    bucket: &Result<BucketState, Failure>,
+    credentials: &Result<Identity, Failure>,
+    config_map: &str,
+) -> Vec<Observed> {
+    let bucket_condition = match bucket {
+        Ok(state) => {
+            let how = if state.created_now {
+                "created"
+            } else if state.created_by_operator {
+                "exists (created by this operator)"
+            } else {
+                "exists"
+            };
+            let skipped = if state.skipped_settings.is_empty() {
+                String::new()
+            } else {
+                format!("; the endpoint does not implement: {}", state.skipped_settings.join(", "))
+            };
+            let reason = if state.created_now { "BucketCreated" } else { "BucketExists" };
+            Observed::ok(BUCKET_READY, reason, format!("bucket {how} in {}{skipped}", region.unwrap_or("its region")))
+        }
+        Err(failure) => Observed::failed(BUCKET_READY, failure.reason, failure.message.clone()),
+    };
+    let credentials_condition = match credentials {
+        Ok(identity) => Observed::ok(CREDENTIALS_VALID, "Verified", identity.summary.clone()),
+        Err(failure) => Observed::failed(CREDENTIALS_VALID, failure.reason, failure.message.clone()),
+    };
+    let ready = match (bucket, credentials) {
+        (Ok(_), Ok(_)) => Observed::ok(READY, "Ready", format!("{path} is ready; pods use ConfigMap {config_map}")),
+        (Err(failure), _) | (_, Err(failure)) => Observed::failed(READY, failure.reason, failure.message.clone()),
+    };
+    vec![ready, bucket_condition, credentials_condition]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::Status;
+
+    #[test]
+    fn ready_needs_both_bucket_and_credentials() {
+        let ok = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Ok(Identity::default()), "cm");
+        assert_eq!(ok[0].status, Status::True);
+        let denied = Failure::user("AccessDenied", "denied");
+        let bad = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Err(denied), "cm");
+        assert_eq!((bad[0].status, bad[0].reason.as_str()), (Status::False, "AccessDenied"));
+        assert_eq!(bad[1].status, Status::True);
+        assert_eq!(bad[2].reason, "AccessDenied");
+    }
+
+    #[test]
+    fn unresolved_marks_the_bucket_unknown() {
+        let conditions = unresolved(&Failure::user("SecretNotFound", "no secret"));
+        assert_eq!(conditions[1].status, Status::Unknown);
+        assert_eq!(conditions[0].reason, "SecretNotFound");
+    }
+}

@@ -1,0 +1,432 @@
+//! Verification: proves that the bucket is there (creating it on the deploy path) and that the
+//! credentials, or the IRSA wiring, really work.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::ResourceExt;
+
+use super::dereference::Inputs;
+use crate::api::ArtifactStore;
+use crate::api::artifact_store::Provisioning;
+use crate::aws::failure::{CallError, Target, classify_s3};
+use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
+use crate::aws::s3::{Bucket, Created};
+use crate::aws::{Failure, S3Connection};
+use crate::controller::Context;
+use crate::resolve::{DEFAULT_REGION, ResolvedStore};
+use crate::s3path::S3Path;
+
+/// What verification found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The bucket's region, once known.
+    pub region: Option<String>,
+    pub bucket: Result<BucketState, Failure>,
+    pub credentials: Result<Identity, Failure>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BucketState {
+    /// Whether this operator created the bucket (now or before, per the creator tag).
+    pub created_by_operator: bool,
+    pub created_now: bool,
+    /// Settings the endpoint does not implement.
+    pub skipped_settings: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub arn: Option<String>,
+    pub summary: String,
+}
+
+fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connection {
+    let resolved = ResolvedStore::new(store, region, false).ok();
+    S3Connection {
+        region: region.to_owned(),
+        endpoint: resolved.as_ref().and_then(|r| r.endpoint.clone()),
+        path_style: resolved.as_ref().is_some_and(ResolvedStore::path_style),
+        ca_pem: inputs.ca_pem.clone(),
+        keys: inputs.keys.clone(),
+    }
+}
+
+fn bucket_client(ctx: &Context, connection: &S3Connection, path: &S3Path) -> Result<Bucket, Failure> {
+    let client = ctx.aws.s3(connection).map_err(|e| Failure::user("InvalidTlsSettings", e.to_string()))?;
+    Ok(Bucket::new(client, ctx.aws.limiter.clone(), connection.account_key(), path.clone()))
+}
+
+/// The cheap periodic check: one HeadBucket in the known region.
+pub async fn quick_check(
+    ctx: &Context,
+    store: &ArtifactStore,
+    inputs: &Inputs,
+    path: &S3Path,
+    region: &str,
+) -> Result<(), Failure> {
+    let connection = connection(store, inputs, region);
+    let bucket = bucket_client(ctx, &connection, path)?;
+    let endpoint = connection.endpoint_display();
+    let target =
+        Target { action: &format!("reach bucket {}", path.bucket), bucket: &path.bucket, region, endpoint: &endpoint };
+    bucket.head(None).await.map(|_| ()).map_err(|e| classify_s3(&e, &target))
+}
+
+/// Full verification.
+pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3Path) -> Outcome {
+    let uid = store.uid().unwrap_or_default();
+    let spec_region = store.spec.region.clone();
+    let mut region =
+        spec_region.clone().or_else(|| ctx.aws.ambient_region()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let mut connection = connection(store, inputs, &region);
+
+    // Who are we? STS only exists on AWS itself, not on a custom endpoint.
+    let identity = if store.spec.endpoint.is_none() || inputs.keys.is_none() && store.spec.auth.implicit.is_some() {
+        caller_identity(ctx, inputs, store.spec.endpoint.is_some()).await
+    } else {
+        Ok(None)
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(failure) => {
+            let pending = Failure::user(
+                "CredentialsInvalid",
+                format!("the bucket is checked once the credentials work: {}", failure.message),
+            );
+            return Outcome { region: spec_region, bucket: Err(pending), credentials: Err(failure) };
+        }
+    };
+
+    let endpoint = connection.endpoint_display();
+    let mut bucket = match bucket_client(ctx, &connection, path) {
+        Ok(bucket) => bucket,
+        Err(failure) => return Outcome { region: None, bucket: Err(failure.clone()), credentials: Err(failure) },
+    };
+    let target = |action: &str, region: &str| -> (String, String) { (action.to_owned(), region.to_owned()) };
+    let classify = |error: &CallError, (action, region): (String, String)| {
+        classify_s3(error, &Target { action: &action, bucket: &path.bucket, region: &region, endpoint: &endpoint })
+    };
+
+    // Find the bucket and its region.
+    let mut state = BucketState::default();
+    let mut head = bucket.head(None).await;
+    if let Err(error) = &head {
+        if let (Some(actual), None) = (&error.bucket_region, &spec_region) {
+            // The bucket lives elsewhere and the user let us discover the region: follow it.
+            region = actual.clone();
+            connection = self::connection(store, inputs, &region);
+            match bucket_client(ctx, &connection, path) {
+                Ok(client) => bucket = client,
+                Err(failure) => {
+                    return Outcome { region: None, bucket: Err(failure.clone()), credentials: Err(failure) };
+                }
+            }
+            head = bucket.head(None).await;
+        }
+    }
+    // HEAD answers carry no error body: ask again where the answer names the problem.
+    if let Err(error) = &head {
+        if error.code.is_none() && error.http_status == Some(403) {
+            if let Err(detailed) = bucket.read_probe().await {
+                head = Err(detailed);
+            }
+        } else if error.code.is_none() && error.http_status == Some(400) && error.bucket_region.is_none() {
+            // Signed for the wrong region: GetBucketLocation from the default region names the right one.
+            let probe = self::connection(store, inputs, DEFAULT_REGION);
+            if let Ok(located) = bucket_client(ctx, &probe, path) {
+                if let Ok(Some(actual)) = located.location().await {
+                    let mut located_error = error.clone();
+                    located_error.bucket_region = Some(actual);
+                    head = Err(located_error);
+                }
+            }
+        }
+    }
+    let bucket_result = match head {
+        Ok(reported) => {
+            let actual = match reported {
+                Some(reported) => Some(reported),
+                None => bucket.location().await.ok().flatten(),
+            };
+            if let Some(actual) = actual {
+                if let Some(wanted) = &spec_region {
+                    if *wanted != actual {
+                        let failure = Failure::user(
+                            "RegionMismatch",
+                            format!(
+                                "bucket {} is in {actual}, but spec.region is {wanted}; set spec.region to {actual} or remove it",
+                                path.bucket
+                            ),
+                        );
+                        return Outcome {
+                            region: Some(actual),
+                            bucket: Err(failure.clone()),
+                            credentials: Err(Failure::user("RegionMismatch", failure.message)),
+                        };
+                    }
+                }
+                region = actual;
+            }
+            if store.spec.provisioning == Provisioning::Create {
+                state.created_by_operator = matches!(bucket.creator().await, Ok(Some(creator)) if creator == uid);
+                if state.created_by_operator {
+                    apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
+                } else {
+                    Ok(state)
+                }
+            } else {
+                Ok(state)
+            }
+        }
+        Err(error) if error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket") => {
+            if store.spec.provisioning == Provisioning::Create {
+                match bucket.create(&region).await {
+                    Ok(Created::New) => {
+                        state.created_by_operator = true;
+                        state.created_now = true;
+                        apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
+                    }
+                    Ok(Created::AlreadyOwnedByYou) => Ok(state),
+                    Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::user(
+                        "BucketOwnedByAnotherAccount",
+                        format!(
+                            "bucket {} exists and belongs to another account; the operator never writes to it: choose another bucket name",
+                            path.bucket
+                        ),
+                    )),
+                    Err(error) => Err(classify(&error, target(&format!("create bucket {}", path.bucket), &region))),
+                }
+            } else {
+                Err(classify(&error, target(&format!("find bucket {}", path.bucket), &region)))
+            }
+        }
+        Err(error) => Err(classify(&error, target(&format!("reach bucket {}", path.bucket), &region))),
+    };
+    if let Err(failure) = bucket_result {
+        let credentials = match failure.reason {
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" => Err(failure.clone()),
+            _ => Err(Failure {
+                reason: "BucketNotReady",
+                message: format!("access is checked once the bucket is ready: {}", failure.message),
+                transient: failure.transient,
+            }),
+        };
+        return Outcome { region: Some(region), bucket: Err(failure), credentials };
+    }
+
+    // Prove access where the pods will work: under the prefix.
+    let credentials = match bucket.read_probe().await {
+        Err(error) => Err(classify(&error, target(&format!("list {path}"), &region))),
+        Ok(()) if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) => {
+            bucket.write_probe().await.map_err(|error| {
+                classify(&error, target(&format!("write and delete a probe object under {path}"), &region))
+            })
+        }
+        Ok(()) => Ok(()),
+    };
+    let credentials = match credentials {
+        Err(failure) => Err(failure),
+        Ok(()) => pod_identity(ctx, store, inputs, path, identity).await,
+    };
+    Outcome { region: Some(region), bucket: bucket_result, credentials }
+}
+
+async fn apply_settings(
+    store: &ArtifactStore,
+    bucket: &Bucket,
+    uid: &str,
+    state: &mut BucketState,
+) -> Result<(), Failure> {
+    let settings = store.spec.bucket.clone().unwrap_or_default();
+    match bucket.apply_settings(&settings, uid, store.spec.endpoint.is_some()).await {
+        Ok(skipped) => {
+            state.skipped_settings = skipped;
+            Ok(())
+        }
+        Err(error) => Err(Failure {
+            reason: "BucketSettingsFailed",
+            message: format!(
+                "failed to apply the {} setting to bucket {}: {}{}; fix spec.bucket or remove the setting",
+                error.setting,
+                bucket.path.bucket,
+                error.error.code.clone().unwrap_or_else(|| "no response".into()),
+                error.error.aws_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+            transient: error.error.dispatch.is_some(),
+        }),
+    }
+}
+
+/// STS GetCallerIdentity with the store's keys, or the operator's ambient identity.
+async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) -> Result<Option<String>, Failure> {
+    let account = if inputs.keys.is_some() { "keys" } else { "ambient" };
+    ctx.aws.limiter.acquire(account).await;
+    crate::metrics::count_aws_call("sts");
+    match ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await {
+        Ok(output) => Ok(output.arn().map(str::to_owned)),
+        Err(err) => {
+            let error = CallError::from_sdk(&err);
+            if custom_endpoint {
+                // Identity is informative only when S3 is not AWS: do not fail on STS.
+                return Ok(None);
+            }
+            Err(match error.code.as_deref() {
+                Some("InvalidClientTokenId") => Failure::user(
+                    "InvalidAccessKeyId",
+                    "AWS STS does not know the access key id in the referenced Secret; put a valid key in the Secret",
+                ),
+                Some("SignatureDoesNotMatch") => Failure::user(
+                    "SignatureDoesNotMatch",
+                    "AWS STS rejected the signature: the secret access key in the referenced Secret does not belong to its access key id",
+                ),
+                Some("ExpiredToken") => Failure::user(
+                    "ExpiredToken",
+                    "the session token in the referenced Secret has expired; put fresh credentials in the Secret",
+                ),
+                _ if error.dispatch.is_some() => Failure::transient(
+                    "StsUnreachable",
+                    format!("could not reach AWS STS: {}", error.dispatch.unwrap_or_default()),
+                ),
+                _ => Failure::transient(
+                    "StsError",
+                    format!(
+                        "AWS STS GetCallerIdentity failed: {}",
+                        error.code.unwrap_or_else(|| "no credentials available".into())
+                    ),
+                ),
+            })
+        }
+    }
+}
+
+/// Whose access the pods will use, and whether it works for them.
+async fn pod_identity(
+    ctx: &Context,
+    store: &ArtifactStore,
+    inputs: &Inputs,
+    path: &S3Path,
+    caller: Option<String>,
+) -> Result<Identity, Failure> {
+    if inputs.keys.is_some() {
+        let who =
+            caller.clone().map_or_else(|| "the Secret's keys".to_owned(), |arn| format!("the Secret's keys ({arn})"));
+        return Ok(Identity { arn: caller, summary: format!("{who} can list {path}") });
+    }
+    let implicit = store.spec.auth.implicit.clone().unwrap_or_default();
+    match &inputs.service_account {
+        Some(account) => {
+            let namespace = store.namespace().unwrap_or_default();
+            check_irsa(ctx, &namespace, account, implicit.role_arn.as_deref(), path).await
+        }
+        None => Ok(Identity {
+            summary: format!(
+                "the operator's own identity{} can list {path}",
+                caller.as_deref().map(|a| format!(" ({a})")).unwrap_or_default()
+            ),
+            arn: caller,
+        }),
+    }
+}
+
+/// The IRSA checks for a ServiceAccount: annotation, role, trust policy, permissions.
+pub async fn check_irsa(
+    ctx: &Context,
+    namespace: &str,
+    account: &ServiceAccount,
+    expected_role: Option<&str>,
+    path: &S3Path,
+) -> Result<Identity, Failure> {
+    let name = account.name_any();
+    let Some(role_arn) = account.annotations().get(ROLE_ARN_ANNOTATION).cloned() else {
+        return Err(Failure::user(
+            "IrsaAnnotationMissing",
+            format!(
+                "ServiceAccount {name} has no {ROLE_ARN_ANNOTATION} annotation; annotate it with the IAM role its pods should assume"
+            ),
+        ));
+    };
+    if let Some(expected) = expected_role {
+        if expected != role_arn {
+            return Err(Failure::user(
+                "RoleArnMismatch",
+                format!(
+                    "ServiceAccount {name} is annotated with role {role_arn}, but spec.auth.implicit.roleArn is {expected}; make them agree"
+                ),
+            ));
+        }
+    }
+    let issuer = ctx
+        .oidc_issuer()
+        .await
+        .map_err(|e| Failure::transient("OidcIssuerUnknown", format!("cannot read the cluster's OIDC issuer: {e}")))?;
+    let iam = Iam::new(ctx.aws.iam(), ctx.aws.limiter.clone());
+    let trust = iam.trust_policy(&role_arn).await?;
+    iam::check_trust_policy(&trust, &issuer, namespace, &name)
+        .map_err(|message| Failure::user("TrustPolicyMismatch", format!("role {role_arn}: {message}")))?;
+    let permissions = match iam.denied_actions(&role_arn, path).await? {
+        None => " (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(),
+        Some(denied) if denied.is_empty() => String::new(),
+        Some(denied) => {
+            return Err(Failure::user(
+                "PermissionsDenied",
+                format!("role {role_arn} is not allowed: {}; add them to its policy", denied.join(", ")),
+            ));
+        }
+    };
+    Ok(Identity {
+        summary: format!(
+            "ServiceAccount {name} assumes role {role_arn}, which trusts this cluster's OIDC issuer{permissions}"
+        ),
+        arn: Some(role_arn),
+    })
+}
+
+/// What deleting a created bucket came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// The creator tag names another store (or none): the bucket is kept.
+    NotOurs,
+}
+
+/// Deletes the bucket only if its creator tag names this store and it holds nothing, not even old
+/// versions. A missing bucket counts as deleted.
+pub async fn delete_created_bucket(
+    ctx: &Context,
+    store: &ArtifactStore,
+    inputs: &Inputs,
+    path: &S3Path,
+    region: &str,
+) -> Result<Deletion, Failure> {
+    let connection = connection(store, inputs, region);
+    let bucket = bucket_client(ctx, &connection, path)?;
+    let endpoint = connection.endpoint_display();
+    let classify = |action: &str, error: &CallError| {
+        classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
+    };
+    let gone = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
+    match bucket.creator().await {
+        Ok(Some(uid)) if Some(uid.as_str()) == store.uid().as_deref() => {}
+        Ok(_) => return Ok(Deletion::NotOurs),
+        Err(error) if gone(&error) => return Ok(Deletion::Deleted),
+        Err(error) => return Err(classify("read the bucket's tags before deleting it", &error)),
+    }
+    match bucket.any_object().await {
+        Ok(None) => {}
+        Ok(Some(key)) => {
+            return Err(Failure::user(
+                "BucketNotEmpty",
+                format!(
+                    "bucket {} still holds objects (for example {key:?}, counting old versions); empty it to let it be deleted, or set deletionPolicy to Retain to keep it",
+                    path.bucket
+                ),
+            ));
+        }
+        Err(error) if gone(&error) => return Ok(Deletion::Deleted),
+        Err(error) => return Err(classify("list the bucket before deleting it", &error)),
+    }
+    match bucket.delete().await {
+        Ok(()) => Ok(Deletion::Deleted),
+        Err(error) if gone(&error) => Ok(Deletion::Deleted),
+        Err(error) => Err(classify("delete the bucket", &error)),
+    }
+}

@@ -1,0 +1,485 @@
+//! The ArtifactStore reconciler end to end: a real operator process against the real apiserver,
+//! MinIO and moto.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use artifact_operator::api::ArtifactStore;
+use aws_sdk_s3::primitives::ByteStream;
+use common::{Operator, eventually, limited_bucket, test_env};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn setup(test: &str) -> (Client, String) {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, test).await;
+    (client, ns)
+}
+
+async fn secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(&secret))
+        .await
+        .unwrap();
+}
+
+async fn user_keys_secret(client: &Client, ns: &str, name: &str) {
+    let env = test_env();
+    secret(
+        client,
+        ns,
+        name,
+        &[
+            ("aws_access_key_id", env.var("AO_S3_USER_ACCESS_KEY")),
+            ("aws_secret_access_key", env.var("AO_S3_USER_SECRET_KEY")),
+        ],
+    )
+    .await;
+}
+
+async fn apply_store(client: &Client, ns: &str, name: &str, spec: Value) {
+    let object = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": spec});
+    Api::<ArtifactStore>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(&object))
+        .await
+        .unwrap();
+}
+
+fn minio_spec(bucket: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "path": format!("s3://{bucket}/pipelines"),
+        "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+        "auth": {"secretRef": {"name": "minio-keys"}},
+    });
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    spec
+}
+
+/// Waits until condition `type_` has `status` and `reason` for the current generation.
+async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> ArtifactStore {
+    let api: Api<ArtifactStore> = Api::namespaced(client.clone(), ns);
+    let mut last = String::new();
+    let what = format!("{ns}/{name} {type_}={status} ({reason})");
+    let found = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Some(store) = api.get_opt(name).await.unwrap() {
+                let conditions = store.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                if let Some(c) = conditions.iter().find(|c| c.type_ == type_) {
+                    last = format!("{}={} ({}): {}", c.type_, c.status, c.reason, c.message);
+                    if c.status == status && c.reason == reason && c.observed_generation == store.metadata.generation {
+                        return store;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last seen {last}"))
+}
+
+fn condition<'a>(
+    store: &'a ArtifactStore,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    store.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+async fn bucket_exists(bucket: &str) -> bool {
+    common::s3_root().head_bucket().bucket(bucket).send().await.is_ok()
+}
+
+#[tokio::test]
+async fn adopted_bucket_with_keys_becomes_ready_and_publishes_secret_free_config() {
+    let (client, ns) = setup("ast-adopt").await;
+    let bucket = limited_bucket("adopt");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let operator = Operator::start(&ns, "10m");
+    let started = std::time::Instant::now();
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"verification": {"writeProbe": true}}))).await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    println!("apply to Ready: {:?}", started.elapsed());
+    assert_eq!(condition(&store, "CredentialsValid").status, "True");
+    let status = store.status.clone().unwrap();
+    assert_eq!(status.region.as_deref(), Some("us-east-1"), "the region is discovered from the bucket");
+    assert_eq!(status.bucket_created, Some(false));
+    assert_eq!(status.config_map_name.as_deref(), Some("ml-artifact-store"));
+
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("ml-artifact-store").await.unwrap();
+    let data = cm.data.unwrap();
+    assert_eq!(data["ARTIFACT_STORE_PATH"], format!("s3://{bucket}/pipelines"));
+    assert_eq!(data["AWS_ENDPOINT_URL_S3"], test_env().var("AO_S3_ENDPOINT"));
+    assert_eq!(data["AWS_REGION"], "us-east-1");
+    assert_eq!(data["ARTIFACT_STORE_SECRET_NAME"], "minio-keys");
+    let zenml: Value = serde_json::from_str(&data["zenml-artifact-store.json"]).unwrap();
+    assert_eq!(zenml["path"], format!("s3://{bucket}/pipelines"));
+    let owner = &cm.metadata.owner_references.unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("ArtifactStore", Some(true)));
+
+    let env_secret = Api::<Secret>::namespaced(client.clone(), &ns).get("ml-aws-credentials").await.unwrap();
+    let keys = env_secret.data.unwrap();
+    assert_eq!(keys["AWS_SECRET_ACCESS_KEY"].0, test_env().var("AO_S3_USER_SECRET_KEY").as_bytes());
+
+    // The write probe left nothing behind.
+    let listed = common::s3_root().list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(0));
+
+    // The secret value (the canary) is nowhere but in Secrets: not in ConfigMaps, status, Events, logs.
+    let canary = test_env().var("AO_S3_USER_SECRET_KEY");
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    assert!(!serde_json::to_string(&cms).unwrap().contains(canary), "a ConfigMap holds the secret");
+    assert!(!serde_json::to_string(&store).unwrap().contains(canary), "the store holds the secret");
+    let events = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    assert!(!events.items.is_empty(), "transitions are published as Events");
+    assert!(!serde_json::to_string(&events).unwrap().contains(canary), "an Event holds the secret");
+    let log = operator.log_text();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the operator logs at trace level");
+    assert!(!log.contains(canary), "the operator's log holds the secret");
+}
+
+#[tokio::test]
+async fn create_provisions_the_bucket_with_its_settings() {
+    let (client, ns) = setup("ast-create").await;
+    let bucket = limited_bucket("create");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create", "bucket": {"versioning": true, "tags": {"team": "a"}, "lifecycle": {"noncurrentVersionExpirationDays": 30, "expireObjectsAfterDays": 365}}}))).await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    assert_eq!(condition(&store, "BucketReady").reason, "BucketCreated");
+    assert_eq!(store.status.as_ref().unwrap().bucket_created, Some(true));
+    let s3 = common::s3_root();
+    let versioning = s3.get_bucket_versioning().bucket(&bucket).send().await.unwrap();
+    assert_eq!(versioning.status().map(|s| s.as_str()), Some("Enabled"));
+    let tags = s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap();
+    let tags: BTreeMap<_, _> = tags.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
+    assert_eq!(tags.get("team").map(String::as_str), Some("a"));
+    assert_eq!(tags.get("artifacts.dev/created-by"), store.metadata.uid.as_ref());
+    let lifecycle = s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await.unwrap();
+    let rules: Vec<_> = lifecycle.rules().iter().filter_map(|r| r.id()).collect();
+    assert!(
+        rules.contains(&"artifact-operator-noncurrent-versions") && rules.contains(&"artifact-operator-expire-objects"),
+        "{rules:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_bucket_is_reported_and_never_created_when_adopting() {
+    let (client, ns) = setup("ast-missing").await;
+    let bucket = limited_bucket("missing");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
+    let store = wait_for(&client, &ns, "ml", "BucketReady", "False", "BucketNotFound").await;
+    assert!(condition(&store, "BucketReady").message.contains(&bucket));
+    assert_eq!(condition(&store, "Ready").status, "False");
+    assert!(!bucket_exists(&bucket).await, "Adopt never creates a bucket");
+    let events = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    assert!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("BucketNotFound")),
+        "a Warning Event names the reason"
+    );
+}
+
+#[tokio::test]
+async fn wrong_keys_are_reported_without_the_key() {
+    let (client, ns) = setup("ast-wrong-keys").await;
+    let bucket = limited_bucket("wrong");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    secret(
+        &client,
+        &ns,
+        "minio-keys",
+        &[
+            ("aws_access_key_id", test_env().var("AO_S3_USER_ACCESS_KEY")),
+            ("aws_secret_access_key", "canary-wrong-secret-value"),
+        ],
+    )
+    .await;
+    let operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
+    let store = wait_for(&client, &ns, "ml", "CredentialsValid", "False", "SignatureDoesNotMatch").await;
+    assert!(!serde_json::to_string(&store).unwrap().contains("canary-wrong-secret-value"));
+    assert!(!operator.log_text().contains("canary-wrong-secret-value"));
+}
+
+#[tokio::test]
+async fn missing_secret_key_is_named_and_fixing_the_secret_makes_the_store_ready() {
+    let (client, ns) = setup("ast-fix-secret").await;
+    let bucket = limited_bucket("fix");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    secret(&client, &ns, "minio-keys", &[("aws_access_key_id", test_env().var("AO_S3_USER_ACCESS_KEY"))]).await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
+    let store = wait_for(&client, &ns, "ml", "CredentialsValid", "False", "SecretKeyMissing").await;
+    assert!(condition(&store, "CredentialsValid").message.contains("aws_secret_access_key"));
+    let generation = store.metadata.generation;
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    assert_eq!(store.metadata.generation, generation, "the store itself was not touched");
+}
+
+#[tokio::test]
+async fn region_mismatch_names_both_regions() {
+    let (client, ns) = setup("ast-region").await;
+    let bucket = limited_bucket("region");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"region": "eu-west-3"}))).await;
+    let store = wait_for(&client, &ns, "ml", "BucketReady", "False", "RegionMismatch").await;
+    let message = &condition(&store, "BucketReady").message;
+    assert!(message.contains("eu-west-3") && message.contains("us-east-1"), "{message}");
+}
+
+#[tokio::test]
+async fn custom_ca_on_an_https_endpoint_is_trusted() {
+    let (client, ns) = setup("ast-tls").await;
+    // The TLS MinIO is a separate server: the operator creates the bucket there.
+    let bucket = limited_bucket("tls");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
+    let ca: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": pem}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &ca).await.unwrap();
+    let _operator = Operator::start(&ns, "10m");
+    let spec = json!({
+        "path": format!("s3://{bucket}"),
+        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}}},
+        "auth": {"secretRef": {"name": "minio-keys"}},
+        "provisioning": "Create",
+    });
+    apply_store(&client, &ns, "ml", spec.clone()).await;
+    wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("ml-artifact-store").await.unwrap();
+    assert_eq!(cm.data.as_ref().unwrap()["ca-bundle.pem"], pem);
+    // Without the CA the endpoint is not trusted: TLS verification is on.
+    let mut untrusted = spec;
+    untrusted["endpoint"]["tls"] = json!({});
+    apply_store(&client, &ns, "untrusted", untrusted).await;
+    let store = wait_for(&client, &ns, "untrusted", "BucketReady", "False", "EndpointUnreachable").await;
+    assert!(
+        condition(&store, "BucketReady").message.to_lowercase().contains("certificate"),
+        "{}",
+        condition(&store, "BucketReady").message
+    );
+}
+
+async fn moto_role(name: &str, trust: Value) -> String {
+    let env = test_env();
+    let config = aws_sdk_iam::Config::builder()
+        .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+        .region(aws_sdk_iam::config::Region::new("us-east-1"))
+        .endpoint_url(env.var("AO_MOTO_ENDPOINT"))
+        .credentials_provider(aws_credential_types::Credentials::new("testing", "testing", None, None, "test"))
+        .build();
+    let iam = aws_sdk_iam::Client::from_conf(config);
+    let role = iam.create_role().role_name(name).assume_role_policy_document(trust.to_string()).send().await.unwrap();
+    role.role().unwrap().arn().to_owned()
+}
+
+fn trust_policy(subject: &str) -> Value {
+    let provider = test_env().var("AO_OIDC_ISSUER").trim_start_matches("https://").to_owned();
+    json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Federated": format!("arn:aws:iam::123456789012:oidc-provider/{provider}")},
+        "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": {"StringEquals": {format!("{provider}:sub"): subject, format!("{provider}:aud"): "sts.amazonaws.com"}}
+    }]})
+}
+
+async fn service_account(client: &Client, ns: &str, name: &str, role_arn: Option<&str>) {
+    let mut account = json!({"metadata": {"name": name}});
+    if let Some(arn) = role_arn {
+        account["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": arn});
+    }
+    let account: ServiceAccount = serde_json::from_value(account).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &account).await.unwrap();
+}
+
+#[tokio::test]
+async fn irsa_wiring_is_checked_against_iam() {
+    let (client, ns) = setup("ast-irsa").await;
+    let bucket = limited_bucket("irsa");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    let good = moto_role(&format!("good-{ns}"), trust_policy(&format!("system:serviceaccount:{ns}:runner"))).await;
+    let wrong =
+        moto_role(&format!("wrong-{ns}"), trust_policy(&format!("system:serviceaccount:{ns}:someone-else"))).await;
+    service_account(&client, &ns, "runner", Some(&good)).await;
+    service_account(&client, &ns, "other", Some(&wrong)).await;
+    service_account(&client, &ns, "plain", None).await;
+    let _operator = Operator::start(&ns, "10m");
+    let spec = |account: &str| {
+        json!({
+            "path": format!("s3://{bucket}/irsa"),
+            "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+            "auth": {"implicit": {"serviceAccountName": account}},
+        })
+    };
+    apply_store(&client, &ns, "good", spec("runner")).await;
+    apply_store(&client, &ns, "wrong-subject", spec("other")).await;
+    apply_store(&client, &ns, "no-annotation", spec("plain")).await;
+    let store = wait_for(&client, &ns, "good", "CredentialsValid", "True", "Verified").await;
+    assert_eq!(store.status.unwrap().identity_arn.as_deref(), Some(good.as_str()));
+    let store = wait_for(&client, &ns, "wrong-subject", "CredentialsValid", "False", "TrustPolicyMismatch").await;
+    assert!(condition(&store, "CredentialsValid").message.contains(&format!("system:serviceaccount:{ns}:other")));
+    let store = wait_for(&client, &ns, "no-annotation", "CredentialsValid", "False", "IrsaAnnotationMissing").await;
+    assert!(condition(&store, "CredentialsValid").message.contains("eks.amazonaws.com/role-arn"));
+}
+
+async fn delete_store(client: &Client, ns: &str, name: &str) {
+    Api::<ArtifactStore>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await.unwrap();
+}
+
+async fn gone(client: &Client, ns: &str, name: &str) {
+    let api: Api<ArtifactStore> = Api::namespaced(client.clone(), ns);
+    eventually(TIMEOUT, &format!("{ns}/{name} to be deleted"), || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_policy_deletes_only_an_empty_created_bucket() {
+    let (client, ns) = setup("ast-delete").await;
+    let (empty, full) = (limited_bucket("empty"), limited_bucket("full"));
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    let spec = |bucket: &str| minio_spec(bucket, json!({"provisioning": "Create", "deletionPolicy": "Delete"}));
+    apply_store(&client, &ns, "empty", spec(&empty)).await;
+    apply_store(&client, &ns, "full", spec(&full)).await;
+    wait_for(&client, &ns, "empty", "Ready", "True", "Ready").await;
+    wait_for(&client, &ns, "full", "Ready", "True", "Ready").await;
+    common::s3_root()
+        .put_object()
+        .bucket(&full)
+        .key("pipelines/model.pkl")
+        .body(ByteStream::from_static(b"weights"))
+        .send()
+        .await
+        .unwrap();
+
+    delete_store(&client, &ns, "empty").await;
+    gone(&client, &ns, "empty").await;
+    assert!(!bucket_exists(&empty).await, "the empty bucket the operator created is deleted");
+
+    delete_store(&client, &ns, "full").await;
+    let api: Api<ArtifactStore> = Api::namespaced(client.clone(), &ns);
+    let store = eventually(TIMEOUT, "the deletion to be blocked", || async {
+        let store = api.get("full").await.unwrap();
+        store.status.as_ref()?.conditions.iter().any(|c| c.reason == "BucketNotEmpty").then_some(store)
+    })
+    .await;
+    assert!(condition(&store, "Ready").message.contains("model.pkl"), "the message names what is left");
+    assert!(bucket_exists(&full).await, "a bucket with objects is kept");
+    assert!(store.metadata.finalizers.unwrap().contains(&"artifacts.dev/bucket-deletion".to_owned()));
+
+    // Switching to Retain lets the store go and keeps the bucket.
+    api.patch("full", &PatchParams::apply("tests").force(), &Patch::Apply(json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "full"}, "spec": minio_spec(&full, json!({"provisioning": "Create", "deletionPolicy": "Retain"}))})))
+        .await
+        .unwrap();
+    gone(&client, &ns, "full").await;
+    assert!(bucket_exists(&full).await);
+}
+
+#[tokio::test]
+async fn retain_keeps_the_bucket_and_needs_no_finalizer() {
+    let (client, ns) = setup("ast-retain").await;
+    let bucket = limited_bucket("retain");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create"}))).await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    assert!(store.metadata.finalizers.unwrap_or_default().is_empty());
+    delete_store(&client, &ns, "ml").await;
+    gone(&client, &ns, "ml").await;
+    assert!(bucket_exists(&bucket).await);
+}
+
+#[tokio::test]
+async fn deleting_the_namespace_deletes_no_bucket() {
+    let (client, ns) = setup("ast-namespace").await;
+    let bucket = limited_bucket("nsdel");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create", "deletionPolicy": "Delete"})))
+        .await;
+    wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(90), "the namespace to be gone", || async {
+        namespaces.get_opt(&ns).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        bucket_exists(&bucket).await,
+        "even an empty, operator-created bucket under Delete survives namespace deletion"
+    );
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_kubernetes_writes_and_one_s3_call_per_resync() {
+    let (client, ns) = setup("ast-steady").await;
+    let bucket = limited_bucket("steady");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let operator = Operator::start(&ns, "2s");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let store_rv =
+        Api::<ArtifactStore>::namespaced(client.clone(), &ns).get("ml").await.unwrap().metadata.resource_version;
+    let cm_rv = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("ml-artifact-store")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let secret_rv = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("ml-aws-credentials")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let s3_before = operator.counter("artifact_operator_aws_calls_total{service=\"s3\"}").await;
+    let window = Duration::from_secs(12);
+    tokio::time::sleep(window).await;
+    let s3_after = operator.counter("artifact_operator_aws_calls_total{service=\"s3\"}").await;
+    let after = Api::<ArtifactStore>::namespaced(client.clone(), &ns).get("ml").await.unwrap();
+    assert_eq!(after.metadata.resource_version, store_rv, "no status or metadata write at steady state");
+    assert_eq!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("ml-artifact-store")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        cm_rv
+    );
+    assert_eq!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("ml-aws-credentials")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_rv
+    );
+    let calls = s3_after - s3_before;
+    // 12s at a 2s resync (±10%) allows at most 7 periods: one HeadBucket each.
+    println!("steady state: {calls} S3 calls in {window:?} at a 2s resync; 0 Kubernetes writes");
+    assert!(calls >= 3.0 && calls <= 7.0, "{calls} S3 calls");
+    let _ = store;
+}
