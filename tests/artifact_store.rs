@@ -480,6 +480,6 @@ async fn steady_state_makes_no_kubernetes_writes_and_one_s3_call_per_resync() {
     let calls = s3_after - s3_before;
     // 12s at a 2s resync (±10%) allows at most 7 periods: one HeadBucket each.
     println!("steady state: {calls} S3 calls in {window:?} at a 2s resync; 0 Kubernetes writes");
-    assert!(calls >= 3.0 && calls <= 7.0, "{calls} S3 calls");
+    assert!((3.0..=7.0).contains(&calls), "{calls} S3 calls");
     let _ = store;
 }

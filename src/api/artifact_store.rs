@@ -15,6 +15,7 @@ pub const DEFAULT_SESSION_TOKEN_KEY: &str = "aws_session_token";
 
 /// An S3 location for pipeline artifacts, verified by the operator and published as a ConfigMap
 /// that orchestrator pods consume.
+#[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "artifacts.dev",

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// An artifact store combined with an orchestrator, as ZenML's stacks are.
+#[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "artifacts.dev",

@@ -96,7 +96,7 @@ pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
     let code = error.code.as_deref().unwrap_or_default();
     match (code, error.http_status) {
         ("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException", _) | (_, Some(301)) | ("", Some(400))
-            if code != "" || error.bucket_region.is_some() || error.http_status == Some(301) =>
+            if !code.is_empty() || error.bucket_region.is_some() || error.http_status == Some(301) =>
         {
             let actual = error.bucket_region.as_deref().unwrap_or("another region");
             Failure::user(
