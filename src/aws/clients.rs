@@ -22,6 +22,18 @@ pub struct StaticKeys {
     pub session_token: Option<String>,
 }
 
+impl StaticKeys {
+    fn credentials(&self) -> Credentials {
+        Credentials::new(
+            &self.access_key_id,
+            &self.secret_access_key,
+            self.session_token.clone(),
+            None,
+            "artifact-store-secret",
+        )
+    }
+}
+
 impl fmt::Debug for StaticKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StaticKeys(redacted)")
@@ -125,13 +137,7 @@ impl AwsEdge {
             builder = builder.http_client(http);
         }
         if let Some(keys) = &connection.keys {
-            builder = builder.credentials_provider(Credentials::new(
-                &keys.access_key_id,
-                &keys.secret_access_key,
-                keys.session_token.clone(),
-                None,
-                "artifact-store-secret",
-            ));
+            builder = builder.credentials_provider(keys.credentials());
         }
         Ok(aws_sdk_s3::Client::from_conf(builder.build()))
     }
@@ -143,13 +149,7 @@ impl AwsEdge {
             builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
         }
         if let Some(keys) = keys {
-            builder = builder.credentials_provider(Credentials::new(
-                &keys.access_key_id,
-                &keys.secret_access_key,
-                keys.session_token.clone(),
-                None,
-                "artifact-store-secret",
-            ));
+            builder = builder.credentials_provider(keys.credentials());
         }
         aws_sdk_sts::Client::from_conf(builder.build())
     }
