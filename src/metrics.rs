@@ -70,7 +70,7 @@ impl Metrics {
         self.errors.get_or_create(&ErrorLabel { kind, category }).inc();
     }
 
-    pub fn verified(&self, _store: &str) {
+    pub fn verified(&self) {
         self.verifications.inc();
     }
 

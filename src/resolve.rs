@@ -34,11 +34,6 @@ impl ResolvedEndpoint {
     pub fn is_https(&self) -> bool {
         self.url.starts_with("https://")
     }
-    /// `host[:port]`, as Argo Workflows wants it.
-    pub fn host_port(&self) -> &str {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
-        rest.split('/').next().unwrap_or(rest)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

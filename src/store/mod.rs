@@ -195,7 +195,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
             Some(_) => match verify::quick_check(ctx, store, &inputs, &path, &region).await {
                 Ok(()) => {
                     ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
-                    ctx.metrics.verified(&key(store));
+                    ctx.metrics.verified();
                     Some(jittered(resync))
                 }
                 Err(_) => None,
@@ -256,7 +256,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
 
     if ready {
         ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
-        ctx.metrics.verified(&key(store));
+        ctx.metrics.verified();
         ctx.record_success(&key(store));
         Ok(Action::requeue(jittered(resync)))
     } else {
