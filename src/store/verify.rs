@@ -101,9 +101,8 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
         Ok(bucket) => bucket,
         Err(failure) => return Outcome { region: None, bucket: Err(failure.clone()), credentials: Err(failure) },
     };
-    let target = |action: &str, region: &str| -> (String, String) { (action.to_owned(), region.to_owned()) };
-    let classify = |error: &CallError, (action, region): (String, String)| {
-        classify_s3(error, &Target { action: &action, bucket: &path.bucket, region: &region, endpoint: &endpoint })
+    let classify = |error: &CallError, action: &str, region: &str| {
+        classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
     };
 
     // Find the bucket and its region.
@@ -193,13 +192,13 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                             path.bucket
                         ),
                     )),
-                    Err(error) => Err(classify(&error, target(&format!("create bucket {}", path.bucket), &region))),
+                    Err(error) => Err(classify(&error, &format!("create bucket {}", path.bucket), &region)),
                 }
             } else {
-                Err(classify(&error, target(&format!("find bucket {}", path.bucket), &region)))
+                Err(classify(&error, &format!("find bucket {}", path.bucket), &region))
             }
         }
-        Err(error) => Err(classify(&error, target(&format!("reach bucket {}", path.bucket), &region))),
+        Err(error) => Err(classify(&error, &format!("reach bucket {}", path.bucket), &region)),
     };
     if let Err(failure) = bucket_result {
         let credentials = match failure.reason {
@@ -215,12 +214,11 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
 
     // Prove access where the pods will work: under the prefix.
     let credentials = match bucket.read_probe().await {
-        Err(error) => Err(classify(&error, target(&format!("list {path}"), &region))),
-        Ok(()) if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) => {
-            bucket.write_probe().await.map_err(|error| {
-                classify(&error, target(&format!("write and delete a probe object under {path}"), &region))
-            })
-        }
+        Err(error) => Err(classify(&error, &format!("list {path}"), &region)),
+        Ok(()) if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) => bucket
+            .write_probe()
+            .await
+            .map_err(|error| classify(&error, &format!("write and delete a probe object under {path}"), &region)),
         Ok(()) => Ok(()),
     };
     let credentials = match credentials {
