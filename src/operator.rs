@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Namespace to watch; empty watches all namespaces. (One namespace, or all.)
+    /// Comma-separated namespaces to watch; empty watches all namespaces.
     #[arg(long, env = "AO_NAMESPACES", default_value = "")]
     pub namespaces: String,
     /// How often a Ready store is re-verified, e.g. 10m, 90s.
@@ -58,6 +58,15 @@ pub struct RunArgs {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// The namespaces to watch: `[None]` for all, or one entry per listed namespace.
+pub fn watch_scopes(list: &str) -> Vec<Option<String>> {
+    let mut namespaces: Vec<String> =
+        list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    namespaces.sort();
+    namespaces.dedup();
+    if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() }
 }
 
 /// Parses `90s`, `10m`, `1h` or plain seconds.
@@ -134,14 +143,33 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(serve(args.http_addr, Health { metrics, ready: ready.clone() }));
-    let namespace = Some(args.namespaces.trim().to_owned()).filter(|n| !n.is_empty());
-    if namespace.as_deref().is_some_and(|n| n.contains(',')) {
-        return Err("watching a list of namespaces is not supported yet: give one namespace or none (all)".into());
-    }
-    tracing::info!(namespace = namespace.as_deref().unwrap_or("*"), resync = ?args.resync_interval, "starting the controllers");
+    let scopes = watch_scopes(&args.namespaces);
+    tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
     ready.store(true, Ordering::Relaxed);
-    crate::store::run(ctx, namespace, args.concurrency).await;
+    // One controller per watched namespace: each needs list/watch only where it is allowed.
+    let controllers = scopes.into_iter().map(|scope| crate::store::run(ctx.clone(), scope, args.concurrency));
+    futures::future::join_all(controllers).await;
     server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_watch_scopes() {
+        assert_eq!(watch_scopes(""), vec![None]);
+        assert_eq!(watch_scopes(" b, a ,b,"), vec![Some("a".to_owned()), Some("b".to_owned())]);
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 }

@@ -483,3 +483,22 @@ async fn steady_state_makes_no_kubernetes_writes_and_one_s3_call_per_resync() {
     assert!((3.0..=7.0).contains(&calls), "{calls} S3 calls");
     let _ = store;
 }
+
+#[tokio::test]
+async fn one_operator_watches_exactly_the_listed_namespaces() {
+    let (client, first) = setup("ast-list-a").await;
+    let second = common::namespace(&client, "ast-list-b").await;
+    let unwatched = common::namespace(&client, "ast-list-c").await;
+    let bucket = limited_bucket("list");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    for ns in [&first, &second, &unwatched] {
+        user_keys_secret(&client, ns, "minio-keys").await;
+        apply_store(&client, ns, "ml", minio_spec(&bucket, json!({}))).await;
+    }
+    let _operator = Operator::start(&format!("{first},{second}"), "10m");
+    wait_for(&client, &first, "ml", "Ready", "True", "Ready").await;
+    wait_for(&client, &second, "ml", "Ready", "True", "Ready").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let untouched = Api::<ArtifactStore>::namespaced(client.clone(), &unwatched).get("ml").await.unwrap();
+    assert!(untouched.status.is_none(), "a store outside the watched namespaces is left alone");
+}
