@@ -245,7 +245,7 @@ async fn region_mismatch_names_both_regions() {
 }
 
 #[tokio::test]
-async fn custom_ca_on_an_https_endpoint_is_trusted() {
+async fn custom_ca_is_trusted_verification_is_on_by_default_and_can_be_skipped() {
     let (client, ns) = setup("ast-tls").await;
     // The TLS MinIO is a separate server: the operator creates the bucket there.
     let bucket = limited_bucket("tls");
@@ -266,6 +266,13 @@ async fn custom_ca_on_an_https_endpoint_is_trusted() {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("ml-artifact-store").await.unwrap();
     assert_eq!(cm.data.as_ref().unwrap()["ca-bundle.pem"], pem);
     // Without the CA the endpoint is not trusted: TLS verification is on.
+    let mut insecure = spec.clone();
+    insecure["endpoint"]["tls"] = json!({"insecureSkipVerify": true});
+    apply_store(&client, &ns, "insecure", insecure).await;
+    wait_for(&client, &ns, "insecure", "Ready", "True", "Ready").await;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("insecure-artifact-store").await.unwrap();
+    let zenml: Value = serde_json::from_str(&cm.data.unwrap()["zenml-artifact-store.json"]).unwrap();
+    assert_eq!(zenml["client_kwargs"]["verify"], json!(false), "pods are told to skip verification too");
     let mut untrusted = spec;
     untrusted["endpoint"]["tls"] = json!({});
     apply_store(&client, &ns, "untrusted", untrusted).await;

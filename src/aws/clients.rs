@@ -77,10 +77,14 @@ impl S3Connection {
 pub enum ConnectError {
     #[error("the CA bundle is not a valid PEM certificate bundle")]
     InvalidCaBundle,
-    #[error(
-        "the operator cannot verify an endpoint with insecureSkipVerify; give endpoint.tls.caBundle instead so both the operator and the pods verify it"
-    )]
-    InsecureSkipVerifyUnsupported,
+}
+
+/// The store's keys, when it has any; otherwise the ambient identity stays.
+fn with_keys(builder: aws_sdk_s3::config::Builder, connection: &S3Connection) -> aws_sdk_s3::config::Builder {
+    match &connection.keys {
+        Some(keys) => builder.credentials_provider(keys.credentials()),
+        None => builder,
+    }
 }
 
 /// Shared AWS state: the operator's ambient configuration and the per-account rate limiter.
@@ -117,10 +121,12 @@ impl AwsEdge {
         let mut builder =
             aws_sdk_s3::config::Builder::from(&self.ambient).region(Region::new(connection.region.clone()));
         if let Some(endpoint) = &connection.endpoint {
-            if endpoint.insecure_skip_verify && endpoint.is_https() {
-                return Err(ConnectError::InsecureSkipVerifyUnsupported);
-            }
             builder = builder.endpoint_url(&endpoint.url).force_path_style(connection.path_style);
+            if endpoint.insecure_skip_verify && endpoint.is_https() {
+                return Ok(aws_sdk_s3::Client::from_conf(
+                    with_keys(builder, connection).http_client(super::insecure::insecure_https_client()).build(),
+                ));
+            }
         }
         if let Some(pem) = &connection.ca_pem {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -136,10 +142,7 @@ impl AwsEdge {
                 .build_https();
             builder = builder.http_client(http);
         }
-        if let Some(keys) = &connection.keys {
-            builder = builder.credentials_provider(keys.credentials());
-        }
-        Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+        Ok(aws_sdk_s3::Client::from_conf(with_keys(builder, connection).build()))
     }
 
     /// STS with the given keys, or the ambient identity.

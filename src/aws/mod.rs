@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod failure;
 pub mod iam;
+pub mod insecure;
 pub mod ratelimit;
 pub mod s3;
 
