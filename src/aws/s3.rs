@@ -78,6 +78,20 @@ impl Bucket {
         Ok(output.bucket_region().map(str::to_owned))
     }
 
+    /// Whether the bucket belongs to `account`: HeadBucket with ExpectedBucketOwner. S3 refuses that
+    /// with 403 both for another owner and for no access, so a refusal is told apart by a plain
+    /// HeadBucket: if that succeeds, the bucket is someone else's.
+    pub async fn owned_by(&self, account: &str) -> Result<bool, CallError> {
+        match self.head(Some(account)).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.http_status == Some(403) => match self.head(None).await {
+                Ok(_) => Ok(false),
+                Err(_) => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
     /// The bucket's region from GetBucketLocation, for endpoints that do not send it on HeadBucket.
     pub async fn location(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
@@ -357,5 +371,55 @@ fn check(
             Ok(())
         }
         Err(error) => Err(SettingError { setting, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::operation::head_bucket::HeadBucketOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn bucket(client: Client) -> Bucket {
+        Bucket::new(
+            client,
+            Arc::new(RateLimiter::new(100.0, 100)),
+            "test".into(),
+            S3Path::parse("s3://bucket/p").unwrap(),
+        )
+    }
+
+    fn forbidden() -> HttpResponse {
+        HttpResponse::new(StatusCode::try_from(403).unwrap(), SdkBody::empty())
+    }
+
+    #[tokio::test]
+    async fn a_bucket_of_another_account_is_recognised() {
+        let with_owner = mock!(Client::head_bucket)
+            .match_requests(|r| r.expected_bucket_owner() == Some("111111111111"))
+            .then_http_response(forbidden);
+        let without_owner = mock!(Client::head_bucket)
+            .match_requests(|r| r.expected_bucket_owner().is_none())
+            .then_output(|| HeadBucketOutput::builder().build());
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&with_owner, &without_owner]);
+        assert_eq!(bucket(client).owned_by("111111111111").await, Ok(false));
+        assert_eq!((with_owner.num_calls(), without_owner.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn own_bucket_and_no_access_are_told_apart() {
+        let own = mock!(Client::head_bucket).then_output(|| HeadBucketOutput::builder().build());
+        let client = mock_client!(aws_sdk_s3, [&own]);
+        assert_eq!(bucket(client).owned_by("222222222222").await, Ok(true));
+
+        let denied = mock!(Client::head_bucket).then_http_response(forbidden);
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&denied]);
+        let error = bucket(client).owned_by("222222222222").await.unwrap_err();
+        assert_eq!(error.http_status, Some(403));
+        assert_eq!(denied.num_calls(), 2, "asked with and without the expected owner");
     }
 }

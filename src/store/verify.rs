@@ -166,6 +166,34 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                 region = actual;
             }
             if store.spec.provisioning == Provisioning::Create {
+                if let Some(account) = identity.as_deref().and_then(account_of) {
+                    match bucket.owned_by(account).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let failure = Failure::user(
+                                "BucketOwnedByAnotherAccount",
+                                format!(
+                                    "bucket {} belongs to another account than {account}; the operator never writes to it: choose another bucket name",
+                                    path.bucket
+                                ),
+                            );
+                            return Outcome {
+                                region: Some(region),
+                                bucket: Err(failure.clone()),
+                                credentials: Err(Failure::user("BucketNotReady", failure.message)),
+                            };
+                        }
+                        Err(error) => {
+                            let failure =
+                                classify(&error, &format!("check the owner of bucket {}", path.bucket), &region);
+                            return Outcome {
+                                region: Some(region),
+                                bucket: Err(failure.clone()),
+                                credentials: Err(failure),
+                            };
+                        }
+                    }
+                }
                 state.created_by_operator = matches!(bucket.creator().await, Ok(Some(creator)) if creator == uid);
                 if state.created_by_operator {
                     apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
@@ -252,6 +280,11 @@ async fn apply_settings(
             transient: error.error.dispatch.is_some(),
         }),
     }
+}
+
+/// The account id of an ARN (`arn:aws:sts::123456789012:assumed-role/...` → `123456789012`).
+fn account_of(arn: &str) -> Option<&str> {
+    arn.split(':').nth(4).filter(|account| account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// STS GetCallerIdentity with the store's keys, or the operator's ambient identity.
@@ -426,5 +459,17 @@ pub async fn delete_created_bucket(
         Ok(()) => Ok(Deletion::Deleted),
         Err(error) if gone(&error) => Ok(Deletion::Deleted),
         Err(error) => Err(classify("delete the bucket", &error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_of;
+
+    #[test]
+    fn reads_the_account_of_an_arn() {
+        assert_eq!(account_of("arn:aws:sts::123456789012:assumed-role/ml/session"), Some("123456789012"));
+        assert_eq!(account_of("arn:aws:iam::123456789012:user/ci"), Some("123456789012"));
+        assert_eq!(account_of("not-an-arn"), None);
     }
 }
