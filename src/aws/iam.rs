@@ -194,7 +194,31 @@ impl Iam {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_iam::operation::simulate_principal_policy::SimulatePrincipalPolicyOutput;
+    use aws_sdk_iam::types::{EvaluationResult, PolicyEvaluationDecisionType};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
     use super::*;
+
+    fn decision(action: &str, decision: PolicyEvaluationDecisionType) -> SimulatePrincipalPolicyOutput {
+        let result = EvaluationResult::builder().eval_action_name(action).eval_decision(decision).build().unwrap();
+        SimulatePrincipalPolicyOutput::builder().evaluation_results(result).build()
+    }
+
+    #[tokio::test]
+    async fn names_the_denied_actions_with_their_resources() {
+        let put_denied = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+            .match_requests(|r| r.action_names() == ["s3:PutObject"])
+            .then_output(|| decision("s3:PutObject", PolicyEvaluationDecisionType::ImplicitDeny));
+        let others_allowed = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+            .then_output(|| decision("s3:GetObject", PolicyEvaluationDecisionType::Allowed));
+        let client = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&put_denied, &others_allowed]);
+        let iam = Iam::new(client, Arc::new(RateLimiter::new(100.0, 100)));
+        let path = S3Path::parse("s3://ml-bucket/team").unwrap();
+        let denied = iam.denied_actions("arn:aws:iam::123456789012:role/ml", &path).await.unwrap();
+        assert_eq!(denied, Some(vec!["s3:PutObject on arn:aws:s3:::ml-bucket/team/*".to_owned()]));
+        assert_eq!(put_denied.num_calls() + others_allowed.num_calls(), 4, "one simulation per required action");
+    }
 
     const ISSUER: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC";
 
