@@ -13,4 +13,5 @@ pub mod operator;
 pub mod render;
 pub mod resolve;
 pub mod s3path;
+pub mod stack;
 pub mod store;

@@ -147,7 +147,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
     ready.store(true, Ordering::Relaxed);
     // One controller per watched namespace: each needs list/watch only where it is allowed.
-    let controllers = scopes.into_iter().map(|scope| crate::store::run(ctx.clone(), scope, args.concurrency));
+    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    for scope in scopes {
+        controllers.push(Box::pin(crate::store::run(ctx.clone(), scope.clone(), args.concurrency)));
+        controllers.push(Box::pin(crate::stack::run(ctx.clone(), scope, args.concurrency)));
+    }
     futures::future::join_all(controllers).await;
     server.abort();
     tracing::info!("stopped");

@@ -8,46 +8,13 @@ use std::time::Duration;
 
 use artifact_operator::api::ArtifactStore;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{Operator, eventually, limited_bucket, test_env};
+use common::{Operator, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn setup(test: &str) -> (Client, String) {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, test).await;
-    (client, ns)
-}
-
-async fn secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(&secret))
-        .await
-        .unwrap();
-}
-
-async fn user_keys_secret(client: &Client, ns: &str, name: &str) {
-    let env = test_env();
-    secret(
-        client,
-        ns,
-        name,
-        &[
-            ("aws_access_key_id", env.var("AO_S3_USER_ACCESS_KEY")),
-            ("aws_secret_access_key", env.var("AO_S3_USER_SECRET_KEY")),
-        ],
-    )
-    .await;
-}
 
 async fn apply_store(client: &Client, ns: &str, name: &str, spec: Value) {
     let object = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": spec});

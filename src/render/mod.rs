@@ -1,7 +1,9 @@
 //! Renderings of a [`ResolvedStore`](crate::resolve::ResolvedStore) for each consumer. Pure
 //! functions: the same input always gives the same bytes, and no secret value is ever an input.
 
+pub mod argo;
 pub mod env;
+pub mod kfp;
 pub mod zenml;
 
 use std::collections::BTreeMap;

@@ -82,3 +82,24 @@ pub fn artifact_store_component(store: &ResolvedStore) -> Value {
     }
     component
 }
+
+/// A ZenML stack description, in the shape `zenml stack export` writes and `zenml stack import`
+/// reads: the S3 artifact store and the kubernetes orchestrator.
+pub fn stack(stack_name: &str, store: &ResolvedStore, namespace: &str, service_account: &str) -> Value {
+    json!({
+        "stack_name": stack_name,
+        "components": {
+            "artifact_store": artifact_store_component(store),
+            "orchestrator": {
+                "name": format!("{stack_name}-orchestrator"),
+                "type": "orchestrator",
+                "flavor": "kubernetes",
+                "configuration": {
+                    "kubernetes_namespace": namespace,
+                    "service_account_name": service_account,
+                    "incluster": true,
+                },
+            },
+        },
+    })
+}

@@ -25,9 +25,9 @@ use crate::api::ArtifactStore;
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
-use crate::controller::Context;
-use crate::controller::apply::{self, FIELD_MANAGER};
+use crate::controller::apply;
 use crate::controller::timing::{backoff, jittered, spread};
+use crate::controller::{Context, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
@@ -102,31 +102,22 @@ fn referencing(
 /// Runs the ArtifactStore controller until shutdown.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
-    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
-        client: &kube::Client,
-        ns: &Option<String>,
-    ) -> Api<K> {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
     let controller =
-        Controller::new(api::<ArtifactStore>(&client, &namespace), watcher::Config::default().any_semantic())
+        Controller::new(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default().any_semantic())
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let stores = controller.store();
     let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
     let all = watcher::Config::default;
     controller
-        .owns(api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
-        .watches(api::<PartialObjectMeta<Secret>>(&client, &namespace), all(), move |s| {
+        .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
+        .watches(scoped_api::<PartialObjectMeta<Secret>>(&client, &namespace), all(), move |s| {
             referencing(&s1, "Secret", s.metadata.namespace, s.metadata.name.unwrap_or_default())
         })
-        .watches(api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), all(), move |c| {
+        .watches(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), all(), move |c| {
             referencing(&s2, "ConfigMap", c.metadata.namespace, c.metadata.name.unwrap_or_default())
         })
-        .watches(api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace), all(), move |a| {
+        .watches(scoped_api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace), all(), move |a| {
             referencing(&s3, "ServiceAccount", a.metadata.namespace, a.metadata.name.unwrap_or_default())
         })
         .shutdown_on_signal()
@@ -308,10 +299,7 @@ async fn write_status(
     }
     next.last_verified_time = Some(now);
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "status": next});
-    api.patch_status(&store.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Status)?;
+    apply::status(&api, &store.name_any(), &next).await.map_err(Error::Status)?;
     ctx.publish_transitions(&store.object_ref(&()), &transitions).await;
     Ok(())
 }

@@ -210,3 +210,45 @@ pub fn s3_client(access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
 pub fn limited_bucket(test: &str) -> String {
     format!("limited-{}-{}", test.replace('_', "-"), fastrand::u32(..) % 1_000_000)
 }
+
+/// A client, the CRDs, and a fresh namespace for `test`.
+pub async fn setup(test: &str) -> (Client, String) {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, test).await;
+    (client, ns)
+}
+
+/// Server-side applies a Secret with these string values.
+pub async fn secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    apply(client, ns, object).await;
+}
+
+/// The limited MinIO user's keys under ZenML's key names.
+pub async fn user_keys_secret(client: &Client, ns: &str, name: &str) {
+    let env = test_env();
+    let keys = [
+        ("aws_access_key_id", env.var("AO_S3_USER_ACCESS_KEY")),
+        ("aws_secret_access_key", env.var("AO_S3_USER_SECRET_KEY")),
+    ];
+    secret(client, ns, name, &keys).await;
+}
+
+/// Server-side applies any namespaced object given as JSON (apiVersion, kind, metadata.name).
+pub async fn apply(client: &Client, ns: &str, object: serde_json::Value) {
+    let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((group, version)) => (group.to_owned(), version.to_owned()),
+        None => (String::new(), object["apiVersion"].as_str().unwrap().to_owned()),
+    };
+    let gvk = kube::core::GroupVersionKind::gvk(&group, &version, object["kind"].as_str().unwrap());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &kube::core::ApiResource::from_gvk(&gvk));
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    api.patch(&name, &PatchParams::apply("tests").force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {name}: {e}", object["kind"]));
+}

@@ -1,0 +1,243 @@
+//! The Stack reconciler: dereference the ArtifactStore and the orchestrator's ServiceAccount →
+//! validate that this identity can use the store → build the ConfigMap → apply → status.
+
+pub mod build;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use crate::api::stack::StackStatus;
+use crate::api::{ArtifactStore, Stack};
+use crate::aws::Failure;
+use crate::conditions::{self, Observed, READY};
+use crate::controller::timing::{backoff, jittered};
+use crate::controller::{Context, apply, scoped_api};
+use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
+use crate::s3path::S3Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read the stack's inputs")]
+    Dereference(#[source] kube::Error),
+    #[error("failed to publish the stack's ConfigMap")]
+    Publish(#[source] kube::Error),
+    #[error("failed to write the stack's status")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Dereference(_) => "dereference",
+            Self::Publish(_) => "publish",
+            Self::Status(_) => "status",
+        }
+    }
+}
+
+fn key(stack: &Stack) -> String {
+    format!("{}/{}", stack.namespace().unwrap_or_default(), stack.name_any())
+}
+
+fn referencing(
+    stacks: &Store<Stack>,
+    namespace: Option<String>,
+    matches: impl Fn(&Stack) -> bool,
+) -> Vec<ObjectRef<Stack>> {
+    stacks
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == namespace && matches(s))
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+/// Runs the Stack controller until shutdown.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
+    let controller =
+        Controller::new(scoped_api::<Stack>(&client, &namespace), watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let (by_store, by_account) = (controller.store(), controller.store());
+    controller
+        .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
+        .watches(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default(), move |store| {
+            let name = store.name_any();
+            referencing(&by_store, store.namespace(), |s| s.spec.artifact_store_ref.name == name)
+        })
+        .watches(
+            scoped_api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
+            watcher::Config::default(),
+            move |account| {
+                let name = account.name_any();
+                referencing(&by_account, account.namespace(), |s| s.spec.orchestrator.service_account_name == name)
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "stack reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(stack: Arc<Stack>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&key(&stack));
+    ctx.metrics.reconcile_error("Stack", error.category());
+    tracing::warn!(stack = %key(&stack), error = %error, source = ?std::error::Error::source(error).map(ToString::to_string), "stack reconcile failed");
+    Action::requeue(backoff(failures, ctx.settings.resync_interval))
+}
+
+pub async fn reconcile(stack: Arc<Stack>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&stack, &ctx).await;
+    ctx.metrics.reconciled("Stack", started.elapsed());
+    result
+}
+
+/// What the stack's consumers need from the store, once it is usable by them.
+struct Usable {
+    resolved: ResolvedStore,
+    /// Identifies the inputs of the identity check (resource versions), to skip repeating it.
+    fingerprint: String,
+}
+
+async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
+    if stack.metadata.deletion_timestamp.is_some() {
+        ctx.forget(&stack.uid().unwrap_or_default(), &key(stack));
+        return Ok(Action::await_change());
+    }
+    match usable(stack, ctx).await? {
+        Err(failure) => {
+            write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
+            if failure.transient {
+                let failures = ctx.record_failure(&key(stack));
+                Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+            } else {
+                // The watches on the ArtifactStore and the ServiceAccount bring the fix at once.
+                Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
+            }
+        }
+        Ok(usable) => {
+            let (config_map, hash) = build::config_map(stack, &usable.resolved);
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+            apply::config_map(&api, &config_map).await.map_err(Error::Publish)?;
+            let name = build::config_map_name(&stack.name_any());
+            let message = format!(
+                "pods running as {} can use {}; configuration in ConfigMap {name}",
+                stack.spec.orchestrator.service_account_name, usable.resolved.path
+            );
+            write_status(stack, ctx, Observed::ok(READY, "Ready", message), Some((name, hash))).await?;
+            ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
+            ctx.record_success(&key(stack));
+            Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
+        }
+    }
+}
+
+/// Dereferences and validates: the store exists and is Ready, the ServiceAccount exists, and that
+/// identity can use the store.
+async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>, Error> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let store_name = &stack.spec.artifact_store_ref.name;
+    let stores: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(store) = stores.get_opt(store_name).await.map_err(Error::Dereference)? else {
+        return Ok(Err(Failure::user(
+            "ArtifactStoreNotFound",
+            format!(
+                "ArtifactStore {store_name} does not exist in namespace {namespace}; the stack turns Ready once it does"
+            ),
+        )));
+    };
+    let status = store.status.clone().unwrap_or_default();
+    if !conditions::is_true_for(&status.conditions, READY, store.metadata.generation) {
+        let why = conditions::find(&status.conditions, READY)
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .unwrap_or_else(|| "not verified yet".to_owned());
+        return Ok(Err(Failure::user(
+            "ArtifactStoreNotReady",
+            format!("ArtifactStore {store_name} is not ready ({why})"),
+        )));
+    }
+    let account_name = &stack.spec.orchestrator.service_account_name;
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(account) = accounts.get_opt(account_name).await.map_err(Error::Dereference)? else {
+        return Ok(Err(Failure::user(
+            "ServiceAccountNotFound",
+            format!(
+                "ServiceAccount {account_name} (spec.orchestrator.serviceAccountName) does not exist in namespace {namespace}"
+            ),
+        )));
+    };
+    let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let Ok(resolved) = ResolvedStore::new(&store, &region, false) else {
+        return Ok(Err(Failure::user(
+            "ArtifactStoreNotReady",
+            format!("ArtifactStore {store_name} has an invalid path"),
+        )));
+    };
+    let fingerprint =
+        format!("{}/{}", store.resource_version().unwrap_or_default(), account.resource_version().unwrap_or_default());
+
+    if store.spec.auth.secret_ref.is_some() {
+        let secret_name = store_env_secret_name(store_name);
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        if secrets.get_metadata_opt(&secret_name).await.map_err(Error::Dereference)?.is_none() {
+            return Ok(Err(Failure::user(
+                "CredentialsSecretNotFound",
+                format!(
+                    "Secret {secret_name}, which ArtifactStore {store_name} publishes with its keys, does not exist yet"
+                ),
+            )));
+        }
+    } else if store.spec.auth.implicit.as_ref().is_some_and(|i| i.service_account_name.is_some()) {
+        // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only
+        // when the store or the ServiceAccount changes.
+        let uid = stack.uid().unwrap_or_default();
+        if ctx.last_verified(&uid, &fingerprint).is_none() {
+            let path = S3Path::parse(&store.spec.path).expect("a Ready store has a valid path");
+            let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
+            if let Err(failure) = crate::store::verify::check_irsa(ctx, &namespace, &account, role, &path).await {
+                return Ok(Err(failure));
+            }
+        }
+    }
+    Ok(Ok(Usable { resolved, fingerprint }))
+}
+
+async fn write_status(
+    stack: &Stack,
+    ctx: &Context,
+    ready: Observed,
+    published: Option<(String, String)>,
+) -> Result<(), Error> {
+    let previous = stack.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let (conditions, transitions) = conditions::merge(&previous.conditions, &[ready], stack.metadata.generation, &now);
+    let (config_map_name, content_hash) = match published {
+        Some((name, hash)) => (Some(name), Some(hash)),
+        None => (previous.config_map_name.clone(), previous.content_hash.clone()),
+    };
+    let next =
+        StackStatus { observed_generation: stack.metadata.generation, conditions, config_map_name, content_hash };
+    if next == previous {
+        return Ok(());
+    }
+    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    apply::status(&api, &stack.name_any(), &next).await.map_err(Error::Status)?;
+    ctx.publish_transitions(&stack.object_ref(&()), &transitions).await;
+    Ok(())
+}
