@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds (or reuses) the local environment, starts it, runs the operator against it
-# with the CRDs installed, applies the MinIO example with real keys, and shows it turning Ready.
+# with the CRDs installed, applies the MinIO example with real keys, and shows the ArtifactStore and
+# the Stack turning Ready, and their ConfigMaps.
 # The operator keeps running in the foreground; Ctrl-C stops it (tests/env/down.sh stops the rest).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -34,16 +35,30 @@ print(json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mi
 PY
 api PATCH /api/v1/namespaces/$ns/secrets/minio-keys "@$STATE_DIR/demo-secret.json" >/dev/null
 rm -f "$STATE_DIR/demo-secret.json"
-store=$(sed -e "s#http://minio.storage.svc:9000#$AO_S3_ENDPOINT#" -e 's#s3://ml-artifacts/#s3://limited-demo/#' deploy/examples/minio-keys.yaml)
-api PATCH /apis/artifacts.dev/v1alpha1/namespaces/$ns/artifactstores/minio "$store" >/dev/null
+# Apply each object of the example, pointed at the local MinIO.
+sed -e "s#http://minio.storage.svc:9000#$AO_S3_ENDPOINT#" -e 's#s3://ml-artifacts/#s3://limited-demo/#' deploy/examples/minio-keys.yaml |
+  "$AO_VENV/bin/python" -c '
+import json, sys, yaml
+plural = {"ServiceAccount": "/api/v1/namespaces/NS/serviceaccounts/", "ArtifactStore": "/apis/artifacts.dev/v1alpha1/namespaces/NS/artifactstores/",
+          "Stack": "/apis/artifacts.dev/v1alpha1/namespaces/NS/stacks/"}
+for doc in yaml.safe_load_all(sys.stdin):
+    print(plural[doc["kind"]] + doc["metadata"]["name"], json.dumps(doc))' |
+  while read -r path object; do api PATCH "${path/NS/$ns}" "$object" >/dev/null; done
+show() { # PATH: the object's Ready-type conditions on one line
+  api GET "$1" | python3 -c 'import json,sys; s=json.load(sys.stdin).get("status",{}); print(" ".join(c["type"]+"="+c["status"]+"("+c["reason"]+")" for c in s.get("conditions",[])))'
+}
 for _ in $(seq 60); do
-  status=$(api GET /apis/artifacts.dev/v1alpha1/namespaces/$ns/artifactstores/minio | python3 -c 'import json,sys; s=json.load(sys.stdin).get("status",{}); print(" ".join(c["type"]+"="+c["status"]+"("+c["reason"]+")" for c in s.get("conditions",[])))')
-  echo "ArtifactStore $ns/minio: $status"
-  [[ "$status" == Ready=True* ]] && break
+  store=$(show /apis/artifacts.dev/v1alpha1/namespaces/$ns/artifactstores/minio)
+  stack=$(show /apis/artifacts.dev/v1alpha1/namespaces/$ns/stacks/minio)
+  echo "ArtifactStore $ns/minio: $store"
+  echo "Stack $ns/minio: $stack"
+  [[ "$stack" == Ready=True* ]] && break
   sleep 1
 done
-echo "--- ConfigMap $ns/minio-artifact-store"
-api GET /api/v1/namespaces/$ns/configmaps/minio-artifact-store | python3 -c 'import json,sys; [print(f"{k}: {v}") for k,v in sorted(json.load(sys.stdin)["data"].items())]'
+for cm in minio-artifact-store minio-stack; do
+  echo "--- ConfigMap $ns/$cm"
+  api GET /api/v1/namespaces/$ns/configmaps/$cm | python3 -c 'import json,sys; [print(f"{k}: {v}") for k,v in sorted(json.load(sys.stdin)["data"].items())]'
+done
 echo "--- the operator keeps running; Ctrl-C to stop it, tests/env/down.sh to stop the environment"
 [[ -n "${AO_DEV_EXIT:-}" ]] && exit 0
 wait $operator
