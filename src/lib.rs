@@ -8,6 +8,7 @@ pub mod api;
 pub mod aws;
 pub mod conditions;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod render;

@@ -18,6 +18,7 @@ use crate::aws::ratelimit::RateLimiter;
 use crate::controller::Context;
 use crate::controller::apply::FIELD_MANAGER;
 use crate::controller::context::Settings;
+use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -49,6 +50,15 @@ pub struct RunArgs {
     /// The cluster's OIDC issuer for IRSA trust checks; read from the apiserver when unset.
     #[arg(long, env = "AO_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
+    /// Elect a leader through a Lease, so that of several replicas exactly one reconciles.
+    #[arg(long, env = "AO_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "AO_LEASE_NAME", default_value = "artifact-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease; defaults to the pod's own (POD_NAMESPACE).
+    #[arg(long, env = "AO_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// Apply the CRDs at start (for local development; the chart installs them otherwise).
     #[arg(long)]
     pub install_crds: bool,
@@ -143,6 +153,22 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(serve(args.http_addr, Health { metrics, ready: ready.clone() }));
+    let elector = if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .ok_or("leader election needs --lease-namespace or POD_NAMESPACE")?;
+        let pod =
+            std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "operator".into());
+        let identity = format!("{pod}-{:08x}", fastrand::u32(..));
+        let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity);
+        ready.store(true, Ordering::Relaxed);
+        elector.acquire().await;
+        Some(elector)
+    } else {
+        None
+    };
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
     ready.store(true, Ordering::Relaxed);
@@ -152,7 +178,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         controllers.push(Box::pin(crate::store::run(ctx.clone(), scope.clone(), args.concurrency)));
         controllers.push(Box::pin(crate::stack::run(ctx.clone(), scope, args.concurrency)));
     }
-    futures::future::join_all(controllers).await;
+    match &elector {
+        Some(elector) => {
+            tokio::select! {
+                _ = futures::future::join_all(controllers) => {}
+                () = elector.keep_renewing() => {
+                    // Another replica may lead from now on: stop at once, writing nothing more.
+                    tracing::error!("lost the lease; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
+        None => {
+            futures::future::join_all(controllers).await;
+        }
+    }
     server.abort();
     tracing::info!("stopped");
     Ok(())

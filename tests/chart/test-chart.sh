@@ -100,7 +100,7 @@ check "default: args" args default run --resync-interval=10m --concurrency=4 \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
 check "default: leader election on" env default AO_LEADER_ELECTION=true
 check "default: no AWS endpoint or region overrides" no_env default AWS_REGION AWS_ENDPOINT_URL_IAM AWS_ENDPOINT_URL_STS
-check "default: 1 replica, image, resources" deployment_fields default 1 artifact-operator:0.1.0 50m 64Mi 500m 256Mi
+check "default: 2 replicas, image, resources" deployment_fields default 2 artifact-operator:0.1.0 50m 64Mi 500m 256Mi
 check "default: ClusterRole is exactly the operator's permissions" cluster_rbac default
 check "default: no Secret writes in any ClusterRole" no_cluster_secret_writes default
 check "default: no Secret-writer Roles (rbac.secretWriteNamespaces empty)" secret_writer_roles default
@@ -141,7 +141,7 @@ check "leader election off: no lease Role" no_lease_role no-leader-election
 check "leader election off: AO_LEADER_ELECTION=false" env no-leader-election AO_LEADER_ELECTION=false
 check "httpPort 9090: probes and args follow" probes no-leader-election 9090
 render digest --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-check "image.digest replaces the tag" deployment_fields digest 1 \
+check "image.digest replaces the tag" deployment_fields digest 2 \
   artifact-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef 50m 64Mi 500m 256Mi
 
 # ---- CRDs (rendered from files/crds/*.yaml; a fixture CRD in a copy of the chart) -------------

@@ -138,13 +138,23 @@ impl Operator {
     /// Starts `artifact-operator run` on `namespace`, with the operator's ambient AWS identity set
     /// to MinIO's root user (moto accepts any keys for IAM and STS).
     pub fn start(namespace: &str, resync: &str) -> Self {
+        Self::start_with(namespace, resync, &[])
+    }
+
+    /// Like [`Operator::start`], with extra flags.
+    pub fn start_with(namespace: &str, resync: &str, extra: &[&str]) -> Self {
         let env = test_env();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}.log"));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "operator-{}-{}.log",
+            namespace.replace(',', "+"),
+            fastrand::u32(..)
+        ));
         let file = std::fs::File::create(&log).unwrap();
         let http_port = free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"))
             .args(["run", "--namespaces", namespace, "--resync-interval", resync, "--log-format", "text"])
             .args(["--log-level", "trace", "--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", env.var("KUBECONFIG"))
@@ -159,6 +169,17 @@ impl Operator {
             .spawn()
             .expect("the operator starts");
         Self { child, log, http_port }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,152 @@
+//! Leader election on a coordination.k8s.io Lease: one replica reconciles, the others wait and take
+//! over when the leader stops renewing. A leader that cannot renew in time exits at once, so it
+//! never writes after another replica may have taken over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// How long a lease is valid without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the leader renews, and how often a follower retries.
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// A leader that has not renewed for this long gives up (before the lease can expire).
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+/// What the Lease says about who may lead.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Mine,
+    Free,
+    HeldByOther,
+}
+
+fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> Verdict {
+    if lease.holder_identity.as_deref() == Some(identity) {
+        return Verdict::Mine;
+    }
+    let duration = lease.lease_duration_seconds.map_or(LEASE_DURATION.as_secs() as i64, i64::from);
+    let expired = match &lease.renew_time {
+        Some(MicroTime(renewed)) => now.as_second() - renewed.as_second() > duration,
+        None => true,
+    };
+    if lease.holder_identity.as_deref().unwrap_or_default().is_empty() || expired {
+        Verdict::Free
+    } else {
+        Verdict::HeldByOther
+    }
+}
+
+impl LeaderElector {
+    pub fn new(client: Client, namespace: &str, name: &str, identity: String) -> Self {
+        Self { api: Api::namespaced(client, namespace), name: name.to_owned(), identity }
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        let now = MicroTime(jiff::Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One attempt to take or renew the lease. Ok(true) when this replica holds it now.
+    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                spec: Some(self.spec(0, None)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(error) => Err(error),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let spec = match verdict(&current, &self.identity, jiff::Timestamp::now()) {
+            Verdict::HeldByOther => return Ok(false),
+            Verdict::Mine => self.spec(current.lease_transitions.unwrap_or_default(), current.acquire_time.clone()),
+            Verdict::Free => self.spec(current.lease_transitions.unwrap_or_default() + 1, None),
+        };
+        lease.spec = Some(spec);
+        // replace carries the resourceVersion: two replicas racing for a free lease cannot both win.
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until this replica holds the lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "acquired the lease; leading");
+                    return;
+                }
+                Ok(false) => tracing::debug!(lease = %self.name, "another replica leads; waiting"),
+                Err(error) => tracing::warn!(%error, "failed to read or take the lease"),
+            }
+            tokio::time::sleep(RENEW_INTERVAL).await;
+        }
+    }
+
+    /// Renews the lease until it cannot; returns when leadership is lost (the caller must stop).
+    pub async fn keep_renewing(&self) {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(RENEW_INTERVAL).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(lease = %self.name, "another replica took the lease");
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "failed to renew the lease"),
+            }
+            if last_renewal.elapsed() > RENEW_DEADLINE {
+                tracing::error!(lease = %self.name, "could not renew the lease in time");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed_secs_ago: i64) -> LeaseSpec {
+        let now = jiff::Timestamp::now();
+        LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(jiff::Timestamp::from_second(now.as_second() - renewed_secs_ago).unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_is_free_only_when_expired_or_unheld() {
+        let now = jiff::Timestamp::now();
+        assert_eq!(verdict(&lease("me", 100), "me", now), Verdict::Mine);
+        assert_eq!(verdict(&lease("other", 3), "me", now), Verdict::HeldByOther);
+        assert_eq!(verdict(&lease("other", 16), "me", now), Verdict::Free);
+        assert_eq!(verdict(&lease("", 0), "me", now), Verdict::Free);
+    }
+}

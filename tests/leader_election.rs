@@ -1,0 +1,95 @@
+//! Two replicas with leader election: exactly one reconciles; when it dies, the other takes over.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use artifact_operator::api::ArtifactStore;
+use common::{Operator, apply, eventually, limited_bucket, setup, test_env, user_keys_secret};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::json;
+
+fn store(name: &str, bucket: &str) -> serde_json::Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
+        "path": format!("s3://{bucket}"),
+        "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+        "auth": {"secretRef": {"name": "minio-keys"}},
+    }})
+}
+
+async fn ready(client: &kube::Client, ns: &str, name: &str) {
+    let api: Api<ArtifactStore> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(60), &format!("{name} to be Ready"), || async {
+        let store = api.get(name).await.ok()?;
+        store.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
+    let (client, ns) = setup("leader").await;
+    let bucket = limited_bucket("leader");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
+    let mut first = Operator::start_with(&ns, "10m", &flags);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(30), "the first replica to lead", || async {
+        first.log_text().contains("acquired the lease").then_some(())
+    })
+    .await;
+    let mut second = Operator::start_with(&ns, "10m", &flags);
+    apply(&client, &ns, store("before", &bucket)).await;
+    ready(&client, &ns, "before").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let follower_log = second.log_text();
+    assert!(!follower_log.contains("acquired the lease"), "the second replica waits");
+    assert!(
+        !follower_log.contains("starting the controllers"),
+        "the follower runs no controller, so it writes nothing"
+    );
+    let holder = leases.get("artifact-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+
+    first.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(30), "the second replica to take over", || async {
+        second.log_text().contains("acquired the lease").then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    println!("takeover after the leader died: {takeover:?}");
+    let lease = leases.get("artifact-operator").await.unwrap().spec.unwrap();
+    assert_ne!(lease.holder_identity.unwrap(), holder);
+    assert_eq!(lease.lease_transitions, Some(1));
+    apply(&client, &ns, store("after", &bucket)).await;
+    ready(&client, &ns, "after").await;
+    second.kill();
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_the_lease_stops_at_once() {
+    let (client, ns) = setup("leader-lost").await;
+    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
+    let mut leader = Operator::start_with(&ns, "10m", &flags);
+    eventually(Duration::from_secs(30), "the replica to lead", || async {
+        leader.log_text().contains("acquired the lease").then_some(())
+    })
+    .await;
+    // Another holder takes the lease (as a replica that saw it expire would).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut lease = leases.get("artifact-operator").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("another-replica".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()));
+    leases.replace("artifact-operator", &Default::default(), &lease).await.unwrap();
+    let taken = Instant::now();
+    eventually(Duration::from_secs(15), "the old leader to exit", || {
+        let exited = leader.exited();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    println!("old leader exited {:?} after losing the lease", taken.elapsed());
+    assert!(leader.log_text().contains("lost the lease"));
+}
