@@ -143,6 +143,11 @@ impl Operator {
 
     /// Like [`Operator::start`], with extra flags.
     pub fn start_with(namespace: &str, resync: &str, extra: &[&str]) -> Self {
+        Self::start_as(std::path::Path::new(test_env().var("KUBECONFIG")), namespace, resync, extra)
+    }
+
+    /// Like [`Operator::start_with`], authenticating with the given kubeconfig.
+    pub fn start_as(kubeconfig: &std::path::Path, namespace: &str, resync: &str, extra: &[&str]) -> Self {
         let env = test_env();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "operator-{}-{}.log",
@@ -157,7 +162,7 @@ impl Operator {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env("KUBECONFIG", kubeconfig)
             .env("AWS_ACCESS_KEY_ID", env.var("AO_S3_ROOT_ACCESS_KEY"))
             .env("AWS_SECRET_ACCESS_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
             .env("AWS_REGION", env.var("AO_S3_REGION"))

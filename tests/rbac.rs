@@ -1,0 +1,199 @@
+//! Least privilege, proven: the chart's RBAC applied to the real apiserver, and the operator run
+//! with a token of the chart's ServiceAccount reconciles stores and stacks with no Forbidden error;
+//! in namespaced mode the same kind of token cannot read Secrets outside its namespaces.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Operator, apply, eventually, limited_bucket, test_env, user_keys_secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::{Discovery, Scope};
+use serde_json::{Value, json};
+
+fn helm() -> String {
+    format!("{}/bin/helm", test_env().var("AO_CACHE_DIR"))
+}
+
+/// `helm template` of the chart with these `--set` values, as YAML documents.
+fn render(release_namespace: &str, sets: &[String]) -> Vec<Value> {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/artifact-operator");
+    let mut command = std::process::Command::new(helm());
+    command.args([
+        "template",
+        "artifact-operator",
+        chart,
+        "--namespace",
+        release_namespace,
+        "--set",
+        "crds.install=false",
+    ]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.output().expect("helm runs");
+    assert!(output.status.success(), "helm template failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .filter(|value: &Value| value.is_object())
+        .collect()
+}
+
+/// Server-side applies every object: first as a dry run (all must pass), then for real.
+async fn apply_all(client: &Client, objects: &[Value], release_namespace: &str) {
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    for dry_run in [true, false] {
+        for object in objects {
+            let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+            let gvk = kube::core::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+            let (resource, capabilities) =
+                discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+            let api: Api<DynamicObject> = match capabilities.scope {
+                Scope::Cluster => Api::all_with(client.clone(), &resource),
+                Scope::Namespaced => Api::namespaced_with(
+                    client.clone(),
+                    object.metadata.namespace.as_deref().unwrap_or(release_namespace),
+                    &resource,
+                ),
+            };
+            let mut params = PatchParams::apply("rbac-test").force();
+            params.dry_run = dry_run;
+            let name = object.metadata.name.clone().unwrap();
+            api.patch(&name, &params, &Patch::Apply(&object))
+                .await
+                .unwrap_or_else(|e| panic!("{} {name} rejected (dry run: {dry_run}): {e}", gvk.kind));
+        }
+    }
+}
+
+/// A kubeconfig that authenticates with a fresh token of `namespace/account` (TokenRequest).
+async fn token_kubeconfig(client: &Client, namespace: &str, account: &str, path: &std::path::Path) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
+        ..Default::default()
+    };
+    let token =
+        accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let admin: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(test_env().var("KUBECONFIG")).unwrap()).unwrap();
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+    });
+    std::fs::write(path, serde_json::to_string(&config).unwrap()).unwrap();
+}
+
+async fn client_for(kubeconfig: &std::path::Path) -> Client {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn the_operator_works_with_exactly_the_charts_permissions() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let operator_ns = common::namespace(&client, "rbac-operator").await;
+    let ns = common::namespace(&client, "rbac-cluster").await;
+    let objects = render(&operator_ns, &[format!("rbac.secretWriteNamespaces={{{ns}}}")]);
+    assert!(objects.iter().any(|o| o["kind"] == "ClusterRole"));
+    apply_all(&client, &objects, &operator_ns).await;
+
+    let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.kubeconfig"));
+    token_kubeconfig(&client, &operator_ns, "artifact-operator", &kubeconfig).await;
+    // The operator creates the bucket (provisioning Create), so that deletion can remove it too.
+    let bucket = limited_bucket("rbac");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
+    apply(&client, &ns, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
+        "path": format!("s3://{bucket}/p"), "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+        "auth": {"secretRef": {"name": "minio-keys"}}, "provisioning": "Create", "deletionPolicy": "Delete"}}))
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "prod"}, "spec": {
+        "artifactStoreRef": {"name": "ml"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"},
+        "outputs": {"formats": ["ZenML", "Argo", "KFP"]}}}),
+    )
+    .await;
+
+    let flags = ["--leader-election", "--lease-namespace", &operator_ns, "--lease-name", "artifact-operator"];
+    let operator = Operator::start_as(&kubeconfig, &ns, "10m", &flags);
+    let stacks: Api<artifact_operator::api::Stack> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "the stack to be Ready under the chart's RBAC", || async {
+        let stack = stacks.get("prod").await.ok()?;
+        stack.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await;
+    // Deleting the store exercises the finalizer, the namespace and CRD checks and bucket deletion.
+    Api::<artifact_operator::api::ArtifactStore>::namespaced(client.clone(), &ns)
+        .delete("ml", &Default::default())
+        .await
+        .unwrap();
+    let stores: Api<artifact_operator::api::ArtifactStore> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "the store to be deleted", || async {
+        stores.get_opt("ml").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let log = operator.log_text();
+    assert!(
+        log.contains("acquired the lease") && log.contains("published the store's configuration"),
+        "the operator did its work"
+    );
+    assert!(
+        common::s3_root().head_bucket().bucket(&bucket).send().await.is_err(),
+        "the created, empty bucket was deleted"
+    );
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the operator hit a permission it lacks:\n{}",
+        log.lines().filter(|l| l.to_lowercase().contains("forbidden")).take(5).collect::<Vec<_>>().join("\n")
+    );
+
+    // What the token must not do: write Secrets where it was not granted, or anywhere cluster-wide.
+    let as_operator = client_for(&kubeconfig).await;
+    let elsewhere = common::namespace(&client, "rbac-elsewhere").await;
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "x"}, "stringData": {"k": "v"}})).unwrap();
+    let err = Api::<Secret>::namespaced(as_operator.clone(), &elsewhere)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
+}
+
+#[tokio::test]
+async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let operator_ns = common::namespace(&client, "rbac-ns-operator").await;
+    let watched = common::namespace(&client, "rbac-ns-watched").await;
+    let other = common::namespace(&client, "rbac-ns-other").await;
+    let objects = render(&operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
+    assert!(
+        !objects.iter().any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
+        "no cluster-wide grant"
+    );
+    apply_all(&client, &objects, &operator_ns).await;
+    let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{watched}.kubeconfig"));
+    token_kubeconfig(&client, &operator_ns, "artifact-operator", &kubeconfig).await;
+    common::secret(&client, &watched, "readable", &[("k", "v")]).await;
+    common::secret(&client, &other, "hidden", &[("k", "v")]).await;
+    let as_operator = client_for(&kubeconfig).await;
+    Api::<Secret>::namespaced(as_operator.clone(), &watched)
+        .get("readable")
+        .await
+        .expect("secrets of a watched namespace are readable");
+    let err = Api::<Secret>::namespaced(as_operator.clone(), &other).get("hidden").await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
+    let err = Api::<Secret>::all(as_operator).list(&Default::default()).await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
+}
