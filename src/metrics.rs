@@ -1,11 +1,13 @@
 //! Prometheus metrics. Labels are static categories, never error text or object names.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -26,16 +28,27 @@ static AWS_CALLS: std::sync::LazyLock<Family<ServiceLabel, Counter>> = std::sync
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: &'static str,
+    outcome: &'static str,
 }
 
-/// Counts one call to an AWS service.
-pub fn count_aws_call(service: &'static str) {
-    AWS_CALLS.get_or_create(&ServiceLabel { service }).inc();
+/// Counts one call to an AWS service and whether it succeeded.
+pub fn count_aws_call(service: &'static str, ok: bool) {
+    AWS_CALLS.get_or_create(&ServiceLabel { service, outcome: if ok { "ok" } else { "error" } }).inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabel {
+    kind: &'static str,
+    ready: &'static str,
 }
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    time_to_ready: Family<KindLabel, Histogram>,
+    by_ready: Family<ReadyLabel, Gauge>,
+    /// The Ready status of every object seen, by kind and UID, to derive `by_ready`.
+    readiness: Arc<Mutex<HashMap<(&'static str, String), &'static str>>>,
     reconciles: Family<KindLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
@@ -51,12 +64,26 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let verifications = Counter::default();
+        let time_to_ready =
+            Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.25, 2.0, 14)));
+        let by_ready = Family::<ReadyLabel, Gauge>::default();
+        registry.register("time_to_ready_seconds", "From creation to the first Ready=True", time_to_ready.clone());
+        registry.register("objects", "ArtifactStores and Stacks by their Ready condition", by_ready.clone());
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by category", errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
         registry.register("aws_calls", "Calls made to AWS services (S3, STS, IAM)", AWS_CALLS.clone());
         registry.register("store_verifications", "Successful store verifications", verifications.clone());
-        Self { registry: Arc::new(registry), reconciles, errors, duration, verifications }
+        Self {
+            registry: Arc::new(registry),
+            time_to_ready,
+            by_ready,
+            readiness: Arc::default(),
+            reconciles,
+            errors,
+            duration,
+            verifications,
+        }
     }
 }
 
@@ -72,6 +99,24 @@ impl Metrics {
 
     pub fn verified(&self) {
         self.verifications.inc();
+    }
+
+    /// Records an object's Ready status (None: the object is gone).
+    pub fn readiness(&self, kind: &'static str, uid: &str, ready: Option<&'static str>) {
+        let mut readiness = self.readiness.lock().unwrap_or_else(|p| p.into_inner());
+        match ready {
+            Some(status) => readiness.insert((kind, uid.to_owned()), status),
+            None => readiness.remove(&(kind, uid.to_owned())),
+        };
+        for status in ["True", "False", "Unknown"] {
+            let count = readiness.iter().filter(|((k, _), s)| *k == kind && **s == status).count();
+            self.by_ready.get_or_create(&ReadyLabel { kind, ready: status }).set(count as i64);
+        }
+    }
+
+    /// An object turned Ready `age` after its creation.
+    pub fn became_ready(&self, kind: &'static str, age: Duration) {
+        self.time_to_ready.get_or_create(&KindLabel { kind }).observe(age.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -427,10 +427,10 @@ async fn steady_state_makes_no_kubernetes_writes_and_one_s3_call_per_resync() {
         .unwrap()
         .metadata
         .resource_version;
-    let s3_before = operator.counter("artifact_operator_aws_calls_total{service=\"s3\"}").await;
+    let s3_before = operator.counter("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}").await;
     let window = Duration::from_secs(12);
     tokio::time::sleep(window).await;
-    let s3_after = operator.counter("artifact_operator_aws_calls_total{service=\"s3\"}").await;
+    let s3_after = operator.counter("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}").await;
     let after = Api::<ArtifactStore>::namespaced(client.clone(), &ns).get("ml").await.unwrap();
     assert_eq!(after.metadata.resource_version, store_rv, "no status or metadata write at steady state");
     assert_eq!(
@@ -475,4 +475,33 @@ async fn one_operator_watches_exactly_the_listed_namespaces() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let untouched = Api::<ArtifactStore>::namespaced(client.clone(), &unwatched).get("ml").await.unwrap();
     assert!(untouched.status.is_none(), "a store outside the watched namespaces is left alone");
+}
+
+#[tokio::test]
+async fn metrics_show_reconciles_aws_calls_and_readiness() {
+    let (client, ns) = setup("ast-metrics").await;
+    let bucket = limited_bucket("metrics");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ready", minio_spec(&bucket, json!({}))).await;
+    apply_store(&client, &ns, "missing", minio_spec(&limited_bucket("absent"), json!({}))).await;
+    wait_for(&client, &ns, "ready", "Ready", "True", "Ready").await;
+    wait_for(&client, &ns, "missing", "BucketReady", "False", "BucketNotFound").await;
+    let metrics = operator.metrics().await;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("artifact_operator_reconciles_total{kind=\"ArtifactStore\"}") >= 2.0, "{metrics}");
+    assert!(value("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}") >= 1.0, "{metrics}");
+    assert!(value("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"error\"}") >= 1.0, "{metrics}");
+    assert_eq!(value("artifact_operator_time_to_ready_seconds_count{kind=\"ArtifactStore\"}"), 1.0, "{metrics}");
+    assert_eq!(value("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"True\"}"), 1.0, "{metrics}");
+    assert_eq!(value("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"False\"}"), 1.0, "{metrics}");
+    assert!(metrics.contains("artifact_operator_reconcile_duration_seconds_bucket"), "{metrics}");
 }

@@ -60,16 +60,23 @@ impl S3Connection {
         }
     }
 
-    /// The rate-limiting key: one per account. The access key id is not a secret, but it is
-    /// hashed anyway so that it never appears in memory dumps of metrics or logs by accident.
+    /// The rate-limiting key of this connection's identity.
     pub fn account_key(&self) -> String {
-        match &self.keys {
-            Some(keys) => format!(
+        account_key(self.keys.as_ref())
+    }
+}
+
+/// The rate-limiting key of an identity: one per access key, or the ambient identity. The access
+/// key id is not a secret, but only a hash of it is kept.
+pub fn account_key(keys: Option<&StaticKeys>) -> String {
+    match keys {
+        Some(keys) => {
+            format!(
                 "key:{}",
                 &crate::render::content_hash(&[("id".to_owned(), keys.access_key_id.clone())].into())[..16]
-            ),
-            None => "ambient".to_owned(),
+            )
         }
+        None => "ambient".to_owned(),
     }
 }
 

@@ -133,8 +133,9 @@ impl Iam {
             )
         })?;
         self.limiter.acquire("ambient").await;
-        crate::metrics::count_aws_call("iam");
-        let output = self.client.get_role().role_name(name).send().await.map_err(|err| {
+        let result = self.client.get_role().role_name(name).send().await;
+        crate::metrics::count_aws_call("iam", result.is_ok());
+        let output = result.map_err(|err| {
             let error = CallError::from_sdk(&err);
             match error.code.as_deref() {
                 Some("NoSuchEntity") => Failure::user("IamRoleNotFound", format!("IAM role {role_arn} does not exist; create it or fix the ServiceAccount's {ROLE_ARN_ANNOTATION} annotation")),
@@ -158,7 +159,6 @@ impl Iam {
                 format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix())
             };
             self.limiter.acquire("ambient").await;
-            crate::metrics::count_aws_call("iam");
             let output = self
                 .client
                 .simulate_principal_policy()
@@ -167,6 +167,7 @@ impl Iam {
                 .resource_arns(&resource)
                 .send()
                 .await;
+            crate::metrics::count_aws_call("iam", output.is_ok());
             let output = match output {
                 Ok(output) => output,
                 Err(err) => {

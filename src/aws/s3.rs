@@ -11,10 +11,26 @@ use aws_sdk_s3::types::{
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, VersioningConfiguration,
 };
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
 use super::failure::CallError;
 use super::ratelimit::RateLimiter;
 use crate::api::artifact_store::{BucketSettings, ServerSideEncryption as Sse};
 use crate::s3path::S3Path;
+
+/// Counts an S3 call's outcome and turns its error into a [`CallError`].
+trait Counted<T> {
+    fn counted(self) -> Result<T, CallError>;
+}
+
+impl<T, E: ProvideErrorMetadata + std::error::Error + 'static> Counted<T> for Result<T, SdkError<E, HttpResponse>> {
+    fn counted(self) -> Result<T, CallError> {
+        crate::metrics::count_aws_call("s3", self.is_ok());
+        self.map_err(|e| CallError::from_sdk(&e))
+    }
+}
 
 /// The bucket tag that records which ArtifactStore (by UID) created a bucket. Deletion requires it.
 pub const CREATED_BY_TAG: &str = "artifacts.dev/created-by";
@@ -60,7 +76,6 @@ impl Bucket {
 
     async fn permit(&self) {
         self.limiter.acquire(&self.account).await;
-        crate::metrics::count_aws_call("s3");
     }
 
     /// HeadBucket: the cheap existence and access check. Returns the bucket's region when the
@@ -74,7 +89,7 @@ impl Bucket {
             .set_expected_bucket_owner(expected_owner.map(str::to_owned))
             .send()
             .await
-            .map_err(|e| CallError::from_sdk(&e))?;
+            .counted()?;
         Ok(output.bucket_region().map(str::to_owned))
     }
 
@@ -95,13 +110,7 @@ impl Bucket {
     /// The bucket's region from GetBucketLocation, for endpoints that do not send it on HeadBucket.
     pub async fn location(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        let output = self
-            .client
-            .get_bucket_location()
-            .bucket(&self.path.bucket)
-            .send()
-            .await
-            .map_err(|e| CallError::from_sdk(&e))?;
+        let output = self.client.get_bucket_location().bucket(&self.path.bucket).send().await.counted()?;
         Ok(Some(match output.location_constraint() {
             None => crate::resolve::DEFAULT_REGION.to_owned(),
             Some(constraint) if constraint.as_str().is_empty() => crate::resolve::DEFAULT_REGION.to_owned(),
@@ -121,16 +130,10 @@ impl Bucket {
                     .build(),
             );
         }
-        match request.send().await {
+        match request.send().await.counted() {
             Ok(_) => Ok(Created::New),
-            Err(err) => {
-                let error = CallError::from_sdk(&err);
-                if error.code.as_deref() == Some("BucketAlreadyOwnedByYou") {
-                    Ok(Created::AlreadyOwnedByYou)
-                } else {
-                    Err(error)
-                }
-            }
+            Err(error) if error.code.as_deref() == Some("BucketAlreadyOwnedByYou") => Ok(Created::AlreadyOwnedByYou),
+            Err(error) => Err(error),
         }
     }
 
@@ -157,7 +160,7 @@ impl Bucket {
             .tagging(Tagging::builder().set_tag_set(Some(tags)).build().expect("tag set is set"))
             .send()
             .await;
-        check("tags", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+        check("tags", result.counted().map(|_| ()), &mut skipped)?;
 
         if settings.versioning {
             self.permit().await;
@@ -170,7 +173,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            check("versioning", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+            check("versioning", result.counted().map(|_| ()), &mut skipped)?;
         }
 
         let (algorithm, kms_key) = match &settings.default_encryption {
@@ -196,7 +199,7 @@ impl Bucket {
             )
             .send()
             .await;
-        check("default encryption", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+        check("default encryption", result.counted().map(|_| ()), &mut skipped)?;
 
         if settings.block_public_access {
             self.permit().await;
@@ -214,7 +217,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            let result = result.map(|_| ()).map_err(|e| CallError::from_sdk(&e));
+            let result = result.counted().map(|_| ());
             match result {
                 Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => {
                     skipped.push("public access block")
@@ -234,7 +237,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            check("lifecycle", result.map(|_| ()).map_err(|e| CallError::from_sdk(&e)), &mut skipped)?;
+            check("lifecycle", result.counted().map(|_| ()), &mut skipped)?;
         }
         Ok(skipped)
     }
@@ -306,27 +309,19 @@ impl Bucket {
             .body(ByteStream::from_static(b"artifact-operator write probe\n"))
             .send()
             .await
-            .map_err(|e| CallError::from_sdk(&e))?;
+            .counted()?;
         self.permit().await;
-        self.client
-            .delete_object()
-            .bucket(&self.path.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| CallError::from_sdk(&e))?;
+        self.client.delete_object().bucket(&self.path.bucket).key(&key).send().await.counted()?;
         Ok(())
     }
 
     /// The UID recorded in the creator tag, if any.
     pub async fn creator(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await {
+        match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await.counted() {
             Ok(output) => Ok(output.tag_set().iter().find(|t| t.key() == CREATED_BY_TAG).map(|t| t.value().to_owned())),
-            Err(err) => {
-                let error = CallError::from_sdk(&err);
-                if error.code.as_deref() == Some("NoSuchTagSet") { Ok(None) } else { Err(error) }
-            }
+            Err(error) if error.code.as_deref() == Some("NoSuchTagSet") => Ok(None),
+            Err(error) => Err(error),
         }
     }
 
@@ -334,14 +329,7 @@ impl Bucket {
     /// delete markers included.
     pub async fn any_object(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        let output = self
-            .client
-            .list_object_versions()
-            .bucket(&self.path.bucket)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| CallError::from_sdk(&e))?;
+        let output = self.client.list_object_versions().bucket(&self.path.bucket).max_keys(1).send().await.counted()?;
         let version = output.versions().first().and_then(|v| v.key());
         let marker = output.delete_markers().first().and_then(|m| m.key());
         Ok(version.or(marker).map(str::to_owned))

@@ -95,6 +95,30 @@ impl Context {
             .cloned()
     }
 
+    /// Updates the readiness metrics from an object's Ready condition and its transitions.
+    pub fn observe_readiness(
+        &self,
+        kind: &'static str,
+        meta: &kube::core::ObjectMeta,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        transitions: &[Transition],
+    ) {
+        let uid = meta.uid.clone().unwrap_or_default();
+        let ready = crate::conditions::find(conditions, crate::conditions::READY).map(|c| match c.status.as_str() {
+            "True" => "True",
+            "False" => "False",
+            _ => "Unknown",
+        });
+        self.metrics.readiness(kind, &uid, ready);
+        let became_ready = transitions.iter().any(|t| {
+            t.observed.type_ == crate::conditions::READY && t.observed.status == crate::conditions::Status::True
+        });
+        if let (true, Some(created)) = (became_ready, &meta.creation_timestamp) {
+            let age = jiff::Timestamp::now().duration_since(created.0);
+            self.metrics.became_ready(kind, std::time::Duration::try_from(age).unwrap_or_default());
+        }
+    }
+
     /// Publishes an Event per condition transition. Failing to publish is logged, not fatal.
     pub async fn publish_transitions(
         &self,

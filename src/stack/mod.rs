@@ -118,6 +118,7 @@ struct Usable {
 async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
         ctx.forget(&stack.uid().unwrap_or_default(), &key(stack));
+        ctx.metrics.readiness("Stack", &stack.uid().unwrap_or_default(), None);
         return Ok(Action::await_change());
     }
     match usable(stack, ctx).await? {
@@ -233,6 +234,7 @@ async fn write_status(
     };
     let next =
         StackStatus { observed_generation: stack.metadata.generation, conditions, config_map_name, content_hash };
+    ctx.observe_readiness("Stack", &stack.metadata, &next.conditions, &transitions);
     if next == previous {
         return Ok(());
     }

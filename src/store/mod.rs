@@ -294,6 +294,7 @@ async fn write_status(
         ..ArtifactStoreStatus::default()
     };
     fill(&mut next);
+    ctx.observe_readiness("ArtifactStore", &store.metadata, &next.conditions, &transitions);
     if next == previous {
         return Ok(());
     }
@@ -357,6 +358,7 @@ async fn deleted_in_bulk(store: &ArtifactStore, ctx: &Context) -> Result<Option<
 
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(&store.uid().unwrap_or_default(), &key(store));
+    ctx.metrics.readiness("ArtifactStore", &store.uid().unwrap_or_default(), None);
     if !has_finalizer(store) {
         return Ok(Action::await_change());
     }

@@ -289,10 +289,10 @@ fn account_of(arn: &str) -> Option<&str> {
 
 /// STS GetCallerIdentity with the store's keys, or the operator's ambient identity.
 async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) -> Result<Option<String>, Failure> {
-    let account = if inputs.keys.is_some() { "keys" } else { "ambient" };
-    ctx.aws.limiter.acquire(account).await;
-    crate::metrics::count_aws_call("sts");
-    match ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await {
+    ctx.aws.limiter.acquire(&crate::aws::clients::account_key(inputs.keys.as_ref())).await;
+    let result = ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await;
+    crate::metrics::count_aws_call("sts", result.is_ok());
+    match result {
         Ok(output) => Ok(output.arn().map(str::to_owned)),
         Err(err) => {
             let error = CallError::from_sdk(&err);
