@@ -19,18 +19,10 @@ fn helm() -> String {
 }
 
 /// `helm template` of the chart with these `--set` values, as YAML documents.
-fn render(release_namespace: &str, sets: &[String]) -> Vec<Value> {
+fn render(release: &str, release_namespace: &str, sets: &[String]) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/artifact-operator");
     let mut command = std::process::Command::new(helm());
-    command.args([
-        "template",
-        "artifact-operator",
-        chart,
-        "--namespace",
-        release_namespace,
-        "--set",
-        "crds.install=false",
-    ]);
+    command.args(["template", release, chart, "--namespace", release_namespace, "--set", "crds.install=false"]);
     for set in sets {
         command.args(["--set", set]);
     }
@@ -43,26 +35,38 @@ fn render(release_namespace: &str, sets: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// Server-side applies every object: first as a dry run (all must pass), then for real.
+/// The name of the rendered ServiceAccount and the Lease name the Deployment passes.
+fn account_and_lease(objects: &[Value]) -> (String, String) {
+    let account = objects.iter().find(|o| o["kind"] == "ServiceAccount").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+    let lease = args.iter().filter_map(Value::as_str).find_map(|a| a.strip_prefix("--lease-name=")).unwrap().to_owned();
+    (account, lease)
+}
+
+/// Server-side applies every object in order: each first as a dry run, then for real (so a
+/// Namespace exists before the objects in it are tried).
 async fn apply_all(client: &Client, objects: &[Value], release_namespace: &str) {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
-    for dry_run in [true, false] {
-        for object in objects {
-            let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-            let gvk = kube::core::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
-            let (resource, capabilities) =
-                discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
-            let api: Api<DynamicObject> = match capabilities.scope {
-                Scope::Cluster => Api::all_with(client.clone(), &resource),
-                Scope::Namespaced => Api::namespaced_with(
-                    client.clone(),
-                    object.metadata.namespace.as_deref().unwrap_or(release_namespace),
-                    &resource,
-                ),
-            };
+    for object in objects {
+        let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+        let gvk = kube::core::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+        let (resource, capabilities) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+        let api: Api<DynamicObject> = match capabilities.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object.metadata.namespace.as_deref().unwrap_or(release_namespace),
+                &resource,
+            ),
+        };
+        let name = object.metadata.name.clone().unwrap();
+        for dry_run in [true, false] {
             let mut params = PatchParams::apply("rbac-test").force();
             params.dry_run = dry_run;
-            let name = object.metadata.name.clone().unwrap();
             api.patch(&name, &params, &Patch::Apply(&object))
                 .await
                 .unwrap_or_else(|e| panic!("{} {name} rejected (dry run: {dry_run}): {e}", gvk.kind));
@@ -103,12 +107,16 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
     common::install_crds(&client).await;
     let operator_ns = common::namespace(&client, "rbac-operator").await;
     let ns = common::namespace(&client, "rbac-cluster").await;
-    let objects = render(&operator_ns, &[format!("rbac.secretWriteNamespaces={{{ns}}}")]);
+    // A release of its own: cluster-scoped names (ClusterRole, binding) must not collide with
+    // other tests that install the chart.
+    let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
+    let objects = render(&release, &operator_ns, &[format!("rbac.secretWriteNamespaces={{{ns}}}")]);
     assert!(objects.iter().any(|o| o["kind"] == "ClusterRole"));
     apply_all(&client, &objects, &operator_ns).await;
 
     let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.kubeconfig"));
-    token_kubeconfig(&client, &operator_ns, "artifact-operator", &kubeconfig).await;
+    let (account, lease) = account_and_lease(&objects);
+    token_kubeconfig(&client, &operator_ns, &account, &kubeconfig).await;
     // The operator creates the bucket (provisioning Create), so that deletion can remove it too.
     let bucket = limited_bucket("rbac");
     user_keys_secret(&client, &ns, "minio-keys").await;
@@ -126,7 +134,7 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
     )
     .await;
 
-    let flags = ["--leader-election", "--lease-namespace", &operator_ns, "--lease-name", "artifact-operator"];
+    let flags = ["--leader-election", "--lease-namespace", &operator_ns, "--lease-name", &lease];
     let operator = Operator::start_as(&kubeconfig, &ns, "10m", &flags);
     let stacks: Api<artifact_operator::api::Stack> = Api::namespaced(client.clone(), &ns);
     eventually(Duration::from_secs(60), "the stack to be Ready under the chart's RBAC", || async {
@@ -177,14 +185,16 @@ async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() 
     let operator_ns = common::namespace(&client, "rbac-ns-operator").await;
     let watched = common::namespace(&client, "rbac-ns-watched").await;
     let other = common::namespace(&client, "rbac-ns-other").await;
-    let objects = render(&operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
+    let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
+    let objects =
+        render(&release, &operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
     assert!(
         !objects.iter().any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
         "no cluster-wide grant"
     );
     apply_all(&client, &objects, &operator_ns).await;
     let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{watched}.kubeconfig"));
-    token_kubeconfig(&client, &operator_ns, "artifact-operator", &kubeconfig).await;
+    token_kubeconfig(&client, &operator_ns, &account_and_lease(&objects).0, &kubeconfig).await;
     common::secret(&client, &watched, "readable", &[("k", "v")]).await;
     common::secret(&client, &other, "hidden", &[("k", "v")]).await;
     let as_operator = client_for(&kubeconfig).await;
@@ -196,4 +206,22 @@ async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() 
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
     let err = Api::<Secret>::all(as_operator).list(&Default::default()).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
+}
+
+#[tokio::test]
+async fn the_rendered_manifests_in_deploy_apply() {
+    let client = common::client().await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/artifact-operator.yaml")).unwrap();
+    let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .filter(|value: &Value| value.is_object())
+        .collect();
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        &kinds[..3],
+        ["CustomResourceDefinition", "CustomResourceDefinition", "Namespace"],
+        "CRDs and the Namespace come first"
+    );
+    assert!(kinds.contains(&"Deployment") && kinds.contains(&"ClusterRole"));
+    apply_all(&client, &objects, "artifact-operator").await;
 }
