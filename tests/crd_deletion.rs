@@ -44,6 +44,18 @@ async fn deleting_the_crd_deletes_no_bucket() {
     })
     .await;
 
+    // Stores left by earlier tests whose operators are gone would hold the CRD's deletion forever
+    // with their finalizers: release them (only ours is watched by a live operator).
+    for leftover in Api::<ArtifactStore>::all(client.clone()).list(&Default::default()).await.unwrap() {
+        let leftover_ns = leftover.metadata.namespace.clone().unwrap_or_default();
+        if leftover_ns != ns && leftover.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+            let api: Api<ArtifactStore> = Api::namespaced(client.clone(), &leftover_ns);
+            let name = leftover.metadata.name.clone().unwrap();
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+                .await
+                .unwrap();
+        }
+    }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.delete("artifactstores.artifacts.dev", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(90), "the CRD to be gone", || async {
