@@ -18,6 +18,7 @@ use crate::aws::ratelimit::RateLimiter;
 use crate::controller::Context;
 use crate::controller::apply::FIELD_MANAGER;
 use crate::controller::context::Settings;
+use crate::controller::health::WATCH_FAILURE_LIMIT;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 
@@ -107,26 +108,37 @@ fn init_logging(args: &RunArgs) {
 }
 
 #[derive(Clone)]
-struct Health {
+struct Endpoints {
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    health: Arc<crate::controller::health::Health>,
+    /// True while this replica waits for the lease: a standby is ready without caches.
+    standby: Arc<AtomicBool>,
 }
 
-async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
+async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(|State(h): State<Health>| async move { h.metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|State(e): State<Endpoints>| async move { e.metrics.render() }))
+        .route(
+            "/healthz",
+            get(|State(e): State<Endpoints>| async move {
+                if e.health.is_healthy(WATCH_FAILURE_LIMIT) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "the watches have failed for too long")
+                }
+            }),
+        )
         .route(
             "/readyz",
-            get(|State(h): State<Health>| async move {
-                if h.ready.load(Ordering::Relaxed) {
+            get(|State(e): State<Endpoints>| async move {
+                if e.standby.load(Ordering::Relaxed) || e.health.is_ready() {
                     (StatusCode::OK, "ok")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "starting")
                 }
             }),
         )
-        .with_state(health);
+        .with_state(endpoints);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
@@ -151,8 +163,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::default();
     let settings = Settings { resync_interval: args.resync_interval, oidc_issuer: args.oidc_issuer.clone() };
     let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));
-    let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(serve(args.http_addr, Health { metrics, ready: ready.clone() }));
+    let standby = Arc::new(AtomicBool::new(false));
+    let endpoints = Endpoints { metrics, health: ctx.health.clone(), standby: standby.clone() };
+    let server = tokio::spawn(serve(args.http_addr, endpoints));
     let elector = if args.leader_election {
         let namespace = args
             .lease_namespace
@@ -163,15 +176,16 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "operator".into());
         let identity = format!("{pod}-{:08x}", fastrand::u32(..));
         let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity);
-        ready.store(true, Ordering::Relaxed);
+        standby.store(true, Ordering::Relaxed);
         elector.acquire().await;
+        standby.store(false, Ordering::Relaxed);
         Some(elector)
     } else {
         None
     };
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
-    ready.store(true, Ordering::Relaxed);
+    ctx.health.controllers_started();
     // One controller per watched namespace: each needs list/watch only where it is allowed.
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
     for scope in scopes {

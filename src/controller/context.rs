@@ -25,6 +25,7 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: crate::metrics::Metrics,
+    pub health: std::sync::Arc<super::health::Health>,
     /// Consecutive failures per object (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// When each store (by UID) was last verified by this process, and with which inputs.
@@ -42,6 +43,7 @@ impl Context {
             settings,
             recorder,
             metrics,
+            health: std::sync::Arc::default(),
             failures: Mutex::default(),
             verified: Mutex::default(),
             issuer: tokio::sync::OnceCell::new(),

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod health;
 pub mod timing;
 
 pub use context::Context;

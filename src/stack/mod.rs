@@ -70,6 +70,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         Controller::new(scoped_api::<Stack>(&client, &namespace), watcher::Config::default().any_semantic())
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let (by_store, by_account) = (controller.store(), controller.store());
+    let health = ctx.health.clone();
     controller
         .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
         .watches(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default(), move |store| {
@@ -86,10 +87,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "stack reconcile did not complete");
+        .for_each(|result| {
+            match &result {
+                Err(kube::runtime::controller::Error::QueueError(error)) => {
+                    health.watch_failed();
+                    tracing::warn!(%error, "stack watch failed");
+                }
+                Err(error) => tracing::debug!(%error, "stack reconcile did not complete"),
+                Ok(_) => health.watch_succeeded(),
             }
+            std::future::ready(())
         })
         .await;
 }

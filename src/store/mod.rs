@@ -107,6 +107,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         Controller::new(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default().any_semantic())
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let stores = controller.store();
+    let health = ctx.health.clone();
     let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
     let all = watcher::Config::default;
     controller
@@ -122,10 +123,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "artifact store reconcile did not complete");
+        .for_each(|result| {
+            match &result {
+                Err(kube::runtime::controller::Error::QueueError(error)) => {
+                    health.watch_failed();
+                    tracing::warn!(%error, "artifact store watch failed");
+                }
+                Err(error) => tracing::debug!(%error, "artifact store reconcile did not complete"),
+                Ok(_) => health.watch_succeeded(),
             }
+            std::future::ready(())
         })
         .await;
 }

@@ -193,10 +193,15 @@ impl Operator {
 
     /// The operator's /metrics text.
     pub async fn metrics(&self) -> String {
+        self.get("/metrics").await
+    }
+
+    /// The raw HTTP/1.0 response (status line, headers, body) of GET `path` on the operator.
+    pub async fn get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream =
-            tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.expect("metrics port is open");
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+            tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.expect("http port is open");
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
         let mut body = String::new();
         stream.read_to_string(&mut body).await.unwrap();
         body
