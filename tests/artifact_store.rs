@@ -488,7 +488,16 @@ async fn metrics_show_reconciles_aws_calls_and_readiness() {
     apply_store(&client, &ns, "missing", minio_spec(&limited_bucket("absent"), json!({}))).await;
     wait_for(&client, &ns, "ready", "Ready", "True", "Ready").await;
     wait_for(&client, &ns, "missing", "BucketReady", "False", "BucketNotFound").await;
-    let metrics = operator.metrics().await;
+    // The status is written before a reconcile returns and records its metrics: wait for both.
+    let metrics = eventually(Duration::from_secs(15), "both reconciles to be counted", || async {
+        let metrics = operator.metrics().await;
+        let reconciles = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("artifact_operator_reconciles_total{kind=\"ArtifactStore\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        (reconciles >= Some(2.0)).then_some(metrics)
+    })
+    .await;
     let value = |series: &str| -> f64 {
         metrics
             .lines()

@@ -6,7 +6,6 @@ pub mod build;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -71,7 +70,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let (by_store, by_account) = (controller.store(), controller.store());
     let health = ctx.health.clone();
-    controller
+    let results = controller
         .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
         .watches(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default(), move |store| {
             let name = store.name_any();
@@ -86,26 +85,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            match &result {
-                Err(kube::runtime::controller::Error::QueueError(error)) => {
-                    health.watch_failed();
-                    tracing::warn!(%error, "stack watch failed");
-                }
-                Err(error) => tracing::debug!(%error, "stack reconcile did not complete"),
-                Ok(_) => health.watch_succeeded(),
-            }
-            std::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::controller::drive(results, health, "Stack").await;
 }
 
 fn error_policy(stack: Arc<Stack>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(&key(&stack));
-    ctx.metrics.reconcile_error("Stack", error.category());
-    tracing::warn!(stack = %key(&stack), error = %error, source = ?std::error::Error::source(error).map(ToString::to_string), "stack reconcile failed");
-    Action::requeue(backoff(failures, ctx.settings.resync_interval))
+    crate::controller::error_action(&ctx, "Stack", &key(&stack), error.category(), error)
 }
 
 pub async fn reconcile(stack: Arc<Stack>, ctx: Arc<Context>) -> Result<Action, Error> {

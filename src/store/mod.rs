@@ -8,7 +8,6 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -110,7 +109,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
     let health = ctx.health.clone();
     let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
     let all = watcher::Config::default;
-    controller
+    let results = controller
         .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
         .watches(scoped_api::<PartialObjectMeta<Secret>>(&client, &namespace), all(), move |s| {
             referencing(&s1, "Secret", s.metadata.namespace, s.metadata.name.unwrap_or_default())
@@ -122,26 +121,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
             referencing(&s3, "ServiceAccount", a.metadata.namespace, a.metadata.name.unwrap_or_default())
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            match &result {
-                Err(kube::runtime::controller::Error::QueueError(error)) => {
-                    health.watch_failed();
-                    tracing::warn!(%error, "artifact store watch failed");
-                }
-                Err(error) => tracing::debug!(%error, "artifact store reconcile did not complete"),
-                Ok(_) => health.watch_succeeded(),
-            }
-            std::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::controller::drive(results, health, "ArtifactStore").await;
 }
 
 fn error_policy(store: Arc<ArtifactStore>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(&key(&store));
-    ctx.metrics.reconcile_error("ArtifactStore", error.category());
-    tracing::warn!(store = %key(&store), error = %error, source = ?std::error::Error::source(error).map(ToString::to_string), "artifact store reconcile failed");
-    Action::requeue(backoff(failures, ctx.settings.resync_interval))
+    crate::controller::error_action(&ctx, "ArtifactStore", &key(&store), error.category(), error)
 }
 
 pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<Action, Error> {
