@@ -201,7 +201,12 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         // when the store or the ServiceAccount changes.
         let uid = stack.uid().unwrap_or_default();
         if ctx.last_verified(&uid, &fingerprint).is_none() {
-            let path = S3Path::parse(&store.spec.path).expect("a Ready store has a valid path");
+            let Ok(path) = S3Path::parse(&store.spec.path) else {
+                return Ok(Err(Failure::user(
+                    "ArtifactStoreNotReady",
+                    format!("ArtifactStore {store_name} has an invalid path"),
+                )));
+            };
             let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
             if let Err(failure) = crate::store::verify::check_irsa(ctx, &namespace, &account, role, &path).await {
                 return Ok(Err(failure));

@@ -396,7 +396,13 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
         }
         Err(error) => return Err(Error::Dereference(error)),
     };
-    let path = S3Path::parse(&store.spec.path).expect("a store with a created bucket has a valid path");
+    let path = match S3Path::parse(&store.spec.path) {
+        Ok(path) => path,
+        Err(error) => {
+            return blocked(Failure::user("DeletionBlocked", format!("cannot delete bucket {bucket_name}: {error}")))
+                .await;
+        }
+    };
     let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
     match verify::delete_created_bucket(ctx, store, &inputs, &path, &region).await {
         Ok(verify::Deletion::Deleted) => {
