@@ -134,7 +134,7 @@ async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<()> {
                 if e.standby.load(Ordering::Relaxed) || e.health.is_ready() {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    (StatusCode::SERVICE_UNAVAILABLE, "the caches have not synced yet")
                 }
             }),
         )
@@ -185,13 +185,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
-    ctx.health.controllers_started();
     // One controller per watched namespace: each needs list/watch only where it is allowed.
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
     for scope in scopes {
         controllers.push(Box::pin(crate::store::run(ctx.clone(), scope.clone(), args.concurrency)));
         controllers.push(Box::pin(crate::stack::run(ctx.clone(), scope, args.concurrency)));
     }
+    ctx.health.controllers_started(controllers.len());
     match &elector {
         Some(elector) => {
             tokio::select! {

@@ -206,6 +206,24 @@ async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() 
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
     let err = Api::<Secret>::all(as_operator).list(&Default::default()).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err}");
+
+    // /readyz waits for the caches: an operator pointed at a namespace its Role does not cover
+    // never syncs them and stays unready, while the one on its own namespace turns ready.
+    let wrong = Operator::start_as(&kubeconfig, &other, "10m", &[]);
+    let right = Operator::start_as(&kubeconfig, &watched, "10m", &[]);
+    eventually(Duration::from_secs(30), "the operator on its own namespace to be ready", || async {
+        (right.status("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the forbidden list to be logged", || async {
+        wrong.log_text().contains("403").then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(wrong.status("/readyz").await, (503, "the caches have not synced yet".to_owned()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(wrong.status("/healthz").await.0, 200, "failing watches are tolerated for a while");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
-//! Process health for /readyz and /healthz: ready once the controllers run; unhealthy when the
-//! watches have kept failing for too long.
+//! Process health for /readyz and /healthz: ready once every controller's cache has synced (its
+//! first list has arrived); unhealthy when the watches have kept failing for too long.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the watches may keep failing before /healthz reports the process unhealthy.
@@ -10,18 +10,29 @@ pub const WATCH_FAILURE_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 pub struct Health {
-    started: AtomicBool,
+    /// How many controllers run; zero until they start.
+    controllers: AtomicUsize,
+    /// How many of them have a synced cache.
+    synced: AtomicUsize,
     /// Since when the watches have failed without a success in between.
     failing_since: Mutex<Option<Instant>>,
 }
 
 impl Health {
-    pub fn controllers_started(&self) {
-        self.started.store(true, Ordering::SeqCst);
+    /// Records that `count` controllers run, each of which reports [`Health::cache_synced`] once.
+    pub fn controllers_started(&self, count: usize) {
+        self.controllers.store(count, Ordering::SeqCst);
     }
 
+    /// One controller's cache holds its first complete list.
+    pub fn cache_synced(&self) {
+        self.synced.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ready once the controllers run and every one of their caches has synced.
     pub fn is_ready(&self) -> bool {
-        self.started.load(Ordering::SeqCst)
+        let controllers = self.controllers.load(Ordering::SeqCst);
+        controllers > 0 && self.synced.load(Ordering::SeqCst) >= controllers
     }
 
     pub fn watch_succeeded(&self) {
@@ -43,10 +54,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_once_the_controllers_start() {
+    fn ready_once_every_cache_has_synced() {
         let health = Health::default();
         assert!(!health.is_ready());
-        health.controllers_started();
+        health.controllers_started(2);
+        assert!(!health.is_ready());
+        health.cache_synced();
+        assert!(!health.is_ready());
+        health.cache_synced();
         assert!(health.is_ready());
     }
 

@@ -22,6 +22,37 @@ pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>
     }
 }
 
+/// The controller for `K` objects in `namespace` (or all namespaces), whose cache reports to
+/// `ctx.health` when its first complete list has arrived, so that /readyz waits for it.
+///
+/// Built from its own watch stream rather than `Controller::new`, because the cache's
+/// `wait_until_ready` wakes only one waiter and the controller itself is already waiting on it.
+pub fn controller<K>(ctx: &Context, namespace: &Option<String>, concurrency: u16) -> kube::runtime::Controller<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (cache, writer) = reflector::store();
+    let health = ctx.health.clone();
+    let mut synced = false;
+    let events = watcher(scoped_api::<K>(&ctx.client, namespace), watcher::Config::default().any_semantic()).inspect(
+        move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !std::mem::replace(&mut synced, true) {
+                health.cache_synced();
+            }
+        },
+    );
+    kube::runtime::Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+}
+
 /// Consumes a controller's results: watch failures mark `health`, reconcile failures are logged
 /// by the reconcilers' error policies, so here they are only traced.
 pub async fn drive<K, E>(

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -65,9 +65,7 @@ fn referencing(
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
-    let controller =
-        Controller::new(scoped_api::<Stack>(&client, &namespace), watcher::Config::default().any_semantic())
-            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = crate::controller::controller::<Stack>(&ctx, &namespace, concurrency);
     let (by_store, by_account) = (controller.store(), controller.store());
     let health = ctx.health.clone();
     let results = controller

@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -102,9 +102,7 @@ fn referencing(
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
-    let controller =
-        Controller::new(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default().any_semantic())
-            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = crate::controller::controller::<ArtifactStore>(&ctx, &namespace, concurrency);
     let stores = controller.store();
     let health = ctx.health.clone();
     let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);

@@ -196,15 +196,26 @@ impl Operator {
         self.get("/metrics").await
     }
 
-    /// The raw HTTP/1.0 response (status line, headers, body) of GET `path` on the operator.
+    /// The raw HTTP/1.0 response (status line, headers, body) of GET `path` on the operator, or
+    /// nothing when its port is not open.
     pub async fn get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream =
-            tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.expect("http port is open");
+        // Empty while the process is still starting and its port is closed.
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await else {
+            return String::new();
+        };
         stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
         let mut body = String::new();
         stream.read_to_string(&mut body).await.unwrap();
         body
+    }
+
+    /// The status code and body of GET `path` on the operator.
+    pub async fn status(&self, path: &str) -> (u16, String) {
+        let response = self.get(path).await;
+        let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        (code, body)
     }
 
     /// The value of a counter line (`name{labels} value`) in /metrics, 0 when absent.
