@@ -93,6 +93,33 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The Ready condition's status as a static label: True, False, or Unknown when absent or unknown.
+pub fn ready_label(conditions: &[Condition]) -> &'static str {
+    match find(conditions, READY).map(|c| c.status.as_str()) {
+        Some("True") => "True",
+        Some("False") => "False",
+        _ => "Unknown",
+    }
+}
+
+/// A resource whose status carries conditions.
+pub trait HasConditions {
+    /// The status conditions; empty before the first status write.
+    fn conditions(&self) -> &[Condition];
+}
+
+impl HasConditions for crate::api::ArtifactStore {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl HasConditions for crate::api::Stack {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
 /// Whether `type_` is True and describes `generation`.
 pub fn is_true_for(conditions: &[Condition], type_: &str, generation: Option<i64>) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True" && c.observed_generation == generation)

@@ -1,6 +1,5 @@
 //! Prometheus metrics. Labels are static categories, never error text or object names.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,13 +41,20 @@ struct ReadyLabel {
     ready: &'static str,
 }
 
+/// One controller cache's objects, as Ready labels.
+struct ReadyCount {
+    kind: &'static str,
+    count: Box<dyn Fn() -> Vec<&'static str> + Send + Sync>,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     time_to_ready: Family<KindLabel, Histogram>,
     by_ready: Family<ReadyLabel, Gauge>,
-    /// The Ready status of every object seen, by kind and UID, to derive `by_ready`.
-    readiness: Arc<Mutex<HashMap<(&'static str, String), &'static str>>>,
+    /// The controllers' caches, read at each scrape to derive `by_ready`: an object deleted while
+    /// no reconcile ran leaves the cache, so the gauge never counts it.
+    caches: Arc<Mutex<Vec<ReadyCount>>>,
     reconciles: Family<KindLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
@@ -78,7 +84,7 @@ impl Default for Metrics {
             registry: Arc::new(registry),
             time_to_ready,
             by_ready,
-            readiness: Arc::default(),
+            caches: Arc::default(),
             reconciles,
             errors,
             duration,
@@ -101,16 +107,27 @@ impl Metrics {
         self.verifications.inc();
     }
 
-    /// Records an object's Ready status (None: the object is gone).
-    pub fn readiness(&self, kind: &'static str, uid: &str, ready: Option<&'static str>) {
-        let mut readiness = self.readiness.lock().unwrap_or_else(|p| p.into_inner());
-        match ready {
-            Some(status) => readiness.insert((kind, uid.to_owned()), status),
-            None => readiness.remove(&(kind, uid.to_owned())),
+    /// Counts the objects in `cache` by their Ready condition at every scrape.
+    pub fn count_ready_in<K>(&self, kind: &'static str, cache: kube::runtime::reflector::Store<K>)
+    where
+        K: crate::conditions::HasConditions + kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let count = move || {
+            cache.state().iter().map(|object| crate::conditions::ready_label(object.conditions())).collect::<Vec<_>>()
         };
-        for status in ["True", "False", "Unknown"] {
-            let count = readiness.iter().filter(|((k, _), s)| *k == kind && **s == status).count();
-            self.by_ready.get_or_create(&ReadyLabel { kind, ready: status }).set(count as i64);
+        self.caches.lock().unwrap_or_else(|p| p.into_inner()).push(ReadyCount { kind, count: Box::new(count) });
+    }
+
+    fn update_by_ready(&self) {
+        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        let kinds: std::collections::BTreeSet<&'static str> = caches.iter().map(|c| c.kind).collect();
+        for kind in kinds {
+            let labels: Vec<&'static str> =
+                caches.iter().filter(|c| c.kind == kind).flat_map(|c| (c.count)()).collect();
+            for ready in ["True", "False", "Unknown"] {
+                let count = labels.iter().filter(|l| **l == ready).count();
+                self.by_ready.get_or_create(&ReadyLabel { kind, ready }).set(count as i64);
+            }
         }
     }
 
@@ -121,6 +138,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.update_by_ready();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

@@ -516,4 +516,13 @@ async fn metrics_show_reconciles_aws_calls_and_readiness() {
     for path in ["/readyz", "/healthz"] {
         assert_eq!(operator.status(path).await, (200, "ok".to_owned()), "{path}");
     }
+    // A store deleted without a finalizer is never reconciled again: it leaves the gauge anyway.
+    delete_store(&client, &ns, "missing").await;
+    eventually(Duration::from_secs(15), "the deleted store to leave the gauge", || async {
+        let metrics = operator.metrics().await;
+        (metrics.contains("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"False\"} 0\n")
+            && metrics.contains("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"True\"} 1\n"))
+        .then_some(())
+    })
+    .await;
 }

@@ -97,21 +97,8 @@ impl Context {
             .cloned()
     }
 
-    /// Updates the readiness metrics from an object's Ready condition and its transitions.
-    pub fn observe_readiness(
-        &self,
-        kind: &'static str,
-        meta: &kube::core::ObjectMeta,
-        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-        transitions: &[Transition],
-    ) {
-        let uid = meta.uid.clone().unwrap_or_default();
-        let ready = crate::conditions::find(conditions, crate::conditions::READY).map(|c| match c.status.as_str() {
-            "True" => "True",
-            "False" => "False",
-            _ => "Unknown",
-        });
-        self.metrics.readiness(kind, &uid, ready);
+    /// Records the time to Ready when `transitions` turn the object Ready.
+    pub fn observe_readiness(&self, kind: &'static str, meta: &kube::core::ObjectMeta, transitions: &[Transition]) {
         let became_ready = transitions.iter().any(|t| {
             t.observed.type_ == crate::conditions::READY && t.observed.status == crate::conditions::Status::True
         });

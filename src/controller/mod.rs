@@ -23,13 +23,20 @@ pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>
 }
 
 /// The controller for `K` objects in `namespace` (or all namespaces), whose cache reports to
-/// `ctx.health` when its first complete list has arrived, so that /readyz waits for it.
+/// `ctx.health` when its first complete list has arrived, so that /readyz waits for it, and
+/// feeds the objects-by-Ready gauge.
 ///
 /// Built from its own watch stream rather than `Controller::new`, because the cache's
 /// `wait_until_ready` wakes only one waiter and the controller itself is already waiting on it.
-pub fn controller<K>(ctx: &Context, namespace: &Option<String>, concurrency: u16) -> kube::runtime::Controller<K>
+pub fn controller<K>(
+    ctx: &Context,
+    kind: &'static str,
+    namespace: &Option<String>,
+    concurrency: u16,
+) -> kube::runtime::Controller<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + crate::conditions::HasConditions
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -40,6 +47,7 @@ where
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (cache, writer) = reflector::store();
+    ctx.metrics.count_ready_in(kind, cache.clone());
     let health = ctx.health.clone();
     let mut synced = false;
     let events = watcher(scoped_api::<K>(&ctx.client, namespace), watcher::Config::default().any_semantic()).inspect(

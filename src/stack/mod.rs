@@ -65,7 +65,7 @@ fn referencing(
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
-    let controller = crate::controller::controller::<Stack>(&ctx, &namespace, concurrency);
+    let controller = crate::controller::controller::<Stack>(&ctx, "Stack", &namespace, concurrency);
     let (by_store, by_account) = (controller.store(), controller.store());
     let health = ctx.health.clone();
     let results = controller
@@ -108,7 +108,6 @@ struct Usable {
 async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
         ctx.forget(&stack.uid().unwrap_or_default(), &key(stack));
-        ctx.metrics.readiness("Stack", &stack.uid().unwrap_or_default(), None);
         return Ok(Action::await_change());
     }
     match usable(stack, ctx).await? {
@@ -229,7 +228,7 @@ async fn write_status(
     };
     let next =
         StackStatus { observed_generation: stack.metadata.generation, conditions, config_map_name, content_hash };
-    ctx.observe_readiness("Stack", &stack.metadata, &next.conditions, &transitions);
+    ctx.observe_readiness("Stack", &stack.metadata, &transitions);
     if next == previous {
         return Ok(());
     }

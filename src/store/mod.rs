@@ -102,7 +102,7 @@ fn referencing(
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
-    let controller = crate::controller::controller::<ArtifactStore>(&ctx, &namespace, concurrency);
+    let controller = crate::controller::controller::<ArtifactStore>(&ctx, "ArtifactStore", &namespace, concurrency);
     let stores = controller.store();
     let health = ctx.health.clone();
     let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
@@ -284,7 +284,7 @@ async fn write_status(
         ..ArtifactStoreStatus::default()
     };
     fill(&mut next);
-    ctx.observe_readiness("ArtifactStore", &store.metadata, &next.conditions, &transitions);
+    ctx.observe_readiness("ArtifactStore", &store.metadata, &transitions);
     if next == previous {
         return Ok(());
     }
@@ -348,7 +348,6 @@ async fn deleted_in_bulk(store: &ArtifactStore, ctx: &Context) -> Result<Option<
 
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(&store.uid().unwrap_or_default(), &key(store));
-    ctx.metrics.readiness("ArtifactStore", &store.uid().unwrap_or_default(), None);
     if !has_finalizer(store) {
         return Ok(Action::await_change());
     }
