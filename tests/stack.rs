@@ -1,5 +1,5 @@
 //! The Stack reconciler end to end, and the consumer contract: what a pod gets from a Stack works
-//! with boto3, s3fs, ZenML's config class and Argo Workflows' published model.
+//! with boto3, s3fs, ZenML's config class, Argo Workflows' published model and the KFP launcher config.
 
 mod common;
 
@@ -151,11 +151,21 @@ async fn a_pod_with_the_stack_config_writes_and_reads_artifacts_with_real_client
     for (key, value) in secret.data.unwrap() {
         env.insert(key, String::from_utf8(value.0).unwrap());
     }
+    // The namespace's Secrets, by name, for Kubeflow's launcher, which reads the one it names.
+    let secrets = tempfile::tempdir().unwrap();
+    for secret in Api::<Secret>::namespaced(client.clone(), &ns).list(&Default::default()).await.unwrap() {
+        let dir = secrets.path().join(secret.metadata.name.unwrap());
+        std::fs::create_dir(&dir).unwrap();
+        for (key, value) in secret.data.unwrap_or_default() {
+            std::fs::write(dir.join(key), value.0).unwrap();
+        }
+    }
     let python = format!("{}/bin/python", test_env().var("AO_VENV"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/consume.py");
     let output = std::process::Command::new(python)
         .arg(script)
         .arg(files.path())
+        .arg(secrets.path())
         .env_clear()
         .envs(&env)
         .env("HOME", files.path())
@@ -166,12 +176,12 @@ async fn a_pod_with_the_stack_config_writes_and_reads_artifacts_with_real_client
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(output.status.success(), "consumer failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for client in ["boto3:", "s3fs:", "zenml:", "argo:"] {
+    for client in ["boto3:", "s3fs:", "zenml:", "argo:", "kfp:"] {
         assert!(stdout.contains(client), "{client} check missing:\n{stdout}");
     }
     // The artifacts landed under the stack's prefix.
     let listed = common::s3_root().list_objects_v2().bucket(&bucket).prefix("pipelines/").send().await.unwrap();
-    assert_eq!(listed.key_count(), Some(2), "one object from boto3 and one from s3fs");
+    assert_eq!(listed.key_count(), Some(3), "one object each from boto3, s3fs and the KFP launcher config");
 }
 
 fn example_objects(file: &str) -> Vec<Value> {

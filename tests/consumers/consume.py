@@ -1,6 +1,7 @@
 """What a pod gets from a Stack, used by real clients. Run with the env keys of the Stack's
-ConfigMap and the credentials Secret's keys as environment, and the ConfigMap's data as files in
-the directory given as the first argument. Prints one line per check; exits non-zero on failure."""
+ConfigMap and the credentials Secret's keys as environment, the ConfigMap's data as files in the
+directory given as the first argument, and the namespace's Secrets as <second argument>/<name>/<key>
+(what Kubeflow's launcher can read by name). Prints one line per check; exits non-zero on failure."""
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import boto3
 import s3fs
 import yaml
 
-files = sys.argv[1]
+files, secrets = sys.argv[1], sys.argv[2]
 bucket, prefix = os.environ["ARTIFACT_STORE_BUCKET"], os.environ["ARTIFACT_STORE_PREFIX"]
 payload = uuid.uuid4().hex.encode()
 
@@ -58,3 +59,29 @@ for selector in ("accessKeySecret", "secretKeySecret"):
     if selector in raw["s3"]:
         assert set(raw["s3"][selector]) <= set(SecretKeySelector.attribute_map.values()), selector
 print("argo: ArtifactRepository parses with", sorted(raw["s3"]))
+
+# Kubeflow Pipelines' launcher config, read the way its launcher reads it: providers.s3.default
+# gives the endpoint host (scheme from disableSSL), region, path style, and either the pod's own
+# credentials (fromEnv) or a Secret in the namespace named by secretRef. KFP publishes these types
+# only in its Go backend, which this machine cannot fetch; this checks that the values work.
+launcher = yaml.safe_load(open(os.path.join(files, "kfp-launcher.yaml")))
+root = launcher["defaultPipelineRoot"]
+assert root == os.environ["ARTIFACT_STORE_PATH"], root
+default = yaml.safe_load(launcher["providers"])["s3"]["default"]
+known = {"endpoint", "credentials", "region", "disableSSL", "forcePathStyle", "maxRetries"}
+assert set(default) <= known, f"fields the launcher does not read: {set(default) - known}"
+credentials = default["credentials"]
+if credentials["fromEnv"]:
+    keys = {}
+else:
+    ref = credentials["secretRef"]
+    read = lambda key: open(os.path.join(secrets, ref["secretName"], key)).read()
+    keys = {"aws_access_key_id": read(ref["accessKeyKey"]), "aws_secret_access_key": read(ref["secretKeyKey"])}
+endpoint = ("http://" if default.get("disableSSL") else "https://") + default["endpoint"] if "endpoint" in default else None
+kfp = boto3.client("s3", endpoint_url=endpoint, region_name=default["region"],
+                   config=boto3.session.Config(s3={"addressing_style": "path" if default["forcePathStyle"] else "virtual"}), **keys)
+kfp_bucket, _, kfp_prefix = root.removeprefix("s3://").partition("/")
+key = f"{kfp_prefix}/kfp/{uuid.uuid4().hex}"
+kfp.put_object(Bucket=kfp_bucket, Key=key, Body=payload)
+assert kfp.get_object(Bucket=kfp_bucket, Key=key)["Body"].read() == payload
+print("kfp: launcher config wrote and read", key, "with", "the pod's credentials" if credentials["fromEnv"] else f"Secret {credentials['secretRef']['secretName']}")
