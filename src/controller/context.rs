@@ -1,7 +1,5 @@
 //! State shared by every reconcile.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -26,15 +24,14 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: crate::metrics::Metrics,
     pub health: std::sync::Arc<super::health::Health>,
-    /// Consecutive failures per object (namespace/name), for backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// When each store (by UID) was last verified by this process, and with which inputs.
-    verified: Mutex<HashMap<String, (Instant, String)>>,
+    /// Per-object memory of this process: failures for backoff, verification times.
+    memory: super::memory::Memory,
     issuer: tokio::sync::OnceCell<String>,
 }
 
 impl Context {
     pub fn new(client: Client, aws: AwsEdge, settings: Settings, metrics: crate::metrics::Metrics) -> Self {
+        let memory = super::memory::Memory::new(settings.resync_interval);
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "artifact-operator".into(), instance: None });
         Self {
@@ -44,37 +41,31 @@ impl Context {
             recorder,
             metrics,
             health: std::sync::Arc::default(),
-            failures: Mutex::default(),
-            verified: Mutex::default(),
+            memory,
             issuer: tokio::sync::OnceCell::new(),
         }
     }
 
     /// Records a failure and returns the count so far.
     pub fn record_failure(&self, key: &str) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let count = failures.entry(key.to_owned()).or_default();
-        *count += 1;
-        *count
+        self.memory.record_failure(key, Instant::now())
     }
 
     pub fn record_success(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.memory.record_success(key);
     }
 
     /// When this process last verified `uid` with `inputs`.
     pub fn last_verified(&self, uid: &str, inputs: &str) -> Option<Instant> {
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        verified.get(uid).filter(|(_, seen)| seen == inputs).map(|(at, _)| *at)
+        self.memory.last_verified(uid, inputs)
     }
 
     pub fn mark_verified(&self, uid: &str, inputs: &str, at: Instant) {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_owned(), (at, inputs.to_owned()));
+        self.memory.mark_verified(uid, inputs, at);
     }
 
     pub fn forget(&self, uid: &str, key: &str) {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
-        self.record_success(key);
+        self.memory.forget(uid, key);
     }
 
     /// The cluster's OIDC issuer: the configured one, or the apiserver's discovery document.

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod context;
 pub mod health;
+pub mod memory;
 pub mod timing;
 
 pub use context::Context;

@@ -148,6 +148,19 @@ impl Operator {
 
     /// Like [`Operator::start_with`], authenticating with the given kubeconfig.
     pub fn start_as(kubeconfig: &std::path::Path, namespace: &str, resync: &str, extra: &[&str]) -> Self {
+        let binary = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"));
+        Self::start_command(binary, kubeconfig, namespace, resync, extra)
+    }
+
+    /// Starts `artifact-operator run` through `command` (the binary, or a wrapper that runs it)
+    /// with the test environment's AWS identity and the log captured to a file.
+    pub fn start_command(
+        mut command: std::process::Command,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        resync: &str,
+        extra: &[&str],
+    ) -> Self {
         let env = test_env();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "operator-{}-{}.log",
@@ -156,9 +169,12 @@ impl Operator {
         ));
         let file = std::fs::File::create(&log).unwrap();
         let http_port = free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"))
+        // Tests log everything (to prove no secret reaches any level) unless told otherwise.
+        let log_level = if extra.contains(&"--log-level") { &[][..] } else { &["--log-level", "trace"][..] };
+        let child = command
             .args(["run", "--namespaces", namespace, "--resync-interval", resync, "--log-format", "text"])
-            .args(["--log-level", "trace", "--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(log_level)
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -174,6 +190,11 @@ impl Operator {
             .spawn()
             .expect("the operator starts");
         Self { child, log, http_port }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

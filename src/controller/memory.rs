@@ -1,0 +1,139 @@
+//! What the process remembers per object between reconciles: consecutive failures (for backoff)
+//! and when each object was last verified with which inputs (to verify once per resync). Objects
+//! deleted without a final reconcile would stay here forever, so stale entries are pruned.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Memory {
+    /// The resync interval: every live object is reconciled at least this often.
+    interval: Duration,
+    /// Consecutive failures per object (namespace/name), and when the last one was.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// When each object (by UID) was last verified, and with which inputs.
+    verified: Mutex<HashMap<String, (Instant, String)>>,
+    /// When stale entries were last pruned.
+    pruned: Mutex<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Memory {
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, failures: Mutex::default(), verified: Mutex::default(), pruned: Mutex::new(Instant::now()) }
+    }
+
+    /// Records a failure at `now` and returns the count so far.
+    pub fn record_failure(&self, key: &str, now: Instant) -> u32 {
+        self.prune_stale(now);
+        let mut failures = lock(&self.failures);
+        let (count, at) = failures.entry(key.to_owned()).or_insert((0, now));
+        *count += 1;
+        *at = now;
+        *count
+    }
+
+    pub fn record_success(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// When `uid` was last verified with `inputs`.
+    pub fn last_verified(&self, uid: &str, inputs: &str) -> Option<Instant> {
+        lock(&self.verified).get(uid).filter(|(_, seen)| seen == inputs).map(|(at, _)| *at)
+    }
+
+    pub fn mark_verified(&self, uid: &str, inputs: &str, at: Instant) {
+        self.prune_stale(Instant::now());
+        lock(&self.verified).insert(uid.to_owned(), (at, inputs.to_owned()));
+    }
+
+    /// Drops what is known about a deleted object.
+    pub fn forget(&self, uid: &str, key: &str) {
+        lock(&self.verified).remove(uid);
+        self.record_success(key);
+    }
+
+    /// How many objects have a verification time and a failure count.
+    pub fn len(&self) -> (usize, usize) {
+        (lock(&self.verified).len(), lock(&self.failures).len())
+    }
+
+    /// At most once per interval, drops the entries no reconcile has refreshed for two intervals:
+    /// they belong to objects deleted without a final reconcile. (Backoff is capped by the
+    /// interval, so a live object refreshes its entry in time; were one dropped anyway, the cost
+    /// is one early re-verification or a shorter backoff.)
+    fn prune_stale(&self, now: Instant) {
+        {
+            let mut pruned = lock(&self.pruned);
+            if now.saturating_duration_since(*pruned) < self.interval {
+                return;
+            }
+            *pruned = now;
+        }
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < self.interval * 2;
+        lock(&self.verified).retain(|_, (at, _)| fresh(at));
+        lock(&self.failures).retain(|_, (_, at)| fresh(at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn verification_is_remembered_per_inputs() {
+        let memory = Memory::new(INTERVAL);
+        let at = Instant::now();
+        memory.mark_verified("uid-1", "inputs-a", at);
+        assert_eq!(memory.last_verified("uid-1", "inputs-a"), Some(at));
+        assert_eq!(memory.last_verified("uid-1", "inputs-b"), None, "changed inputs need a new verification");
+        memory.forget("uid-1", "ns/one");
+        assert_eq!(memory.last_verified("uid-1", "inputs-a"), None);
+    }
+
+    #[test]
+    fn failures_count_up_until_a_success() {
+        let memory = Memory::new(INTERVAL);
+        let now = Instant::now();
+        assert_eq!(memory.record_failure("ns/a", now), 1);
+        assert_eq!(memory.record_failure("ns/a", now), 2);
+        memory.record_success("ns/a");
+        assert_eq!(memory.record_failure("ns/a", now), 1);
+    }
+
+    #[test]
+    fn entries_of_objects_gone_without_a_reconcile_are_pruned() {
+        let memory = Memory::new(INTERVAL);
+        let start = Instant::now();
+        memory.mark_verified("deleted", "x", start);
+        memory.record_failure("ns/deleted", start);
+        // Within two intervals nothing is dropped, even when a prune runs.
+        let soon = start + INTERVAL + Duration::from_secs(1);
+        memory.record_failure("ns/live", soon);
+        assert_eq!(memory.len(), (1, 2));
+        // Later, only what was refreshed recently survives.
+        let later = start + INTERVAL * 2 + Duration::from_secs(2);
+        memory.record_failure("ns/live", later);
+        assert_eq!(memory.len(), (0, 1));
+        assert_eq!(memory.record_failure("ns/live", later), 3, "the live object's count is kept");
+    }
+
+    #[test]
+    fn prunes_at_most_once_per_interval() {
+        let memory = Memory::new(INTERVAL);
+        let start = Instant::now();
+        let at = |fraction: f64| start + INTERVAL.mul_f64(fraction);
+        memory.mark_verified("gone", "x", start);
+        memory.record_failure("ns/other", at(1.5));
+        assert_eq!(memory.len().0, 1, "pruned at 1.5 intervals, when the entry was still fresh");
+        memory.record_failure("ns/other", at(2.2));
+        assert_eq!(memory.len().0, 1, "stale now, but the last prune was less than an interval ago");
+        memory.record_failure("ns/other", at(2.6));
+        assert_eq!(memory.len().0, 0);
+    }
+}
