@@ -106,6 +106,28 @@ impl LeaderElector {
         }
     }
 
+    /// Gives the lease up on a graceful shutdown, so that a standby takes over at its next try
+    /// instead of waiting for the lease to expire. Failing to is logged: the lease expires anyway.
+    pub async fn release(&self) {
+        let result = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
+            let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(&self.identity))
+            else {
+                return Ok(false);
+            };
+            spec.holder_identity = None;
+            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            // The resourceVersion in `lease` makes this fail rather than free a lease taken meanwhile.
+            self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| true)
+        }
+        .await;
+        match result {
+            Ok(true) => tracing::info!(lease = %self.name, "released the lease"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, lease = %self.name, "failed to release the lease; it will expire"),
+        }
+    }
+
     /// Renews the lease until it cannot; returns when leadership is lost (the caller must stop).
     pub async fn keep_renewing(&self) {
         let mut last_renewal = tokio::time::Instant::now();

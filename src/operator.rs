@@ -195,7 +195,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     match &elector {
         Some(elector) => {
             tokio::select! {
-                _ = futures::future::join_all(controllers) => {}
+                _ = futures::future::join_all(controllers) => elector.release().await,
                 () = elector.keep_renewing() => {
                     // Another replica may lead from now on: stop at once, writing nothing more.
                     tracing::error!("lost the lease; exiting");

@@ -69,6 +69,41 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
 }
 
 #[tokio::test]
+async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_expiry() {
+    let (client, ns) = setup("leader-handover").await;
+    let bucket = limited_bucket("handover");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
+    let mut first = Operator::start_with(&ns, "10m", &flags);
+    eventually(Duration::from_secs(30), "the first replica to lead", || async {
+        first.log_text().contains("acquired the lease").then_some(())
+    })
+    .await;
+    let mut second = Operator::start_with(&ns, "10m", &flags);
+    eventually(Duration::from_secs(30), "the second replica to stand by", || async {
+        (second.status("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    let status = first.terminate();
+    assert!(status.success(), "a graceful shutdown exits 0: {status}");
+    assert!(first.log_text().contains("released the lease"), "the leader says it released the lease");
+    eventually(Duration::from_secs(30), "the second replica to take over", || async {
+        second.log_text().contains("acquired the lease").then_some(())
+    })
+    .await;
+    let handover = stopped.elapsed();
+    println!("handover after SIGTERM: {handover:?}");
+    // Without the release the lease, renewed at most RENEW_INTERVAL before the stop, could not be
+    // taken until LEASE_DURATION after that renewal.
+    use artifact_operator::leader::{LEASE_DURATION, RENEW_INTERVAL};
+    assert!(handover < LEASE_DURATION - RENEW_INTERVAL, "took {handover:?}");
+    apply(&client, &ns, store("after", &bucket)).await;
+    ready(&client, &ns, "after").await;
+}
+
+#[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_at_once() {
     let (client, ns) = setup("leader-lost").await;
     let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
