@@ -80,7 +80,7 @@ async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_
         first.log_text().contains("acquired the lease").then_some(())
     })
     .await;
-    let mut second = Operator::start_with(&ns, "10m", &flags);
+    let second = Operator::start_with(&ns, "10m", &flags);
     eventually(Duration::from_secs(30), "the second replica to stand by", || async {
         (second.status("/readyz").await.0 == 200).then_some(())
     })
