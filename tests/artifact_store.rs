@@ -70,10 +70,7 @@ async fn bucket_exists(bucket: &str) -> bool {
 
 #[tokio::test]
 async fn adopted_bucket_with_keys_becomes_ready_and_publishes_secret_free_config() {
-    let (client, ns) = setup("ast-adopt").await;
-    let bucket = limited_bucket("adopt");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("ast-adopt").await;
     let operator = Operator::start(&ns, "10m");
     let started = std::time::Instant::now();
     apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"verification": {"writeProbe": true}}))).await;
@@ -200,10 +197,7 @@ async fn missing_secret_key_is_named_and_fixing_the_secret_makes_the_store_ready
 
 #[tokio::test]
 async fn region_mismatch_names_both_regions() {
-    let (client, ns) = setup("ast-region").await;
-    let bucket = limited_bucket("region");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("ast-region").await;
     let _operator = Operator::start(&ns, "10m");
     apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"region": "eu-west-3"}))).await;
     let store = wait_for(&client, &ns, "ml", "BucketReady", "False", "RegionMismatch").await;
@@ -405,10 +399,7 @@ async fn deleting_the_namespace_deletes_no_bucket() {
 
 #[tokio::test]
 async fn steady_state_makes_no_kubernetes_writes_and_one_s3_call_per_resync() {
-    let (client, ns) = setup("ast-steady").await;
-    let bucket = limited_bucket("steady");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("ast-steady").await;
     let operator = Operator::start(&ns, "2s");
     apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
     let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
@@ -479,10 +470,7 @@ async fn one_operator_watches_exactly_the_listed_namespaces() {
 
 #[tokio::test]
 async fn metrics_show_reconciles_aws_calls_and_readiness() {
-    let (client, ns) = setup("ast-metrics").await;
-    let bucket = limited_bucket("metrics");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("ast-metrics").await;
     let operator = Operator::start(&ns, "10m");
     apply_store(&client, &ns, "ready", minio_spec(&bucket, json!({}))).await;
     apply_store(&client, &ns, "missing", minio_spec(&limited_bucket("absent"), json!({}))).await;

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use artifact_operator::api::ArtifactStore;
-use common::{Operator, apply, eventually, limited_bucket, setup, test_env, user_keys_secret};
+use common::{Operator, apply, eventually, setup, test_env};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
@@ -27,20 +27,31 @@ async fn ready(client: &kube::Client, ns: &str, name: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
-    let (client, ns) = setup("leader").await;
-    let bucket = limited_bucket("leader");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
-    let mut first = Operator::start_with(&ns, "10m", &flags);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+/// A replica with leader election on the Lease `artifact-operator` in `ns`.
+fn replica(ns: &str) -> Operator {
+    Operator::start_with(
+        ns,
+        "10m",
+        &["--leader-election", "--lease-namespace", ns, "--lease-name", "artifact-operator"],
+    )
+}
+
+/// The first replica, once it leads.
+async fn leading_replica(ns: &str) -> Operator {
+    let first = replica(ns);
     eventually(Duration::from_secs(30), "the first replica to lead", || async {
         first.log_text().contains("acquired the lease").then_some(())
     })
     .await;
-    let mut second = Operator::start_with(&ns, "10m", &flags);
+    first
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
+    let (client, ns, bucket) = common::setup_with_bucket("leader").await;
+    let mut first = leading_replica(&ns).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut second = replica(&ns);
     apply(&client, &ns, store("before", &bucket)).await;
     ready(&client, &ns, "before").await;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -70,17 +81,9 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
 
 #[tokio::test]
 async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_expiry() {
-    let (client, ns) = setup("leader-handover").await;
-    let bucket = limited_bucket("handover");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
-    let mut first = Operator::start_with(&ns, "10m", &flags);
-    eventually(Duration::from_secs(30), "the first replica to lead", || async {
-        first.log_text().contains("acquired the lease").then_some(())
-    })
-    .await;
-    let second = Operator::start_with(&ns, "10m", &flags);
+    let (client, ns, bucket) = common::setup_with_bucket("leader-handover").await;
+    let mut first = leading_replica(&ns).await;
+    let second = replica(&ns);
     eventually(Duration::from_secs(30), "the second replica to stand by", || async {
         (second.status("/readyz").await.0 == 200).then_some(())
     })
@@ -106,12 +109,7 @@ async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_
 #[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_at_once() {
     let (client, ns) = setup("leader-lost").await;
-    let flags = ["--leader-election", "--lease-namespace", &ns, "--lease-name", "artifact-operator"];
-    let mut leader = Operator::start_with(&ns, "10m", &flags);
-    eventually(Duration::from_secs(30), "the replica to lead", || async {
-        leader.log_text().contains("acquired the lease").then_some(())
-    })
-    .await;
+    let mut leader = leading_replica(&ns).await;
     // Another holder takes the lease (as a replica that saw it expire would).
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let mut lease = leases.get("artifact-operator").await.unwrap();

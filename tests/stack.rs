@@ -57,10 +57,7 @@ async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> 
 
 #[tokio::test]
 async fn stack_follows_its_store_and_service_account_through_their_lifecycle() {
-    let (client, ns) = setup("stk-life").await;
-    let bucket = limited_bucket("stk-life");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("stk-life").await;
     let _operator = Operator::start(&ns, "10m");
 
     apply(&client, &ns, stack("prod", "ml", json!(["ZenML"]))).await;
@@ -123,10 +120,7 @@ async fn stack_follows_its_store_and_service_account_through_their_lifecycle() {
 
 #[tokio::test]
 async fn a_pod_with_the_stack_config_writes_and_reads_artifacts_with_real_clients() {
-    let (client, ns) = setup("stk-consumer").await;
-    let bucket = limited_bucket("stk-consumer");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("stk-consumer").await;
     apply(&client, &ns, service_account("runner")).await;
     apply(&client, &ns, store("ml", &bucket)).await;
     apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]))).await;

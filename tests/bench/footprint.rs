@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use artifact_operator::api::{ArtifactStore, Stack};
 use artifact_operator::conditions::{HasConditions, READY, find};
-use common::{Operator, apply, eventually, setup, test_env, user_keys_secret};
+use common::{Operator, apply, eventually, test_env};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -145,10 +145,7 @@ async fn resource_versions(client: &Client, ns: &str) -> BTreeMap<String, String
 }
 
 async fn load() {
-    let (client, ns) = setup("bench-load").await;
-    let bucket = common::limited_bucket("bench");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("bench-load").await;
     apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
     let resync = format!("{}s", RESYNC.as_secs());
     let operator = Operator::start_with(&ns, &resync, &["--log-level", "info"]);
@@ -239,10 +236,7 @@ async fn static_image(static_binary: &Path) {
     let entries: Vec<String> = walk(root.path());
     println!("static image root: {}", entries.join(" "));
 
-    let (client, ns) = setup("bench-static").await;
-    let bucket = common::limited_bucket("bench-static");
-    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = common::setup_with_bucket("bench-static").await;
     let mut chroot = std::process::Command::new("chroot");
     chroot.arg("--userspec=65532:65532").arg(root.path()).arg("/usr/local/bin/artifact-operator");
     let operator = Operator::start_command(chroot, Path::new("/kubeconfig"), &ns, "10m", &["--log-level", "info"]);

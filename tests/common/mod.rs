@@ -296,6 +296,16 @@ pub async fn setup(test: &str) -> (Client, String) {
     (client, ns)
 }
 
+/// [`setup`], plus a fresh bucket the limited MinIO user may use and that user's keys in the
+/// Secret `minio-keys`.
+pub async fn setup_with_bucket(test: &str) -> (Client, String, String) {
+    let (client, ns) = setup(test).await;
+    let bucket = limited_bucket(test);
+    s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    (client, ns, bucket)
+}
+
 /// Server-side applies a Secret with these string values.
 pub async fn secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
     let object = serde_json::json!({
