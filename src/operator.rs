@@ -33,12 +33,18 @@ pub struct RunArgs {
     /// Objects reconciled at once.
     #[arg(long, env = "AO_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
-    /// AWS calls per second per account.
+    /// IAM and STS calls per second per account (account-wide APIs with low quotas).
     #[arg(long, env = "AO_AWS_REQUESTS_PER_SECOND", default_value_t = 10.0)]
     pub aws_requests_per_second: f64,
-    /// AWS calls per account allowed in a burst.
+    /// IAM and STS calls per account allowed in a burst.
     #[arg(long, env = "AO_AWS_BURST", default_value_t = 20)]
     pub aws_burst: u32,
+    /// S3 calls per second per account (or per endpoint and access key).
+    #[arg(long, env = "AO_S3_REQUESTS_PER_SECOND", default_value_t = 100.0)]
+    pub s3_requests_per_second: f64,
+    /// S3 calls per account allowed in a burst.
+    #[arg(long, env = "AO_S3_BURST", default_value_t = 200)]
+    pub s3_burst: u32,
     /// Log filter, e.g. info or artifact_operator=debug.
     #[arg(long, env = "AO_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -159,7 +165,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     if args.install_crds {
         install_crds(&client).await.map_err(|e| format!("failed to install the CRDs: {e}"))?;
     }
-    let aws = AwsEdge::load(RateLimiter::new(args.aws_requests_per_second, args.aws_burst)).await;
+    let aws = AwsEdge::load(
+        RateLimiter::new(args.s3_requests_per_second, args.s3_burst),
+        RateLimiter::new(args.aws_requests_per_second, args.aws_burst),
+    )
+    .await;
     let metrics = Metrics::default();
     let settings = Settings { resync_interval: args.resync_interval, oidc_issuer: args.oidc_issuer.clone() };
     let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));

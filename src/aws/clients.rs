@@ -94,10 +94,13 @@ fn with_keys(builder: aws_sdk_s3::config::Builder, connection: &S3Connection) ->
     }
 }
 
-/// Shared AWS state: the operator's ambient configuration and the per-account rate limiter.
+/// Shared AWS state: the operator's ambient configuration and the per-account rate limiters.
 pub struct AwsEdge {
     ambient: SdkConfig,
-    pub limiter: Arc<RateLimiter>,
+    /// S3 calls, per account: S3 serves thousands of requests a second per prefix.
+    pub s3_limiter: Arc<RateLimiter>,
+    /// IAM and STS calls, per account: account-wide APIs with low quotas shared with other tools.
+    pub iam_limiter: Arc<RateLimiter>,
 }
 
 /// Timeouts for the operator's own calls: short, so that a dead endpoint does not hold a worker.
@@ -111,13 +114,13 @@ fn operator_timeouts() -> TimeoutConfig {
 
 impl AwsEdge {
     /// Loads the ambient configuration (environment, web identity/IRSA, Pod Identity, instance role).
-    pub async fn load(limiter: RateLimiter) -> Self {
+    pub async fn load(s3_limiter: RateLimiter, iam_limiter: RateLimiter) -> Self {
         let ambient = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .timeout_config(operator_timeouts())
             .load()
             .await;
-        Self { ambient, limiter: Arc::new(limiter) }
+        Self { ambient, s3_limiter: Arc::new(s3_limiter), iam_limiter: Arc::new(iam_limiter) }
     }
 
     pub fn ambient_region(&self) -> Option<String> {

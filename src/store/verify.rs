@@ -52,7 +52,7 @@ fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connect
 
 fn bucket_client(ctx: &Context, connection: &S3Connection, path: &S3Path) -> Result<Bucket, Failure> {
     let client = ctx.aws.s3(connection).map_err(|e| Failure::user("InvalidTlsSettings", e.to_string()))?;
-    Ok(Bucket::new(client, ctx.aws.limiter.clone(), connection.account_key(), path.clone()))
+    Ok(Bucket::new(client, ctx.aws.s3_limiter.clone(), connection.account_key(), path.clone()))
 }
 
 /// The cheap periodic check: one HeadBucket in the known region.
@@ -289,7 +289,7 @@ fn account_of(arn: &str) -> Option<&str> {
 
 /// STS GetCallerIdentity with the store's keys, or the operator's ambient identity.
 async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) -> Result<Option<String>, Failure> {
-    ctx.aws.limiter.acquire(&crate::aws::clients::account_key(inputs.keys.as_ref())).await;
+    ctx.aws.iam_limiter.acquire(&crate::aws::clients::account_key(inputs.keys.as_ref())).await;
     let result = ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await;
     crate::metrics::count_aws_call("sts", result.is_ok());
     match result {
@@ -389,7 +389,7 @@ pub async fn check_irsa(
         .oidc_issuer()
         .await
         .map_err(|e| Failure::transient("OidcIssuerUnknown", format!("cannot read the cluster's OIDC issuer: {e}")))?;
-    let iam = Iam::new(ctx.aws.iam(), ctx.aws.limiter.clone());
+    let iam = Iam::new(ctx.aws.iam(), ctx.aws.iam_limiter.clone());
     let trust = iam.trust_policy(&role_arn).await?;
     iam::check_trust_policy(&trust, &issuer, namespace, &name)
         .map_err(|message| Failure::user("TrustPolicyMismatch", format!("role {role_arn}: {message}")))?;

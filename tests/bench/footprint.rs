@@ -203,7 +203,7 @@ async fn load() {
         .lines()
         .filter(|l| l.starts_with("artifact_operator_reconcile_errors_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |sum, value| sum + value);
     println!("reconcile errors during the run:        {reconcile_errors}");
 }
 

@@ -96,7 +96,8 @@ check "default: restricted securityContext" restricted default
 check "default: probes /healthz and /readyz on the http port 8080" probes default 8080
 check "default: POD_NAMESPACE from the downward API" pod_namespace_env default
 check "default: args" args default run --resync-interval=10m --concurrency=4 \
-  --aws-requests-per-second=10 --aws-burst=20 --log-level=info --log-format=json \
+  --aws-requests-per-second=10 --aws-burst=20 --s3-requests-per-second=100 --s3-burst=200 \
+  --log-level=info --log-format=json \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
 check "default: leader election on" env default AO_LEADER_ELECTION=true
 check "default: no AWS endpoint or region overrides" no_env default AWS_REGION AWS_ENDPOINT_URL_IAM AWS_ENDPOINT_URL_STS
@@ -124,7 +125,8 @@ check "namespaced: restricted securityContext" restricted namespaced
 check "namespaced: 1 replica, image, custom resources" deployment_fields namespaced 1 \
   registry.example.com/platform/artifact-operator:0.1.0-rc1 200m 256Mi 1 512Mi
 check "namespaced: args" args namespaced run --namespaces=ml-team-a,ml-team-b --resync-interval=5m \
-  --concurrency=8 --aws-requests-per-second=5 --aws-burst=10 --log-level=debug --log-format=text \
+  --concurrency=8 --aws-requests-per-second=5 --aws-burst=10 --s3-requests-per-second=40 --s3-burst=80 \
+  --log-level=debug --log-format=text \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
 check "namespaced: AWS env and extraEnv" env namespaced AWS_REGION=eu-west-1 \
   AWS_ENDPOINT_URL_IAM=http://127.0.0.1:5000 AWS_ENDPOINT_URL_STS=http://127.0.0.1:5000 \
