@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use artifact_operator::store::FINALIZER;
 use common::{Operator, apply, eventually, limited_bucket, test_env, user_keys_secret};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -242,4 +243,75 @@ async fn the_rendered_manifests_in_deploy_apply() {
     );
     assert!(kinds.contains(&"Deployment") && kinds.contains(&"ClusterRole"));
     apply_all(&client, &objects, "artifact-operator").await;
+}
+
+#[tokio::test]
+async fn in_namespaced_mode_deleting_a_store_deletes_its_bucket_and_deleting_the_namespace_keeps_it() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let operator_ns = common::namespace(&client, "rbac-nsdel-operator").await;
+    let watched = common::namespace(&client, "rbac-nsdel").await;
+    let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
+    let objects =
+        render(&release, &operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
+    apply_all(&client, &objects, &operator_ns).await;
+    let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{watched}.kubeconfig"));
+    token_kubeconfig(&client, &operator_ns, &account_and_lease(&objects).0, &kubeconfig).await;
+    user_keys_secret(&client, &watched, "minio-keys").await;
+    let (gone_bucket, kept_bucket) = (limited_bucket("rbac-gone"), limited_bucket("rbac-kept"));
+    for (name, bucket) in [("gone", &gone_bucket), ("kept", &kept_bucket)] {
+        apply(&client, &watched, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
+            "path": format!("s3://{bucket}/p"), "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+            "auth": {"secretRef": {"name": "minio-keys"}}, "provisioning": "Create", "deletionPolicy": "Delete"}}))
+        .await;
+    }
+    let _operator = Operator::start_as(&kubeconfig, &watched, "10m", &[]);
+    let stores: Api<artifact_operator::api::ArtifactStore> = Api::namespaced(client.clone(), &watched);
+    for name in ["gone", "kept"] {
+        eventually(Duration::from_secs(60), &format!("{name} to be Ready with its finalizer"), || async {
+            let store = stores.get(name).await.ok()?;
+            let ready = store.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && store.metadata.finalizers.is_some_and(|f| !f.is_empty())).then_some(())
+        })
+        .await;
+    }
+    let bucket_exists =
+        |bucket: String| async move { common::s3_root().head_bucket().bucket(bucket).send().await.is_ok() };
+
+    // Without reading the Namespace or the CRD, the operator still tells that this deletion is
+    // the store's own: the bucket it created goes with it.
+    stores.delete("gone", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "the store to be deleted", || async {
+        stores.get_opt("gone").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(!bucket_exists(gone_bucket).await, "the store's own deletion deleted its empty bucket");
+
+    // Deleting the namespace deletes the operator's Role in it before the stores (built-in kinds
+    // go first), so the operator can no longer release its finalizer: the namespace waits for an
+    // admin to remove it, as the README says. The bucket is never at risk meanwhile.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(&watched, &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "the namespace to wait on the store's finalizer", || async {
+        let namespace = namespaces.get(&watched).await.unwrap();
+        let conditions = namespace.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| {
+                c.type_ == "NamespaceFinalizersRemaining"
+                    && c.message.as_deref().unwrap_or_default().contains(FINALIZER)
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(bucket_exists(kept_bucket.clone()).await, "the bucket is kept while the namespace goes");
+    stores
+        .patch("kept", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(120), "the namespace to be gone", || async {
+        namespaces.get_opt(&watched).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(bucket_exists(kept_bucket).await, "deleting the namespace deleted no bucket");
 }

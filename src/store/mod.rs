@@ -331,19 +331,67 @@ async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: &
 }
 
 /// Whether the store goes because its namespace or its CRD goes: then no bucket is deleted.
+///
+/// Read from the Namespace and the CRD. An operator with namespaced RBAC may read neither: it
+/// asks the apiserver instead with dry-run creates, which fail only while the namespace is being
+/// terminated or the CRD is being deleted.
 async fn deleted_in_bulk(store: &ArtifactStore, ctx: &Context) -> Result<Option<String>, Error> {
     let namespace = store.namespace().unwrap_or_default();
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let terminating = namespaces.get_opt(&namespace).await.map_err(Error::DeletionScope)?;
-    if terminating.is_none_or(|n| n.metadata.deletion_timestamp.is_some()) {
+    let namespace_going = match namespaces.get_opt(&namespace).await {
+        Ok(found) => found.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        Err(error) if forbidden(&error) => {
+            let probe = ConfigMap {
+                metadata: kube::core::ObjectMeta { name: Some(PROBE_NAME.into()), ..Default::default() },
+                ..ConfigMap::default()
+            };
+            refused_create(&Api::namespaced(ctx.client.clone(), &namespace), &probe, "being terminated").await?
+        }
+        Err(error) => return Err(Error::DeletionScope(error)),
+    };
+    if namespace_going {
         return Ok(Some(format!("namespace {namespace} is being deleted")));
     }
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
-    let crd = crds.get_opt("artifactstores.artifacts.dev").await.map_err(Error::DeletionScope)?;
-    if crd.is_none_or(|c| c.metadata.deletion_timestamp.is_some()) {
+    let crd_going = match crds.get_opt("artifactstores.artifacts.dev").await {
+        Ok(found) => found.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        Err(error) if forbidden(&error) => {
+            let probe = ArtifactStore::new(PROBE_NAME, store.spec.clone());
+            refused_create(&Api::namespaced(ctx.client.clone(), &namespace), &probe, "terminating").await?
+        }
+        Err(error) => return Err(Error::DeletionScope(error)),
+    };
+    if crd_going {
         return Ok(Some("the ArtifactStore CRD is being deleted".to_owned()));
     }
     Ok(None)
+}
+
+/// The name of the objects only ever created as dry runs to probe for a deletion in progress.
+const PROBE_NAME: &str = "artifact-operator-deletion-probe";
+
+fn forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
+}
+
+/// Whether a dry-run create of `probe` is refused because what holds it is going away: the
+/// apiserver says so with `going` in its message, or no longer finds the namespace or resource.
+async fn refused_create<K>(api: &Api<K>, probe: &K, going: &str) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::PostParams { dry_run: true, ..Default::default() };
+    match api.create(&params, probe).await {
+        Ok(_) => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
+        Err(kube::Error::Api(status))
+            if (status.code == 403 || status.code == 405) && status.message.contains(going) =>
+        {
+            Ok(true)
+        }
+        Err(error) => Err(Error::DeletionScope(error)),
+    }
 }
 
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {

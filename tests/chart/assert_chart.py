@@ -26,6 +26,8 @@ WATCHED_NAMESPACE_RULES = {
 }
 NAMESPACED_ROLE_RULES = dict(WATCHED_NAMESPACE_RULES)
 NAMESPACED_ROLE_RULES[("", "secrets")] = {"get", "list", "watch", "create", "patch"}
+# Dry-run creates stand in for reading the CRD, which a Role cannot grant.
+NAMESPACED_ROLE_RULES[("artifacts.dev", "artifactstores")] = {"get", "list", "watch", "patch", "create"}
 CLUSTER_ROLE_RULES = dict(WATCHED_NAMESPACE_RULES)
 CLUSTER_ROLE_RULES[("", "namespaces")] = {"get"}
 CLUSTER_ROLE_RULES[("apiextensions.k8s.io", "customresourcedefinitions")] = {"get"}
