@@ -7,100 +7,11 @@ mod common;
 use std::time::Duration;
 
 use artifact_operator::store::FINALIZER;
+use common::chart::{account_and_lease, apply_all, client_for, namespaced_release, render, token_kubeconfig};
 use common::{Operator, apply, eventually, limited_bucket, test_env, user_keys_secret};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::discovery::{Discovery, Scope};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-fn helm() -> String {
-    format!("{}/bin/helm", test_env().var("AO_CACHE_DIR"))
-}
-
-/// `helm template` of the chart with these `--set` values, as YAML documents.
-fn render(release: &str, release_namespace: &str, sets: &[String]) -> Vec<Value> {
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/artifact-operator");
-    let mut command = std::process::Command::new(helm());
-    command.args(["template", release, chart, "--namespace", release_namespace, "--set", "crds.install=false"]);
-    for set in sets {
-        command.args(["--set", set]);
-    }
-    let output = command.output().expect("helm runs");
-    assert!(output.status.success(), "helm template failed: {}", String::from_utf8_lossy(&output.stderr));
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
-        .filter(|value: &Value| value.is_object())
-        .collect()
-}
-
-/// The name of the rendered ServiceAccount and the Lease name the Deployment passes.
-fn account_and_lease(objects: &[Value]) -> (String, String) {
-    let account = objects.iter().find(|o| o["kind"] == "ServiceAccount").unwrap()["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
-    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
-    let lease = args.iter().filter_map(Value::as_str).find_map(|a| a.strip_prefix("--lease-name=")).unwrap().to_owned();
-    (account, lease)
-}
-
-/// Server-side applies every object in order: each first as a dry run, then for real (so a
-/// Namespace exists before the objects in it are tried).
-async fn apply_all(client: &Client, objects: &[Value], release_namespace: &str) {
-    let discovery = Discovery::new(client.clone()).run().await.unwrap();
-    for object in objects {
-        let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-        let gvk = kube::core::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
-        let (resource, capabilities) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
-        let api: Api<DynamicObject> = match capabilities.scope {
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                object.metadata.namespace.as_deref().unwrap_or(release_namespace),
-                &resource,
-            ),
-        };
-        let name = object.metadata.name.clone().unwrap();
-        for dry_run in [true, false] {
-            let mut params = PatchParams::apply("rbac-test").force();
-            params.dry_run = dry_run;
-            api.patch(&name, &params, &Patch::Apply(&object))
-                .await
-                .unwrap_or_else(|e| panic!("{} {name} rejected (dry run: {dry_run}): {e}", gvk.kind));
-        }
-    }
-}
-
-/// A kubeconfig that authenticates with a fresh token of `namespace/account` (TokenRequest).
-async fn token_kubeconfig(client: &Client, namespace: &str, account: &str, path: &std::path::Path) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
-        ..Default::default()
-    };
-    let token =
-        accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
-    let admin: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(test_env().var("KUBECONFIG")).unwrap()).unwrap();
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    });
-    std::fs::write(path, serde_json::to_string(&config).unwrap()).unwrap();
-}
-
-async fn client_for(kubeconfig: &std::path::Path) -> Client {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
-    Client::try_from(config).unwrap()
-}
 
 #[tokio::test]
 async fn the_operator_works_with_exactly_the_charts_permissions() {
@@ -183,19 +94,13 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
 async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() {
     let client = common::client().await;
     common::install_crds(&client).await;
-    let operator_ns = common::namespace(&client, "rbac-ns-operator").await;
     let watched = common::namespace(&client, "rbac-ns-watched").await;
     let other = common::namespace(&client, "rbac-ns-other").await;
-    let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
-    let objects =
-        render(&release, &operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
+    let (kubeconfig, objects) = namespaced_release(&client, &watched).await;
     assert!(
         !objects.iter().any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
         "no cluster-wide grant"
     );
-    apply_all(&client, &objects, &operator_ns).await;
-    let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{watched}.kubeconfig"));
-    token_kubeconfig(&client, &operator_ns, &account_and_lease(&objects).0, &kubeconfig).await;
     common::secret(&client, &watched, "readable", &[("k", "v")]).await;
     common::secret(&client, &other, "hidden", &[("k", "v")]).await;
     let as_operator = client_for(&kubeconfig).await;
@@ -249,14 +154,8 @@ async fn the_rendered_manifests_in_deploy_apply() {
 async fn in_namespaced_mode_deleting_a_store_deletes_its_bucket_and_deleting_the_namespace_keeps_it() {
     let client = common::client().await;
     common::install_crds(&client).await;
-    let operator_ns = common::namespace(&client, "rbac-nsdel-operator").await;
     let watched = common::namespace(&client, "rbac-nsdel").await;
-    let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
-    let objects =
-        render(&release, &operator_ns, &["rbac.namespaced=true".into(), format!("watchNamespaces={{{watched}}}")]);
-    apply_all(&client, &objects, &operator_ns).await;
-    let kubeconfig = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{watched}.kubeconfig"));
-    token_kubeconfig(&client, &operator_ns, &account_and_lease(&objects).0, &kubeconfig).await;
+    let (kubeconfig, _) = namespaced_release(&client, &watched).await;
     user_keys_secret(&client, &watched, "minio-keys").await;
     let (gone_bucket, kept_bucket) = (limited_bucket("rbac-gone"), limited_bucket("rbac-kept"));
     for (name, bucket) in [("gone", &gone_bucket), ("kept", &kept_bucket)] {

@@ -2,6 +2,8 @@
 //! `tests/env/up.sh` (kube-apiserver, etcd, kube-controller-manager, MinIO, moto).
 #![allow(dead_code)]
 
+pub mod chart;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
