@@ -21,4 +21,5 @@ step "starting the local environment"
 tests/env/up.sh >/dev/null
 trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads 4
+# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart.
+cargo test --locked --lib --bins --tests -- --test-threads 4
