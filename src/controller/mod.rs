@@ -12,6 +12,13 @@ pub use context::Context;
 use k8s_openapi::NamespaceResourceScope;
 use kube::{Api, Client, Resource};
 
+/// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
+/// ArtifactStore of the same name never share a failure count.
+pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    use kube::ResourceExt;
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+}
+
 /// An Api over one namespace, or over all of them.
 pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>(
     client: &Client,

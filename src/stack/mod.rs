@@ -20,7 +20,7 @@ use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
 use crate::conditions::{self, Observed, READY};
 use crate::controller::timing::{backoff, jittered};
-use crate::controller::{Context, apply, scoped_api};
+use crate::controller::{Context, apply, object_key, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
 use crate::s3path::S3Path;
 
@@ -42,10 +42,6 @@ impl Error {
             Self::Status(_) => "status",
         }
     }
-}
-
-fn key(stack: &Stack) -> String {
-    format!("{}/{}", stack.namespace().unwrap_or_default(), stack.name_any())
 }
 
 fn referencing(
@@ -88,7 +84,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
 }
 
 fn error_policy(stack: Arc<Stack>, error: &Error, ctx: Arc<Context>) -> Action {
-    crate::controller::error_action(&ctx, "Stack", &key(&stack), error.category(), error)
+    crate::controller::error_action(&ctx, "Stack", &object_key(&*stack), error.category(), error)
 }
 
 pub async fn reconcile(stack: Arc<Stack>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -107,14 +103,14 @@ struct Usable {
 
 async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
-        ctx.forget(&stack.uid().unwrap_or_default(), &key(stack));
+        ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
         return Ok(Action::await_change());
     }
     match usable(stack, ctx).await? {
         Err(failure) => {
             write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
             if failure.transient {
-                let failures = ctx.record_failure(&key(stack));
+                let failures = ctx.record_failure(&object_key(stack));
                 Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
             } else {
                 // The watches on the ArtifactStore and the ServiceAccount bring the fix at once.
@@ -132,7 +128,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
             );
             write_status(stack, ctx, Observed::ok(READY, "Ready", message), Some((name, hash))).await?;
             ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
-            ctx.record_success(&key(stack));
+            ctx.record_success(&object_key(stack));
             Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
         }
     }

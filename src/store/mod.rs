@@ -26,7 +26,7 @@ use crate::aws::Failure;
 use crate::conditions::{self, READY};
 use crate::controller::apply;
 use crate::controller::timing::{backoff, jittered, spread};
-use crate::controller::{Context, scoped_api};
+use crate::controller::{Context, object_key, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
@@ -59,10 +59,6 @@ impl Error {
             Self::DeletionScope(_) => "deletion_scope",
         }
     }
-}
-
-fn key(store: &ArtifactStore) -> String {
-    format!("{}/{}", store.namespace().unwrap_or_default(), store.name_any())
 }
 
 /// Whether a Secret, ConfigMap or ServiceAccount named `name` in `namespace` is referenced by `store`.
@@ -124,7 +120,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
 }
 
 fn error_policy(store: Arc<ArtifactStore>, error: &Error, ctx: Arc<Context>) -> Action {
-    crate::controller::error_action(&ctx, "ArtifactStore", &key(&store), error.category(), error)
+    crate::controller::error_action(&ctx, "ArtifactStore", &object_key(&*store), error.category(), error)
 }
 
 pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -191,7 +187,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         };
         if let Some(next) = next {
             publish(store, ctx, &inputs, &region).await?;
-            ctx.record_success(&key(store));
+            ctx.record_success(&object_key(store));
             return Ok(Action::requeue(next));
         }
     }
@@ -238,10 +234,10 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
     if ready {
         ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
         ctx.metrics.verified();
-        ctx.record_success(&key(store));
+        ctx.record_success(&object_key(store));
         Ok(Action::requeue(jittered(resync)))
     } else {
-        let failures = ctx.record_failure(&key(store));
+        let failures = ctx.record_failure(&object_key(store));
         Ok(Action::requeue(backoff(failures, resync)))
     }
 }
@@ -260,7 +256,7 @@ async fn publish(store: &ArtifactStore, ctx: &Context, inputs: &Inputs, region: 
         apply::secret(&Api::namespaced(ctx.client.clone(), &namespace), &secret).await.map_err(Error::Publish)?;
     }
     if wrote {
-        tracing::info!(store = %key(store), config_map = %store_config_map_name(&store.name_any()), "published the store's configuration");
+        tracing::info!(store = %object_key(store), config_map = %store_config_map_name(&store.name_any()), "published the store's configuration");
     }
     Ok(())
 }
@@ -395,7 +391,7 @@ where
 }
 
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
-    ctx.forget(&store.uid().unwrap_or_default(), &key(store));
+    ctx.forget(&store.uid().unwrap_or_default(), &object_key(store));
     if !has_finalizer(store) {
         return Ok(Action::await_change());
     }
@@ -427,7 +423,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
             };
         })
         .await?;
-        let failures = ctx.record_failure(&key(store));
+        let failures = ctx.record_failure(&object_key(store));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
     let inputs = match dereference(&ctx.client, store).await {

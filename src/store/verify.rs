@@ -24,6 +24,18 @@ pub struct Outcome {
     pub credentials: Result<Identity, Failure>,
 }
 
+impl Outcome {
+    /// The bucket failed, so the credentials cannot be judged either: for the same reason, or
+    /// under `credentials_reason` with the same message.
+    fn bucket_failed(region: Option<String>, failure: Failure, credentials_reason: Option<&'static str>) -> Self {
+        let credentials = match credentials_reason {
+            Some(reason) => Failure::user(reason, failure.message.clone()),
+            None => failure.clone(),
+        };
+        Self { region, bucket: Err(failure), credentials: Err(credentials) }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct BucketState {
     /// Whether this operator created the bucket (now or before, per the creator tag).
@@ -99,7 +111,7 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
     let endpoint = connection.endpoint_display();
     let mut bucket = match bucket_client(ctx, &connection, path) {
         Ok(bucket) => bucket,
-        Err(failure) => return Outcome { region: None, bucket: Err(failure.clone()), credentials: Err(failure) },
+        Err(failure) => return Outcome::bucket_failed(None, failure, None),
     };
     let classify = |error: &CallError, action: &str, region: &str| {
         classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
@@ -116,7 +128,7 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
             match bucket_client(ctx, &connection, path) {
                 Ok(client) => bucket = client,
                 Err(failure) => {
-                    return Outcome { region: None, bucket: Err(failure.clone()), credentials: Err(failure) };
+                    return Outcome::bucket_failed(None, failure, None);
                 }
             }
             head = bucket.head(None).await;
@@ -156,11 +168,7 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                                 path.bucket
                             ),
                         );
-                        return Outcome {
-                            region: Some(actual),
-                            bucket: Err(failure.clone()),
-                            credentials: Err(Failure::user("RegionMismatch", failure.message)),
-                        };
+                        return Outcome::bucket_failed(Some(actual), failure, Some("RegionMismatch"));
                     }
                 }
                 region = actual;
@@ -177,20 +185,12 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                                     path.bucket
                                 ),
                             );
-                            return Outcome {
-                                region: Some(region),
-                                bucket: Err(failure.clone()),
-                                credentials: Err(Failure::user("BucketNotReady", failure.message)),
-                            };
+                            return Outcome::bucket_failed(Some(region), failure, Some("BucketNotReady"));
                         }
                         Err(error) => {
                             let failure =
                                 classify(&error, &format!("check the owner of bucket {}", path.bucket), &region);
-                            return Outcome {
-                                region: Some(region),
-                                bucket: Err(failure.clone()),
-                                credentials: Err(failure),
-                            };
+                            return Outcome::bucket_failed(Some(region), failure, None);
                         }
                     }
                 }
