@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
-# kube-apiserver and kube-controller-manager (Kubernetes), etcd, MinIO, and moto (IAM/STS) in a
-# virtual environment. Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
+# kube-apiserver and kube-controller-manager (Kubernetes), etcd, MinIO, a checker built from Argo
+# Workflows' own packages, and moto (IAM/STS), ZenML and boto3 in a virtual environment. Everything
+# is cached under $CACHE_DIR keyed by version: a second run is a no-op.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -42,6 +43,8 @@ case "$what" in
     build_tool k8s kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
     build_tool k8s kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
     build_tool minio minio github.com/minio/minio
+    # Argo Workflows' own packages (v3 and v4 modules), for the consumer test of Stacks.
+    build_tool argo-consumer argo-consumer .
     ;;&
   all|python) build_python_tools ;;&
   all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;
