@@ -15,20 +15,32 @@ pub struct S3Path {
 pub enum PathError {
     #[error("path must start with s3://, for example s3://my-bucket/pipelines")]
     Scheme,
+    #[error("path must not contain control characters (newline, tab, DEL...): remove them")]
+    ControlCharacter,
     #[error("the bucket name in path {0}")]
     BucketName(&'static str),
     #[error("the prefix in path must not contain empty segments (//)")]
     EmptySegment,
+    #[error(
+        "the prefix in path must not contain . or .. segments: HTTP clients resolve them away, so objects would land under another key"
+    )]
+    DotSegment,
 }
 
 impl S3Path {
     pub fn parse(path: &str) -> Result<Self, PathError> {
+        if path.chars().any(|c| c.is_ascii_control()) {
+            return Err(PathError::ControlCharacter);
+        }
         let rest = path.strip_prefix("s3://").ok_or(PathError::Scheme)?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         validate_bucket_name(bucket).map_err(PathError::BucketName)?;
-        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
         if prefix.starts_with('/') || prefix.contains("//") {
             return Err(PathError::EmptySegment);
+        }
+        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+        if prefix.split('/').any(|segment| segment == "." || segment == "..") {
+            return Err(PathError::DotSegment);
         }
         Ok(Self { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
     }
@@ -74,11 +86,11 @@ pub fn validate_bucket_name(name: &str) -> Result<(), &'static str> {
     {
         return Err("must not be formatted as an IP address");
     }
-    if name.starts_with("xn--") || name.starts_with("sthree-") {
-        return Err("must not start with the reserved prefixes xn-- or sthree-");
+    if ["xn--", "sthree-", "amzn-s3-demo-"].iter().any(|prefix| name.starts_with(prefix)) {
+        return Err("must not start with the reserved prefixes xn--, sthree- or amzn-s3-demo-");
     }
-    if ["-s3alias", "--ol-s3", ".mrap", "--x-s3"].iter().any(|suffix| name.ends_with(suffix)) {
-        return Err("must not end with the reserved suffixes -s3alias, --ol-s3, .mrap or --x-s3");
+    if ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"].iter().any(|suffix| name.ends_with(suffix)) {
+        return Err("must not end with the reserved suffixes -s3alias, --ol-s3, .mrap, --x-s3 or --table-s3");
     }
     Ok(())
 }
@@ -109,15 +121,41 @@ mod tests {
     #[test]
     fn rejects_bad_paths() {
         assert_eq!(S3Path::parse("gs://bucket"), Err(PathError::Scheme));
-        assert_eq!(S3Path::parse("s3://bucket//x"), Err(PathError::EmptySegment));
+        for (bad, why) in [
+            ("s3://bucket//x", PathError::EmptySegment),
+            ("s3://bucket//", PathError::EmptySegment),
+            ("s3://bucket/a//", PathError::EmptySegment),
+            ("s3://bucket/.", PathError::DotSegment),
+            ("s3://bucket/..", PathError::DotSegment),
+            ("s3://bucket/a/./b", PathError::DotSegment),
+            ("s3://bucket/a/../b/", PathError::DotSegment),
+            ("s3://bucket/team\nb", PathError::ControlCharacter),
+            ("s3://bucket/team\tb", PathError::ControlCharacter),
+            ("s3://bucket/team\u{7f}", PathError::ControlCharacter),
+            ("s3://buck\net/x", PathError::ControlCharacter),
+            ("s3://my\rbucket", PathError::ControlCharacter),
+        ] {
+            assert_eq!(S3Path::parse(bad), Err(why), "{bad:?}");
+        }
+        for fine in ["s3://bucket/.hidden/a..b/...", "s3://bucket/", "s3://bucket/a/"] {
+            assert!(S3Path::parse(fine).is_ok(), "{fine}");
+        }
         for (bad, why) in [
             ("ab", "must be 3 to 63 characters long"),
             ("Upper", "may contain only lowercase letters, digits, dots and hyphens"),
             ("-start", "must start and end with a lowercase letter or a digit"),
             ("a..b", "must not contain two adjacent dots"),
             ("192.168.1.1", "must not be formatted as an IP address"),
-            ("xn--bucket", "must not start with the reserved prefixes xn-- or sthree-"),
-            ("bucket-s3alias", "must not end with the reserved suffixes -s3alias, --ol-s3, .mrap or --x-s3"),
+            ("xn--bucket", "must not start with the reserved prefixes xn--, sthree- or amzn-s3-demo-"),
+            ("amzn-s3-demo-bucket", "must not start with the reserved prefixes xn--, sthree- or amzn-s3-demo-"),
+            (
+                "bucket-s3alias",
+                "must not end with the reserved suffixes -s3alias, --ol-s3, .mrap, --x-s3 or --table-s3",
+            ),
+            (
+                "bucket--table-s3",
+                "must not end with the reserved suffixes -s3alias, --ol-s3, .mrap, --x-s3 or --table-s3",
+            ),
         ] {
             assert_eq!(validate_bucket_name(bad), Err(why), "{bad}");
         }
