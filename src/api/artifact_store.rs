@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::validation;
+
 /// ZenML's default Secret key names for access keys.
 pub const DEFAULT_ACCESS_KEY_ID_KEY: &str = "aws_access_key_id";
 pub const DEFAULT_SECRET_ACCESS_KEY_KEY: &str = "aws_secret_access_key";
@@ -33,7 +35,8 @@ pub const DEFAULT_SESSION_TOKEN_KEY: &str = "aws_session_token";
     printcolumn(name = "Region", type_ = "string", json_path = ".status.region"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = "1"),
     printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMapName", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = validation::name_length_rule()
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -56,14 +59,16 @@ pub struct ArtifactStoreSpec {
     #[schemars(length(min = 8, max = 1024))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.startsWith('s3://')", "message": "path must start with s3://, for example s3://my-bucket/pipelines"},
-        {"rule": "!self.startsWith('s3://') || self.matches('^s3://[^/]{3,63}(/.*)?$')", "message": "the bucket name in path must be 3 to 63 characters long"},
-        {"rule": "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9.-]*(/.*)?$')", "message": "the bucket name in path may contain only lowercase letters, digits, dots and hyphens"},
-        {"rule": "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9]([^/]*[a-z0-9])?(/.*)?$')", "message": "the bucket name in path must start and end with a lowercase letter or a digit"},
+        {"rule": r"!self.matches('[\\x00-\\x1f\\x7f]')", "message": "path must not contain control characters (newline, tab, DEL...): remove them"},
+        {"rule": r"!self.startsWith('s3://') || self.matches('[\\x00-\\x1f\\x7f]') || self.matches('^s3://[^/]{3,63}(/|$)')", "message": "the bucket name in path must be 3 to 63 characters long"},
+        {"rule": r"!self.startsWith('s3://') || self.matches('[\\x00-\\x1f\\x7f]') || self.matches('^s3://[a-z0-9.-]*(/|$)')", "message": "the bucket name in path may contain only lowercase letters, digits, dots and hyphens"},
+        {"rule": r"!self.startsWith('s3://') || self.matches('[\\x00-\\x1f\\x7f]') || self.matches('^s3://[a-z0-9]([^/]*[a-z0-9])?(/|$)')", "message": "the bucket name in path must start and end with a lowercase letter or a digit"},
         {"rule": "!self.matches('^s3://[^/]*[.][.]')", "message": "the bucket name in path must not contain two adjacent dots"},
-        {"rule": "!self.matches('^s3://[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(/.*)?$')", "message": "the bucket name in path must not be formatted as an IP address"},
-        {"rule": "!self.startsWith('s3://xn--') && !self.startsWith('s3://sthree-')", "message": "the bucket name in path must not start with the reserved prefixes xn-- or sthree-"},
-        {"rule": "!self.matches('^s3://[^/]*(-s3alias|--ol-s3|[.]mrap|--x-s3)(/.*)?$')", "message": "the bucket name in path must not end with the reserved suffixes -s3alias, --ol-s3, .mrap or --x-s3"},
-        {"rule": "!self.matches('^s3://[^/]+/(/|.*//)')", "message": "the prefix in path must not contain empty segments (//)"},
+        {"rule": "!self.matches('^s3://[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(/|$)')", "message": "the bucket name in path must not be formatted as an IP address"},
+        {"rule": "!self.startsWith('s3://xn--') && !self.startsWith('s3://sthree-') && !self.startsWith('s3://amzn-s3-demo-')", "message": "the bucket name in path must not start with the reserved prefixes xn--, sthree- or amzn-s3-demo-"},
+        {"rule": "!self.matches('^s3://[^/]*(-s3alias|--ol-s3|[.]mrap|--x-s3|--table-s3)(/|$)')", "message": "the bucket name in path must not end with the reserved suffixes -s3alias, --ol-s3, .mrap, --x-s3 or --table-s3"},
+        {"rule": "!self.startsWith('s3://') || !self.substring(5).contains('//')", "message": "the prefix in path must not contain empty segments (//)"},
+        {"rule": "!self.matches('^s3://[^/]+/([^/]*/)*[.][.]?(/|$)')", "message": "the prefix in path must not contain . or .. segments: HTTP clients resolve them away, so objects would land under another key"},
         {"rule": "self.substring(5).split('/')[0] == oldSelf.substring(5).split('/')[0]", "message": "the bucket in path cannot change once set; create a new ArtifactStore for another bucket"}
     ]))]
     pub path: String,
@@ -72,6 +77,9 @@ pub struct ArtifactStoreSpec {
     /// bucket's region; when set and the bucket is elsewhere, the store reports RegionMismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')", "message": "region must start and end with a lowercase letter or a digit, for example eu-west-1: it becomes part of the S3 host name"}
+    ]))]
     pub region: Option<String>,
 
     /// How to reach an S3-compatible service (MinIO, Ceph RGW, ...). Omit for AWS S3.
@@ -113,11 +121,34 @@ pub struct ArtifactStoreSpec {
 /// How to reach an S3-compatible endpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.tls) || !has(self.tls.insecureSkipVerify) || !self.tls.insecureSkipVerify || self.url.startsWith('https://')",
+        "message": "insecureSkipVerify applies only to an https:// endpoint: remove it or use an https:// url",
+        "fieldPath": ".tls.insecureSkipVerify",
+        "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": "!has(self.tls) || !has(self.tls.caBundle) || self.url.startsWith('https://')",
+        "message": "caBundle applies only to an https:// endpoint: remove it or use an https:// url",
+        "fieldPath": ".tls.caBundle",
+        "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": r"!has(self.addressingStyle) || self.addressingStyle != 'VirtualHosted' || !self.url.matches('^https?://([0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(:|/|$)|\\[)')",
+        "message": "addressingStyle VirtualHosted puts the bucket into the host name, which an IP address cannot take: use Path, or a DNS name in url",
+        "fieldPath": ".addressingStyle",
+        "reason": "FieldValueForbidden"
+    }
+]))]
 pub struct Endpoint {
     /// Base URL of the S3 API, for example `https://minio.storage.svc:9000`.
     #[schemars(length(min = 8, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.matches('^https?://[^/?#@]+(/.*)?$')", "message": "endpoint.url must be an http:// or https:// URL with a host, for example https://minio.example:9000"}
+        {"rule": "self.matches('^https?://[^/?#@]+(/|$)')", "message": "endpoint.url must be an http:// or https:// URL with a host, for example https://minio.example:9000"},
+        {"rule": r"!self.matches('[ \\x00-\\x1f\\x7f]')", "message": "endpoint.url must not contain spaces or control characters"},
+        {"rule": r"!self.matches('^https?://[^/?#@]+(/|$)') || self.matches('[ \\x00-\\x1f\\x7f]') || self.matches('^https?://([A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?([.][A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*[.]?|\\[[0-9A-Fa-f:.]+\\])(:[0-9]*)?(/|$)')", "message": "the host in endpoint.url may contain only letters, digits, '-', '_' and '.' (or be an IPv6 address in brackets), optionally followed by :port"},
+        {"rule": r"!self.matches('^https?://[^/?#@]*:[0-9]*(/|$)') || self.matches('^https?://[^/?#@]*:0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])(/|$)')", "message": "the port in endpoint.url must be between 1 and 65535"}
     ]))]
     pub url: String,
 
@@ -162,11 +193,11 @@ pub struct CaBundleRef {
     #[serde(default)]
     pub kind: CaBundleKind,
     /// Name of the ConfigMap or Secret, in the same namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::object_name)]
     pub name: String,
     /// Key holding the PEM bundle. Defaults to `ca.crt`.
     #[serde(default = "default_ca_key")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::data_key)]
     pub key: String,
 }
 
@@ -207,12 +238,15 @@ pub struct ImplicitAuth {
     /// annotation names the role; the operator checks the role's trust policy and permissions.
     /// Without it, the operator checks its own ambient identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::object_name)]
     pub service_account_name: Option<String>,
 
     /// The IAM role the ServiceAccount is expected to assume; a different annotation is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 20, max = 2048), regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
+    #[schemars(length(min = 20, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": r"self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\\w+=,.@/-]+$')", "message": "roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/ml-pipelines; role names and paths may contain only letters, digits and + = , . @ _ / -"}
+    ]))]
     pub role_arn: Option<String>,
 }
 
@@ -221,19 +255,19 @@ pub struct ImplicitAuth {
 #[serde(rename_all = "camelCase")]
 pub struct SecretAuth {
     /// Name of the Secret, in the same namespace as the ArtifactStore.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::object_name)]
     pub name: String,
     /// Key holding the access key id. Defaults to `aws_access_key_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::data_key)]
     pub access_key_id_key: Option<String>,
     /// Key holding the secret access key. Defaults to `aws_secret_access_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::data_key)]
     pub secret_access_key_key: Option<String>,
     /// Key holding an optional session token. Defaults to `aws_session_token`; used when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::data_key)]
     pub session_token_key: Option<String>,
 }
 
@@ -293,7 +327,12 @@ pub enum SignatureVersion {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.sseKmsKeyId) || (has(self.serverSideEncryption) && self.serverSideEncryption != 'AES256')", "message": "sseKmsKeyId requires serverSideEncryption aws:kms or aws:kms:dsse"}
+    {
+        "rule": "!has(self.sseKmsKeyId) || (has(self.serverSideEncryption) && self.serverSideEncryption != 'AES256')",
+        "message": "sseKmsKeyId requires serverSideEncryption aws:kms or aws:kms:dsse",
+        "fieldPath": ".sseKmsKeyId",
+        "reason": "FieldValueForbidden"
+    }
 ]))]
 pub struct ObjectDefaults {
     /// Server-side encryption for written objects.
@@ -301,7 +340,7 @@ pub struct ObjectDefaults {
     pub server_side_encryption: Option<ServerSideEncryption>,
     /// KMS key id or ARN, with `aws:kms` or `aws:kms:dsse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(transform = validation::kms_key_id)]
     pub sse_kms_key_id: Option<String>,
     /// Canned ACL for written objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -421,9 +460,10 @@ pub struct BucketSettings {
     /// Block all public access to the bucket. On by default.
     #[serde(default = "default_true")]
     pub block_public_access: bool,
-    /// Tags applied to the bucket.
+    /// Tags applied to the bucket, besides the operator's own `artifacts.dev/created-by`: at most
+    /// 49 (S3 takes 50 in all), keys of 1 to 128 and values of up to 256 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 50))]
+    #[schemars(transform = validation::bucket_tags)]
     pub tags: BTreeMap<String, String>,
     /// Lifecycle rules, scoped to the store's prefix where they concern objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,12 +489,20 @@ fn default_true() -> bool {
 /// Bucket default encryption.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.kmsKeyId) || self.algorithm != 'AES256'",
+        "message": "kmsKeyId requires algorithm aws:kms or aws:kms:dsse",
+        "fieldPath": ".kmsKeyId",
+        "reason": "FieldValueForbidden"
+    }
+]))]
 pub struct BucketEncryption {
     /// `AES256`, `aws:kms` or `aws:kms:dsse`.
     pub algorithm: ServerSideEncryption,
     /// KMS key id or ARN for the KMS algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(transform = validation::kms_key_id)]
     pub kms_key_id: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 
 pub mod artifact_store;
 pub mod stack;
+pub mod validation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::validation;
+
 /// An artifact store combined with an orchestrator, as ZenML's stacks are.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -24,7 +26,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Store", type_ = "string", json_path = ".spec.artifactStoreRef.name"),
     printcolumn(name = "Orchestrator", type_ = "string", json_path = ".spec.orchestrator.type"),
     printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMapName", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = validation::name_length_rule()
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StackSpec {
@@ -41,7 +44,7 @@ pub struct StackSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct ArtifactStoreRef {
     /// Name of the ArtifactStore.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::object_name)]
     pub name: String,
 }
 
@@ -54,7 +57,7 @@ pub struct Orchestrator {
     pub kind: OrchestratorKind,
     /// The ServiceAccount the orchestrator's pods run as, in this namespace. The operator checks
     /// that this identity can use the store.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(transform = validation::object_name)]
     pub service_account_name: String,
 }
 
@@ -69,10 +72,18 @@ pub enum OrchestratorKind {
 /// Renderings of the stack's configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.argoDefaultRepository) || !self.argoDefaultRepository || (has(self.formats) && 'Argo' in self.formats)",
+        "message": "argoDefaultRepository applies only with the Argo format: add Argo to formats or remove it",
+        "fieldPath": ".argoDefaultRepository",
+        "reason": "FieldValueForbidden"
+    }
+]))]
 pub struct Outputs {
     /// Formats to render besides the env keys: `ZenML`, `Argo`, `KFP`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend("x-kubernetes-list-type" = "set", "maxItems" = 4))]
     pub formats: Vec<OutputFormat>,
     /// With `Argo`, annotate the ConfigMap as the namespace's default artifact repository
     /// (`workflows.argoproj.io/default-artifact-repository`).
