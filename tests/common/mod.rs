@@ -327,15 +327,27 @@ pub async fn user_keys_secret(client: &Client, ns: &str, name: &str) {
     secret(client, ns, name, &keys).await;
 }
 
-/// Server-side applies any namespaced object given as JSON (apiVersion, kind, metadata.name).
-pub async fn apply(client: &Client, ns: &str, object: serde_json::Value) {
+/// The API of a namespaced object given as JSON (apiVersion, kind).
+fn api_for(client: &Client, ns: &str, object: &serde_json::Value) -> Api<kube::core::DynamicObject> {
     let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
         Some((group, version)) => (group.to_owned(), version.to_owned()),
         None => (String::new(), object["apiVersion"].as_str().unwrap().to_owned()),
     };
     let gvk = kube::core::GroupVersionKind::gvk(&group, &version, object["kind"].as_str().unwrap());
-    let api: Api<kube::core::DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &kube::core::ApiResource::from_gvk(&gvk));
+    Api::namespaced_with(client.clone(), ns, &kube::core::ApiResource::from_gvk(&gvk))
+}
+
+/// Creates a namespaced object given as JSON and returns the apiserver's answer. Unlike an apply
+/// patch, which the apiserver decodes as YAML, JSON carries every control character to admission.
+pub async fn try_create(client: &Client, ns: &str, object: serde_json::Value) -> Result<(), kube::Error> {
+    let api = api_for(client, ns, &object);
+    let object: kube::core::DynamicObject = serde_json::from_value(object).expect("the object has metadata");
+    api.create(&PostParams::default(), &object).await.map(|_| ())
+}
+
+/// Server-side applies any namespaced object given as JSON (apiVersion, kind, metadata.name).
+pub async fn apply(client: &Client, ns: &str, object: serde_json::Value) {
+    let api = api_for(client, ns, &object);
     let name = object["metadata"]["name"].as_str().unwrap().to_owned();
     api.patch(&name, &PatchParams::apply("tests").force(), &Patch::Apply(&object))
         .await
