@@ -2,12 +2,15 @@
 //! over when the leader stops renewing. A leader that cannot renew in time exits at once, so it
 //! never writes after another replica may have taken over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+
+use crate::controller::health::Health;
 
 /// How long a lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -20,6 +23,8 @@ pub struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    /// Told of every lease read and failed lease call: a standby is ready while it reads the lease.
+    health: Arc<Health>,
 }
 
 /// What the Lease says about who may lead.
@@ -47,8 +52,8 @@ fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> Verdict {
 }
 
 impl LeaderElector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: String) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.to_owned(), identity }
+    pub fn new(client: Client, namespace: &str, name: &str, identity: String, health: Arc<Health>) -> Self {
+        Self { api: Api::namespaced(client, namespace), name: name.to_owned(), identity, health }
     }
 
     fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
@@ -63,9 +68,20 @@ impl LeaderElector {
         }
     }
 
-    /// One attempt to take or renew the lease. Ok(true) when this replica holds it now.
+    /// One attempt to take or renew the lease, told to `health`. Ok(true) when this replica holds
+    /// it now.
     async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let result = self.read_then_take_or_renew().await;
+        if let Err(error) = &result {
+            self.health.lease_call_failed(error);
+        }
+        result
+    }
+
+    async fn read_then_take_or_renew(&self) -> Result<bool, kube::Error> {
+        let lease = self.api.get_opt(&self.name).await?;
+        self.health.lease_read();
+        let Some(mut lease) = lease else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
                 spec: Some(self.spec(0, None)),

@@ -2,8 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,7 +17,7 @@ use crate::aws::ratelimit::RateLimiter;
 use crate::controller::Context;
 use crate::controller::apply::FIELD_MANAGER;
 use crate::controller::context::Settings;
-use crate::controller::health::WATCH_FAILURE_LIMIT;
+use crate::controller::health::{AnswerLayer, Health, Role};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 
@@ -27,9 +26,16 @@ pub struct RunArgs {
     /// Comma-separated namespaces to watch; empty watches all namespaces.
     #[arg(long, env = "AO_NAMESPACES", default_value = "")]
     pub namespaces: String,
-    /// How often a Ready store is re-verified, e.g. 10m, 90s.
-    #[arg(long, env = "AO_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    /// How often a Ready store is re-verified, e.g. 10m, 90s, 1h30m. From 1s to 24h: at least
+    /// daily, so that revoked credentials or a deleted bucket show within a day.
+    #[arg(long, env = "AO_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_resync_interval)]
     pub resync_interval: Duration,
+    /// How long the apiserver may be unreachable (lease calls and watches unanswered) before
+    /// /healthz fails and the kubelet restarts the process; from 1s to 24h. The default rides out
+    /// an apiserver restart or a control-plane upgrade, restarting only a process that stays cut
+    /// off; it is far above the leader's 10 s renew deadline, after which a leader exits anyway.
+    #[arg(long, env = "AO_UNHEALTHY_AFTER", default_value = "2m", value_parser = parse_unhealthy_after)]
+    pub unhealthy_after: Duration,
     /// Objects reconciled at once.
     #[arg(long, env = "AO_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
@@ -86,21 +92,69 @@ pub fn watch_scopes(list: &str) -> Vec<Option<String>> {
     if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() }
 }
 
-/// Parses `90s`, `10m`, `1h` or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 10m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        _ => return Err(format!("{text:?} has an unknown unit; use s, m or h")),
-    };
-    if seconds == 0 {
-        return Err("the duration must be positive".into());
+/// The shortest duration flag: a shorter resync would hammer S3 and IAM, a shorter liveness limit
+/// would fail on any blip.
+const MIN_DURATION: Duration = Duration::from_secs(1);
+/// The longest duration flag: a longer resync would leave revoked credentials or a deleted bucket
+/// unnoticed for more than a day, a longer liveness limit would never restart a cut-off process.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+fn parse_resync_interval(text: &str) -> Result<Duration, String> {
+    parse_duration(text, MIN_DURATION, MAX_DURATION)
+}
+
+fn parse_unhealthy_after(text: &str) -> Result<Duration, String> {
+    parse_duration(text, MIN_DURATION, MAX_DURATION)
+}
+
+/// Parses a duration such as `90s`, `10m`, `1h30m`, `1500ms` or plain seconds (`90`), from `min`
+/// to `max`. Never overflows: a number too large for the arithmetic is above any maximum.
+fn parse_duration(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let too_long = || format!("longer than the maximum of {}", describe(max));
+    let malformed = || "not a duration such as 90s, 10m, 1h30m or 1500ms".to_owned();
+    let whole = text.trim();
+    if whole.is_empty() {
+        return Err(malformed());
     }
-    Ok(Duration::from_secs(seconds))
+    let mut rest = whole;
+    let mut millis: u64 = 0;
+    while !rest.is_empty() {
+        let (number, after) = rest.split_at(rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len()));
+        let (unit, after) = after.split_at(after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len()));
+        let unit_millis: u64 = match unit {
+            _ if number.is_empty() => return Err(malformed()),
+            // Plain seconds only on their own, not as in `1m30`.
+            "" if number == whole => 1000,
+            "" => return Err(malformed()),
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+        };
+        // Only a run of digits too long for u64 fails to parse.
+        let value: u64 = number.parse().map_err(|_| too_long())?;
+        millis = value.checked_mul(unit_millis).and_then(|part| millis.checked_add(part)).ok_or_else(too_long)?;
+        rest = after;
+    }
+    let duration = Duration::from_millis(millis);
+    if duration > max {
+        return Err(too_long());
+    }
+    if duration < min {
+        return Err(format!("shorter than the minimum of {}", describe(min)));
+    }
+    Ok(duration)
+}
+
+/// A whole duration as its largest exact unit, e.g. `24h`, `90s`.
+fn describe(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn init_logging(args: &RunArgs) {
@@ -116,37 +170,46 @@ fn init_logging(args: &RunArgs) {
 #[derive(Clone)]
 struct Endpoints {
     metrics: Metrics,
-    health: Arc<crate::controller::health::Health>,
-    /// True while this replica waits for the lease: a standby is ready without caches.
-    standby: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
-async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<()> {
+/// Binds the HTTP address at once, so that a taken port stops the process before it does anything.
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|error| format!("cannot listen on {addr}: {error}"))
+}
+
+async fn serve(listener: tokio::net::TcpListener, endpoints: Endpoints) {
     let app = Router::new()
         .route("/metrics", get(|State(e): State<Endpoints>| async move { e.metrics.render() }))
         .route(
             "/healthz",
             get(|State(e): State<Endpoints>| async move {
-                if e.health.is_healthy(WATCH_FAILURE_LIMIT) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "the watches have failed for too long")
+                match e.health.liveness(Instant::now()) {
+                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                    Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, why),
                 }
             }),
         )
         .route(
             "/readyz",
             get(|State(e): State<Endpoints>| async move {
-                if e.standby.load(Ordering::Relaxed) || e.health.is_ready() {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "the caches have not synced yet")
+                match e.health.readiness(Instant::now()) {
+                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                 }
             }),
         )
         .with_state(endpoints);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "the HTTP server stopped");
+    }
+}
+
+/// A Kubernetes client from the usual sources (in-cluster, KUBECONFIG) that tells `health` of
+/// every answer from the apiserver.
+async fn client(health: &Arc<Health>) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&AnswerLayer(health.clone())).build())
 }
 
 async fn install_crds(client: &Client) -> Result<(), kube::Error> {
@@ -161,7 +224,12 @@ async fn install_crds(client: &Client) -> Result<(), kube::Error> {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> Result<(), String> {
     init_logging(&args);
-    let client = Client::try_default().await.map_err(|e| format!("failed to configure the Kubernetes client: {e}"))?;
+    crate::controller::install_panic_hook();
+    let listener = listen(args.http_addr).await?;
+    let health = Arc::new(Health::new(args.unhealthy_after));
+    let client = client(&health).await.map_err(|e| format!("failed to configure the Kubernetes client: {e}"))?;
+    let metrics = Metrics::default();
+    let server = tokio::spawn(serve(listener, Endpoints { metrics: metrics.clone(), health: health.clone() }));
     if args.install_crds {
         install_crds(&client).await.map_err(|e| format!("failed to install the CRDs: {e}"))?;
     }
@@ -170,12 +238,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         RateLimiter::new(args.aws_requests_per_second, args.aws_burst),
     )
     .await;
-    let metrics = Metrics::default();
     let settings = Settings { resync_interval: args.resync_interval, oidc_issuer: args.oidc_issuer.clone() };
-    let ctx = Arc::new(Context::new(client, aws, settings, metrics.clone()));
-    let standby = Arc::new(AtomicBool::new(false));
-    let endpoints = Endpoints { metrics, health: ctx.health.clone(), standby: standby.clone() };
-    let server = tokio::spawn(serve(args.http_addr, endpoints));
+    let mut ctx = Context::new(client, aws, settings, metrics);
+    ctx.health = health.clone();
+    let ctx = Arc::new(ctx);
     let elector = if args.leader_election {
         let namespace = args
             .lease_namespace
@@ -185,14 +251,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         let pod =
             std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "operator".into());
         let identity = format!("{pod}-{:08x}", fastrand::u32(..));
-        let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity);
-        standby.store(true, Ordering::Relaxed);
+        let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity, health.clone());
+        health.set_role(Role::Standby);
         elector.acquire().await;
-        standby.store(false, Ordering::Relaxed);
         Some(elector)
     } else {
         None
     };
+    health.set_role(Role::Active);
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
     // One controller per watched namespace: each needs list/watch only where it is allowed.
@@ -232,12 +298,46 @@ mod tests {
         assert_eq!(watch_scopes(" b, a ,b,"), vec![Some("a".to_owned()), Some("b".to_owned())]);
     }
 
+    fn resync(text: &str) -> Result<Duration, String> {
+        parse_resync_interval(text)
+    }
+
     #[test]
     fn parses_durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(resync("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(resync("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(resync("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(resync("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(resync(" 2 "), Ok(Duration::from_secs(2)));
+        assert_eq!(resync("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_unhealthy_after("2m"), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn refuses_malformed_durations() {
+        for text in ["", "s", "-5s", "1.5h", "5 s", "1m30", "h1"] {
+            assert_eq!(resync(text), Err("not a duration such as 90s, 10m, 1h30m or 1500ms".to_owned()), "{text:?}");
+        }
+        assert_eq!(resync("5d"), Err(r#"unknown unit "d"; use ms, s, m or h"#.to_owned()));
+        assert_eq!(resync("1hm"), Err(r#"unknown unit "hm"; use ms, s, m or h"#.to_owned()));
+        assert_eq!(resync("0s"), Err("shorter than the minimum of 1s".to_owned()));
+        assert_eq!(resync("999ms"), Err("shorter than the minimum of 1s".to_owned()));
+    }
+
+    #[test]
+    fn refuses_durations_past_the_maximum_without_overflowing() {
+        for text in [
+            "24h1ms",
+            "86401",
+            "18446744073709551615s",
+            "18446744073709551615",
+            "18446744073709551616ms",
+            "307445734561825861m",
+            "5124095576030432h",
+            "99999999999999999999999999999h",
+            "18446744073709551615ms18446744073709551615ms",
+        ] {
+            assert_eq!(resync(text), Err("longer than the maximum of 24h".to_owned()), "{text:?}");
+        }
     }
 }

@@ -69,8 +69,9 @@ where
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
 }
 
-/// Consumes a controller's results: watch failures mark `health`, reconcile failures are logged
-/// by the reconcilers' error policies, so here they are only traced.
+/// Consumes a controller's results: a watch that got no answer from the apiserver marks `health`
+/// (answers are counted by the client itself); reconcile failures are logged by the reconcilers'
+/// error policies, so here they are only traced.
 pub async fn drive<K, E>(
     results: impl futures::Stream<
         Item = Result<
@@ -89,11 +90,13 @@ pub async fn drive<K, E>(
         .for_each(|result| {
             match &result {
                 Err(kube::runtime::controller::Error::QueueError(error)) => {
-                    health.watch_failed();
+                    if health::is_unreachable_watch(error) {
+                        health.apiserver_unreachable(error);
+                    }
                     tracing::warn!(%error, kind, "watch failed");
                 }
                 Err(error) => tracing::debug!(%error, kind, "reconcile did not complete"),
-                Ok(_) => health.watch_succeeded(),
+                Ok(_) => {}
             }
             std::future::ready(())
         })
