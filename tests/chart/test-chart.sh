@@ -95,7 +95,7 @@ check "default: kinds (cluster mode, no ServiceMonitor)" kinds default \
 check "default: restricted securityContext" restricted default
 check "default: probes /healthz and /readyz on the http port 8080" probes default 8080
 check "default: POD_NAMESPACE from the downward API" pod_namespace_env default
-check "default: args" args default run --resync-interval=10m --concurrency=4 \
+check "default: args" args default run --resync-interval=10m --concurrency=4 --unhealthy-after=2m \
   --aws-requests-per-second=10 --aws-burst=20 --s3-requests-per-second=100 --s3-burst=200 \
   --log-level=info --log-format=json \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
@@ -125,7 +125,7 @@ check "namespaced: restricted securityContext" restricted namespaced
 check "namespaced: 1 replica, image, custom resources" deployment_fields namespaced 1 \
   registry.example.com/platform/artifact-operator:0.1.0-rc1 200m 256Mi 1 512Mi
 check "namespaced: args" args namespaced run --namespaces=ml-team-a,ml-team-b --resync-interval=5m \
-  --concurrency=8 --aws-requests-per-second=5 --aws-burst=10 --s3-requests-per-second=40 --s3-burst=80 \
+  --concurrency=8 --unhealthy-after=5m --aws-requests-per-second=5 --aws-burst=10 --s3-requests-per-second=40 --s3-burst=80 \
   --log-level=debug --log-format=text \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
 check "namespaced: AWS env and extraEnv" env namespaced AWS_REGION=eu-west-1 \
