@@ -27,31 +27,12 @@ async fn ready(client: &kube::Client, ns: &str, name: &str) {
     .await;
 }
 
-/// A replica with leader election on the Lease `artifact-operator` in `ns`.
-fn replica(ns: &str) -> Operator {
-    Operator::start_with(
-        ns,
-        "10m",
-        &["--leader-election", "--lease-namespace", ns, "--lease-name", "artifact-operator"],
-    )
-}
-
-/// The first replica, once it leads.
-async fn leading_replica(ns: &str) -> Operator {
-    let first = replica(ns);
-    eventually(Duration::from_secs(30), "the first replica to lead", || async {
-        first.log_text().contains("acquired the lease").then_some(())
-    })
-    .await;
-    first
-}
-
 #[tokio::test]
 async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     let (client, ns, bucket) = common::setup_with_bucket("leader").await;
-    let mut first = leading_replica(&ns).await;
+    let mut first = Operator::leading_replica(&ns).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let mut second = replica(&ns);
+    let mut second = Operator::replica(&ns);
     apply(&client, &ns, store("before", &bucket)).await;
     ready(&client, &ns, "before").await;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -82,8 +63,8 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
 #[tokio::test]
 async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_expiry() {
     let (client, ns, bucket) = common::setup_with_bucket("leader-handover").await;
-    let mut first = leading_replica(&ns).await;
-    let second = replica(&ns);
+    let mut first = Operator::leading_replica(&ns).await;
+    let second = Operator::replica(&ns);
     eventually(Duration::from_secs(30), "the second replica to stand by", || async {
         (second.status("/readyz").await.0 == 200).then_some(())
     })
@@ -109,7 +90,7 @@ async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_
 #[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_at_once() {
     let (client, ns) = setup("leader-lost").await;
-    let mut leader = leading_replica(&ns).await;
+    let mut leader = Operator::leading_replica(&ns).await;
     // Another holder takes the lease (as a replica that saw it expire would).
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let mut lease = leases.get("artifact-operator").await.unwrap();

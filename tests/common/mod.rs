@@ -61,6 +61,28 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client builds")
 }
 
+/// A copy of the test kubeconfig (same credentials) whose clusters are at `server`, e.g.
+/// `https://127.0.0.1:1234`, written under the target's test directory as `<name>.kubeconfig`.
+pub fn kubeconfig_with_server(name: &str, server: &str) -> PathBuf {
+    let mut kubeconfig = Kubeconfig::read_from(test_env().var("KUBECONFIG")).expect("kubeconfig is readable");
+    for cluster in &mut kubeconfig.clusters {
+        cluster.cluster.as_mut().expect("the kubeconfig names its cluster").server = Some(server.to_owned());
+    }
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// The host and port of the test apiserver, e.g. `127.0.0.1:6443`.
+pub fn apiserver_address() -> std::net::SocketAddr {
+    let kubeconfig = Kubeconfig::read_from(test_env().var("KUBECONFIG")).expect("kubeconfig is readable");
+    let server = kubeconfig.clusters[0].cluster.as_ref().unwrap().server.clone().unwrap();
+    let uri: http::Uri = server.parse().expect("the server is a URL");
+    format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(443))
+        .parse()
+        .expect("the server is at an IP address")
+}
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// Applies the operator's CRDs (as generated from the Rust types) and waits until they are
@@ -132,7 +154,8 @@ impl Drop for Operator {
     }
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that nothing listens on (until something binds it).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -170,12 +193,21 @@ impl Operator {
             fastrand::u32(..)
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let http_port = free_port();
+        // A free port unless the test gives its own --http-addr.
+        let given_port = extra.iter().position(|a| *a == "--http-addr").map(|i| {
+            let addr: std::net::SocketAddr = extra[i + 1].parse().expect("--http-addr is an address");
+            addr.port()
+        });
+        let http_port = given_port.unwrap_or_else(free_port);
+        let http_addr = match given_port {
+            Some(_) => vec![],
+            None => vec!["--http-addr".to_owned(), format!("127.0.0.1:{http_port}")],
+        };
         // Tests log everything (to prove no secret reaches any level) unless told otherwise.
         let log_level = if extra.contains(&"--log-level") { &[][..] } else { &["--log-level", "trace"][..] };
         let child = command
             .args(["run", "--namespaces", namespace, "--resync-interval", resync, "--log-format", "text"])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(http_addr)
             .args(log_level)
             .args(extra)
             .env_clear()
@@ -221,7 +253,31 @@ impl Operator {
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_some()
+        self.exit_status().is_some()
+    }
+
+    /// How the process exited, or None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// A replica with leader election on the Lease `artifact-operator` in `ns`.
+    pub fn replica(ns: &str) -> Self {
+        Self::start_with(
+            ns,
+            "10m",
+            &["--leader-election", "--lease-namespace", ns, "--lease-name", "artifact-operator"],
+        )
+    }
+
+    /// The first replica (see [`Operator::replica`]), once it leads.
+    pub async fn leading_replica(ns: &str) -> Self {
+        let first = Self::replica(ns);
+        eventually(Duration::from_secs(30), "the first replica to lead", || async {
+            first.log_text().contains("acquired the lease").then_some(())
+        })
+        .await;
+        first
     }
 
     pub fn log_text(&self) -> String {
