@@ -1,11 +1,12 @@
 //! artifact-operator: S3 artifact stores for ML pipelines as Kubernetes custom resources.
 //!
-//! Layout: [`api`] holds the custom resources; [`s3path`], [`resolve`], [`render`] and
+//! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
 //! [`conditions`] are pure; [`aws`] is the AWS edge (S3, IAM, STS); [`store`] is the
 //! ArtifactStore reconciler; [`controller`] what reconcilers share; [`operator`] the process.
 
 pub mod api;
 pub mod aws;
+pub mod ca_bundle;
 pub mod conditions;
 pub mod controller;
 pub mod leader;

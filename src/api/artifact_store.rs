@@ -559,6 +559,11 @@ pub struct ArtifactStoreStatus {
     /// True when this operator created the bucket (and may delete it under deletionPolicy Delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_created: Option<bool>,
+    /// When the operator asked S3 to create the bucket. Written before the request is sent, so that
+    /// a bucket found afterwards, empty and without the creator tag (the operator stopped between
+    /// creating and tagging it), is still recognised as this store's and completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_create_requested: Option<Time>,
     /// The ARN of the identity whose access was verified (never a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_arn: Option<String>,

@@ -119,14 +119,18 @@ impl Bucket {
         }))
     }
 
-    pub async fn create(&self, region: &str) -> Result<Created, CallError> {
+    /// CreateBucket in `region`, with `tags` set in the same request when given (AWS S3 takes tags
+    /// at creation, so the bucket is recognisably ours from its first instant).
+    pub async fn create(&self, region: &str, tags: Option<Vec<(String, String)>>) -> Result<Created, CallError> {
         self.permit().await;
         let mut request = self.client.create_bucket().bucket(&self.path.bucket);
         // us-east-1 is the one region that must not be named as a location constraint.
-        if region != "us-east-1" {
+        let location = (region != "us-east-1").then(|| BucketLocationConstraint::from(region));
+        if location.is_some() || tags.is_some() {
             request = request.create_bucket_configuration(
                 CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region))
+                    .set_location_constraint(location)
+                    .set_tags(tags.map(|tags| s3_tags(&tags)))
                     .build(),
             );
         }
@@ -147,20 +151,16 @@ impl Bucket {
     ) -> Result<Vec<&'static str>, SettingError> {
         let mut skipped = Vec::new();
         let bucket = &self.path.bucket;
-        let mut tags =
-            vec![Tag::builder().key(CREATED_BY_TAG).value(creator_uid).build().expect("key and value are set")];
-        for (key, value) in &settings.tags {
-            tags.push(Tag::builder().key(key).value(value).build().expect("key and value are set"));
+        let creator = vec![(CREATED_BY_TAG.to_owned(), creator_uid.to_owned())];
+        let all: Vec<(String, String)> = creator.iter().cloned().chain(settings.tags.clone()).collect();
+        if let Err(error) = self.put_tags(&all).await {
+            // Whatever was wrong with the user's tags, the creator tag alone must hold, so that the
+            // bucket stays recognisable (and deletable under Delete) while the settings are fixed.
+            if error.dispatch.is_none() && all.len() > 1 {
+                let _ = self.put_tags(&creator).await;
+            }
+            check("tags", Err(error), &mut skipped)?;
         }
-        self.permit().await;
-        let result = self
-            .client
-            .put_bucket_tagging()
-            .bucket(bucket)
-            .tagging(Tagging::builder().set_tag_set(Some(tags)).build().expect("tag set is set"))
-            .send()
-            .await;
-        check("tags", result.counted().map(|_| ()), &mut skipped)?;
 
         if settings.versioning {
             self.permit().await;
@@ -242,6 +242,13 @@ impl Bucket {
         Ok(skipped)
     }
 
+    /// PutBucketTagging: replaces the bucket's whole tag set.
+    async fn put_tags(&self, tags: &[(String, String)]) -> Result<(), CallError> {
+        self.permit().await;
+        let tagging = Tagging::builder().set_tag_set(Some(s3_tags(tags))).build().expect("the tag set is set");
+        self.client.put_bucket_tagging().bucket(&self.path.bucket).tagging(tagging).send().await.counted().map(|_| ())
+    }
+
     fn lifecycle_rules(&self, settings: &BucketSettings) -> Option<Vec<LifecycleRule>> {
         let lifecycle = settings.lifecycle.as_ref()?;
         let prefix_filter = || LifecycleRuleFilter::builder().prefix(self.path.key_prefix()).build();
@@ -294,8 +301,8 @@ impl Bucket {
             .max_keys(1)
             .send()
             .await
+            .counted()
             .map(|_| ())
-            .map_err(|e| CallError::from_sdk(&e))
     }
 
     /// Puts and deletes a small marker object under the prefix.
@@ -320,7 +327,7 @@ impl Bucket {
         self.permit().await;
         match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await.counted() {
             Ok(output) => Ok(output.tag_set().iter().find(|t| t.key() == CREATED_BY_TAG).map(|t| t.value().to_owned())),
-            Err(error) if error.code.as_deref() == Some("NoSuchTagSet") => Ok(None),
+            Err(error) if error.code.as_deref() == Some("NoSuchTagSet") || is_not_implemented(&error) => Ok(None),
             Err(error) => Err(error),
         }
     }
@@ -337,14 +344,14 @@ impl Bucket {
 
     pub async fn delete(&self) -> Result<(), CallError> {
         self.permit().await;
-        self.client
-            .delete_bucket()
-            .bucket(&self.path.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| CallError::from_sdk(&e))
+        self.client.delete_bucket().bucket(&self.path.bucket).send().await.counted().map(|_| ())
     }
+}
+
+fn s3_tags(tags: &[(String, String)]) -> Vec<Tag> {
+    tags.iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"))
+        .collect()
 }
 
 fn check(
@@ -396,6 +403,24 @@ mod tests {
         let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&with_owner, &without_owner]);
         assert_eq!(bucket(client).owned_by("111111111111").await, Ok(false));
         assert_eq!((with_owner.num_calls(), without_owner.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn create_sends_the_creator_tag_with_the_bucket() {
+        use aws_sdk_s3::operation::create_bucket::CreateBucketOutput;
+        let tagged = mock!(Client::create_bucket)
+            .match_requests(|r| {
+                let configuration = r.create_bucket_configuration();
+                let tags: Vec<_> =
+                    configuration.map(|c| c.tags().iter().map(|t| (t.key(), t.value())).collect()).unwrap_or_default();
+                tags == [(CREATED_BY_TAG, "uid-1"), ("team", "a")]
+                    && configuration.and_then(|c| c.location_constraint()).is_none()
+            })
+            .then_output(|| CreateBucketOutput::builder().build());
+        let client = mock_client!(aws_sdk_s3, [&tagged]);
+        let tags = vec![(CREATED_BY_TAG.to_owned(), "uid-1".to_owned()), ("team".to_owned(), "a".to_owned())];
+        assert_eq!(bucket(client).create("us-east-1", Some(tags)).await, Ok(Created::New));
+        assert_eq!(tagged.num_calls(), 1);
     }
 
     #[tokio::test]

@@ -1,14 +1,41 @@
-//! Writes owned objects by server-side apply, but only when what is there differs from what we
-//! want: an unchanged object costs one read and no write.
+//! Writes the objects the operator owns, only when what is there differs from what we want, and
+//! never over an object someone else made: an unchanged object costs one read and no write, and a
+//! name clash is reported, not taken over.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 
 /// The one field manager for everything this operator writes.
 pub const FIELD_MANAGER: &str = "artifact-operator";
+
+/// What publishing an owned object came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was already as wanted: nothing written.
+    Unchanged,
+    /// Created or replaced.
+    Written,
+    /// An object of that name exists and was not made by this operator for this owner: untouched.
+    NotOurs,
+}
+
+/// Whether `current` was made by this operator for the owner of `desired`: it names that owner
+/// (by UID) among its ownerReferences, or carries every label the operator puts on what it makes
+/// for it (`app.kubernetes.io/managed-by` and the owner's name).
+pub fn is_ours(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let owned = desired
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|want| current.owner_references.iter().flatten().any(|have| have.uid == want.uid));
+    let labelled = desired.labels.as_ref().is_some_and(|want| {
+        !want.is_empty() && want.iter().all(|(k, v)| current.labels.as_ref().and_then(|have| have.get(k)) == Some(v))
+    });
+    owned || labelled
+}
 
 fn same_meta(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
@@ -19,37 +46,78 @@ fn same_meta(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
         && desired.owner_references.iter().flatten().all(|o| current.owner_references.iter().flatten().any(|c| c == o))
 }
 
-/// Applies a ConfigMap unless the existing one already has this data, labels, annotations and owner.
-/// Returns whether it wrote.
-pub async fn config_map(api: &Api<ConfigMap>, desired: &ConfigMap) -> Result<bool, kube::Error> {
-    let name = desired.metadata.name.as_deref().unwrap_or_default();
-    if let Some(current) = api.get_opt(name).await? {
-        if current.data == desired.data && same_meta(&current.metadata, &desired.metadata) {
-            return Ok(false);
-        }
-    }
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
-    Ok(true)
+/// An object kind the operator publishes whole.
+pub trait Owned:
+    kube::Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug
+{
+    /// Whether the content (not the metadata) of `self` equals that of `desired`.
+    fn same_content(&self, desired: &Self) -> bool;
 }
 
-/// Applies a Secret unless the existing one already has this data, labels and owner.
-pub async fn secret(api: &Api<Secret>, desired: &Secret) -> Result<bool, kube::Error> {
-    let name = desired.metadata.name.as_deref().unwrap_or_default();
-    if let Some(current) = api.get_opt(name).await? {
-        let current_data: BTreeMap<_, _> = current.data.clone().unwrap_or_default();
-        let desired_data: BTreeMap<_, _> = desired
-            .string_data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
-            .collect();
-        if current_data == desired_data && same_meta(&current.metadata, &desired.metadata) {
-            return Ok(false);
+impl Owned for ConfigMap {
+    fn same_content(&self, desired: &Self) -> bool {
+        self.data == desired.data && self.binary_data == desired.binary_data
+    }
+}
+
+impl Owned for Secret {
+    fn same_content(&self, desired: &Self) -> bool {
+        self.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default() && self.type_ == desired.type_
+    }
+}
+
+/// Publishes `desired` unless it is already there as wanted, or the name is taken by an object
+/// that is not ours. A new object is created (a create fails rather than merging into an object
+/// made meanwhile); an existing one of ours is replaced with its resourceVersion, so a concurrent
+/// change fails the write instead of being overwritten unseen.
+pub async fn publish<K: Owned>(api: &Api<K>, desired: &K) -> Result<Applied, kube::Error> {
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    match api.get_opt(&name).await? {
+        None => match api.create(&params, desired).await {
+            Ok(_) => Ok(Applied::Written),
+            // Made by someone between our read and our create: judged at the next reconcile.
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(kube::Error::Api(status)),
+            Err(error) => Err(error),
+        },
+        Some(current) if !is_ours(current.meta(), desired.meta()) => Ok(Applied::NotOurs),
+        Some(current) if current.same_content(desired) && same_meta(current.meta(), desired.meta()) => {
+            Ok(Applied::Unchanged)
+        }
+        Some(current) => {
+            let mut replacement = desired.clone();
+            replacement.meta_mut().resource_version = current.meta().resource_version.clone();
+            api.replace(&name, &params, &replacement).await?;
+            Ok(Applied::Written)
         }
     }
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
-    Ok(true)
+}
+
+/// The failure for an object of `kind` named `name` that `owner` would publish, but that exists
+/// and is not ours.
+pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::aws::Failure {
+    use kube::ResourceExt;
+    crate::aws::Failure::user(
+        "NameConflict",
+        format!(
+            "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",
+            O::kind(&()),
+            owner.name_any(),
+            O::kind(&()),
+        ),
+    )
+}
+
+/// A Secret's `stringData` moved into `data`, the form the apiserver stores and returns, so that
+/// what we want compares equal to what is there.
+pub fn secret_with_data(mut secret: Secret) -> Secret {
+    if let Some(strings) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(BTreeMap::new);
+        for (key, value) in strings {
+            data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+        }
+    }
+    secret
 }
 
 /// Writes a custom resource's status by server-side apply with the operator's field manager.
@@ -63,4 +131,54 @@ where
         "status": status,
     });
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)], owner_uid: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("ml-artifact-store".into()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            owner_references: owner_uid.map(|uid| {
+                vec![OwnerReference {
+                    api_version: "artifacts.dev/v1alpha1".into(),
+                    kind: "ArtifactStore".into(),
+                    name: "ml".into(),
+                    uid: uid.into(),
+                    ..OwnerReference::default()
+                }]
+            }),
+            ..ObjectMeta::default()
+        }
+    }
+
+    const OURS: &[(&str, &str)] =
+        &[("app.kubernetes.io/managed-by", "artifact-operator"), ("artifacts.dev/artifact-store", "ml")];
+
+    #[test]
+    fn an_object_is_ours_by_owner_uid_or_by_our_labels() {
+        let desired = meta(OURS, Some("uid-1"));
+        assert!(is_ours(&meta(&[], Some("uid-1")), &desired));
+        assert!(is_ours(&meta(OURS, None), &desired));
+    }
+
+    #[test]
+    fn a_users_object_of_the_same_name_is_not_ours() {
+        let desired = meta(OURS, Some("uid-1"));
+        assert!(!is_ours(&meta(&[], None), &desired));
+        assert!(!is_ours(&meta(&[("app.kubernetes.io/managed-by", "artifact-operator")], None), &desired));
+        assert!(!is_ours(&meta(&[("artifacts.dev/artifact-store", "other")], Some("uid-2")), &desired));
+    }
+
+    #[test]
+    fn string_data_compares_as_data() {
+        let secret = Secret { string_data: Some([("K".to_owned(), "v".to_owned())].into()), ..Secret::default() };
+        let secret = secret_with_data(secret);
+        assert!(secret.string_data.is_none());
+        assert_eq!(secret.data.unwrap()["K"].0, b"v");
+    }
 }

@@ -116,3 +116,55 @@ pub fn error_action(
     tracing::warn!(kind, object = %key, error = %error, source = ?error.source().map(ToString::to_string), "reconcile failed");
     kube::runtime::controller::Action::requeue(timing::backoff(failures, ctx.settings.resync_interval))
 }
+
+/// Runs one reconcile, containing a panic inside it to this object: None when it panicked. The
+/// process, the controller's other objects and their watches carry on.
+pub async fn contained<T>(key: &str, reconcile: impl std::future::Future<Output = T>) -> Option<T> {
+    use futures::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(async {
+        injected_panic(key);
+        reconcile.await
+    })
+    .catch_unwind()
+    .await;
+    if outcome.is_err() {
+        tracing::error!(object = %key, "the reconcile panicked; this object is retried with backoff, the others carry on");
+    }
+    outcome.ok()
+}
+
+/// The Ready condition of an object whose reconcile panicked.
+pub fn panicked() -> crate::conditions::Observed {
+    crate::conditions::Observed::failed(
+        crate::conditions::READY,
+        "ReconcilePanicked",
+        "the operator hit an internal error while reconciling this object and retries with backoff; other objects are not affected. Please report it with the operator's log",
+    )
+}
+
+/// The fail point `reconcile-panic` panics the reconcile of the object whose key (`Kind/namespace/
+/// name`) it is given, e.g. `FAILPOINTS='reconcile-panic=return(ArtifactStore/ns/victim)'`. Debug
+/// builds (the tests') only: release builds and the image have no fail points.
+#[cfg(debug_assertions)]
+fn injected_panic(key: &str) {
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    // The scenario reads FAILPOINTS once and holds its lock for the life of the process.
+    SETUP.call_once(|| std::mem::forget(fail::FailScenario::setup()));
+    fail::fail_point!("reconcile-panic", |victim: Option<String>| {
+        if victim.as_deref() == Some(key) {
+            panic!("injected by the reconcile-panic fail point");
+        }
+    });
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic(_key: &str) {}
+
+/// Logs panics through tracing with their location only: a panic inside a library may carry a
+/// user's value (a key pasted into a Secret) in its message, and no secret reaches a log.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(%location, "panic (its message is withheld: it may hold user values)");
+    }));
+}

@@ -19,8 +19,9 @@ use crate::api::stack::StackStatus;
 use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
 use crate::conditions::{self, Observed, READY};
+use crate::controller::apply::{self, Applied};
 use crate::controller::timing::{backoff, jittered};
-use crate::controller::{Context, apply, object_key, scoped_api};
+use crate::controller::{Context, object_key, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
 use crate::s3path::S3Path;
 
@@ -32,6 +33,8 @@ pub enum Error {
     Publish(#[source] kube::Error),
     #[error("failed to write the stack's status")]
     Status(#[source] kube::Error),
+    #[error("the reconcile panicked")]
+    Panicked,
 }
 
 impl Error {
@@ -40,6 +43,7 @@ impl Error {
             Self::Dereference(_) => "dereference",
             Self::Publish(_) => "publish",
             Self::Status(_) => "status",
+            Self::Panicked => "panic",
         }
     }
 }
@@ -89,7 +93,10 @@ fn error_policy(stack: Arc<Stack>, error: &Error, ctx: Arc<Context>) -> Action {
 
 pub async fn reconcile(stack: Arc<Stack>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&stack, &ctx).await;
+    let result = match crate::controller::contained(&object_key(&*stack), reconcile_inner(&stack, &ctx)).await {
+        Some(result) => result,
+        None => write_status(&stack, &ctx, crate::controller::panicked(), None).await.and(Err(Error::Panicked)),
+    };
     ctx.metrics.reconciled("Stack", started.elapsed());
     result
 }
@@ -106,31 +113,33 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
         ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
         return Ok(Action::await_change());
     }
-    match usable(stack, ctx).await? {
-        Err(failure) => {
-            write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
-            if failure.transient {
-                let failures = ctx.record_failure(&object_key(stack));
-                Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
-            } else {
-                // The watches on the ArtifactStore and the ServiceAccount bring the fix at once.
-                Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
-            }
-        }
+    let failure = match usable(stack, ctx).await? {
+        Err(failure) => failure,
         Ok(usable) => {
             let (config_map, hash) = build::config_map(stack, &usable.resolved);
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-            apply::config_map(&api, &config_map).await.map_err(Error::Publish)?;
             let name = build::config_map_name(&stack.name_any());
-            let message = format!(
-                "pods running as {} can use {}; configuration in ConfigMap {name}",
-                stack.spec.orchestrator.service_account_name, usable.resolved.path
-            );
-            write_status(stack, ctx, Observed::ok(READY, "Ready", message), Some((name, hash))).await?;
-            ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
-            ctx.record_success(&object_key(stack));
-            Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
+            if apply::publish(&api, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
+                apply::name_conflict("ConfigMap", &name, stack)
+            } else {
+                let message = format!(
+                    "pods running as {} can use {}; configuration in ConfigMap {name}",
+                    stack.spec.orchestrator.service_account_name, usable.resolved.path
+                );
+                write_status(stack, ctx, Observed::ok(READY, "Ready", message), Some((name, hash))).await?;
+                ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
+                ctx.record_success(&object_key(stack));
+                return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+            }
         }
+    };
+    write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
+    if failure.transient {
+        let failures = ctx.record_failure(&object_key(stack));
+        Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+    } else {
+        // The watches on the ArtifactStore and the ServiceAccount bring the fix at once.
+        Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
     }
 }
 

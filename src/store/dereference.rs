@@ -27,6 +27,13 @@ pub enum Error {
     Invalid(Failure),
 }
 
+/// Whether a credential can travel in an HTTP header as the AWS SDKs send it: visible ASCII only.
+/// A pasted newline, a control character or a non-ASCII letter would otherwise reach the SDK's
+/// signer, which panics on a header value it cannot build.
+pub fn is_header_safe(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn value(secret: &Secret, key: &str) -> Option<String> {
     let from_data =
         secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).trim().to_owned());
@@ -72,6 +79,20 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
         let secret_access_key =
             value(&secret, auth.secret_access_key_key()).ok_or_else(|| missing(auth.secret_access_key_key()))?;
         let session_token = value(&secret, auth.session_token_key());
+        let named = [
+            (auth.access_key_id_key(), Some(&access_key_id)),
+            (auth.secret_access_key_key(), Some(&secret_access_key)),
+            (auth.session_token_key(), session_token.as_ref()),
+        ];
+        if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some_and(|v| !is_header_safe(v))) {
+            return Err(Error::Invalid(Failure::user(
+                "SecretValueInvalid",
+                format!(
+                    "Secret {} key {key} holds a character that cannot be sent to S3 (a line break, a space, a control or non-ASCII character; often a value pasted with a newline in the middle); put the bare value in the key",
+                    auth.name
+                ),
+            )));
+        }
         has_session_token = session_token.is_some();
         keys = Some(StaticKeys { access_key_id, secret_access_key, session_token });
     }
@@ -99,7 +120,16 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
                 (value(&secret, &ca.key), secret.resource_version())
             }
         };
-        ca_pem = Some(pem.ok_or_else(not_found)?);
+        let bundle = crate::ca_bundle::parse(&pem.ok_or_else(not_found)?).map_err(|error| {
+            Error::Invalid(Failure::user(
+                "CaBundleInvalid",
+                format!(
+                    "{:?} {} key {} (endpoint.tls.caBundle) is not a usable CA bundle: {error}; put the PEM certificates of the CA that signed the endpoint's certificate there",
+                    ca.kind, ca.name, ca.key
+                ),
+            ))
+        })?;
+        ca_pem = Some(bundle.pem().to_owned());
         versions.push(version.unwrap_or_default());
     }
 
@@ -117,4 +147,18 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
     }
 
     Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_header_safe;
+
+    #[test]
+    fn credentials_must_be_visible_ascii() {
+        assert!(is_header_safe("AKIAIOSFODNN7EXAMPLE"));
+        assert!(is_header_safe("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+="));
+        for bad in ["AKIA\nEXAMPLE", "AKIA EXAMPLE", "AKIA\u{7f}", "AKIA\tX", "clé", "AKIA\r"] {
+            assert!(!is_header_safe(bad), "{bad:?}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use crate::api::ArtifactStore;
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
-use crate::controller::apply;
+use crate::controller::apply::{self, Applied};
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, object_key, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
@@ -46,6 +46,8 @@ pub enum Error {
     Finalizer(#[source] kube::Error),
     #[error("failed to check whether the namespace or the CRD is being deleted")]
     DeletionScope(#[source] kube::Error),
+    #[error("the reconcile panicked")]
+    Panicked,
 }
 
 impl Error {
@@ -57,6 +59,7 @@ impl Error {
             Self::Status(_) => "status",
             Self::Finalizer(_) => "finalizer",
             Self::DeletionScope(_) => "deletion_scope",
+            Self::Panicked => "panic",
         }
     }
 }
@@ -68,12 +71,17 @@ fn references(store: &ArtifactStore, kind: &str, namespace: &str, name: &str) ->
     }
     let spec = &store.spec;
     let ca = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref());
+    // The names the store publishes count too: a clashing object's removal lets it publish at once.
     match kind {
         "Secret" => {
             spec.auth.secret_ref.as_ref().is_some_and(|s| s.name == name)
                 || ca.is_some_and(|ca| ca.kind == CaBundleKind::Secret && ca.name == name)
+                || store_env_secret_name(&store.name_any()) == name
         }
-        "ConfigMap" => ca.is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap && ca.name == name),
+        "ConfigMap" => {
+            ca.is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap && ca.name == name)
+                || store_config_map_name(&store.name_any()) == name
+        }
         "ServiceAccount" => spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_deref()) == Some(name),
         _ => false,
     }
@@ -125,7 +133,21 @@ fn error_policy(store: Arc<ArtifactStore>, error: &Error, ctx: Arc<Context>) -> 
 
 pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&store, &ctx).await;
+    let result = match crate::controller::contained(&object_key(&*store), reconcile_inner(&store, &ctx)).await {
+        Some(result) => result,
+        None => {
+            // Keep everything but Ready as it was: only this pass failed.
+            let keep = |s: &mut ArtifactStoreStatus| {
+                let previous = store.status.clone().unwrap_or_default();
+                *s = ArtifactStoreStatus {
+                    conditions: std::mem::take(&mut s.conditions),
+                    observed_generation: s.observed_generation,
+                    ..previous
+                };
+            };
+            write_status(&store, &ctx, &[crate::controller::panicked()], keep).await.and(Err(Error::Panicked))
+        }
+    };
     ctx.metrics.reconciled("ArtifactStore", started.elapsed());
     result
 }
@@ -185,22 +207,37 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
                 Some(wait)
             }
         };
+        // A name conflict that appeared since is reported by the full pass below.
         if let Some(next) = next {
-            publish(store, ctx, &inputs, &region).await?;
-            ctx.record_success(&object_key(store));
-            return Ok(Action::requeue(next));
+            if publish(store, ctx, &inputs, &region).await?.is_none() {
+                ctx.record_success(&object_key(store));
+                return Ok(Action::requeue(next));
+            }
         }
     }
 
-    let outcome = verify::verify(ctx, store, &inputs, &path).await;
+    let provenance = verify::Provenance {
+        created: previous.bucket_created == Some(true),
+        create_requested: previous.bucket_create_requested.is_some(),
+    };
+    let record = async || record_create_request(store, ctx).await;
+    let outcome = verify::verify(ctx, store, &inputs, &path, &provenance, record).await;
     let region = outcome.region.clone().or(previous.region.clone());
     let config_map_name = store_config_map_name(&store.name_any());
-    let observed =
-        status::observe(&path.to_string(), region.as_deref(), &outcome.bucket, &outcome.credentials, &config_map_name);
-    let ready = outcome.bucket.is_ok() && outcome.credentials.is_ok();
-    if ready {
-        publish(store, ctx, &inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?;
-    }
+    let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
+    let conflict = match verified {
+        true => publish(store, ctx, &inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?,
+        false => None,
+    };
+    let ready = verified && conflict.is_none();
+    let observed = status::observe(
+        &path.to_string(),
+        region.as_deref(),
+        &outcome.bucket,
+        &outcome.credentials,
+        conflict.as_ref(),
+        &config_map_name,
+    );
     let endpoint = store
         .spec
         .endpoint
@@ -217,6 +254,8 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         } else {
             s.bucket_created = previous.bucket_created;
         }
+        s.bucket_create_requested =
+            outcome.create_requested.clone().or_else(|| previous.bucket_create_requested.clone());
         if let Ok(identity) = &outcome.credentials {
             s.identity_arn = identity.arn.clone();
         }
@@ -242,23 +281,58 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
     }
 }
 
-/// Applies the store's ConfigMap (and, for key auth, the env Secret) if they differ.
-async fn publish(store: &ArtifactStore, ctx: &Context, inputs: &Inputs, region: &str) -> Result<(), Error> {
+/// Publishes the store's ConfigMap (and, for key auth, the env Secret) where they differ. A name
+/// taken by an object this operator did not make is left alone and returned as a `NameConflict`.
+async fn publish(
+    store: &ArtifactStore,
+    ctx: &Context,
+    inputs: &Inputs,
+    region: &str,
+) -> Result<Option<Failure>, Error> {
     let namespace = store.namespace().unwrap_or_default();
     let resolved =
         ResolvedStore::new(store, region, inputs.has_session_token).expect("the path was parsed before publishing");
     let config_map = build::config_map(store, &resolved, inputs.ca_pem.as_deref());
-    let wrote = apply::config_map(&Api::namespaced(ctx.client.clone(), &namespace), &config_map)
+    let config_map_name = store_config_map_name(&store.name_any());
+    let written = match apply::publish(&Api::namespaced(ctx.client.clone(), &namespace), &config_map)
         .await
-        .map_err(Error::Publish)?;
+        .map_err(Error::Publish)?
+    {
+        Applied::NotOurs => return Ok(Some(apply::name_conflict("ConfigMap", &config_map_name, store))),
+        applied => applied == Applied::Written,
+    };
     if let Some(keys) = &inputs.keys {
-        let secret = build::env_secret(store, keys);
-        apply::secret(&Api::namespaced(ctx.client.clone(), &namespace), &secret).await.map_err(Error::Publish)?;
+        let secret = apply::secret_with_data(build::env_secret(store, keys));
+        let applied =
+            apply::publish(&Api::namespaced(ctx.client.clone(), &namespace), &secret).await.map_err(Error::Publish)?;
+        if applied == Applied::NotOurs {
+            return Ok(Some(apply::name_conflict("Secret", &store_env_secret_name(&store.name_any()), store)));
+        }
     }
-    if wrote {
-        tracing::info!(store = %object_key(store), config_map = %store_config_map_name(&store.name_any()), "published the store's configuration");
+    if written {
+        tracing::info!(store = %object_key(store), config_map = %config_map_name, "published the store's configuration");
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Records in the status, before CreateBucket is sent, that this store is about to create its
+/// bucket, so that a stop before the creator tag is set cannot leave the bucket unrecognised. A
+/// request recorded by an earlier pass stands.
+async fn record_create_request(store: &ArtifactStore, ctx: &Context) -> Result<Time, Failure> {
+    let mut status = store.status.clone().unwrap_or_default();
+    if let Some(at) = &status.bucket_create_requested {
+        return Ok(at.clone());
+    }
+    let now = Time(jiff::Timestamp::now());
+    status.bucket_create_requested = Some(now.clone());
+    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    apply::status(&api, &store.name_any(), &status).await.map_err(|error| {
+        Failure::transient(
+            "StatusWriteFailed",
+            format!("the bucket was not created, because recording that it is about to be failed: {error}"),
+        )
+    })?;
+    Ok(now)
 }
 
 /// Writes the status if anything but the verification time changed, and publishes an Event per
@@ -409,7 +483,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
     if let Some(why) = deleted_in_bulk(store, ctx).await? {
         return retain(format!("{why}; buckets are deleted only when their ArtifactStore itself is deleted")).await;
     }
-    if status.bucket_created != Some(true) {
+    if status.bucket_created != Some(true) && status.bucket_create_requested.is_none() {
         return retain("this operator did not create it".into()).await;
     }
     let blocked = |failure: Failure| async move {

@@ -24,6 +24,7 @@ pub fn observe(
     region: Option<&str>,
     bucket: &Result<BucketState, Failure>,
     credentials: &Result<Identity, Failure>,
+    publication: Option<&Failure>,
     config_map: &str,
 ) -> Vec<Observed> {
     let bucket_condition = match bucket {
@@ -49,9 +50,13 @@ pub fn observe(
         Ok(identity) => Observed::ok(CREDENTIALS_VALID, "Verified", identity.summary.clone()),
         Err(failure) => Observed::failed(CREDENTIALS_VALID, failure.reason, failure.message.clone()),
     };
-    let ready = match (bucket, credentials) {
-        (Ok(_), Ok(_)) => Observed::ok(READY, "Ready", format!("{path} is ready; pods use ConfigMap {config_map}")),
-        (Err(failure), _) | (_, Err(failure)) => Observed::failed(READY, failure.reason, failure.message.clone()),
+    let ready = match (bucket, credentials, publication) {
+        (Ok(_), Ok(_), None) => {
+            Observed::ok(READY, "Ready", format!("{path} is ready; pods use ConfigMap {config_map}"))
+        }
+        (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Some(failure)) => {
+            Observed::failed(READY, failure.reason, failure.message.clone())
+        }
     };
     vec![ready, bucket_condition, credentials_condition]
 }
@@ -63,13 +68,23 @@ mod tests {
 
     #[test]
     fn ready_needs_both_bucket_and_credentials() {
-        let ok = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Ok(Identity::default()), "cm");
+        let ok =
+            observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Ok(Identity::default()), None, "cm");
         assert_eq!(ok[0].status, Status::True);
         let denied = Failure::user("AccessDenied", "denied");
-        let bad = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Err(denied), "cm");
+        let bad = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Err(denied), None, "cm");
         assert_eq!((bad[0].status, bad[0].reason.as_str()), (Status::False, "AccessDenied"));
         assert_eq!(bad[1].status, Status::True);
         assert_eq!(bad[2].reason, "AccessDenied");
+    }
+
+    #[test]
+    fn a_name_conflict_keeps_the_store_from_ready() {
+        let conflict = Failure::user("NameConflict", "ConfigMap cm is not ours");
+        let conditions =
+            observe("s3://b", None, &Ok(BucketState::default()), &Ok(Identity::default()), Some(&conflict), "cm");
+        assert_eq!((conditions[0].status, conditions[0].reason.as_str()), (Status::False, "NameConflict"));
+        assert_eq!((conditions[1].status, conditions[2].status), (Status::True, Status::True));
     }
 
     #[test]

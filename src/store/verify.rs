@@ -2,6 +2,7 @@
 //! credentials, or the IRSA wiring, really work.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::dereference::Inputs;
@@ -9,7 +10,7 @@ use crate::api::ArtifactStore;
 use crate::api::artifact_store::Provisioning;
 use crate::aws::failure::{CallError, Target, classify_s3};
 use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
-use crate::aws::s3::{Bucket, Created};
+use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
 use crate::aws::{Failure, S3Connection};
 use crate::controller::Context;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
@@ -22,6 +23,17 @@ pub struct Outcome {
     pub region: Option<String>,
     pub bucket: Result<BucketState, Failure>,
     pub credentials: Result<Identity, Failure>,
+    /// When this pass recorded (in the status) that it asks S3 to create the bucket.
+    pub create_requested: Option<Time>,
+}
+
+/// What the store's status remembers of the bucket's origin, from earlier passes.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    /// The operator said, in an earlier pass, that it created the bucket.
+    pub created: bool,
+    /// The operator recorded that it was about to create the bucket.
+    pub create_requested: bool,
 }
 
 impl Outcome {
@@ -32,7 +44,7 @@ impl Outcome {
             Some(reason) => Failure::user(reason, failure.message.clone()),
             None => failure.clone(),
         };
-        Self { region, bucket: Err(failure), credentials: Err(credentials) }
+        Self { region, bucket: Err(failure), credentials: Err(credentials), create_requested: None }
     }
 }
 
@@ -83,8 +95,17 @@ pub async fn quick_check(
     bucket.head(None).await.map(|_| ()).map_err(|e| classify_s3(&e, &target))
 }
 
-/// Full verification.
-pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3Path) -> Outcome {
+/// Full verification. `record_create_request` writes, before CreateBucket is sent, that the
+/// operator is about to create the bucket, and returns when.
+pub async fn verify(
+    ctx: &Context,
+    store: &ArtifactStore,
+    inputs: &Inputs,
+    path: &S3Path,
+    provenance: &Provenance,
+    record_create_request: impl AsyncFnOnce() -> Result<Time, Failure>,
+) -> Outcome {
+    let mut create_requested = None;
     let uid = store.uid().unwrap_or_default();
     let spec_region = store.spec.region.clone();
     let mut region =
@@ -104,7 +125,12 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                 "CredentialsInvalid",
                 format!("the bucket is checked once the credentials work: {}", failure.message),
             );
-            return Outcome { region: spec_region, bucket: Err(pending), credentials: Err(failure) };
+            return Outcome {
+                region: spec_region,
+                bucket: Err(pending),
+                credentials: Err(failure),
+                create_requested: None,
+            };
         }
     };
 
@@ -194,11 +220,13 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                         }
                     }
                 }
-                state.created_by_operator = matches!(bucket.creator().await, Ok(Some(creator)) if creator == uid);
-                if state.created_by_operator {
-                    apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
-                } else {
-                    Ok(state)
+                match created_by_this_store(&bucket, &uid, provenance).await {
+                    Ok(true) => {
+                        state.created_by_operator = true;
+                        apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
+                    }
+                    Ok(false) => Ok(state),
+                    Err(error) => Err(classify(&error, &format!("read the tags of bucket {}", path.bucket), &region)),
                 }
             } else {
                 Ok(state)
@@ -206,13 +234,31 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
         }
         Err(error) if error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket") => {
             if store.spec.provisioning == Provisioning::Create {
-                match bucket.create(&region).await {
+                match record_create_request().await {
+                    Ok(at) => create_requested = Some(at),
+                    Err(failure) => return Outcome::bucket_failed(Some(region), failure, None),
+                }
+                let requested = Provenance { create_requested: true, ..provenance.clone() };
+                // AWS takes the creator tag with the bucket itself; other S3 servers get it next.
+                let tags = store.spec.endpoint.is_none().then(|| creator_tags(store, &uid));
+                match bucket.create(&region, tags).await {
                     Ok(Created::New) => {
                         state.created_by_operator = true;
                         state.created_now = true;
                         apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
                     }
-                    Ok(Created::AlreadyOwnedByYou) => Ok(state),
+                    // Our own earlier request whose answer was lost, or a bucket made in this
+                    // account meanwhile: ours only if it is still empty and untagged.
+                    Ok(Created::AlreadyOwnedByYou) => match created_by_this_store(&bucket, &uid, &requested).await {
+                        Ok(true) => {
+                            state.created_by_operator = true;
+                            apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
+                        }
+                        Ok(false) => Ok(state),
+                        Err(error) => {
+                            Err(classify(&error, &format!("read the tags of bucket {}", path.bucket), &region))
+                        }
+                    },
                     Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::user(
                         "BucketOwnedByAnotherAccount",
                         format!(
@@ -237,7 +283,7 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
                 transient: failure.transient,
             }),
         };
-        return Outcome { region: Some(region), bucket: Err(failure), credentials };
+        return Outcome { region: Some(region), bucket: Err(failure), credentials, create_requested };
     }
 
     // Prove access where the pods will work: under the prefix.
@@ -253,7 +299,24 @@ pub async fn verify(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path:
         Err(failure) => Err(failure),
         Ok(()) => pod_identity(ctx, store, inputs, path, identity).await,
     };
-    Outcome { region: Some(region), bucket: bucket_result, credentials }
+    Outcome { region: Some(region), bucket: bucket_result, credentials, create_requested }
+}
+
+/// Whether this store created the bucket: its creator tag names the store, or it has no creator
+/// tag yet but the status recorded the creation (or the request for it) and the bucket is empty,
+/// which is where a stop between CreateBucket and the tagging leaves it.
+async fn created_by_this_store(bucket: &Bucket, uid: &str, provenance: &Provenance) -> Result<bool, CallError> {
+    match bucket.creator().await? {
+        Some(creator) => Ok(creator == uid),
+        None if provenance.created || provenance.create_requested => Ok(bucket.any_object().await?.is_none()),
+        None => Ok(false),
+    }
+}
+
+/// The tags a created bucket carries: the creator tag first, then the user's.
+fn creator_tags(store: &ArtifactStore, uid: &str) -> Vec<(String, String)> {
+    let user_tags = store.spec.bucket.as_ref().map(|b| b.tags.clone()).unwrap_or_default();
+    std::iter::once((CREATED_BY_TAG.to_owned(), uid.to_owned())).chain(user_tags).collect()
 }
 
 async fn apply_settings(

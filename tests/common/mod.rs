@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -180,11 +181,30 @@ impl Operator {
     /// Starts `artifact-operator run` through `command` (the binary, or a wrapper that runs it)
     /// with the test environment's AWS identity and the log captured to a file.
     pub fn start_command(
+        command: std::process::Command,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        resync: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self::start_command_with_env(command, kubeconfig, namespace, resync, extra, &[])
+    }
+
+    /// Like [`Operator::start_with`], with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(namespace: &str, resync: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
+        let binary = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"));
+        let kubeconfig = std::path::Path::new(test_env().var("KUBECONFIG"));
+        Self::start_command_with_env(binary, kubeconfig, namespace, resync, extra, vars)
+    }
+
+    /// [`Operator::start_command`] with extra environment variables.
+    pub fn start_command_with_env(
         mut command: std::process::Command,
         kubeconfig: &std::path::Path,
         namespace: &str,
         resync: &str,
         extra: &[&str],
+        vars: &[(&str, &str)],
     ) -> Self {
         let env = test_env();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -219,6 +239,7 @@ impl Operator {
             .env("AWS_ENDPOINT_URL_IAM", env.var("AO_MOTO_ENDPOINT"))
             .env("AWS_ENDPOINT_URL_STS", env.var("AO_MOTO_ENDPOINT"))
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(vars.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
