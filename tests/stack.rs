@@ -1,33 +1,39 @@
 //! The Stack reconciler end to end, and the consumer contract: what a pod gets from a Stack works
-//! with boto3, s3fs, ZenML's config class, Argo Workflows' published model and the KFP launcher config.
+//! with each consumer's own code: boto3, ZenML's CLI and a ZenML pipeline, Argo Workflows' own Go
+//! packages (repository types, namespace-default resolution, S3 driver) and the KFP launcher's
+//! configuration, against the plain MinIO and the HTTPS one with its private CA.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use artifact_operator::api::Stack;
 use common::{Operator, apply, eventually, limited_bucket, setup, test_env, user_keys_secret};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+const REPOSITORIES: &str = "artifact-repositories";
+const DEFAULT_ANNOTATION: &str = "workflows.argoproj.io/default-artifact-repository";
 
 fn store(name: &str, bucket: &str) -> Value {
     json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
         "path": format!("s3://{bucket}/pipelines"),
         "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
         "auth": {"secretRef": {"name": "minio-keys"}},
+        "client": {"maxAttempts": 4},
     }})
 }
 
-fn stack(name: &str, store: &str, formats: Value) -> Value {
+fn stack(name: &str, store: &str, formats: Value, default_repository: bool) -> Value {
     json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
         "artifactStoreRef": {"name": store},
         "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"},
-        "outputs": {"formats": formats, "argoDefaultRepository": true},
+        "outputs": {"formats": formats, "argoDefaultRepository": default_repository},
     }})
 }
 
@@ -55,12 +61,34 @@ async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> 
     Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
 }
 
+async fn delete_stack(client: &Client, ns: &str, name: &str) {
+    let api = Api::<Stack>::namespaced(client.clone(), ns);
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(TIMEOUT, &format!("stack {name} to be gone"), || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+fn argo_consumer() -> PathBuf {
+    PathBuf::from(test_env().var("AO_CACHE_DIR")).join("bin/argo-consumer")
+}
+
+/// Runs a consumer program; returns its stdout, which it also prints.
+fn run(mut command: std::process::Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what} runs: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
 #[tokio::test]
 async fn stack_follows_its_store_and_service_account_through_their_lifecycle() {
     let (client, ns, bucket) = common::setup_with_bucket("stk-life").await;
-    let _operator = Operator::start(&ns, "10m");
+    let operator = Operator::start(&ns, "10m");
 
-    apply(&client, &ns, stack("prod", "ml", json!(["ZenML"]))).await;
+    apply(&client, &ns, stack("prod", "ml", json!(["ZenML"]), false)).await;
     let waiting = wait_for(&client, &ns, "prod", "False", "ArtifactStoreNotFound").await;
     assert!(message(&waiting).contains("ArtifactStore ml does not exist"));
 
@@ -76,21 +104,46 @@ async fn stack_follows_its_store_and_service_account_through_their_lifecycle() {
     assert_eq!(annotations.get("artifacts.dev/content-hash"), status.content_hash.as_ref());
     assert_eq!(status.config_map_name.as_deref(), Some("prod-stack"));
     let data = cm.data.clone().unwrap();
-    assert!(data.contains_key("zenml-stack.json") && !data.contains_key("argo-artifact-repository"));
+    assert!(data.contains_key("zenml-stack.yaml"));
     assert_eq!(cm.metadata.owner_references.unwrap()[0].kind, "Stack");
-
-    // Changing the formats re-renders, and the hash follows.
-    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]))).await;
-    let changed = wait_for(&client, &ns, "prod", "True", "Ready").await;
-    let new_hash = changed.status.unwrap().content_hash;
-    assert_ne!(new_hash, status.content_hash);
-    let cm = config_map(&client, &ns, "prod-stack").await.unwrap();
-    let data = cm.data.unwrap();
-    assert!(data.contains_key("argo-artifact-repository") && data.contains_key("kfp-launcher.yaml"));
-    assert_eq!(
-        cm.metadata.annotations.unwrap().get("workflows.argoproj.io/default-artifact-repository").map(String::as_str),
-        Some("argo-artifact-repository")
+    assert!(
+        config_map(&client, &ns, REPOSITORIES).await.is_none()
+            && config_map(&client, &ns, "kfp-launcher").await.is_none()
     );
+
+    // Asking for Argo and KFP puts each where its consumer looks; the stack's own hash is untouched.
+    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true)).await;
+    let changed = wait_for(&client, &ns, "prod", "True", "Ready").await;
+    assert_eq!(changed.status.unwrap().content_hash, status.content_hash);
+    assert!(changed.metadata.finalizers.unwrap().contains(&"artifacts.dev/argo-repository".to_owned()));
+    let repositories = config_map(&client, &ns, REPOSITORIES).await.expect("artifact-repositories");
+    assert_eq!(repositories.metadata.annotations.unwrap()[DEFAULT_ANNOTATION], "prod");
+    assert!(repositories.data.unwrap()["prod"].contains("bucket: "));
+    let launcher = config_map(&client, &ns, "kfp-launcher").await.expect("kfp-launcher");
+    assert_eq!(launcher.data.unwrap()["defaultPipelineRoot"], format!("s3://{bucket}/pipelines"));
+
+    // An unchanged stack costs no writes: the ConfigMaps keep their resourceVersions.
+    let versions = |cms: [Option<ConfigMap>; 3]| cms.map(|cm| cm.unwrap().metadata.resource_version.unwrap());
+    let before = versions([
+        config_map(&client, &ns, "prod-stack").await,
+        config_map(&client, &ns, REPOSITORIES).await,
+        config_map(&client, &ns, "kfp-launcher").await,
+    ]);
+    let series = "artifact_operator_reconciles_total{kind=\"Stack\"}";
+    let reconciled = operator.counter(series).await;
+    let touch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    let stacks = Api::<Stack>::namespaced(client.clone(), &ns);
+    stacks.patch("prod", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+    eventually(TIMEOUT, "the touched stack to be reconciled", || async {
+        (operator.counter(series).await > reconciled).then_some(())
+    })
+    .await;
+    let after = versions([
+        config_map(&client, &ns, "prod-stack").await,
+        config_map(&client, &ns, REPOSITORIES).await,
+        config_map(&client, &ns, "kfp-launcher").await,
+    ]);
+    assert_eq!(before, after, "a reconcile of an unchanged stack wrote");
 
     // The store turns not ready: the stack says so, with the store's own reason.
     common::secret(
@@ -103,79 +156,315 @@ async fn stack_follows_its_store_and_service_account_through_their_lifecycle() {
     let not_ready = wait_for(&client, &ns, "prod", "False", "ArtifactStoreNotReady").await;
     assert!(message(&not_ready).contains("SignatureDoesNotMatch"), "{}", message(&not_ready));
 
-    // The store is deleted.
-    Api::<artifact_operator::api::ArtifactStore>::namespaced(client.clone(), &ns)
-        .delete("ml", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(&client, &ns, "prod", "False", "ArtifactStoreNotFound").await;
-
-    // The stack is deleted: the real garbage collector removes its ConfigMap.
-    Api::<Stack>::namespaced(client.clone(), &ns).delete("prod", &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, "the stack's ConfigMap to be garbage-collected", || async {
-        config_map(&client, &ns, "prod-stack").await.is_none().then_some(())
+    // The stack is deleted: its key goes with the artifact-repositories the operator created for
+    // it, and the real garbage collector removes the ConfigMaps it owns.
+    delete_stack(&client, &ns, "prod").await;
+    assert!(config_map(&client, &ns, REPOSITORIES).await.is_none(), "emptied and ours, so deleted");
+    eventually(TIMEOUT, "the stack's ConfigMaps to be garbage-collected", || async {
+        (config_map(&client, &ns, "prod-stack").await.is_none()
+            && config_map(&client, &ns, "kfp-launcher").await.is_none())
+        .then_some(())
     })
     .await;
 }
 
-#[tokio::test]
-async fn a_pod_with_the_stack_config_writes_and_reads_artifacts_with_real_clients() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-consumer").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
-    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]))).await;
-    let _operator = Operator::start(&ns, "10m");
-    wait_for(&client, &ns, "prod", "True", "Ready").await;
+/// Exactly what a pod gets, laid out on disk: the Stack's ConfigMap as files (the volume at
+/// /etc/artifact-store, which the env keys and renderings name, is this directory), the env keys
+/// (ConfigMap keys that are variable names, and the credentials Secret's keys), the namespace's
+/// kfp-launcher as files, and the namespace's Secrets by name (what KFP's launcher reads).
+struct Pod {
+    files: tempfile::TempDir,
+    launcher: tempfile::TempDir,
+    secrets: tempfile::TempDir,
+    env: BTreeMap<String, String>,
+}
 
-    let data = config_map(&client, &ns, "prod-stack").await.unwrap().data.unwrap();
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns).get("ml-aws-credentials").await.unwrap();
+const MOUNT: &str = "/etc/artifact-store";
+
+async fn pod(client: &Client, ns: &str, stack: &str, store: &str) -> Pod {
+    let data = config_map(client, ns, &format!("{stack}-stack")).await.unwrap().data.unwrap();
     let canary = test_env().var("AO_S3_USER_SECRET_KEY");
     assert!(!serde_json::to_string(&data).unwrap().contains(canary), "no secret value in the stack's ConfigMap");
-
-    // Exactly what a pod gets: envFrom of the ConfigMap (keys that are variable names) and of the
-    // credentials Secret, and the ConfigMap mounted as files.
     let files = tempfile::tempdir().unwrap();
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mounted = |value: &str| value.replace(MOUNT, files.path().to_str().unwrap());
+    let mut env = BTreeMap::new();
     for (key, value) in &data {
-        std::fs::write(files.path().join(key), value).unwrap();
+        std::fs::write(files.path().join(key), mounted(value)).unwrap();
         if key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
-            env.insert(key.clone(), value.clone());
+            env.insert(key.clone(), mounted(value));
         }
     }
-    for (key, value) in secret.data.unwrap() {
+    let credentials =
+        Api::<Secret>::namespaced(client.clone(), ns).get(&format!("{store}-aws-credentials")).await.unwrap();
+    for (key, value) in credentials.data.unwrap() {
         env.insert(key, String::from_utf8(value.0).unwrap());
     }
-    // The namespace's Secrets, by name, for Kubeflow's launcher, which reads the one it names.
+    let launcher = tempfile::tempdir().unwrap();
+    let launcher_data = config_map(client, ns, "kfp-launcher").await.unwrap().data.unwrap();
+    assert!(!serde_json::to_string(&launcher_data).unwrap().contains(canary), "no secret value in kfp-launcher");
+    for (key, value) in launcher_data {
+        std::fs::write(launcher.path().join(key), value).unwrap();
+    }
     let secrets = tempfile::tempdir().unwrap();
-    for secret in Api::<Secret>::namespaced(client.clone(), &ns).list(&Default::default()).await.unwrap() {
+    for secret in Api::<Secret>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap() {
         let dir = secrets.path().join(secret.metadata.name.unwrap());
         std::fs::create_dir(&dir).unwrap();
         for (key, value) in secret.data.unwrap_or_default() {
             std::fs::write(dir.join(key), value.0).unwrap();
         }
     }
-    let python = format!("{}/bin/python", test_env().var("AO_VENV"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/consume.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(files.path())
-        .arg(secrets.path())
+    Pod { files, launcher, secrets, env }
+}
+
+/// Runs the Python consumers (boto3, ZenML's CLI and a pipeline, KFP's launcher config) as the pod.
+fn python_consumers(pod: &Pod) -> String {
+    let mut command = std::process::Command::new(format!("{}/bin/python", test_env().var("AO_VENV")));
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/consume.py"))
+        .args([pod.files.path(), pod.launcher.path(), pod.secrets.path()])
         .env_clear()
-        .envs(&env)
-        .env("HOME", files.path())
-        .env("ZENML_CONFIG_PATH", files.path().join("zenml-config"))
+        .envs(&pod.env)
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", pod.files.path())
+        .env("ZENML_CONFIG_PATH", pod.files.path().join(".zenml-config"))
         .env("ZENML_ANALYTICS_OPT_IN", "false")
-        .output()
-        .expect("the consumer script runs");
+        .env("ZENML_LOGGING_COLORS_DISABLED", "true")
+        .current_dir(pod.files.path());
+    let stdout = run(command, "the Python consumers");
+    for consumer in ["boto3:", "zenml: stack import", "zenml: pipeline", "kfp:"] {
+        assert!(stdout.contains(consumer), "{consumer} check missing:\n{stdout}");
+    }
+    stdout
+}
+
+/// Argo's own code resolves the namespace default and saves and loads an artifact with it.
+fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
+    let mut command = std::process::Command::new(argo_consumer());
+    // Nothing from this process's environment (system CA settings among it): only the kubeconfig.
+    command.args(["use", ns, key]).env_clear().env("KUBECONFIG", test_env().var("KUBECONFIG"));
+    let stdout = run(command, "argo-consumer use");
+    assert_eq!(stdout.matches("resolved the namespace default").count(), 2, "{stdout}");
+    stdout
+}
+
+/// The objects the pod's consumers left under the store's prefix, as consume.py lists them last.
+fn listed(stdout: &str) -> Vec<String> {
+    let line = stdout.lines().find_map(|l| l.strip_prefix("objects: ")).expect("consume.py lists the objects");
+    line.split(' ').map(str::to_owned).collect()
+}
+
+fn assert_every_consumer_wrote(keys: &[String], prefix: &str) {
+    let under = |part: &str| format!("{prefix}/{part}");
+    for (consumer, part) in [("boto3", "boto3/"), ("kfp", "kfp/"), ("argo v3", "wf-v3/"), ("argo v4", "wf-v4/")] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(&under(part))),
+            "nothing from {consumer} under {}: {keys:?}",
+            under(part)
+        );
+    }
+    let zenml = keys.iter().filter(|k| k.starts_with(&under("produce/")) || k.starts_with(&under("consume/"))).count();
+    assert!(zenml >= 2, "the ZenML pipeline's artifacts are under the prefix: {keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with(&under(""))), "everything stays under the store's prefix: {keys:?}");
+}
+
+#[tokio::test]
+async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
+    let (client, ns, bucket) = common::setup_with_bucket("stk-consumer").await;
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, store("ml", &bucket)).await;
+    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true)).await;
+    let _operator = Operator::start(&ns, "10m");
+    wait_for(&client, &ns, "prod", "True", "Ready").await;
+
+    let pod = pod(&client, &ns, "prod", "ml").await;
+    argo_uses_the_namespace_default(&ns, "prod");
+    let stdout = python_consumers(&pod);
+    assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+    let keys = common::s3_root().list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(keys.key_count(), Some(listed(&stdout).len() as i32), "consume.py listed the bucket as it is");
+}
+
+#[tokio::test]
+async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mount() {
+    let (client, ns) = setup("stk-ca").await;
+    // The HTTPS MinIO is a separate server: the operator creates the bucket there.
+    let bucket = limited_bucket("stk-ca");
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
+    let ca: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": pem}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &ca).await.unwrap();
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
+        "path": format!("s3://{bucket}/pipelines"),
+        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}}},
+        "auth": {"secretRef": {"name": "minio-keys"}},
+        "provisioning": "Create",
+    }}))
+    .await;
+    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true)).await;
+    let _operator = Operator::start(&ns, "10m");
+    wait_for(&client, &ns, "prod", "True", "Ready").await;
+
+    let data = config_map(&client, &ns, "prod-stack").await.unwrap().data.unwrap();
+    assert_eq!(data["AWS_CA_BUNDLE"], format!("{MOUNT}/ca-bundle.pem"));
+    assert!(data["ca-bundle.pem"].contains("BEGIN CERTIFICATE"), "the one mount carries the bundle its keys name");
+    let repository: Value =
+        serde_yaml_ng::from_str(&config_map(&client, &ns, REPOSITORIES).await.unwrap().data.unwrap()["prod"]).unwrap();
+    assert_eq!(repository["s3"]["caSecret"], json!({"name": "prod-ca-bundle", "key": "ca-bundle.pem"}));
+    assert_eq!(repository["s3"]["insecure"], false);
+
+    let pod = pod(&client, &ns, "prod", "ml").await;
+    argo_uses_the_namespace_default(&ns, "prod");
+    let stdout = python_consumers(&pod);
+    assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+}
+
+/// Every shape of Argo rendering, decoded strictly into Argo's own types by both releases.
+#[test]
+fn every_argo_rendering_decodes_strictly_into_argo_types() {
+    use artifact_operator::api::ArtifactStore;
+    use artifact_operator::render::argo::{CaSecret, Options, artifact_repository};
+    use artifact_operator::resolve::ResolvedStore;
+
+    let spec = |endpoint: Value, auth: Value, extra: Value| {
+        let mut spec = json!({"path": "s3://bucket/runs", "auth": auth});
+        if !endpoint.is_null() {
+            spec["endpoint"] = endpoint;
+        }
+        spec.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let store: ArtifactStore =
+            serde_json::from_value(json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+            "metadata": {"name": "store", "namespace": "ml"}, "spec": spec}))
+            .unwrap();
+        ResolvedStore::new(&store, "eu-west-1", true).unwrap()
+    };
+    let keys = json!({"secretRef": {"name": "keys"}});
+    let ca = CaSecret { name: "prod-ca-bundle".into(), key: "ca-bundle.pem".into() };
+    let renderings = [
+        ("keys-minio", spec(json!({"url": "http://minio:9000"}), keys.clone(), json!({})), Options::default()),
+        ("irsa-aws", spec(Value::Null, json!({"implicit": {}}), json!({})), Options::default()),
+        (
+            "ca-kms",
+            spec(
+                json!({"url": "https://rgw:8443", "addressingStyle": "Path"}),
+                keys.clone(),
+                json!({"objectDefaults": {"serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"}}),
+            ),
+            Options { ca_secret: Some(ca), addressing_style: false },
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, store: &ResolvedStore, options: &Options| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_yaml_ng::to_string(&artifact_repository(store, options)).unwrap()).unwrap();
+        path
+    };
+    let files: Vec<PathBuf> = renderings.iter().map(|(name, store, options)| write(name, store, options)).collect();
+    let mut command = std::process::Command::new(argo_consumer());
+    command.arg("decode").args(&files);
+    let stdout = run(command, "argo-consumer decode");
+    assert_eq!(stdout.matches("decodes strictly").count(), 2 * files.len(), "{stdout}");
+
+    // addressingStyle, asked for by a Stack setting, is a field of Argo 4.1 on: the releases here
+    // (3.7 and 4.0) refuse it when decoding strictly, which is why it is off by default.
+    let virtual_hosted = spec(json!({"url": "https://rgw:8443", "addressingStyle": "VirtualHosted"}), keys, json!({}));
+    let newer = write("addressing-style", &virtual_hosted, &Options { addressing_style: true, ..Options::default() });
+    assert!(std::fs::read_to_string(&newer).unwrap().contains("addressingStyle: virtual-hosted"));
+    let output = std::process::Command::new(argo_consumer()).arg("decode").arg(&newer).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
-    assert!(output.status.success(), "consumer failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for client in ["boto3:", "s3fs:", "zenml:", "argo:", "kfp:"] {
-        assert!(stdout.contains(client), "{client} check missing:\n{stdout}");
-    }
-    // The artifacts landed under the stack's prefix.
-    let listed = common::s3_root().list_objects_v2().bucket(&bucket).prefix("pipelines/").send().await.unwrap();
-    assert_eq!(listed.key_count(), Some(3), "one object each from boto3, s3fs and the KFP launcher config");
+    assert!(!output.status.success());
+    assert_eq!(stdout.matches("unknown field \"addressingStyle\"").count(), 2, "{stdout}");
+}
+
+async fn apply_as(client: &Client, ns: &str, manager: &str, object: Value) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let params = kube::api::PatchParams::apply(manager);
+    api.patch(&name, &params, &kube::api::Patch::Apply(&object)).await.unwrap();
+}
+
+#[tokio::test]
+async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_launcher() {
+    let (client, ns, bucket) = common::setup_with_bucket("stk-shared").await;
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, store("ml", &bucket)).await;
+    apply(&client, &ns, stack("a", "ml", json!(["Argo", "KFP"]), true)).await;
+    let _operator = Operator::start(&ns, "10m");
+    wait_for(&client, &ns, "a", "True", "Ready").await;
+    apply(&client, &ns, stack("b", "ml", json!(["Argo"]), true)).await;
+    let b = wait_for(&client, &ns, "b", "False", "DefaultRepositoryTaken").await;
+    assert!(message(&b).contains("Stack a's key a"), "{}", message(&b));
+    apply(&client, &ns, stack("k", "ml", json!(["KFP"]), false)).await;
+    let k = wait_for(&client, &ns, "k", "False", "KfpLauncherTaken").await;
+    assert!(message(&k).contains("belongs to Stack a"), "{}", message(&k));
+
+    // The user's own key lives beside the stacks' keys.
+    apply_as(
+        &client,
+        &ns,
+        "kubectl",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": REPOSITORIES},
+        "data": {"mine": "s3:\n  bucket: elsewhere\n"}}),
+    )
+    .await;
+    let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
+    let data = shared.data.clone().unwrap();
+    assert!(data.contains_key("a") && data.contains_key("b") && data.contains_key("mine"), "{data:?}");
+    assert_eq!(shared.metadata.annotations.unwrap()[DEFAULT_ANNOTATION], "a");
+
+    // The holder goes: its key and annotation go, the others' stay, and the next in line takes over.
+    delete_stack(&client, &ns, "a").await;
+    wait_for(&client, &ns, "b", "True", "Ready").await;
+    wait_for(&client, &ns, "k", "True", "Ready").await;
+    let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
+    let data = shared.data.clone().unwrap();
+    assert!(!data.contains_key("a") && data.contains_key("b"), "{data:?}");
+    assert_eq!(data["mine"], "s3:\n  bucket: elsewhere\n");
+    assert_eq!(shared.metadata.annotations.unwrap()[DEFAULT_ANNOTATION], "b");
+    let launcher = config_map(&client, &ns, "kfp-launcher").await.unwrap();
+    assert_eq!(launcher.metadata.owner_references.unwrap()[0].name, "k");
+
+    // The last stack goes: the ConfigMap stays, since the user's key is in it.
+    delete_stack(&client, &ns, "b").await;
+    let shared = config_map(&client, &ns, REPOSITORIES).await.expect("kept for the user's key");
+    assert_eq!(shared.data.unwrap().into_keys().collect::<Vec<_>>(), ["mine"]);
+    assert!(!shared.metadata.annotations.unwrap_or_default().contains_key(DEFAULT_ANNOTATION));
+}
+
+#[tokio::test]
+async fn config_maps_the_user_made_are_never_taken_over() {
+    let (client, ns, bucket) = common::setup_with_bucket("stk-users").await;
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, store("ml", &bucket)).await;
+    let users_repositories = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": REPOSITORIES, "annotations": {DEFAULT_ANNOTATION: "mine"}},
+        "data": {"mine": "s3:\n  bucket: elsewhere\n"}});
+    apply_as(&client, &ns, "kubectl", users_repositories).await;
+    let users_launcher = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kfp-launcher"},
+        "data": {"defaultPipelineRoot": "s3://elsewhere"}});
+    apply_as(&client, &ns, "kubectl", users_launcher).await;
+    apply(&client, &ns, stack("argo", "ml", json!(["Argo"]), true)).await;
+    apply(&client, &ns, stack("kfp", "ml", json!(["KFP"]), false)).await;
+    let _operator = Operator::start(&ns, "10m");
+
+    let argo = wait_for(&client, &ns, "argo", "False", "DefaultRepositoryTaken").await;
+    assert!(message(&argo).contains("already key mine"), "{}", message(&argo));
+    let kfp = wait_for(&client, &ns, "kfp", "False", "NameConflict").await;
+    assert!(message(&kfp).contains("ConfigMap kfp-launcher already exists"), "{}", message(&kfp));
+    let launcher = config_map(&client, &ns, "kfp-launcher").await.unwrap();
+    assert_eq!(launcher.data.unwrap()["defaultPipelineRoot"], "s3://elsewhere");
+    assert!(launcher.metadata.owner_references.is_none() && launcher.metadata.labels.is_none());
+
+    // The stack's key sits beside the user's, for workflows that name it; on deletion only it goes.
+    let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
+    assert!(shared.data.unwrap().contains_key("argo"));
+    delete_stack(&client, &ns, "argo").await;
+    let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
+    assert_eq!(shared.data.unwrap().into_keys().collect::<Vec<_>>(), ["mine"]);
+    assert_eq!(shared.metadata.annotations.unwrap()[DEFAULT_ANNOTATION], "mine");
+    assert!(shared.metadata.labels.is_none(), "nothing of ours was added to the user's ConfigMap");
 }
 
 fn example_objects(file: &str) -> Vec<Value> {

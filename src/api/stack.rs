@@ -85,10 +85,16 @@ pub struct Outputs {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set", "maxItems" = 4))]
     pub formats: Vec<OutputFormat>,
-    /// With `Argo`, annotate the ConfigMap as the namespace's default artifact repository
-    /// (`workflows.argoproj.io/default-artifact-repository`).
+    /// With `Argo`, make the stack's key of ConfigMap `artifact-repositories` the namespace's
+    /// default artifact repository (its `workflows.argoproj.io/default-artifact-repository`
+    /// annotation), used by workflows without an `artifactRepositoryRef`. One stack per namespace.
     #[serde(default)]
     pub argo_default_repository: bool,
+    /// With `Argo`, also render `addressingStyle` (`path` or `virtual-hosted`, from the store's
+    /// endpoint), which Argo Workflows reads from 4.1 on. Off by default: earlier versions
+    /// (3.6, 3.7, 4.0) do not know the field and fall back to their own detection.
+    #[serde(default)]
+    pub argo_addressing_style: bool,
 }
 
 /// A consumer format.
@@ -96,11 +102,14 @@ pub struct Outputs {
 pub enum OutputFormat {
     /// Keys for `envFrom` (always rendered).
     Env,
-    /// A ZenML stack description (S3 artifact store and kubernetes orchestrator components).
+    /// A ZenML stack export (`zenml-stack.yaml`: S3 artifact store and kubernetes orchestrator),
+    /// for `zenml stack import`.
     ZenML,
-    /// An Argo Workflows artifact repository.
+    /// An Argo Workflows artifact repository: the key named after the stack in the namespace's
+    /// ConfigMap `artifact-repositories`.
     Argo,
-    /// Kubeflow Pipelines launcher configuration.
+    /// Kubeflow Pipelines' launcher configuration: the namespace's ConfigMap `kfp-launcher`
+    /// (one stack per namespace).
     #[serde(rename = "KFP")]
     Kfp,
 }

@@ -1,16 +1,34 @@
 //! Argo Workflows' artifact repository (`ArtifactRepository` with an `s3` member), as the value of
-//! a ConfigMap key that `artifactRepositoryRef` or the namespace default can point at.
+//! a key of the namespace's ConfigMap `artifact-repositories`, where Argo's controller looks for
+//! `artifactRepositoryRef`s and for the namespace default. Renders only fields that Argo 3.6, 3.7
+//! and 4.x all read, unless asked for `addressingStyle` (4.1 and later).
 
 use serde_json::{Value, json};
 
+use crate::api::artifact_store::AddressingStyle;
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 
-/// The ConfigMap key the repository is rendered under.
-pub const KEY: &str = "argo-artifact-repository";
-/// The annotation that makes a ConfigMap key the namespace's default artifact repository.
+/// The ConfigMap in which Argo looks for artifact repositories.
+pub const CONFIG_MAP: &str = "artifact-repositories";
+/// The annotation naming the key of [`CONFIG_MAP`] that is the namespace's default repository.
 pub const DEFAULT_REPOSITORY_ANNOTATION: &str = "workflows.argoproj.io/default-artifact-repository";
 
-pub fn artifact_repository(store: &ResolvedStore) -> Value {
+/// How the repository reaches a private CA: a Secret key (Argo reads `caSecret` only from Secrets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaSecret {
+    pub name: String,
+    pub key: String,
+}
+
+/// Which optional fields to render.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub ca_secret: Option<CaSecret>,
+    /// Render `addressingStyle` (Argo 4.1 and later).
+    pub addressing_style: bool,
+}
+
+pub fn artifact_repository(store: &ResolvedStore, options: &Options) -> Value {
     let (endpoint, insecure) = match &store.endpoint {
         Some(endpoint) => {
             let rest = endpoint.url.split_once("://").map_or(endpoint.url.as_str(), |(_, rest)| rest);
@@ -33,8 +51,25 @@ pub fn artifact_repository(store: &ResolvedStore) -> Value {
         ResolvedAuth::Keys(keys) => {
             s3["accessKeySecret"] = json!({"name": keys.secret_name, "key": keys.access_key_id_key});
             s3["secretKeySecret"] = json!({"name": keys.secret_name, "key": keys.secret_access_key_key});
+            if let Some(token) = &keys.session_token_key {
+                s3["sessionTokenSecret"] = json!({"name": keys.secret_name, "key": token});
+            }
         }
         ResolvedAuth::Implicit { .. } => s3["useSDKCreds"] = json!(true),
+    }
+    if let Some(ca) = &options.ca_secret {
+        s3["caSecret"] = json!({"name": ca.name, "key": ca.key});
+    }
+    if options.addressing_style {
+        let style = match store.endpoint.as_ref().map(|e| e.addressing_style) {
+            // Argo's own detection (minio-go's): virtual-hosted for AWS, path style elsewhere.
+            None | Some(AddressingStyle::Auto) => None,
+            Some(AddressingStyle::Path) => Some("path"),
+            Some(AddressingStyle::VirtualHosted) => Some("virtual-hosted"),
+        };
+        if let Some(style) = style {
+            s3["addressingStyle"] = json!(style);
+        }
     }
     if let Some(sse) = store.object_defaults.server_side_encryption {
         let mut options = json!({"enableEncryption": true});
@@ -44,4 +79,38 @@ pub fn artifact_repository(store: &ResolvedStore) -> Value {
         s3["encryptionOptions"] = options;
     }
     json!({ "s3": s3 })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::ArtifactStore;
+
+    fn resolved(endpoint: serde_json::Value) -> ResolvedStore {
+        let store: ArtifactStore = serde_json::from_value(json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "store", "namespace": "ml"},
+            "spec": {"path": "s3://bucket/runs", "endpoint": endpoint, "auth": {"secretRef": {"name": "keys"}}},
+        }))
+        .unwrap();
+        ResolvedStore::new(&store, "us-east-1", true).unwrap()
+    }
+
+    #[test]
+    fn a_ca_is_a_secret_reference_and_addressing_style_only_when_asked() {
+        let store = resolved(json!({"url": "https://rgw.example:8443", "addressingStyle": "VirtualHosted"}));
+        let plain = artifact_repository(&store, &Options::default());
+        assert!(plain["s3"].get("caSecret").is_none() && plain["s3"].get("addressingStyle").is_none());
+        assert_eq!(plain["s3"]["insecure"], false);
+        assert_eq!(plain["s3"]["sessionTokenSecret"], json!({"name": "keys", "key": "aws_session_token"}));
+        let ca = CaSecret { name: "prod-ca-bundle".into(), key: "ca-bundle.pem".into() };
+        let options = Options { ca_secret: Some(ca), addressing_style: true };
+        let newer = artifact_repository(&store, &options);
+        assert_eq!(newer["s3"]["caSecret"], json!({"name": "prod-ca-bundle", "key": "ca-bundle.pem"}));
+        assert_eq!(newer["s3"]["addressingStyle"], "virtual-hosted");
+        let auto = resolved(json!({"url": "http://minio:9000"}));
+        let options = Options { addressing_style: true, ..Options::default() };
+        assert!(artifact_repository(&auto, &options)["s3"].get("addressingStyle").is_none());
+    }
 }

@@ -1,12 +1,16 @@
-//! Kubeflow Pipelines' launcher configuration (the data of its `kfp-launcher` ConfigMap):
-//! `defaultPipelineRoot` and, as a YAML string, `providers.s3`.
+//! Kubeflow Pipelines' launcher configuration: the data of the namespace's `kfp-launcher`
+//! ConfigMap, where KFP's launcher reads it: `defaultPipelineRoot` and, as a YAML string,
+//! `providers` with `s3.default`. The provider has no CA field: a private CA reaches the launcher
+//! through `AWS_CA_BUNDLE` and the mounted bundle, which the AWS SDK reads.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 
-/// The ConfigMap key the launcher configuration is rendered under.
-pub const KEY: &str = "kfp-launcher.yaml";
+/// The ConfigMap the launcher reads, in the pipeline's namespace.
+pub const CONFIG_MAP: &str = "kfp-launcher";
 
 /// The `providers` document.
 pub fn providers(store: &ResolvedStore) -> Value {
@@ -25,13 +29,17 @@ pub fn providers(store: &ResolvedStore) -> Value {
         default["endpoint"] = json!(host.trim_end_matches('/'));
         default["disableSSL"] = json!(!endpoint.is_https());
     }
+    // The launcher hands maxRetries to the AWS SDK as its maximum number of attempts.
+    if let Some(attempts) = store.client.max_attempts {
+        default["maxRetries"] = json!(attempts);
+    }
     json!({"s3": {"default": default}})
 }
 
 /// The launcher ConfigMap's data: `defaultPipelineRoot` and `providers` (a YAML string).
-pub fn launcher_config(store: &ResolvedStore) -> Value {
+pub fn launcher_data(store: &ResolvedStore) -> BTreeMap<String, String> {
     let providers = serde_yaml_ng::to_string(&providers(store)).expect("a JSON value always serializes to YAML");
-    json!({"defaultPipelineRoot": store.path.to_string(), "providers": providers})
+    BTreeMap::from([("defaultPipelineRoot".to_owned(), store.path.to_string()), ("providers".to_owned(), providers)])
 }
 
 #[cfg(test)]
@@ -69,5 +77,16 @@ mod tests {
         assert_eq!(default["disableSSL"], false);
         assert_eq!(default["forcePathStyle"], true);
         assert_eq!(default["credentials"]["secretRef"]["secretName"], "keys");
+        assert!(default.get("maxRetries").is_none(), "the launcher's own default stands");
+    }
+
+    #[test]
+    fn max_attempts_become_max_retries() {
+        let store =
+            resolved(json!({"path": "s3://bucket/runs", "auth": {"implicit": {}}, "client": {"maxAttempts": 7}}));
+        assert_eq!(providers(&store)["s3"]["default"]["maxRetries"], 7);
+        let data = launcher_data(&store);
+        assert_eq!(data["defaultPipelineRoot"], "s3://bucket/runs");
+        assert!(data["providers"].contains("maxRetries: 7"));
     }
 }

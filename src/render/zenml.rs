@@ -1,11 +1,10 @@
 //! ZenML's S3 artifact store configuration (`S3ArtifactStoreConfig`): `path`, `client_kwargs`,
-//! `config_kwargs` and `s3_additional_kwargs`. Credentials are never part of it: with key auth,
-//! the component names the Secret (`authentication_secret`) and pods get the keys from the
-//! published credentials Secret.
+//! `config_kwargs` and `s3_additional_kwargs`, and a stack export around it. Credentials are never
+//! part of them: pods get the keys from the published credentials Secret, or use their own identity.
 
 use serde_json::{Map, Value, json};
 
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::ResolvedStore;
 
 /// The `configuration` of ZenML's S3 artifact store component, loadable as is by
 /// `S3ArtifactStoreConfig(**configuration)`.
@@ -69,37 +68,66 @@ pub fn artifact_store_config(store: &ResolvedStore) -> Value {
     })
 }
 
-/// The artifact store as a ZenML stack component (flavor `s3`).
-pub fn artifact_store_component(store: &ResolvedStore) -> Value {
-    let mut component = json!({
-        "name": store.name,
-        "type": "artifact_store",
-        "flavor": "s3",
-        "configuration": artifact_store_config(store),
-    });
-    if let ResolvedAuth::Keys(keys) = &store.auth {
-        component["authentication_secret"] = json!(keys.secret_name);
-    }
-    component
-}
+/// The ZenML release whose `zenml stack export` shape [`stack_export`] follows; `zenml stack import`
+/// refuses an export from another release unless given `--ignore-version-mismatch`.
+pub const ZENML_VERSION: &str = "0.98.0";
 
-/// A ZenML stack description, in the shape `zenml stack export` writes and `zenml stack import`
-/// reads: the S3 artifact store and the kubernetes orchestrator.
-pub fn stack(stack_name: &str, store: &ResolvedStore, namespace: &str, service_account: &str) -> Value {
+/// A ZenML stack export, in the shape `zenml stack export` writes and `zenml stack import` reads:
+/// each component type with a list of components (`type`, `flavor`, `name`, `configuration`), the
+/// stack's name and the ZenML release: the S3 artifact store and the kubernetes orchestrator.
+/// Credentials are not part of it: pods get them from the env keys (the published credentials
+/// Secret or the pod's own identity).
+pub fn stack_export(stack_name: &str, store: &ResolvedStore, namespace: &str, service_account: &str) -> Value {
+    let mut artifact_store = artifact_store_config(store);
+    // The export holds only what was configured: empty settings are left out, as ZenML does.
+    if let Some(fields) = artifact_store.as_object_mut() {
+        fields.retain(|_, value| value.as_object().is_none_or(|map| !map.is_empty()));
+    }
     json!({
-        "stack_name": stack_name,
         "components": {
-            "artifact_store": artifact_store_component(store),
-            "orchestrator": {
-                "name": format!("{stack_name}-orchestrator"),
-                "type": "orchestrator",
-                "flavor": "kubernetes",
+            "artifact_store": [{
+                "configuration": artifact_store,
+                "flavor": "s3",
+                "name": store.name,
+                "type": "artifact_store",
+            }],
+            "orchestrator": [{
                 "configuration": {
+                    "incluster": true,
                     "kubernetes_namespace": namespace,
                     "service_account_name": service_account,
-                    "incluster": true,
                 },
-            },
+                "flavor": "kubernetes",
+                "name": format!("{stack_name}-orchestrator"),
+                "type": "orchestrator",
+            }],
         },
+        "stack_name": stack_name,
+        "zenml_version": ZENML_VERSION,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::ArtifactStore;
+
+    #[test]
+    fn the_export_has_zenml_s_shape_and_only_what_was_configured() {
+        let store: ArtifactStore = serde_json::from_value(json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
+            "spec": {"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"}, "auth": {"secretRef": {"name": "keys"}}},
+        }))
+        .unwrap();
+        let export = stack_export("prod", &ResolvedStore::new(&store, "us-east-1", false).unwrap(), "team", "runner");
+        assert_eq!(export["zenml_version"], ZENML_VERSION);
+        let artifact_store = &export["components"]["artifact_store"][0];
+        assert_eq!(artifact_store["type"], "artifact_store");
+        assert_eq!(artifact_store["configuration"]["path"], "s3://bucket/runs");
+        assert!(artifact_store["configuration"].get("s3_additional_kwargs").is_none(), "nothing configured there");
+        assert!(artifact_store.get("authentication_secret").is_none(), "a ZenML secret, not a Kubernetes one");
+        assert_eq!(export["components"]["orchestrator"][0]["configuration"]["service_account_name"], "runner");
+    }
 }

@@ -1,28 +1,55 @@
-//! Build: the one ConfigMap a Stack publishes, with the renderings it asks for. Pure.
+//! Build: what a Stack publishes, with the renderings it asks for. Pure.
+//!
+//! - ConfigMap `<stack>-stack`: the env keys, `zenml-stack.yaml`, and `ca-bundle.pem` when the
+//!   store has a private CA, so that `envFrom` plus one volume at `/etc/artifact-store` gives pods
+//!   every file the env keys and renderings point at.
+//! - ConfigMap `kfp-launcher` (KFP): where Kubeflow Pipelines' launcher reads its configuration.
+//! - The key `<stack>` of the shared ConfigMap `artifact-repositories` (Argo), and with a CA from a
+//!   ConfigMap the Secret `<stack>-ca-bundle` that Argo's `caSecret` names.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Resource;
 use kube::core::ObjectMeta;
 
 use crate::api::Stack;
+use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::render::{self, argo, kfp};
-use crate::resolve::ResolvedStore;
+use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore};
 use crate::store::build::labels;
 
 /// The annotation carrying the SHA-256 of the ConfigMap's data, so workloads can roll on change.
 pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
-/// The ConfigMap key with the ZenML stack description.
-pub const ZENML_STACK_KEY: &str = "zenml-stack.json";
+/// The ConfigMap key with the ZenML stack export.
+pub const ZENML_STACK_KEY: &str = "zenml-stack.yaml";
 
 pub fn config_map_name(stack: &str) -> String {
     format!("{stack}-stack")
 }
 
-/// The Stack's ConfigMap and its content hash.
-pub fn config_map(stack: &Stack, store: &ResolvedStore) -> (ConfigMap, String) {
+/// The Secret holding the CA bundle for Argo's `caSecret`, when the store's CA is in a ConfigMap.
+pub fn ca_secret_name(stack: &str) -> String {
+    format!("{stack}-ca-bundle")
+}
+
+fn owned_meta(stack: &Stack, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: stack.metadata.namespace.clone(),
+        labels: Some(labels("stack", &stack.metadata.name.clone().unwrap_or_default())),
+        owner_references: stack.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn wants(stack: &Stack, format: OutputFormat) -> bool {
+    stack.spec.outputs.formats.contains(&format)
+}
+
+/// The Stack's ConfigMap and its content hash. `ca_pem` is the bundle the store publishes.
+pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) -> (ConfigMap, String) {
     let name = stack.metadata.name.clone().unwrap_or_default();
     let namespace = stack.metadata.namespace.clone().unwrap_or_default();
     let orchestrator = &stack.spec.orchestrator;
@@ -30,39 +57,57 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore) -> (ConfigMap, String) {
     data.insert("STACK_NAME".into(), name.clone());
     data.insert("ORCHESTRATOR_TYPE".into(), format!("{:?}", orchestrator.kind));
     data.insert("ORCHESTRATOR_SERVICE_ACCOUNT".into(), orchestrator.service_account_name.clone());
-    let formats = &stack.spec.outputs.formats;
-    if formats.contains(&OutputFormat::ZenML) {
-        let description = render::zenml::stack(&name, store, &namespace, &orchestrator.service_account_name);
-        data.insert(ZENML_STACK_KEY.into(), render::to_json(&description));
+    if let (Some(pem), Some(_)) = (ca_pem, store.ca_bundle_path()) {
+        data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
-    let mut annotations = BTreeMap::new();
-    if formats.contains(&OutputFormat::Argo) {
-        let repository =
-            serde_yaml_ng::to_string(&argo::artifact_repository(store)).expect("JSON values serialize to YAML");
-        data.insert(argo::KEY.into(), repository);
-        if stack.spec.outputs.argo_default_repository {
-            annotations.insert(argo::DEFAULT_REPOSITORY_ANNOTATION.to_owned(), argo::KEY.to_owned());
-        }
-    }
-    if formats.contains(&OutputFormat::Kfp) {
-        let launcher = serde_yaml_ng::to_string(&kfp::launcher_config(store)).expect("JSON values serialize to YAML");
-        data.insert(kfp::KEY.into(), launcher);
+    if wants(stack, OutputFormat::ZenML) {
+        let export = render::zenml::stack_export(&name, store, &namespace, &orchestrator.service_account_name);
+        data.insert(ZENML_STACK_KEY.into(), serde_yaml_ng::to_string(&export).expect("JSON values serialize to YAML"));
     }
     let hash = render::content_hash(&data);
-    annotations.insert(CONTENT_HASH_ANNOTATION.to_owned(), hash.clone());
-    let config_map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(config_map_name(&name)),
-            namespace: Some(namespace),
-            labels: Some(labels("stack", &name)),
-            annotations: Some(annotations),
-            owner_references: stack.controller_owner_ref(&()).map(|owner| vec![owner]),
-            ..ObjectMeta::default()
-        },
-        data: Some(data),
+    let mut meta = owned_meta(stack, config_map_name(&name));
+    meta.annotations = Some(BTreeMap::from([(CONTENT_HASH_ANNOTATION.to_owned(), hash.clone())]));
+    (ConfigMap { metadata: meta, data: Some(data), ..ConfigMap::default() }, hash)
+}
+
+/// The namespace's `kfp-launcher` ConfigMap, owned by this Stack.
+pub fn kfp_launcher(stack: &Stack, store: &ResolvedStore) -> ConfigMap {
+    ConfigMap {
+        metadata: owned_meta(stack, kfp::CONFIG_MAP.to_owned()),
+        data: Some(kfp::launcher_data(store)),
         ..ConfigMap::default()
-    };
-    (config_map, hash)
+    }
+}
+
+/// Where Argo's `caSecret` points: the user's Secret as is, or, for a CA in a ConfigMap, the
+/// Secret [`ca_secret`] publishes.
+pub fn argo_ca(stack: &Stack, store: &ResolvedStore) -> Option<argo::CaSecret> {
+    let ca = store.endpoint.as_ref()?.ca_bundle.as_ref()?;
+    Some(match ca.kind {
+        CaBundleKind::Secret => argo::CaSecret { name: ca.name.clone(), key: ca.key.clone() },
+        CaBundleKind::ConfigMap => argo::CaSecret {
+            name: ca_secret_name(&stack.metadata.name.clone().unwrap_or_default()),
+            key: CA_BUNDLE_KEY.to_owned(),
+        },
+    })
+}
+
+/// The Secret with the store's CA certificates, for Argo's `caSecret`.
+pub fn ca_secret(stack: &Stack, pem: &str) -> Secret {
+    let name = ca_secret_name(&stack.metadata.name.clone().unwrap_or_default());
+    Secret {
+        metadata: owned_meta(stack, name),
+        data: Some(BTreeMap::from([(CA_BUNDLE_KEY.to_owned(), k8s_openapi::ByteString(pem.as_bytes().to_vec()))])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+/// The Stack's Argo artifact repository, as the YAML value of its key in `artifact-repositories`.
+pub fn argo_repository(stack: &Stack, store: &ResolvedStore) -> String {
+    let options =
+        argo::Options { ca_secret: argo_ca(stack, store), addressing_style: stack.spec.outputs.argo_addressing_style };
+    serde_yaml_ng::to_string(&argo::artifact_repository(store, &options)).expect("JSON values serialize to YAML")
 }
 
 #[cfg(test)]
@@ -72,70 +117,84 @@ mod tests {
     use super::*;
     use crate::api::ArtifactStore;
 
-    fn stack(formats: Value, default_repository: bool) -> Stack {
+    fn stack(formats: Value) -> Stack {
         serde_json::from_value(json!({
             "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
             "metadata": {"name": "prod", "namespace": "ml", "uid": "s-1"},
             "spec": {"artifactStoreRef": {"name": "store"}, "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"},
-                     "outputs": {"formats": formats, "argoDefaultRepository": default_repository}},
+                     "outputs": {"formats": formats}},
         }))
         .unwrap()
     }
 
-    fn store(auth: Value) -> ResolvedStore {
+    fn store(auth: Value, endpoint: Value) -> ResolvedStore {
         let store: ArtifactStore = serde_json::from_value(json!({
             "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "store", "namespace": "ml"},
-            "spec": {"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"}, "auth": auth,
+            "spec": {"path": "s3://bucket/runs", "endpoint": endpoint, "auth": auth,
                      "objectDefaults": {"serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"}},
         }))
         .unwrap();
         ResolvedStore::new(&store, "us-east-1", false).unwrap()
     }
 
+    fn keys() -> Value {
+        json!({"secretRef": {"name": "keys"}})
+    }
+
+    fn minio() -> Value {
+        json!({"url": "http://minio:9000"})
+    }
+
     #[test]
     fn renders_only_the_formats_asked_for() {
-        let (cm, _) = config_map(&stack(json!([]), false), &store(json!({"secretRef": {"name": "keys"}})));
+        let (cm, _) = config_map(&stack(json!([])), &store(keys(), minio()), None);
         let data = cm.data.unwrap();
         assert_eq!(data["STACK_NAME"], "prod");
         assert_eq!(data["ARTIFACT_STORE_PATH"], "s3://bucket/runs");
-        assert!(!data.contains_key(ZENML_STACK_KEY) && !data.contains_key(argo::KEY) && !data.contains_key(kfp::KEY));
+        assert!(!data.contains_key(ZENML_STACK_KEY) && !data.contains_key(CA_BUNDLE_KEY));
+        assert_eq!(cm.metadata.owner_references.unwrap()[0].kind, "Stack");
     }
 
     #[test]
-    fn renders_argo_kfp_and_zenml() {
-        let (cm, hash) =
-            config_map(&stack(json!(["ZenML", "Argo", "KFP"]), true), &store(json!({"secretRef": {"name": "keys"}})));
-        let annotations = cm.metadata.annotations.unwrap();
-        assert_eq!(annotations[argo::DEFAULT_REPOSITORY_ANNOTATION], argo::KEY);
-        assert_eq!(annotations[CONTENT_HASH_ANNOTATION], hash);
+    fn the_stack_config_map_carries_the_ca_bundle_its_keys_point_at() {
+        let ca = json!({"url": "https://minio:9000", "tls": {"caBundle": {"name": "ca", "key": "ca.crt"}}});
+        let (cm, hash) = config_map(&stack(json!(["ZenML"])), &store(keys(), ca), Some("PEM"));
+        assert_eq!(cm.metadata.annotations.unwrap()[CONTENT_HASH_ANNOTATION], hash);
         let data = cm.data.unwrap();
-        let argo: Value = serde_yaml_ng::from_str(&data[argo::KEY]).unwrap();
-        assert_eq!(argo["s3"]["endpoint"], "minio:9000");
-        assert_eq!(argo["s3"]["insecure"], true);
-        assert_eq!(argo["s3"]["keyFormat"], "runs/{{workflow.name}}/{{pod.name}}");
-        assert_eq!(argo["s3"]["accessKeySecret"], json!({"name": "keys", "key": "aws_access_key_id"}));
-        assert_eq!(argo["s3"]["encryptionOptions"], json!({"enableEncryption": true, "kmsKeyId": "alias/ml"}));
-        let kfp: Value = serde_yaml_ng::from_str(&data[kfp::KEY]).unwrap();
-        assert_eq!(kfp["defaultPipelineRoot"], "s3://bucket/runs");
-        let providers: Value = serde_yaml_ng::from_str(kfp["providers"].as_str().unwrap()).unwrap();
-        assert_eq!(providers["s3"]["default"]["credentials"]["secretRef"]["secretName"], "keys");
-        assert_eq!(providers["s3"]["default"]["disableSSL"], true);
-        let zenml: Value = serde_json::from_str(&data[ZENML_STACK_KEY]).unwrap();
-        assert_eq!(zenml["components"]["orchestrator"]["configuration"]["service_account_name"], "argo");
-        assert_eq!(zenml["components"]["artifact_store"]["authentication_secret"], "keys");
+        let path = format!("/etc/artifact-store/{CA_BUNDLE_KEY}");
+        assert_eq!(data["AWS_CA_BUNDLE"], path);
+        assert_eq!(data[CA_BUNDLE_KEY], "PEM");
+        let zenml: Value = serde_yaml_ng::from_str(&data[ZENML_STACK_KEY]).unwrap();
+        assert_eq!(zenml["components"]["artifact_store"][0]["configuration"]["client_kwargs"]["verify"], path);
     }
 
     #[test]
-    fn implicit_auth_uses_sdk_credentials_and_the_hash_follows_content() {
-        let (cm, implicit_hash) = config_map(&stack(json!(["Argo", "KFP"]), false), &store(json!({"implicit": {}})));
-        let data = cm.data.unwrap();
-        let argo: Value = serde_yaml_ng::from_str(&data[argo::KEY]).unwrap();
-        assert_eq!(argo["s3"]["useSDKCreds"], true);
-        assert!(argo["s3"].get("accessKeySecret").is_none());
-        let kfp: Value = serde_yaml_ng::from_str(&data[kfp::KEY]).unwrap();
-        assert!(kfp["providers"].as_str().unwrap().contains("fromEnv: true"));
-        let (_, keys_hash) =
-            config_map(&stack(json!(["Argo", "KFP"]), false), &store(json!({"secretRef": {"name": "k"}})));
-        assert_ne!(implicit_hash, keys_hash);
+    fn argo_gets_a_ca_secret_from_a_secret_as_is_and_from_a_config_map_by_copy() {
+        let from = |kind: &str| json!({"url": "https://minio:9000", "tls": {"caBundle": {"kind": kind, "name": "ca", "key": "ca.crt"}}});
+        let repository: Value =
+            serde_yaml_ng::from_str(&argo_repository(&stack(json!(["Argo"])), &store(keys(), from("Secret")))).unwrap();
+        assert_eq!(repository["s3"]["caSecret"], json!({"name": "ca", "key": "ca.crt"}));
+        let copied = store(keys(), from("ConfigMap"));
+        let repository: Value = serde_yaml_ng::from_str(&argo_repository(&stack(json!(["Argo"])), &copied)).unwrap();
+        assert_eq!(repository["s3"]["caSecret"], json!({"name": "prod-ca-bundle", "key": CA_BUNDLE_KEY}));
+        let secret = ca_secret(&stack(json!(["Argo"])), "PEM");
+        assert_eq!(secret.metadata.name.as_deref(), Some("prod-ca-bundle"));
+        assert_eq!(secret.data.unwrap()[CA_BUNDLE_KEY].0, b"PEM");
+    }
+
+    #[test]
+    fn argo_and_kfp_render_for_their_consumers() {
+        let repository: Value =
+            serde_yaml_ng::from_str(&argo_repository(&stack(json!(["Argo"])), &store(keys(), minio()))).unwrap();
+        assert_eq!(repository["s3"]["endpoint"], "minio:9000");
+        assert_eq!(repository["s3"]["insecure"], true);
+        assert_eq!(repository["s3"]["keyFormat"], "runs/{{workflow.name}}/{{pod.name}}");
+        assert_eq!(repository["s3"]["accessKeySecret"], json!({"name": "keys", "key": "aws_access_key_id"}));
+        assert_eq!(repository["s3"]["encryptionOptions"], json!({"enableEncryption": true, "kmsKeyId": "alias/ml"}));
+        let launcher = kfp_launcher(&stack(json!(["KFP"])), &store(json!({"implicit": {}}), minio()));
+        assert_eq!(launcher.metadata.name.as_deref(), Some("kfp-launcher"));
+        let data = launcher.data.unwrap();
+        assert_eq!(data["defaultPipelineRoot"], "s3://bucket/runs");
+        assert!(data["providers"].contains("fromEnv: true"));
     }
 }

@@ -2,6 +2,7 @@
 //! validate that this identity can use the store → build the ConfigMap → apply → status.
 
 pub mod build;
+pub mod outputs;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,11 +16,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::api::stack::StackStatus;
+use crate::api::stack::{OutputFormat, StackStatus};
 use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
 use crate::conditions::{self, Observed, READY};
-use crate::controller::apply::{self, Applied};
+use crate::controller::apply;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, object_key, scoped_api};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
@@ -29,7 +30,7 @@ use crate::s3path::S3Path;
 pub enum Error {
     #[error("failed to read the stack's inputs")]
     Dereference(#[source] kube::Error),
-    #[error("failed to publish the stack's ConfigMap")]
+    #[error("failed to publish the stack's configuration")]
     Publish(#[source] kube::Error),
     #[error("failed to write the stack's status")]
     Status(#[source] kube::Error),
@@ -66,10 +67,29 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
     let controller = crate::controller::controller::<Stack>(&ctx, "Stack", &namespace, concurrency);
-    let (by_store, by_account) = (controller.store(), controller.store());
+    let (by_store, by_account, by_config_map) = (controller.store(), controller.store(), controller.store());
     let health = ctx.health.clone();
     let results = controller
-        .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
+        // Owned ConfigMaps, and the shared ones Stacks write to: kfp-launcher (a Stack waiting for
+        // it hears when its holder lets go) and artifact-repositories (when the operator made it).
+        .watches(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned, move |config_map| {
+            let namespace = config_map.namespace();
+            let mut stacks: Vec<ObjectRef<Stack>> = config_map
+                .owner_references()
+                .iter()
+                .filter(|owner| owner.kind == "Stack")
+                .map(|owner| ObjectRef::new(&owner.name).within(namespace.as_deref().unwrap_or_default()))
+                .collect();
+            let format = match config_map.name_any().as_str() {
+                crate::render::kfp::CONFIG_MAP => Some(OutputFormat::Kfp),
+                crate::render::argo::CONFIG_MAP => Some(OutputFormat::Argo),
+                _ => None,
+            };
+            if let Some(format) = format {
+                stacks.extend(referencing(&by_config_map, namespace, |s| s.spec.outputs.formats.contains(&format)));
+            }
+            stacks
+        })
         .watches(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default(), move |store| {
             let name = store.name_any();
             referencing(&by_store, store.namespace(), |s| s.spec.artifact_store_ref.name == name)
@@ -110,18 +130,15 @@ struct Usable {
 
 async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
+        outputs::cleanup(ctx, stack).await?;
         ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
         return Ok(Action::await_change());
     }
     let failure = match usable(stack, ctx).await? {
         Err(failure) => failure,
-        Ok(usable) => {
-            let (config_map, hash) = build::config_map(stack, &usable.resolved);
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-            let name = build::config_map_name(&stack.name_any());
-            if apply::publish(&api, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
-                apply::name_conflict("ConfigMap", &name, stack)
-            } else {
+        Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
+            Err(failure) => failure,
+            Ok((name, hash)) => {
                 let message = format!(
                     "pods running as {} can use {}; configuration in ConfigMap {name}",
                     stack.spec.orchestrator.service_account_name, usable.resolved.path
@@ -131,14 +148,14 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
                 ctx.record_success(&object_key(stack));
                 return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
             }
-        }
+        },
     };
     write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
     if failure.transient {
         let failures = ctx.record_failure(&object_key(stack));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     } else {
-        // The watches on the ArtifactStore and the ServiceAccount bring the fix at once.
+        // The watches on the ArtifactStore, the ServiceAccount and owned ConfigMaps bring the fix at once.
         Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
     }
 }

@@ -13,19 +13,19 @@ RELEASE_NAMESPACE = "artifact-operator"
 NAME = "artifact-operator"
 
 # The operator's permissions in every namespace it watches (the design in the brief), as
-# (apiGroup, resource) -> verbs. "patch" on artifactstores is for the finalizer only.
+# (apiGroup, resource) -> verbs. "patch" on artifactstores and stacks is for their finalizers.
 WATCHED_NAMESPACE_RULES = {
     ("artifacts.dev", "artifactstores"): {"get", "list", "watch", "patch"},
-    ("artifacts.dev", "stacks"): {"get", "list", "watch"},
+    ("artifacts.dev", "stacks"): {"get", "list", "watch", "patch"},
     ("artifacts.dev", "artifactstores/status"): {"get", "patch"},
     ("artifacts.dev", "stacks/status"): {"get", "patch"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "secrets"): {"get", "list", "watch"},
     ("", "serviceaccounts"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 NAMESPACED_ROLE_RULES = dict(WATCHED_NAMESPACE_RULES)
-NAMESPACED_ROLE_RULES[("", "secrets")] = {"get", "list", "watch", "create", "patch"}
+NAMESPACED_ROLE_RULES[("", "secrets")] = {"get", "list", "watch", "create", "update", "patch"}
 # Dry-run creates stand in for reading the CRD, which a Role cannot grant.
 NAMESPACED_ROLE_RULES[("artifacts.dev", "artifactstores")] = {"get", "list", "watch", "patch", "create"}
 CLUSTER_ROLE_RULES = dict(WATCHED_NAMESPACE_RULES)
@@ -252,7 +252,7 @@ def secret_writer_roles(docs, *namespaces):
     expect(found == sorted(namespaces), f"secret-writer Roles in {found}, want {sorted(namespaces)}")
     for namespace in namespaces:
         flat, _, _ = flatten_rules(one(docs, "Role", namespace, name)["rules"])
-        same_rules(flat, {("", "secrets"): {"create", "patch"}}, f"Role {namespace}/{name}")
+        same_rules(flat, {("", "secrets"): {"create", "update", "patch"}}, f"Role {namespace}/{name}")
         check_role_binding(docs, namespace, "Role", name)
 
 

@@ -76,20 +76,23 @@ part of this rule set. Cluster mode passes false: Secret writes are never grante
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["artifacts.dev"]
   resources: ["stacks"]
-  verbs: ["get", "list", "watch"]
+  # patch: only to add and remove the finalizer that clears its key of artifact-repositories.
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["artifacts.dev"]
   resources: ["artifactstores/status", "stacks/status"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  # create + patch: server-side apply of the ConfigMaps it owns.
-  verbs: ["get", "list", "watch", "create", "patch"]
+  # create + update: the ConfigMaps it owns; patch: a Stack's key of artifact-repositories (by
+  # server-side apply); delete: a Stack's kfp-launcher, or an artifact-repositories it created,
+  # once no Stack needs it.
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
 {{- if .secretWrite }}
-  # get/list/watch: the Secrets ArtifactStores reference; create + patch: the owned Secret with
-  # AWS env-var names it publishes for key auth.
-  verbs: ["get", "list", "watch", "create", "patch"]
+  # get/list/watch: the Secrets ArtifactStores reference; create + update: the owned Secrets (AWS
+  # env-var names for key auth, a Stack's CA bundle for Argo's caSecret).
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 {{- else }}
   # Read only: Secret create/patch is granted per namespace (rbac.secretWriteNamespaces).
   verbs: ["get", "list", "watch"]

@@ -1,0 +1,410 @@
+//! Apply: what a Stack publishes besides its own ConfigMap, where each consumer looks for it.
+//!
+//! - `kfp-launcher` (KFP) is owned whole by one Stack per namespace; a second one is told who holds
+//!   it (`KfpLauncherTaken`), and a `kfp-launcher` the user made is never touched (`NameConflict`).
+//! - `artifact-repositories` (Argo) is shared: each Stack owns one key, its own name, written by
+//!   server-side apply with a field manager of its own and without force, so other Stacks' keys and
+//!   the user's stay as they are. The default-repository annotation goes to one Stack at most
+//!   (`DefaultRepositoryTaken`). A finalizer removes the key (and the annotation, if ours) when the
+//!   Stack goes or stops asking for Argo; the ConfigMap itself is deleted only when that leaves it
+//!   empty and the operator created it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::ObjectMeta;
+use serde_json::{Value, json};
+
+use super::{Error, build};
+use crate::api::Stack;
+use crate::api::artifact_store::CaBundleKind;
+use crate::api::stack::OutputFormat;
+use crate::aws::Failure;
+use crate::controller::apply::{self, Applied, FIELD_MANAGER};
+use crate::render::{argo, kfp};
+use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
+
+/// Held while the Stack may own a key of `artifact-repositories`.
+pub const FINALIZER: &str = "artifacts.dev/argo-repository";
+/// The label value marking objects the operator made (here: an `artifact-repositories` it created).
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "artifact-operator");
+
+/// The field manager of one Stack's part of `artifact-repositories`.
+pub fn field_manager(stack: &str) -> String {
+    format!("{FIELD_MANAGER}/stack/{stack}")
+}
+
+fn wants(stack: &Stack, format: OutputFormat) -> bool {
+    stack.spec.outputs.formats.contains(&format)
+}
+
+fn config_maps(ctx: &crate::controller::Context, stack: &Stack) -> Api<ConfigMap> {
+    Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default())
+}
+
+/// Publishes everything the Stack renders: its ConfigMap, then `kfp-launcher` and its key of
+/// `artifact-repositories` as asked. Returns the ConfigMap's name and content hash, or the first
+/// reason a consumer cannot find its configuration.
+pub async fn publish(
+    ctx: &crate::controller::Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+) -> Result<Result<(String, String), Failure>, Error> {
+    let ca_pem = match store_ca_bundle(ctx, stack, store).await? {
+        Ok(pem) => pem,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref());
+    let name = build::config_map_name(&stack.name_any());
+    if apply::publish(&config_maps(ctx, stack), &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
+        return Ok(Err(apply::name_conflict("ConfigMap", &name, stack)));
+    }
+    let kfp = kfp_launcher(ctx, stack, store).await?;
+    let argo = argo_repository(ctx, stack, store, ca_pem.as_deref()).await?;
+    Ok(match kfp.or(argo) {
+        Some(failure) => Err(failure),
+        None => Ok((name, hash)),
+    })
+}
+
+/// The CA bundle (certificates only) the store publishes in its ConfigMap, when it has one.
+pub async fn store_ca_bundle(
+    ctx: &crate::controller::Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+) -> Result<Result<Option<String>, Failure>, Error> {
+    if store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_none() {
+        return Ok(Ok(None));
+    }
+    let name = store_config_map_name(&store.name);
+    let published = config_maps(ctx, stack).get_opt(&name).await.map_err(Error::Dereference)?;
+    match published.and_then(|cm| cm.data).and_then(|mut data| data.remove(CA_BUNDLE_KEY)) {
+        Some(pem) => Ok(Ok(Some(pem))),
+        None => Ok(Err(Failure::transient(
+            "ArtifactStoreNotReady",
+            format!("ArtifactStore {} has not published its CA bundle in ConfigMap {name} yet", store.name),
+        ))),
+    }
+}
+
+/// Publishes the namespace's `kfp-launcher` when the Stack asks for KFP, and removes ours when it
+/// no longer does.
+pub async fn kfp_launcher(
+    ctx: &crate::controller::Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+) -> Result<Option<Failure>, Error> {
+    let api = config_maps(ctx, stack);
+    let desired = build::kfp_launcher(stack, store);
+    if !wants(stack, OutputFormat::Kfp) {
+        if let Some(current) = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)? {
+            if apply::is_ours(&current.metadata, &desired.metadata) {
+                delete_exact(&api, &current.metadata).await?;
+            }
+        }
+        return Ok(None);
+    }
+    if apply::publish(&api, &desired).await.map_err(Error::Publish)? != Applied::NotOurs {
+        return Ok(None);
+    }
+    let current = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?.unwrap_or_default();
+    match holder(&current.metadata) {
+        Some(holder) => Ok(Some(Failure::user(
+            "KfpLauncherTaken",
+            format!(
+                "ConfigMap {} of this namespace, which Kubeflow Pipelines' launcher reads, belongs to Stack {holder}; only one Stack per namespace can provide it: remove KFP from one of them",
+                kfp::CONFIG_MAP
+            ),
+        ))),
+        None => Ok(Some(apply::name_conflict("ConfigMap", kfp::CONFIG_MAP, stack))),
+    }
+}
+
+/// The Stack that controls an object, if a Stack does.
+fn holder(meta: &ObjectMeta) -> Option<String> {
+    let owners = meta.owner_references.iter().flatten();
+    owners.filter(|o| o.kind == "Stack" && o.controller == Some(true)).map(|o| o.name.clone()).next()
+}
+
+/// Deletes exactly the version read, so a change made meanwhile is not deleted unseen.
+async fn delete_exact<K>(api: &Api<K>, meta: &ObjectMeta) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let preconditions = Preconditions { resource_version: meta.resource_version.clone(), uid: meta.uid.clone() };
+    let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::default() };
+    match api.delete(meta.name.as_deref().unwrap_or_default(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(Error::Publish(error)),
+    }
+}
+
+/// Publishes the Stack's key of `artifact-repositories` (and the CA Secret it names), or removes
+/// it when the Stack no longer asks for Argo. Keeps the finalizer in step.
+pub async fn argo_repository(
+    ctx: &crate::controller::Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+    ca_pem: Option<&str>,
+) -> Result<Option<Failure>, Error> {
+    let from_config_map =
+        store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    if !wants(stack, OutputFormat::Argo) {
+        remove_argo_key(ctx, stack).await?;
+        if from_config_map {
+            remove_ca_secret(&secrets, stack).await?;
+        }
+        return set_finalizer(ctx, stack, false).await.map(|()| None);
+    }
+    set_finalizer(ctx, stack, true).await?;
+    if let (Some(pem), true) = (ca_pem, from_config_map) {
+        if apply::publish(&secrets, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs {
+            let name = build::ca_secret_name(&stack.name_any());
+            return Ok(Some(apply::name_conflict("Secret", &name, stack)));
+        }
+    }
+
+    let name = stack.name_any();
+    let manager = field_manager(&name);
+    let value = build::argo_repository(stack, store);
+    let api = config_maps(ctx, stack);
+    let current = match api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? {
+        Some(current) => current,
+        None => create_argo_config_map(&api).await?,
+    };
+    let owned = owned_fields(&current.metadata, &manager);
+    let data = current.data.clone().unwrap_or_default();
+    if data.contains_key(&name) && !owned.key(&name) {
+        return Ok(Some(Failure::user(
+            "NameConflict",
+            format!(
+                "ConfigMap {} already has a key {name} that this Stack did not write; the operator never overwrites it: remove that key or rename the Stack",
+                argo::CONFIG_MAP
+            ),
+        )));
+    }
+    let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION).cloned();
+    let taken = match &annotation {
+        Some(key) if *key != name && stack.spec.outputs.argo_default_repository => Some(key.clone()),
+        _ => None,
+    };
+    let default = stack.spec.outputs.argo_default_repository && taken.is_none();
+    let unchanged = data.get(&name) == Some(&value)
+        && owned.key(&name)
+        && owned.default_annotation == default
+        && (!default || annotation.as_deref() == Some(name.as_str()));
+    if !unchanged {
+        let mut metadata = json!({"name": argo::CONFIG_MAP});
+        if default {
+            metadata["annotations"] = json!({ (argo::DEFAULT_REPOSITORY_ANNOTATION): name });
+        }
+        let patch = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { &name: value }});
+        api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Publish)?;
+    }
+    Ok(taken.map(|key| {
+        let holder = holder_of_key(&current.metadata, &key);
+        Failure::user(
+            "DefaultRepositoryTaken",
+            format!(
+                "the namespace's default artifact repository is already {holder} (annotation {} of ConfigMap {}); this Stack's repository is key {name}, for workflows that name it in artifactRepositoryRef. Set argoDefaultRepository on one Stack only",
+                argo::DEFAULT_REPOSITORY_ANNOTATION,
+                argo::CONFIG_MAP
+            ),
+        )
+    }))
+}
+
+/// Deletes the Stack's CA Secret for Argo, if it is there and ours.
+async fn remove_ca_secret(secrets: &Api<Secret>, stack: &Stack) -> Result<(), Error> {
+    let desired = build::ca_secret(stack, "");
+    let Some(current) =
+        secrets.get_metadata_opt(&build::ca_secret_name(&stack.name_any())).await.map_err(Error::Dereference)?
+    else {
+        return Ok(());
+    };
+    if !apply::is_ours(&current.metadata, &desired.metadata) {
+        return Ok(());
+    }
+    delete_exact(secrets, &current.metadata).await
+}
+
+/// Creates an empty `artifact-repositories`, labelled as ours. Its label is owned by the create,
+/// not by any Stack's field manager, so it outlives each Stack's part and tells who created it.
+async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<ConfigMap, Error> {
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(argo::CONFIG_MAP.to_owned()),
+            labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
+            ..ObjectMeta::default()
+        },
+        ..ConfigMap::default()
+    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    match api.create(&params, &config_map).await {
+        Ok(created) => Ok(created),
+        // Created meanwhile (by another Stack or the user): use theirs.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            api.get(argo::CONFIG_MAP).await.map_err(Error::Dereference)
+        }
+        Err(error) => Err(Error::Publish(error)),
+    }
+}
+
+/// Describes who a key of `artifact-repositories` belongs to.
+fn holder_of_key(meta: &ObjectMeta, key: &str) -> String {
+    let prefix = format!("{FIELD_MANAGER}/stack/");
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| fields(entry).pointer(&format!("/f:data/f:{}", escape(key))).is_some())
+        .find_map(|entry| {
+            entry.manager.as_deref()?.strip_prefix(&prefix).map(|stack| format!("Stack {stack}'s key {key}"))
+        })
+        .unwrap_or_else(|| format!("key {key}"))
+}
+
+/// Which of the Stack's fields of `artifact-repositories` its field manager owns.
+struct Owned {
+    data_keys: Vec<String>,
+    default_annotation: bool,
+}
+
+impl Owned {
+    fn key(&self, key: &str) -> bool {
+        self.data_keys.iter().any(|k| k == key)
+    }
+
+    fn anything(&self) -> bool {
+        !self.data_keys.is_empty() || self.default_annotation
+    }
+}
+
+fn fields(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry) -> &Value {
+    static NONE: Value = Value::Null;
+    entry.fields_v1.as_ref().map_or(&NONE, |f| &f.0)
+}
+
+/// A JSON pointer token for a managedFields path element.
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn owned_fields(meta: &ObjectMeta, manager: &str) -> Owned {
+    let mut owned = Owned { data_keys: Vec::new(), default_annotation: false };
+    let entries = meta.managed_fields.iter().flatten();
+    for entry in entries.filter(|e| e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")) {
+        let fields = fields(entry);
+        if let Some(data) = fields.get("f:data").and_then(Value::as_object) {
+            owned.data_keys.extend(data.keys().filter_map(|k| k.strip_prefix("f:")).map(str::to_owned));
+        }
+        let annotation = format!("/f:metadata/f:annotations/f:{}", escape(argo::DEFAULT_REPOSITORY_ANNOTATION));
+        owned.default_annotation |= fields.pointer(&annotation).is_some();
+    }
+    owned
+}
+
+/// Removes everything the Stack's field manager owns in `artifact-repositories` (its key, and the
+/// default annotation if it set it), and the ConfigMap if that leaves one the operator created empty.
+pub async fn remove_argo_key(ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+    let api = config_maps(ctx, stack);
+    let Some(current) = api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? else {
+        return Ok(());
+    };
+    let manager = field_manager(&stack.name_any());
+    let current = if owned_fields(&current.metadata, &manager).anything() {
+        // An apply of nothing drops what this manager owned; the resourceVersion makes it apply
+        // to what was read, and never create the ConfigMap anew.
+        let patch = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": argo::CONFIG_MAP, "resourceVersion": current.resource_version()}});
+        match api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&patch)).await {
+            Ok(updated) => updated,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(error) => return Err(Error::Publish(error)),
+        }
+    } else {
+        current
+    };
+    let empty = current.data.as_ref().is_none_or(BTreeMap::is_empty)
+        && current.binary_data.as_ref().is_none_or(BTreeMap::is_empty);
+    let created_by_us = current.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1);
+    if empty && created_by_us {
+        delete_exact(&api, &current.metadata).await?;
+    }
+    Ok(())
+}
+
+fn has_finalizer(stack: &Stack) -> bool {
+    stack.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds or removes the finalizer, with optimistic concurrency, keeping other finalizers.
+pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, present: bool) -> Result<(), Error> {
+    if has_finalizer(stack) == present {
+        return Ok(());
+    }
+    let mut finalizers: Vec<String> = stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": stack.resource_version()}});
+    match api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(Error::Publish(error)),
+    }
+}
+
+/// On deletion: the Stack's key of `artifact-repositories` goes, then the finalizer.
+pub async fn cleanup(ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+    if has_finalizer(stack) {
+        remove_argo_key(ctx, stack).await?;
+        set_finalizer(ctx, stack, false).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    use super::*;
+
+    fn entry(manager: &str, fields: Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.to_owned()),
+            operation: Some("Apply".to_owned()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_stack_owns_only_what_its_field_manager_applied() {
+        let meta = ObjectMeta {
+            managed_fields: Some(vec![
+                entry(
+                    "artifact-operator/stack/prod",
+                    json!({"f:data": {"f:prod": {}},
+                           "f:metadata": {"f:annotations": {"f:workflows.argoproj.io/default-artifact-repository": {}}}}),
+                ),
+                entry("artifact-operator/stack/dev", json!({"f:data": {"f:dev": {}}})),
+                entry("kubectl", json!({"f:data": {"f:mine": {}}})),
+            ]),
+            ..ObjectMeta::default()
+        };
+        let prod = owned_fields(&meta, &field_manager("prod"));
+        assert!(prod.key("prod") && !prod.key("dev") && prod.default_annotation);
+        let dev = owned_fields(&meta, &field_manager("dev"));
+        assert!(dev.key("dev") && !dev.default_annotation);
+        assert!(!owned_fields(&meta, &field_manager("other")).anything());
+        assert_eq!(holder_of_key(&meta, "dev"), "Stack dev's key dev");
+        assert_eq!(holder_of_key(&meta, "mine"), "key mine");
+    }
+}
