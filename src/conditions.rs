@@ -2,6 +2,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::reason::Reason;
+
 pub const READY: &str = "Ready";
 pub const BUCKET_READY: &str = "BucketReady";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
@@ -32,19 +34,19 @@ impl Status {
 pub struct Observed {
     pub type_: &'static str,
     pub status: Status,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Observed {
-    pub fn ok(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status: Status::True, reason: reason.into(), message: message.into() }
+    pub fn ok(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
+        Self { type_, status: Status::True, reason, message: message.into() }
     }
-    pub fn unknown(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status: Status::Unknown, reason: reason.into(), message: message.into() }
+    pub fn unknown(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
+        Self { type_, status: Status::Unknown, reason, message: message.into() }
     }
-    pub fn failed(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status: Status::False, reason: reason.into(), message: message.into() }
+    pub fn failed(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
+        Self { type_, status: Status::False, reason, message: message.into() }
     }
 }
 
@@ -72,13 +74,13 @@ pub fn merge(
                 Some(old) if old.status == status => old.last_transition_time.clone(),
                 _ => now.clone(),
             };
-            if old.is_none_or(|old| old.status != status || old.reason != o.reason) {
+            if old.is_none_or(|old| old.status != status || old.reason != o.reason.as_str()) {
                 transitions.push(Transition { observed: o.clone() });
             }
             Condition {
                 type_: o.type_.to_owned(),
                 status: status.to_owned(),
-                reason: o.reason.clone(),
+                reason: o.reason.as_str().to_owned(),
                 message: o.message.clone(),
                 observed_generation: generation,
                 last_transition_time,
@@ -135,10 +137,11 @@ mod tests {
 
     #[test]
     fn keeps_transition_time_when_status_is_unchanged() {
-        let (first, transitions) = merge(&[], &[Observed::failed(READY, "BucketNotFound", "m")], Some(1), &time(10));
+        let (first, transitions) =
+            merge(&[], &[Observed::failed(READY, Reason::BucketNotFound, "m")], Some(1), &time(10));
         assert_eq!(transitions.len(), 1);
         let (second, transitions) =
-            merge(&first, &[Observed::failed(READY, "BucketNotFound", "m2")], Some(2), &time(20));
+            merge(&first, &[Observed::failed(READY, Reason::BucketNotFound, "m2")], Some(2), &time(20));
         assert!(transitions.is_empty());
         assert_eq!(second[0].last_transition_time, time(10));
         assert_eq!(second[0].observed_generation, Some(2));
@@ -147,12 +150,13 @@ mod tests {
 
     #[test]
     fn moves_transition_time_and_reports_on_change() {
-        let (first, _) = merge(&[], &[Observed::failed(READY, "BucketNotFound", "m")], Some(1), &time(10));
-        let (second, transitions) = merge(&first, &[Observed::ok(READY, "Ready", "ok")], Some(1), &time(20));
+        let (first, _) = merge(&[], &[Observed::failed(READY, Reason::BucketNotFound, "m")], Some(1), &time(10));
+        let (second, transitions) = merge(&first, &[Observed::ok(READY, Reason::Ready, "ok")], Some(1), &time(20));
         assert_eq!(second[0].last_transition_time, time(20));
         assert_eq!(second[0].status, "True");
-        assert_eq!(transitions, vec![Transition { observed: Observed::ok(READY, "Ready", "ok") }]);
-        let (_, transitions) = merge(&second, &[Observed::failed(READY, "AccessDenied", "x")], Some(1), &time(30));
+        assert_eq!(transitions, vec![Transition { observed: Observed::ok(READY, Reason::Ready, "ok") }]);
+        let (_, transitions) =
+            merge(&second, &[Observed::failed(READY, Reason::AccessDenied, "x")], Some(1), &time(30));
         assert_eq!(transitions.len(), 1);
         assert!(is_true_for(&second, READY, Some(1)));
         assert!(!is_true_for(&second, READY, Some(2)));

@@ -1,8 +1,9 @@
 //! artifact-operator: S3 artifact stores for ML pipelines as Kubernetes custom resources.
 //!
 //! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
-//! [`conditions`] are pure; [`aws`] is the AWS edge (S3, IAM, STS); [`store`] is the
-//! ArtifactStore reconciler; [`controller`] what reconcilers share; [`operator`] the process.
+//! [`conditions`] are pure; [`reason`] lists every condition and Event reason; [`aws`] is the AWS
+//! edge (S3, IAM, STS); [`store`] is the ArtifactStore reconciler; [`controller`] what reconcilers
+//! share; [`operator`] the process.
 
 pub mod api;
 pub mod aws;
@@ -12,6 +13,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod reason;
 pub mod render;
 pub mod resolve;
 pub mod s3path;

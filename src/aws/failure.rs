@@ -5,21 +5,22 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-/// Why a check failed: a condition reason, a message for humans, and whether retrying without any
-/// change can help (network trouble, throttling) or the user must act.
+use crate::reason::Reason;
+
+/// Why a check failed: a condition reason and a message for humans. The reason says whether
+/// retrying without any change can help (network trouble, throttling) or someone must act.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
-    pub transient: bool,
 }
 
 impl Failure {
-    pub fn user(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into(), transient: false }
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
     }
-    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into(), transient: true }
+    pub fn is_transient(&self) -> bool {
+        self.reason.is_transient()
     }
 }
 
@@ -86,8 +87,8 @@ pub struct Target<'a> {
 pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
     let Target { action, bucket, region, endpoint } = target;
     if let Some(cause) = &error.dispatch {
-        return Failure::transient(
-            "EndpointUnreachable",
+        return Failure::new(
+            Reason::EndpointUnreachable,
             format!(
                 "could not reach {endpoint} to {action}: {cause}; check endpoint.url, DNS, the network path from the operator and TLS settings"
             ),
@@ -99,44 +100,44 @@ pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
             if !code.is_empty() || error.bucket_region.is_some() || error.http_status == Some(301) =>
         {
             let actual = error.bucket_region.as_deref().unwrap_or("another region");
-            Failure::user(
-                "RegionMismatch",
+            Failure::new(
+                Reason::RegionMismatch,
                 format!("bucket {bucket} is in {actual}, not {region}; set spec.region to {actual} or remove it so the operator discovers it"),
             )
         }
-        ("NoSuchBucket" | "NotFound", _) | ("", Some(404)) => Failure::user(
-            "BucketNotFound",
+        ("NoSuchBucket" | "NotFound", _) | ("", Some(404)) => Failure::new(
+            Reason::BucketNotFound,
             format!("bucket {bucket} does not exist at {endpoint}; create it, fix the bucket in spec.path, or set provisioning to Create"),
         ),
-        ("InvalidAccessKeyId", _) => Failure::user(
-            "InvalidAccessKeyId",
+        ("InvalidAccessKeyId", _) => Failure::new(
+            Reason::InvalidAccessKeyId,
             format!("{endpoint} does not know the access key id in the referenced Secret; put a valid key in the Secret"),
         ),
-        ("SignatureDoesNotMatch", _) => Failure::user(
-            "SignatureDoesNotMatch",
+        ("SignatureDoesNotMatch", _) => Failure::new(
+            Reason::SignatureDoesNotMatch,
             format!("{endpoint} rejected the request signature: the secret access key in the referenced Secret does not belong to its access key id"),
         ),
-        ("ExpiredToken" | "TokenRefreshRequired" | "ExpiredTokenException", _) => Failure::user(
-            "ExpiredToken",
+        ("ExpiredToken" | "TokenRefreshRequired" | "ExpiredTokenException", _) => Failure::new(
+            Reason::ExpiredToken,
             "the session token in the referenced Secret has expired; put fresh temporary credentials in the Secret, or use long-lived keys or implicit auth".to_owned(),
         ),
-        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _) | (_, Some(429 | 503)) => Failure::transient(
-            "Throttled",
+        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _) | (_, Some(429 | 503)) => Failure::new(
+            Reason::Throttled,
             format!("{endpoint} throttled the request to {action} ({}); the operator retries with backoff", error.code_or_status()),
         ),
-        ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | ("", Some(403)) => Failure::user(
-            "AccessDenied",
+        ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | ("", Some(403)) => Failure::new(
+            Reason::AccessDenied,
             format!(
                 "access denied to {action} ({}); grant the identity s3:ListBucket on arn:aws:s3:::{bucket} and s3:GetObject, s3:PutObject and s3:DeleteObject under the prefix, or check the bucket policy and that the bucket belongs to your account",
                 error.code_or_status()
             ),
         ),
-        (_, Some(status)) if status >= 500 => Failure::transient(
-            "S3Unavailable",
+        (_, Some(status)) if status >= 500 => Failure::new(
+            Reason::S3Unavailable,
             format!("{endpoint} answered {} to {action}; the operator retries with backoff", error.code_or_status()),
         ),
-        _ => Failure::user(
-            "S3Error",
+        _ => Failure::new(
+            Reason::S3Error,
             format!(
                 "{endpoint} refused to {action}: {}{}",
                 error.code_or_status(),
@@ -160,25 +161,25 @@ mod tests {
     #[test]
     fn maps_each_error_to_its_own_reason() {
         let cases = [
-            (status(Some("AccessDenied"), 403), "AccessDenied", false),
-            (status(None, 403), "AccessDenied", false),
-            (status(Some("NoSuchBucket"), 404), "BucketNotFound", false),
-            (status(None, 404), "BucketNotFound", false),
-            (status(Some("PermanentRedirect"), 301), "RegionMismatch", false),
-            (status(Some("ExpiredToken"), 400), "ExpiredToken", false),
-            (status(Some("InvalidAccessKeyId"), 403), "InvalidAccessKeyId", false),
-            (status(Some("SignatureDoesNotMatch"), 403), "SignatureDoesNotMatch", false),
-            (status(Some("SlowDown"), 503), "Throttled", true),
-            (status(Some("InternalError"), 500), "S3Unavailable", true),
+            (status(Some("AccessDenied"), 403), Reason::AccessDenied, false),
+            (status(None, 403), Reason::AccessDenied, false),
+            (status(Some("NoSuchBucket"), 404), Reason::BucketNotFound, false),
+            (status(None, 404), Reason::BucketNotFound, false),
+            (status(Some("PermanentRedirect"), 301), Reason::RegionMismatch, false),
+            (status(Some("ExpiredToken"), 400), Reason::ExpiredToken, false),
+            (status(Some("InvalidAccessKeyId"), 403), Reason::InvalidAccessKeyId, false),
+            (status(Some("SignatureDoesNotMatch"), 403), Reason::SignatureDoesNotMatch, false),
+            (status(Some("SlowDown"), 503), Reason::Throttled, true),
+            (status(Some("InternalError"), 500), Reason::S3Unavailable, true),
             (
                 CallError { dispatch: Some("connection refused".into()), ..CallError::default() },
-                "EndpointUnreachable",
+                Reason::EndpointUnreachable,
                 true,
             ),
         ];
         for (error, reason, transient) in cases {
             let failure = classify_s3(&error, &TARGET);
-            assert_eq!((failure.reason, failure.transient), (reason, transient), "{error:?}");
+            assert_eq!((failure.reason, failure.is_transient()), (reason, transient), "{error:?}");
         }
     }
 

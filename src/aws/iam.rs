@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::failure::{CallError, Failure};
 use super::ratelimit::RateLimiter;
+use crate::reason::Reason;
 use crate::s3path::S3Path;
 
 /// The annotation IRSA's pod identity webhook reads.
@@ -127,8 +128,8 @@ impl Iam {
     /// The role's trust policy document, decoded.
     pub async fn trust_policy(&self, role_arn: &str) -> Result<String, Failure> {
         let name = role_name(role_arn).ok_or_else(|| {
-            Failure::user(
-                "InvalidRoleArn",
+            Failure::new(
+                Reason::InvalidRoleArn,
                 format!("{role_arn} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
             )
         })?;
@@ -138,10 +139,10 @@ impl Iam {
         let output = result.map_err(|err| {
             let error = CallError::from_sdk(&err);
             match error.code.as_deref() {
-                Some("NoSuchEntity") => Failure::user("IamRoleNotFound", format!("IAM role {role_arn} does not exist; create it or fix the ServiceAccount's {ROLE_ARN_ANNOTATION} annotation")),
-                Some("AccessDenied") => Failure::user("IamAccessDenied", "the operator may not call iam:GetRole; grant its own role iam:GetRole and iam:SimulatePrincipalPolicy so it can check IRSA roles"),
-                _ if error.dispatch.is_some() => Failure::transient("IamUnreachable", format!("could not reach IAM: {}", error.dispatch.unwrap_or_default())),
-                _ => Failure::transient("IamError", format!("IAM GetRole failed: {}", error.code.unwrap_or_else(|| "no response".into()))),
+                Some("NoSuchEntity") => Failure::new(Reason::IamRoleNotFound, format!("IAM role {role_arn} does not exist; create it or fix the ServiceAccount's {ROLE_ARN_ANNOTATION} annotation")),
+                Some("AccessDenied") => Failure::new(Reason::IamAccessDenied, "the operator may not call iam:GetRole; grant its own role iam:GetRole and iam:SimulatePrincipalPolicy so it can check IRSA roles"),
+                _ if error.dispatch.is_some() => Failure::new(Reason::IamUnreachable, format!("could not reach IAM: {}", error.dispatch.unwrap_or_default())),
+                _ => Failure::new(Reason::IamError, format!("IAM GetRole failed: {}", error.code.unwrap_or_else(|| "no response".into()))),
             }
         })?;
         let document = output.role().and_then(|r| r.assume_role_policy_document()).unwrap_or_default();
@@ -175,8 +176,8 @@ impl Iam {
                     if unsupported(&error) {
                         return Ok(None);
                     }
-                    return Err(Failure::transient(
-                        "IamError",
+                    return Err(Failure::new(
+                        Reason::IamError,
                         format!(
                             "IAM SimulatePrincipalPolicy failed: {}",
                             error.code.unwrap_or_else(|| "no response".into())

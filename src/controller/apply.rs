@@ -97,8 +97,8 @@ pub async fn publish<K: Owned>(api: &Api<K>, desired: &K) -> Result<Applied, kub
 /// and is not ours.
 pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::aws::Failure {
     use kube::ResourceExt;
-    crate::aws::Failure::user(
-        "NameConflict",
+    crate::aws::Failure::new(
+        crate::reason::Reason::NameConflict,
         format!(
             "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",
             O::kind(&()),

@@ -109,7 +109,7 @@ impl Context {
             let observed = &transition.observed;
             let event = Event {
                 type_: if observed.status.is_false() { EventType::Warning } else { EventType::Normal },
-                reason: observed.reason.clone(),
+                reason: observed.reason.as_str().into(),
                 note: Some(format!("{} is {}: {}", observed.type_, observed.status.as_str(), observed.message)),
                 action: "Reconcile".into(),
                 secondary: None,

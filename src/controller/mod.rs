@@ -137,7 +137,7 @@ pub async fn contained<T>(key: &str, reconcile: impl std::future::Future<Output 
 pub fn panicked() -> crate::conditions::Observed {
     crate::conditions::Observed::failed(
         crate::conditions::READY,
-        "ReconcilePanicked",
+        crate::reason::Reason::ReconcilePanicked,
         "the operator hit an internal error while reconciling this object and retries with backoff; other objects are not affected. Please report it with the operator's log",
     )
 }

@@ -23,6 +23,7 @@ use crate::conditions::{self, Observed, READY};
 use crate::controller::apply;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, object_key, scoped_api};
+use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
 use crate::s3path::S3Path;
 
@@ -143,7 +144,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
                     "pods running as {} can use {}; configuration in ConfigMap {name}",
                     stack.spec.orchestrator.service_account_name, usable.resolved.path
                 );
-                write_status(stack, ctx, Observed::ok(READY, "Ready", message), Some((name, hash))).await?;
+                write_status(stack, ctx, Observed::ok(READY, Reason::Ready, message), Some((name, hash))).await?;
                 ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
                 ctx.record_success(&object_key(stack));
                 return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
@@ -151,7 +152,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
         },
     };
     write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
-    if failure.transient {
+    if failure.is_transient() {
         let failures = ctx.record_failure(&object_key(stack));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     } else {
@@ -167,8 +168,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
     let store_name = &stack.spec.artifact_store_ref.name;
     let stores: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(store) = stores.get_opt(store_name).await.map_err(Error::Dereference)? else {
-        return Ok(Err(Failure::user(
-            "ArtifactStoreNotFound",
+        return Ok(Err(Failure::new(
+            Reason::ArtifactStoreNotFound,
             format!(
                 "ArtifactStore {store_name} does not exist in namespace {namespace}; the stack turns Ready once it does"
             ),
@@ -179,16 +180,16 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         let why = conditions::find(&status.conditions, READY)
             .map(|c| format!("{}: {}", c.reason, c.message))
             .unwrap_or_else(|| "not verified yet".to_owned());
-        return Ok(Err(Failure::user(
-            "ArtifactStoreNotReady",
+        return Ok(Err(Failure::new(
+            Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {store_name} is not ready ({why})"),
         )));
     }
     let account_name = &stack.spec.orchestrator.service_account_name;
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(account) = accounts.get_opt(account_name).await.map_err(Error::Dereference)? else {
-        return Ok(Err(Failure::user(
-            "ServiceAccountNotFound",
+        return Ok(Err(Failure::new(
+            Reason::ServiceAccountNotFound,
             format!(
                 "ServiceAccount {account_name} (spec.orchestrator.serviceAccountName) does not exist in namespace {namespace}"
             ),
@@ -196,8 +197,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
     };
     let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
     let Ok(resolved) = ResolvedStore::new(&store, &region, false) else {
-        return Ok(Err(Failure::user(
-            "ArtifactStoreNotReady",
+        return Ok(Err(Failure::new(
+            Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {store_name} has an invalid path"),
         )));
     };
@@ -208,8 +209,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         let secret_name = store_env_secret_name(store_name);
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
         if secrets.get_metadata_opt(&secret_name).await.map_err(Error::Dereference)?.is_none() {
-            return Ok(Err(Failure::user(
-                "CredentialsSecretNotFound",
+            return Ok(Err(Failure::new(
+                Reason::CredentialsSecretNotFound,
                 format!(
                     "Secret {secret_name}, which ArtifactStore {store_name} publishes with its keys, does not exist yet"
                 ),
@@ -221,8 +222,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         let uid = stack.uid().unwrap_or_default();
         if ctx.last_verified(&uid, &fingerprint).is_none() {
             let Ok(path) = S3Path::parse(&store.spec.path) else {
-                return Ok(Err(Failure::user(
-                    "ArtifactStoreNotReady",
+                return Ok(Err(Failure::new(
+                    Reason::ArtifactStoreNotReady,
                     format!("ArtifactStore {store_name} has an invalid path"),
                 )));
             };

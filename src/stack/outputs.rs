@@ -23,6 +23,7 @@ use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::aws::Failure;
 use crate::controller::apply::{self, Applied, FIELD_MANAGER};
+use crate::reason::Reason;
 use crate::render::{argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
 
@@ -82,8 +83,8 @@ pub async fn store_ca_bundle(
     let published = config_maps(ctx, stack).get_opt(&name).await.map_err(Error::Dereference)?;
     match published.and_then(|cm| cm.data).and_then(|mut data| data.remove(CA_BUNDLE_KEY)) {
         Some(pem) => Ok(Ok(Some(pem))),
-        None => Ok(Err(Failure::transient(
-            "ArtifactStoreNotReady",
+        None => Ok(Err(Failure::new(
+            Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {} has not published its CA bundle in ConfigMap {name} yet", store.name),
         ))),
     }
@@ -111,8 +112,8 @@ pub async fn kfp_launcher(
     }
     let current = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?.unwrap_or_default();
     match holder(&current.metadata) {
-        Some(holder) => Ok(Some(Failure::user(
-            "KfpLauncherTaken",
+        Some(holder) => Ok(Some(Failure::new(
+            Reason::KfpLauncherTaken,
             format!(
                 "ConfigMap {} of this namespace, which Kubeflow Pipelines' launcher reads, belongs to Stack {holder}; only one Stack per namespace can provide it: remove KFP from one of them",
                 kfp::CONFIG_MAP
@@ -179,8 +180,8 @@ pub async fn argo_repository(
     let owned = owned_fields(&current.metadata, &manager);
     let data = current.data.clone().unwrap_or_default();
     if data.contains_key(&name) && !owned.key(&name) {
-        return Ok(Some(Failure::user(
-            "NameConflict",
+        return Ok(Some(Failure::new(
+            Reason::NameConflict,
             format!(
                 "ConfigMap {} already has a key {name} that this Stack did not write; the operator never overwrites it: remove that key or rename the Stack",
                 argo::CONFIG_MAP
@@ -209,8 +210,8 @@ pub async fn argo_repository(
     }
     Ok(taken.map(|key| {
         let holder = holder_of_key(&current.metadata, &key);
-        Failure::user(
-            "DefaultRepositoryTaken",
+        Failure::new(
+            Reason::DefaultRepositoryTaken,
             format!(
                 "the namespace's default artifact repository is already {holder} (annotation {} of ConfigMap {}); this Stack's repository is key {name}, for workflows that name it in artifactRepositoryRef. Set argoDefaultRepository on one Stack only",
                 argo::DEFAULT_REPOSITORY_ANNOTATION,

@@ -7,6 +7,7 @@ use kube::{Client, ResourceExt};
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::CaBundleKind;
 use crate::aws::{Failure, StaticKeys};
+use crate::reason::Reason;
 
 /// The store's referenced objects, resolved. Holds key material: never log or display it.
 pub struct Inputs {
@@ -54,8 +55,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
     if let Some(auth) = &store.spec.auth.secret_ref {
         let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         let secret = api.get_opt(&auth.name).await.map_err(read("Secret", &auth.name))?.ok_or_else(|| {
-            Error::Invalid(Failure::user(
-                "SecretNotFound",
+            Error::Invalid(Failure::new(
+                Reason::SecretNotFound,
                 format!(
                     "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
                     auth.name,
@@ -66,8 +67,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
         })?;
         versions.push(secret.resource_version().unwrap_or_default());
         let missing = |key: &str| {
-            Error::Invalid(Failure::user(
-                "SecretKeyMissing",
+            Error::Invalid(Failure::new(
+                Reason::SecretKeyMissing,
                 format!(
                     "Secret {} has no non-empty key {key}; add it, or name the key that holds it in spec.auth.secretRef",
                     auth.name
@@ -85,8 +86,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
             (auth.session_token_key(), session_token.as_ref()),
         ];
         if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some_and(|v| !is_header_safe(v))) {
-            return Err(Error::Invalid(Failure::user(
-                "SecretValueInvalid",
+            return Err(Error::Invalid(Failure::new(
+                Reason::SecretValueInvalid,
                 format!(
                     "Secret {} key {key} holds a character that cannot be sent to S3 (a line break, a space, a control or non-ASCII character; often a value pasted with a newline in the middle); put the bare value in the key",
                     auth.name
@@ -100,8 +101,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
     let mut ca_pem = None;
     if let Some(ca) = store.spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
         let not_found = || {
-            Error::Invalid(Failure::user(
-                "CaBundleNotFound",
+            Error::Invalid(Failure::new(
+                Reason::CaBundleNotFound,
                 format!(
                     "{:?} {} with key {} (endpoint.tls.caBundle) does not exist in namespace {namespace}",
                     ca.kind, ca.name, ca.key
@@ -121,8 +122,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
             }
         };
         let bundle = crate::ca_bundle::parse(&pem.ok_or_else(not_found)?).map_err(|error| {
-            Error::Invalid(Failure::user(
-                "CaBundleInvalid",
+            Error::Invalid(Failure::new(
+                Reason::CaBundleInvalid,
                 format!(
                     "{:?} {} key {} (endpoint.tls.caBundle) is not a usable CA bundle: {error}; put the PEM certificates of the CA that signed the endpoint's certificate there",
                     ca.kind, ca.name, ca.key
@@ -137,8 +138,8 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
     if let Some(name) = store.spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
         let account = api.get_opt(name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
-            Error::Invalid(Failure::user(
-                "ServiceAccountNotFound",
+            Error::Invalid(Failure::new(
+                Reason::ServiceAccountNotFound,
                 format!("ServiceAccount {name} (spec.auth.implicit.serviceAccountName) does not exist in namespace {namespace}"),
             ))
         })?;

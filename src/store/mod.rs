@@ -27,6 +27,7 @@ use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied};
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, object_key, scoped_api};
+use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
@@ -162,7 +163,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
     let path = match S3Path::parse(&store.spec.path) {
         Ok(path) => path,
         Err(error) => {
-            let failure = Failure::user("InvalidPath", error.to_string());
+            let failure = Failure::new(Reason::InvalidPath, error.to_string());
             write_status(store, ctx, &status::unresolved(&failure), |_| {}).await?;
             return Ok(Action::await_change());
         }
@@ -327,8 +328,8 @@ async fn record_create_request(store: &ArtifactStore, ctx: &Context) -> Result<T
     status.bucket_create_requested = Some(now.clone());
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     apply::status(&api, &store.name_any(), &status).await.map_err(|error| {
-        Failure::transient(
-            "StatusWriteFailed",
+        Failure::new(
+            Reason::StatusWriteFailed,
             format!("the bucket was not created, because recording that it is about to be failed: {error}"),
         )
     })?;
@@ -393,8 +394,9 @@ async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
-async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Delete".into(), secondary: None };
+async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: Reason, note: String) {
+    let event =
+        Event { type_, reason: reason.as_str().into(), note: Some(note), action: "Delete".into(), secondary: None };
     if let Err(error) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
         tracing::warn!(%error, "failed to publish an event");
     }
@@ -474,7 +476,8 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
     let retain = |why: String| async move {
         let bucket_name =
             store.status.as_ref().and_then(|s| s.bucket.clone()).unwrap_or_else(|| store.spec.path.clone());
-        event(ctx, store, EventType::Normal, "BucketRetained", format!("bucket {bucket_name} is kept: {why}")).await;
+        event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket_name} is kept: {why}"))
+            .await;
         set_finalizer(store, ctx, false).await.map(|()| Action::await_change())
     };
     if store.spec.deletion_policy == DeletionPolicy::Retain {
@@ -503,8 +506,8 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
     let inputs = match dereference(&ctx.client, store).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
-            return blocked(Failure::user(
-                "DeletionBlocked",
+            return blocked(Failure::new(
+                Reason::DeletionBlocked,
                 format!("cannot delete bucket {bucket_name}: {}", failure.message),
             ))
             .await;
@@ -514,8 +517,11 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
     let path = match S3Path::parse(&store.spec.path) {
         Ok(path) => path,
         Err(error) => {
-            return blocked(Failure::user("DeletionBlocked", format!("cannot delete bucket {bucket_name}: {error}")))
-                .await;
+            return blocked(Failure::new(
+                Reason::DeletionBlocked,
+                format!("cannot delete bucket {bucket_name}: {error}"),
+            ))
+            .await;
         }
     };
     let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
@@ -525,7 +531,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
                 ctx,
                 store,
                 EventType::Normal,
-                "BucketDeleted",
+                Reason::BucketDeleted,
                 format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)"),
             )
             .await;

@@ -2,6 +2,7 @@
 
 use crate::aws::Failure;
 use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
+use crate::reason::Reason;
 
 use super::verify::{BucketState, Identity};
 
@@ -11,7 +12,7 @@ pub fn unresolved(failure: &Failure) -> Vec<Observed> {
         Observed::failed(READY, failure.reason, failure.message.clone()),
         Observed::unknown(
             BUCKET_READY,
-            "CredentialsUnavailable",
+            Reason::CredentialsUnavailable,
             "the bucket is checked once the credentials can be read",
         ),
         Observed::failed(CREDENTIALS_VALID, failure.reason, failure.message.clone()),
@@ -41,18 +42,18 @@ pub fn observe(
             } else {
                 format!("; the endpoint does not implement: {}", state.skipped_settings.join(", "))
             };
-            let reason = if state.created_now { "BucketCreated" } else { "BucketExists" };
+            let reason = if state.created_now { Reason::BucketCreated } else { Reason::BucketExists };
             Observed::ok(BUCKET_READY, reason, format!("bucket {how} in {}{skipped}", region.unwrap_or("its region")))
         }
         Err(failure) => Observed::failed(BUCKET_READY, failure.reason, failure.message.clone()),
     };
     let credentials_condition = match credentials {
-        Ok(identity) => Observed::ok(CREDENTIALS_VALID, "Verified", identity.summary.clone()),
+        Ok(identity) => Observed::ok(CREDENTIALS_VALID, Reason::Verified, identity.summary.clone()),
         Err(failure) => Observed::failed(CREDENTIALS_VALID, failure.reason, failure.message.clone()),
     };
     let ready = match (bucket, credentials, publication) {
         (Ok(_), Ok(_), None) => {
-            Observed::ok(READY, "Ready", format!("{path} is ready; pods use ConfigMap {config_map}"))
+            Observed::ok(READY, Reason::Ready, format!("{path} is ready; pods use ConfigMap {config_map}"))
         }
         (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Some(failure)) => {
             Observed::failed(READY, failure.reason, failure.message.clone())
@@ -71,26 +72,26 @@ mod tests {
         let ok =
             observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Ok(Identity::default()), None, "cm");
         assert_eq!(ok[0].status, Status::True);
-        let denied = Failure::user("AccessDenied", "denied");
+        let denied = Failure::new(Reason::AccessDenied, "denied");
         let bad = observe("s3://b", Some("us-east-1"), &Ok(BucketState::default()), &Err(denied), None, "cm");
-        assert_eq!((bad[0].status, bad[0].reason.as_str()), (Status::False, "AccessDenied"));
+        assert_eq!((bad[0].status, bad[0].reason), (Status::False, Reason::AccessDenied));
         assert_eq!(bad[1].status, Status::True);
-        assert_eq!(bad[2].reason, "AccessDenied");
+        assert_eq!(bad[2].reason, Reason::AccessDenied);
     }
 
     #[test]
     fn a_name_conflict_keeps_the_store_from_ready() {
-        let conflict = Failure::user("NameConflict", "ConfigMap cm is not ours");
+        let conflict = Failure::new(Reason::NameConflict, "ConfigMap cm is not ours");
         let conditions =
             observe("s3://b", None, &Ok(BucketState::default()), &Ok(Identity::default()), Some(&conflict), "cm");
-        assert_eq!((conditions[0].status, conditions[0].reason.as_str()), (Status::False, "NameConflict"));
+        assert_eq!((conditions[0].status, conditions[0].reason), (Status::False, Reason::NameConflict));
         assert_eq!((conditions[1].status, conditions[2].status), (Status::True, Status::True));
     }
 
     #[test]
     fn unresolved_marks_the_bucket_unknown() {
-        let conditions = unresolved(&Failure::user("SecretNotFound", "no secret"));
+        let conditions = unresolved(&Failure::new(Reason::SecretNotFound, "no secret"));
         assert_eq!(conditions[1].status, Status::Unknown);
-        assert_eq!(conditions[0].reason, "SecretNotFound");
+        assert_eq!(conditions[0].reason, Reason::SecretNotFound);
     }
 }

@@ -13,6 +13,7 @@ use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
 use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
 use crate::aws::{Failure, S3Connection};
 use crate::controller::Context;
+use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
 use crate::s3path::S3Path;
 
@@ -39,9 +40,9 @@ pub struct Provenance {
 impl Outcome {
     /// The bucket failed, so the credentials cannot be judged either: for the same reason, or
     /// under `credentials_reason` with the same message.
-    fn bucket_failed(region: Option<String>, failure: Failure, credentials_reason: Option<&'static str>) -> Self {
+    fn bucket_failed(region: Option<String>, failure: Failure, credentials_reason: Option<Reason>) -> Self {
         let credentials = match credentials_reason {
-            Some(reason) => Failure::user(reason, failure.message.clone()),
+            Some(reason) => Failure::new(reason, failure.message.clone()),
             None => failure.clone(),
         };
         Self { region, bucket: Err(failure), credentials: Err(credentials), create_requested: None }
@@ -75,7 +76,7 @@ fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connect
 }
 
 fn bucket_client(ctx: &Context, connection: &S3Connection, path: &S3Path) -> Result<Bucket, Failure> {
-    let client = ctx.aws.s3(connection).map_err(|e| Failure::user("InvalidTlsSettings", e.to_string()))?;
+    let client = ctx.aws.s3(connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
     Ok(Bucket::new(client, ctx.aws.s3_limiter.clone(), connection.account_key(), path.clone()))
 }
 
@@ -121,8 +122,8 @@ pub async fn verify(
     let identity = match identity {
         Ok(identity) => identity,
         Err(failure) => {
-            let pending = Failure::user(
-                "CredentialsInvalid",
+            let pending = Failure::new(
+                Reason::CredentialsInvalid,
                 format!("the bucket is checked once the credentials work: {}", failure.message),
             );
             return Outcome {
@@ -187,14 +188,14 @@ pub async fn verify(
             if let Some(actual) = actual {
                 if let Some(wanted) = &spec_region {
                     if *wanted != actual {
-                        let failure = Failure::user(
-                            "RegionMismatch",
+                        let failure = Failure::new(
+                            Reason::RegionMismatch,
                             format!(
                                 "bucket {} is in {actual}, but spec.region is {wanted}; set spec.region to {actual} or remove it",
                                 path.bucket
                             ),
                         );
-                        return Outcome::bucket_failed(Some(actual), failure, Some("RegionMismatch"));
+                        return Outcome::bucket_failed(Some(actual), failure, Some(Reason::RegionMismatch));
                     }
                 }
                 region = actual;
@@ -204,14 +205,14 @@ pub async fn verify(
                     match bucket.owned_by(account).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            let failure = Failure::user(
-                                "BucketOwnedByAnotherAccount",
+                            let failure = Failure::new(
+                                Reason::BucketOwnedByAnotherAccount,
                                 format!(
                                     "bucket {} belongs to another account than {account}; the operator never writes to it: choose another bucket name",
                                     path.bucket
                                 ),
                             );
-                            return Outcome::bucket_failed(Some(region), failure, Some("BucketNotReady"));
+                            return Outcome::bucket_failed(Some(region), failure, Some(Reason::BucketNotReady));
                         }
                         Err(error) => {
                             let failure =
@@ -259,8 +260,8 @@ pub async fn verify(
                             Err(classify(&error, &format!("read the tags of bucket {}", path.bucket), &region))
                         }
                     },
-                    Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::user(
-                        "BucketOwnedByAnotherAccount",
+                    Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::new(
+                        Reason::BucketOwnedByAnotherAccount,
                         format!(
                             "bucket {} exists and belongs to another account; the operator never writes to it: choose another bucket name",
                             path.bucket
@@ -276,12 +277,14 @@ pub async fn verify(
     };
     if let Err(failure) = bucket_result {
         let credentials = match failure.reason {
-            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" => Err(failure.clone()),
-            _ => Err(Failure {
-                reason: "BucketNotReady",
-                message: format!("access is checked once the bucket is ready: {}", failure.message),
-                transient: failure.transient,
-            }),
+            Reason::AccessDenied
+            | Reason::InvalidAccessKeyId
+            | Reason::SignatureDoesNotMatch
+            | Reason::ExpiredToken => Err(failure.clone()),
+            _ => Err(Failure::new(
+                Reason::BucketNotReady,
+                format!("access is checked once the bucket is ready: {}", failure.message),
+            )),
         };
         return Outcome { region: Some(region), bucket: Err(failure), credentials, create_requested };
     }
@@ -331,17 +334,16 @@ async fn apply_settings(
             state.skipped_settings = skipped;
             Ok(())
         }
-        Err(error) => Err(Failure {
-            reason: "BucketSettingsFailed",
-            message: format!(
+        Err(error) => Err(Failure::new(
+            Reason::BucketSettingsFailed,
+            format!(
                 "failed to apply the {} setting to bucket {}: {}{}; fix spec.bucket or remove the setting",
                 error.setting,
                 bucket.path.bucket,
                 error.error.code.clone().unwrap_or_else(|| "no response".into()),
                 error.error.aws_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
             ),
-            transient: error.error.dispatch.is_some(),
-        }),
+        )),
     }
 }
 
@@ -364,24 +366,24 @@ async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) 
                 return Ok(None);
             }
             Err(match error.code.as_deref() {
-                Some("InvalidClientTokenId") => Failure::user(
-                    "InvalidAccessKeyId",
+                Some("InvalidClientTokenId") => Failure::new(
+                    Reason::InvalidAccessKeyId,
                     "AWS STS does not know the access key id in the referenced Secret; put a valid key in the Secret",
                 ),
-                Some("SignatureDoesNotMatch") => Failure::user(
-                    "SignatureDoesNotMatch",
+                Some("SignatureDoesNotMatch") => Failure::new(
+                    Reason::SignatureDoesNotMatch,
                     "AWS STS rejected the signature: the secret access key in the referenced Secret does not belong to its access key id",
                 ),
-                Some("ExpiredToken") => Failure::user(
-                    "ExpiredToken",
+                Some("ExpiredToken") => Failure::new(
+                    Reason::ExpiredToken,
                     "the session token in the referenced Secret has expired; put fresh credentials in the Secret",
                 ),
-                _ if error.dispatch.is_some() => Failure::transient(
-                    "StsUnreachable",
+                _ if error.dispatch.is_some() => Failure::new(
+                    Reason::StsUnreachable,
                     format!("could not reach AWS STS: {}", error.dispatch.unwrap_or_default()),
                 ),
-                _ => Failure::transient(
-                    "StsError",
+                _ => Failure::new(
+                    Reason::StsError,
                     format!(
                         "AWS STS GetCallerIdentity failed: {}",
                         error.code.unwrap_or_else(|| "no credentials available".into())
@@ -431,8 +433,8 @@ pub async fn check_irsa(
 ) -> Result<Identity, Failure> {
     let name = account.name_any();
     let Some(role_arn) = account.annotations().get(ROLE_ARN_ANNOTATION).cloned() else {
-        return Err(Failure::user(
-            "IrsaAnnotationMissing",
+        return Err(Failure::new(
+            Reason::IrsaAnnotationMissing,
             format!(
                 "ServiceAccount {name} has no {ROLE_ARN_ANNOTATION} annotation; annotate it with the IAM role its pods should assume"
             ),
@@ -440,8 +442,8 @@ pub async fn check_irsa(
     };
     if let Some(expected) = expected_role {
         if expected != role_arn {
-            return Err(Failure::user(
-                "RoleArnMismatch",
+            return Err(Failure::new(
+                Reason::RoleArnMismatch,
                 format!(
                     "ServiceAccount {name} is annotated with role {role_arn}, but spec.auth.implicit.roleArn is {expected}; make them agree"
                 ),
@@ -451,17 +453,17 @@ pub async fn check_irsa(
     let issuer = ctx
         .oidc_issuer()
         .await
-        .map_err(|e| Failure::transient("OidcIssuerUnknown", format!("cannot read the cluster's OIDC issuer: {e}")))?;
+        .map_err(|e| Failure::new(Reason::OidcIssuerUnknown, format!("cannot read the cluster's OIDC issuer: {e}")))?;
     let iam = Iam::new(ctx.aws.iam(), ctx.aws.iam_limiter.clone());
     let trust = iam.trust_policy(&role_arn).await?;
     iam::check_trust_policy(&trust, &issuer, namespace, &name)
-        .map_err(|message| Failure::user("TrustPolicyMismatch", format!("role {role_arn}: {message}")))?;
+        .map_err(|message| Failure::new(Reason::TrustPolicyMismatch, format!("role {role_arn}: {message}")))?;
     let permissions = match iam.denied_actions(&role_arn, path).await? {
         None => " (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(),
         Some(denied) if denied.is_empty() => String::new(),
         Some(denied) => {
-            return Err(Failure::user(
-                "PermissionsDenied",
+            return Err(Failure::new(
+                Reason::PermissionsDenied,
                 format!("role {role_arn} is not allowed: {}; add them to its policy", denied.join(", ")),
             ));
         }
@@ -507,8 +509,8 @@ pub async fn delete_created_bucket(
     match bucket.any_object().await {
         Ok(None) => {}
         Ok(Some(key)) => {
-            return Err(Failure::user(
-                "BucketNotEmpty",
+            return Err(Failure::new(
+                Reason::BucketNotEmpty,
                 format!(
                     "bucket {} still holds objects (for example {key:?}, counting old versions); empty it to let it be deleted, or set deletionPolicy to Retain to keep it",
                     path.bucket

@@ -1,0 +1,234 @@
+//! Every reason the operator puts on a condition or an Event, where it appears, whether it resolves
+//! without anyone acting, and what to fix. Conditions, Events, the README's table and the Argo CD
+//! health scripts (`artifact-operator generate`) all derive from this one table.
+
+use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY};
+
+/// What a reason tells whoever watches the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meaning {
+    /// All is well: a True condition, or a Normal Event.
+    Fine,
+    /// It resolves without anyone acting: the operator retries (Argo CD: Progressing).
+    Transient,
+    /// Someone must act, as the fix says (Argo CD: Degraded).
+    Action,
+}
+
+/// The kinds whose objects carry reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    ArtifactStore,
+    Stack,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::ArtifactStore, Kind::Stack];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ArtifactStore => "ArtifactStore",
+            Self::Stack => "Stack",
+        }
+    }
+}
+
+/// Where a reason appears: a condition of a kind, or an Event on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Condition(Kind, &'static str),
+    Event(Kind),
+}
+
+const STORE_READY: Place = Place::Condition(Kind::ArtifactStore, READY);
+const STORE_BUCKET: Place = Place::Condition(Kind::ArtifactStore, BUCKET_READY);
+const STORE_CREDENTIALS: Place = Place::Condition(Kind::ArtifactStore, CREDENTIALS_VALID);
+const STORE_ALL: &[Place] = &[STORE_READY, STORE_BUCKET, STORE_CREDENTIALS];
+const STORE_EVENT: Place = Place::Event(Kind::ArtifactStore);
+const STACK_READY: Place = Place::Condition(Kind::Stack, READY);
+
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $name:ident: $meaning:ident, $places:expr, $fix:literal;)*) => {
+        /// A condition or Event reason. Its name is the reason string users and tests match on.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Reason {
+            pub const ALL: &[Reason] = &[$(Reason::$name,)*];
+
+            /// The reason as written to conditions and Events.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$name => stringify!($name),)*
+                }
+            }
+
+            pub fn meaning(self) -> Meaning {
+                match self {
+                    $(Self::$name => Meaning::$meaning,)*
+                }
+            }
+
+            /// Where the operator puts it.
+            pub fn places(self) -> &'static [Place] {
+                match self {
+                    $(Self::$name => $places,)*
+                }
+            }
+
+            /// What to do about it, in one line.
+            pub fn fix(self) -> &'static str {
+                match self {
+                    $(Self::$name => $fix,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The object is verified and its configuration published.
+    Ready: Fine, &[STORE_READY, STACK_READY], "nothing to fix";
+    /// The operator created the bucket in this pass.
+    BucketCreated: Fine, &[STORE_BUCKET], "nothing to fix";
+    /// The bucket exists (adopted, or created earlier).
+    BucketExists: Fine, &[STORE_BUCKET], "nothing to fix";
+    /// The credentials (or the IRSA wiring) can use the path.
+    Verified: Fine, &[STORE_CREDENTIALS], "nothing to fix";
+    /// The store went and the operator deleted its empty bucket (deletionPolicy Delete).
+    BucketDeleted: Fine, &[STORE_EVENT], "nothing to fix";
+    /// The store went and its bucket was kept; the Event says why.
+    BucketRetained: Fine, &[STORE_EVENT], "nothing to fix: the bucket is kept on purpose";
+
+    /// spec.path does not parse (an object created before admission checked it).
+    InvalidPath: Action, &[STORE_READY, STORE_CREDENTIALS], "set spec.path to s3://bucket or s3://bucket/prefix";
+    /// The Secret of spec.auth.secretRef is missing.
+    SecretNotFound: Action, &[STORE_READY, STORE_CREDENTIALS], "create the Secret named in spec.auth.secretRef, in the store's namespace";
+    /// The Secret lacks a key it should hold, or holds it empty.
+    SecretKeyMissing: Action, &[STORE_READY, STORE_CREDENTIALS], "add the named key to the Secret, or name the key that holds it in spec.auth.secretRef";
+    /// A key's value holds a character an HTTP header cannot carry.
+    SecretValueInvalid: Action, &[STORE_READY, STORE_CREDENTIALS], "put the bare value, without line breaks or spaces, in the named key";
+    /// The CA bundle's ConfigMap or Secret, or its key, is missing.
+    CaBundleNotFound: Action, &[STORE_READY, STORE_CREDENTIALS], "create the object and key named in spec.endpoint.tls.caBundle";
+    /// The CA bundle holds no usable PEM certificate.
+    CaBundleInvalid: Action, &[STORE_READY, STORE_CREDENTIALS], "put the PEM certificates of the endpoint's CA in the named key";
+    /// The ServiceAccount named by the store (or the Stack's orchestrator) is missing.
+    ServiceAccountNotFound: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_READY], "create the ServiceAccount, or fix its name in the spec";
+    /// The bucket waits for the credentials, which cannot be read yet.
+    CredentialsUnavailable: Action, &[STORE_BUCKET], "fix what CredentialsValid says";
+    /// The bucket waits for credentials that STS refused (CredentialsValid says why).
+    CredentialsInvalid: Action, &[STORE_BUCKET, STORE_READY], "fix what CredentialsValid says";
+    /// The credentials wait for the bucket (BucketReady says why).
+    BucketNotReady: Action, &[STORE_CREDENTIALS], "fix what BucketReady says";
+    /// The TLS settings cannot build an S3 client.
+    InvalidTlsSettings: Action, STORE_ALL, "fix spec.endpoint.tls";
+    /// The bucket is in another region than spec.region (or than the request was signed for).
+    RegionMismatch: Action, STORE_ALL, "set spec.region to the bucket's region, or remove it so the operator discovers it";
+    /// The bucket does not exist.
+    BucketNotFound: Action, STORE_ALL, "create the bucket, fix the bucket in spec.path, or set provisioning to Create";
+    /// The bucket belongs to another account.
+    BucketOwnedByAnotherAccount: Action, &[STORE_BUCKET, STORE_READY], "choose another bucket name";
+    /// A spec.bucket setting could not be applied to the created bucket.
+    BucketSettingsFailed: Action, &[STORE_BUCKET, STORE_READY], "fix spec.bucket or remove the setting the endpoint refuses";
+    /// S3 or STS does not know the access key id.
+    InvalidAccessKeyId: Action, STORE_ALL, "put a valid access key id in the Secret";
+    /// The secret access key does not belong to the access key id.
+    SignatureDoesNotMatch: Action, STORE_ALL, "put the secret access key that belongs to the access key id in the Secret";
+    /// The session token has expired.
+    ExpiredToken: Action, STORE_ALL, "put fresh temporary credentials in the Secret, or use long-lived keys or implicit auth";
+    /// The identity may not list, read or write the path.
+    AccessDenied: Action, STORE_ALL, "grant s3:ListBucket on the bucket and s3:GetObject, s3:PutObject, s3:DeleteObject under the prefix, or fix the bucket policy";
+    /// S3 refused the request for another reason.
+    S3Error: Action, STORE_ALL, "read the S3 error code in the message and fix the request it names";
+    /// No response from the S3 endpoint (DNS, connection, TLS, timeout).
+    EndpointUnreachable: Transient, STORE_ALL, "nothing, if the outage passes; otherwise check spec.endpoint.url, DNS, the network path and TLS settings";
+    /// S3 throttled the request.
+    Throttled: Transient, STORE_ALL, "nothing: the operator retries with backoff";
+    /// S3 answered with a server error.
+    S3Unavailable: Transient, STORE_ALL, "nothing: the operator retries with backoff";
+    /// Recording the coming CreateBucket in the status failed; no bucket was created.
+    StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
+    /// No response from AWS STS (Ready shows CredentialsInvalid).
+    StsUnreachable: Transient, &[STORE_CREDENTIALS], "nothing, if the outage passes; otherwise check the network path to STS";
+    /// STS GetCallerIdentity failed otherwise, e.g. without any credentials (Ready shows CredentialsInvalid).
+    StsError: Transient, &[STORE_CREDENTIALS], "nothing, if it passes; otherwise give the operator credentials STS accepts";
+    /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation.
+    IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume";
+    /// The ServiceAccount's role differs from spec.auth.implicit.roleArn.
+    RoleArnMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "make the annotation and spec.auth.implicit.roleArn agree";
+    /// The annotated role is not an IAM role ARN.
+    InvalidRoleArn: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with arn:aws:iam::ACCOUNT:role/NAME";
+    /// The annotated IAM role does not exist.
+    IamRoleNotFound: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "create the role, or fix the ServiceAccount's annotation";
+    /// The operator may not read the role.
+    IamAccessDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "grant the operator's role iam:GetRole and iam:SimulatePrincipalPolicy";
+    /// No response from IAM.
+    IamUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the outage passes; otherwise check the network path to IAM";
+    /// IAM answered with an error.
+    IamError: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing: the operator retries with backoff";
+    /// The cluster's OIDC issuer could not be read.
+    OidcIssuerUnknown: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the apiserver answers again; otherwise set the operator's OIDC issuer flag";
+    /// The role's trust policy does not admit the ServiceAccount.
+    TrustPolicyMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "let the role's trust policy admit system:serviceaccount:NAMESPACE:NAME from this cluster's OIDC issuer";
+    /// The role's policies do not allow the named actions on the path.
+    PermissionsDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "allow the named actions in the role's policy";
+    /// A ConfigMap or Secret the operator would publish exists and is not its own.
+    NameConflict: Action, &[STORE_READY, STACK_READY], "rename or delete that object, or rename the ArtifactStore or Stack";
+    /// The store is being deleted, and its bucket cannot be deleted yet.
+    DeletionBlocked: Action, &[STORE_READY], "fix what the message names so the operator can reach the bucket";
+    /// The bucket to delete still holds objects or old versions.
+    BucketNotEmpty: Action, &[STORE_READY], "empty the bucket, or set deletionPolicy to Retain to keep it";
+    /// An internal error in one reconcile; retried with backoff.
+    ReconcilePanicked: Action, &[STORE_READY, STACK_READY], "report it with the operator's log";
+    /// The Stack's ArtifactStore does not exist.
+    ArtifactStoreNotFound: Action, &[STACK_READY], "create the ArtifactStore, or fix spec.artifactStoreRef";
+    /// The Stack waits for its ArtifactStore, whose own conditions say whether someone must act.
+    ArtifactStoreNotReady: Transient, &[STACK_READY], "nothing on the Stack: fix what the ArtifactStore's conditions say";
+    /// The Stack waits for the Secret its ArtifactStore publishes.
+    CredentialsSecretNotFound: Transient, &[STACK_READY], "nothing: the ArtifactStore publishes it";
+    /// Another Stack provides the namespace's kfp-launcher.
+    KfpLauncherTaken: Action, &[STACK_READY], "remove KFP from one of the two Stacks";
+    /// Another Stack holds the namespace's default Argo artifact repository.
+    DefaultRepositoryTaken: Action, &[STACK_READY], "set argoDefaultRepository on one Stack only";
+}
+
+impl Reason {
+    pub fn is_transient(self) -> bool {
+        self.meaning() == Meaning::Transient
+    }
+
+    /// Whether it appears on `kind`'s condition `type_`.
+    pub fn appears_on(self, kind: Kind, type_: &str) -> bool {
+        self.places().iter().any(|p| matches!(p, Place::Condition(k, t) if *k == kind && *t == type_))
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_place_and_a_fix() {
+        for reason in Reason::ALL {
+            assert!(!reason.places().is_empty(), "{reason}");
+            assert!(!reason.fix().is_empty(), "{reason}");
+            assert!(reason.as_str().bytes().all(|b| b.is_ascii_alphanumeric()), "{reason}");
+        }
+    }
+
+    #[test]
+    fn store_all_is_the_three_store_conditions() {
+        assert_eq!(Reason::Throttled.places(), STORE_ALL);
+        assert!(Reason::Throttled.is_transient());
+        assert!(Reason::ServiceAccountNotFound.appears_on(Kind::Stack, READY));
+        assert!(!Reason::StsUnreachable.appears_on(Kind::ArtifactStore, READY));
+    }
+}
