@@ -10,6 +10,7 @@ pub mod aws;
 pub mod ca_bundle;
 pub mod conditions;
 pub mod controller;
+pub mod generate;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

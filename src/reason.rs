@@ -195,6 +195,11 @@ reasons! {
 }
 
 impl Reason {
+    /// The reason named `name`, as a condition or Event carries it.
+    pub fn parse(name: &str) -> Option<Reason> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == name)
+    }
+
     pub fn is_transient(self) -> bool {
         self.meaning() == Meaning::Transient
     }
@@ -230,5 +235,7 @@ mod tests {
         assert!(Reason::Throttled.is_transient());
         assert!(Reason::ServiceAccountNotFound.appears_on(Kind::Stack, READY));
         assert!(!Reason::StsUnreachable.appears_on(Kind::ArtifactStore, READY));
+        assert_eq!(Reason::parse("KfpLauncherTaken"), Some(Reason::KfpLauncherTaken));
+        assert_eq!(Reason::parse("Reconciling"), None);
     }
 }

@@ -195,8 +195,12 @@ async fn published_names_taken_by_the_users_objects_are_conflicts_not_takeovers(
     let stacks: Api<Stack> = Api::namespaced(client.clone(), &ns);
     let message = eventually(Duration::from_secs(60), "the stack's NameConflict", || async {
         let stack = stacks.get("prod").await.unwrap();
-        let ready = stack.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-        (ready.reason == "NameConflict").then_some(ready.message)
+        let ready = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        if ready.reason != "NameConflict" {
+            return None;
+        }
+        common::capture_health_fixture(&stack, &ns);
+        Some(ready.message)
     })
     .await;
     assert!(message.contains("ConfigMap prod-stack already exists"), "{message}");

@@ -13,6 +13,7 @@ step "format, lints and generated files"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo run --quiet --locked -- crd --check
+cargo run --quiet --locked -- generate --check
 tests/chart/render.sh --check
 step "chart and Argo CD health checks"
 tests/chart/test-chart.sh

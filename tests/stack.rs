@@ -47,8 +47,11 @@ async fn wait_for(client: &Client, ns: &str, name: &str, status: &str, reason: &
     eventually(TIMEOUT, &format!("stack {ns}/{name} Ready={status} ({reason})"), || async {
         let stack = api.get_opt(name).await.unwrap()?;
         let ready = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
-        (ready.status == status && ready.reason == reason && ready.observed_generation == stack.metadata.generation)
-            .then_some(stack)
+        if ready.status != status || ready.reason != reason || ready.observed_generation != stack.metadata.generation {
+            return None;
+        }
+        common::capture_health_fixture(&stack, ns);
+        Some(stack)
     })
     .await
 }

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Tests the Argo CD health checks deploy/argocd/{artifactstore,stack}-health.lua with Lua 5.1 (what
-# Argo CD's gopher-lua implements) on the objects in tests/chart/fixtures/argocd/*.json, each with
-# the status and message it must give. Also checks that argocd-cm-patch.yaml carries the same
-# scripts. Installs lua5.1 and lua-dkjson with apt-get when they are missing.
+# Argo CD's gopher-lua implements) on objects, each with the status and message it must give: one
+# per reason each kind's Ready condition can carry (Progressing when transient, Degraded otherwise),
+# generated from src/reason.rs by `artifact-operator generate --fixtures`, and the objects captured
+# from the integration tests in tests/chart/fixtures/argocd/*.json. Also checks that the scripts are
+# the generated ones and that argocd-cm-patch.yaml carries them. Installs lua5.1 and lua-dkjson with
+# apt-get when they are missing. To capture the objects again (the local environment up):
+#   CAPTURE_HEALTH_FIXTURES=$PWD/tests/chart/fixtures/argocd cargo test --test artifact_store --test robustness --test stack
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -10,8 +14,16 @@ LUA=$(find_lua)
 "$LUA" -e 'require("dkjson")' 2>/dev/null || apt_install lua-dkjson
 ARGOCD="$REPO_ROOT/deploy/argocd"
 
+generated=$(mktemp -d)
+trap 'rm -rf "$generated"' EXIT
+if out=$(cd "$REPO_ROOT" && cargo run --quiet --locked -- generate --check --fixtures "$generated" 2>&1); then
+  pass "the health scripts are generated from src/reason.rs"
+else
+  fail "the health scripts are generated from src/reason.rs" "$out"
+fi
+
 shopt -s nullglob
-fixtures=("$CHART_TESTS_DIR"/fixtures/argocd/*.json)
+fixtures=("$generated"/*.json "$CHART_TESTS_DIR"/fixtures/argocd/*.json)
 ((${#fixtures[@]} >= 8)) || { echo "expected at least 8 fixtures, found ${#fixtures[@]}" >&2; exit 1; }
 
 for fixture in "${fixtures[@]}"; do

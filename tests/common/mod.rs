@@ -110,6 +110,41 @@ pub async fn install_crds(client: &Client) {
     .await;
 }
 
+/// With `CAPTURE_HEALTH_FIXTURES=DIR` set, writes `object` (an ArtifactStore or a Stack as the
+/// apiserver returned it, from namespace `ns`) to DIR as a fixture for the Argo CD health scripts,
+/// named after its kind and Ready reason, with what the script must show for it: Healthy for
+/// Ready, Progressing for a transient reason, Degraded otherwise (tests/chart/test-argocd-health.sh).
+pub fn capture_health_fixture(object: &impl serde::Serialize, ns: &str) {
+    use artifact_operator::reason::Reason;
+    let Some(dir) = std::env::var_os("CAPTURE_HEALTH_FIXTURES") else { return };
+    let mut object = serde_json::to_value(object).unwrap();
+    let metadata = object["metadata"].as_object_mut().unwrap();
+    for volatile in ["uid", "resourceVersion", "managedFields", "creationTimestamp"] {
+        metadata.remove(volatile);
+    }
+    let kind = object["kind"].as_str().unwrap().to_lowercase();
+    let conditions = object["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let Some(ready) = conditions.iter().find(|c| c["type"] == "Ready") else { return };
+    let reason = ready["reason"].as_str().unwrap();
+    let expected = match (ready["status"].as_str(), Reason::parse(reason)) {
+        (Some("True"), _) => "Healthy",
+        (_, Some(reason)) if reason.is_transient() => "Progressing",
+        _ => "Degraded",
+    };
+    let fixture = serde_json::json!({
+        "script": kind,
+        "expect": {"status": expected, "message": ready["message"]},
+        "object": object,
+    });
+    // Namespaces are random per run: one name keeps the captured files stable.
+    let text = serde_json::to_string_pretty(&fixture).unwrap().replace(ns, "team-a");
+    // Tests run in parallel and may capture the same reason: the last complete file wins.
+    let path = PathBuf::from(dir).join(format!("captured-{kind}-{reason}.json"));
+    let partial = path.with_extension(format!("{}.partial", fastrand::u64(..)));
+    std::fs::write(&partial, text + "\n").unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+}
+
 /// A fresh namespace named after the test.
 pub async fn namespace(client: &Client, test: &str) -> String {
     let name = format!("{}-{}", test.replace('_', "-"), fastrand::u32(..) % 1_000_000);

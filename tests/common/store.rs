@@ -42,6 +42,7 @@ pub async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status
                 if let Some(c) = conditions.iter().find(|c| c.type_ == type_) {
                     last = format!("{}={} ({}): {}", c.type_, c.status, c.reason, c.message);
                     if c.status == status && c.reason == reason && c.observed_generation == store.metadata.generation {
+                        super::capture_health_fixture(&store, ns);
                         return store;
                     }
                 }
