@@ -116,6 +116,13 @@ impl HasConditions for crate::api::ArtifactStore {
     }
 }
 
+/// A watched object that did not deserialize has no conditions we can read.
+impl<K: HasConditions> HasConditions for kube::core::DeserializeGuard<K> {
+    fn conditions(&self) -> &[Condition] {
+        self.0.as_ref().map_or(&[], HasConditions::conditions)
+    }
+}
+
 impl HasConditions for crate::api::Stack {
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)

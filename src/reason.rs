@@ -46,6 +46,7 @@ const STORE_CREDENTIALS: Place = Place::Condition(Kind::ArtifactStore, CREDENTIA
 const STORE_ALL: &[Place] = &[STORE_READY, STORE_BUCKET, STORE_CREDENTIALS];
 const STORE_EVENT: Place = Place::Event(Kind::ArtifactStore);
 const STACK_READY: Place = Place::Condition(Kind::Stack, READY);
+const STACK_EVENT: Place = Place::Event(Kind::Stack);
 
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $name:ident: $meaning:ident, $places:expr, $fix:literal;)*) => {
@@ -180,6 +181,9 @@ reasons! {
     DeletionBlocked: Action, &[STORE_READY], "fix what the message names so the operator can reach the bucket";
     /// The bucket to delete still holds objects or old versions.
     BucketNotEmpty: Action, &[STORE_READY], "empty the bucket, or set deletionPolicy to Retain to keep it";
+    /// The object does not deserialize into the operator's types (stored under an older schema,
+    /// or written past the apiserver's validation); the others carry on.
+    InvalidObject: Action, &[STORE_EVENT, STACK_EVENT], "fix or recreate the object: the field the Event names does not match the CRD";
     /// An internal error in one reconcile; retried with backoff.
     ReconcilePanicked: Action, &[STORE_READY, STACK_READY], "report it with the operator's log";
     /// The Stack's ArtifactStore does not exist.

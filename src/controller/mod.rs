@@ -10,6 +10,7 @@ pub mod timing;
 pub use context::Context;
 
 use k8s_openapi::NamespaceResourceScope;
+use kube::core::DeserializeGuard;
 use kube::{Api, Client, Resource};
 
 /// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
@@ -32,7 +33,9 @@ pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>
 
 /// The controller for `K` objects in `namespace` (or all namespaces), whose cache reports to
 /// `ctx.health` when its first complete list has arrived, so that /readyz waits for it, and
-/// feeds the objects-by-Ready gauge.
+/// feeds the objects-by-Ready gauge. Objects come guarded: one that does not deserialize into `K`
+/// (stored under an older schema, or written past the apiserver's validation) reaches the
+/// reconciler as such, see [`deserialized`], instead of breaking the watch for all the others.
 ///
 /// Built from its own watch stream rather than `Controller::new`, because the cache's
 /// `wait_until_ready` wakes only one waiter and the controller itself is already waiting on it.
@@ -41,7 +44,7 @@ pub fn controller<K>(
     kind: &'static str,
     namespace: &Option<String>,
     concurrency: u16,
-) -> kube::runtime::Controller<K>
+) -> kube::runtime::Controller<DeserializeGuard<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + crate::conditions::HasConditions
@@ -54,17 +57,16 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
-    let (cache, writer) = reflector::store();
+    let (cache, writer) = reflector::store::<DeserializeGuard<K>>();
     ctx.metrics.count_ready_in(kind, cache.clone());
     let health = ctx.health.clone();
     let mut synced = false;
-    let events = watcher(scoped_api::<K>(&ctx.client, namespace), watcher::Config::default().any_semantic()).inspect(
-        move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) && !std::mem::replace(&mut synced, true) {
-                health.cache_synced();
-            }
-        },
-    );
+    let api = scoped_api::<DeserializeGuard<K>>(&ctx.client, namespace);
+    let events = watcher(api, watcher::Config::default().any_semantic()).inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) && !std::mem::replace(&mut synced, true) {
+            health.cache_synced();
+        }
+    });
     kube::runtime::Controller::for_stream(reflector(writer, events).applied_objects(), cache)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
 }
@@ -101,6 +103,34 @@ pub async fn drive<K, E>(
             std::future::ready(())
         })
         .await;
+}
+
+/// The object of a guarded watch event; or, when it did not deserialize, a Warning Event on it
+/// naming the error, and the action to wait for it to change.
+pub async fn deserialized<'a, K>(
+    ctx: &Context,
+    guarded: &'a DeserializeGuard<K>,
+) -> Result<&'a K, kube::runtime::controller::Action>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let invalid = match &guarded.0 {
+        Ok(object) => return Ok(object),
+        Err(invalid) => invalid,
+    };
+    let key = object_key(guarded);
+    tracing::warn!(object = %key, error = %invalid.error, "the object does not match the operator's schema");
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: crate::reason::Reason::InvalidObject.as_str().into(),
+        note: Some(format!("the operator cannot read this {}: {}", K::kind(&()), invalid.error)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &guarded.object_ref(&())).await {
+        tracing::warn!(%error, "failed to publish an event");
+    }
+    Err(kube::runtime::controller::Action::await_change())
 }
 
 /// The requeue after a reconcile error: counted by category, logged with its source, backed off.

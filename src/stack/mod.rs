@@ -10,7 +10,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -51,14 +51,14 @@ impl Error {
 }
 
 fn referencing(
-    stacks: &Store<Stack>,
+    stacks: &Store<DeserializeGuard<Stack>>,
     namespace: Option<String>,
     matches: impl Fn(&Stack) -> bool,
-) -> Vec<ObjectRef<Stack>> {
+) -> Vec<ObjectRef<DeserializeGuard<Stack>>> {
     stacks
         .state()
         .iter()
-        .filter(|s| s.namespace() == namespace && matches(s))
+        .filter(|s| s.namespace() == namespace && s.0.as_ref().is_ok_and(&matches))
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
 }
@@ -75,7 +75,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         // it hears when its holder lets go) and artifact-repositories (when the operator made it).
         .watches(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned, move |config_map| {
             let namespace = config_map.namespace();
-            let mut stacks: Vec<ObjectRef<Stack>> = config_map
+            let mut stacks: Vec<ObjectRef<DeserializeGuard<Stack>>> = config_map
                 .owner_references()
                 .iter()
                 .filter(|owner| owner.kind == "Stack")
@@ -91,10 +91,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
             }
             stacks
         })
-        .watches(scoped_api::<ArtifactStore>(&client, &namespace), watcher::Config::default(), move |store| {
-            let name = store.name_any();
-            referencing(&by_store, store.namespace(), |s| s.spec.artifact_store_ref.name == name)
-        })
+        .watches(
+            scoped_api::<DeserializeGuard<ArtifactStore>>(&client, &namespace),
+            watcher::Config::default(),
+            move |store| {
+                let name = store.name_any();
+                referencing(&by_store, store.namespace(), |s| s.spec.artifact_store_ref.name == name)
+            },
+        )
         .watches(
             scoped_api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
             watcher::Config::default(),
@@ -108,15 +112,19 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
     crate::controller::drive(results, health, "Stack").await;
 }
 
-fn error_policy(stack: Arc<Stack>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc<Context>) -> Action {
     crate::controller::error_action(&ctx, "Stack", &object_key(&*stack), error.category(), error)
 }
 
-pub async fn reconcile(stack: Arc<Stack>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let stack = match crate::controller::deserialized(&ctx, &guarded).await {
+        Ok(stack) => stack,
+        Err(action) => return Ok(action),
+    };
     let started = Instant::now();
-    let result = match crate::controller::contained(&object_key(&*stack), reconcile_inner(&stack, &ctx)).await {
+    let result = match crate::controller::contained(&object_key(stack), reconcile_inner(stack, &ctx)).await {
         Some(result) => result,
-        None => write_status(&stack, &ctx, crate::controller::panicked(), None).await.and(Err(Error::Panicked)),
+        None => write_status(stack, &ctx, crate::controller::panicked(), None).await.and(Err(Error::Panicked)),
     };
     ctx.metrics.reconciled("Stack", started.elapsed());
     result

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -89,16 +89,16 @@ fn references(store: &ArtifactStore, kind: &str, namespace: &str, name: &str) ->
 }
 
 fn referencing(
-    stores: &Store<ArtifactStore>,
+    stores: &Store<DeserializeGuard<ArtifactStore>>,
     kind: &'static str,
     namespace: Option<String>,
     name: String,
-) -> Vec<ObjectRef<ArtifactStore>> {
+) -> Vec<ObjectRef<DeserializeGuard<ArtifactStore>>> {
     let namespace = namespace.unwrap_or_default();
     stores
         .state()
         .iter()
-        .filter(|s| references(s, kind, &namespace, &name))
+        .filter(|s| s.0.as_ref().is_ok_and(|store| references(store, kind, &namespace, &name)))
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
 }
@@ -128,13 +128,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
     crate::controller::drive(results, health, "ArtifactStore").await;
 }
 
-fn error_policy(store: Arc<ArtifactStore>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, ctx: Arc<Context>) -> Action {
     crate::controller::error_action(&ctx, "ArtifactStore", &object_key(&*store), error.category(), error)
 }
 
-pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let store = match crate::controller::deserialized(&ctx, &guarded).await {
+        Ok(store) => store,
+        Err(action) => return Ok(action),
+    };
     let started = Instant::now();
-    let result = match crate::controller::contained(&object_key(&*store), reconcile_inner(&store, &ctx)).await {
+    let result = match crate::controller::contained(&object_key(store), reconcile_inner(store, &ctx)).await {
         Some(result) => result,
         None => {
             // Keep everything but Ready as it was: only this pass failed.
@@ -146,7 +150,7 @@ pub async fn reconcile(store: Arc<ArtifactStore>, ctx: Arc<Context>) -> Result<A
                     ..previous
                 };
             };
-            write_status(&store, &ctx, &[crate::controller::panicked()], keep).await.and(Err(Error::Panicked))
+            write_status(store, &ctx, &[crate::controller::panicked()], keep).await.and(Err(Error::Panicked))
         }
     };
     ctx.metrics.reconciled("ArtifactStore", started.elapsed());

@@ -145,6 +145,21 @@ pub fn capture_health_fixture(object: &impl serde::Serialize, ns: &str) {
     std::fs::rename(&partial, &path).unwrap();
 }
 
+/// Writes `value` under `key` straight into the environment's etcd, past the apiserver and its
+/// validation: how an object the operator cannot read gets stored.
+pub fn etcd_put(key: &str, value: &str) {
+    let ports = std::fs::read_to_string(env_file().with_file_name("ports")).expect("the environment's ports file");
+    let port = ports.lines().find_map(|line| line.strip_prefix("ETCD_PORT=")).expect("ETCD_PORT").trim_matches('"');
+    let encode = aws_smithy_types::base64::encode;
+    let body = serde_json::json!({"key": encode(key), "value": encode(value)});
+    let url = format!("http://127.0.0.1:{port}/v3/kv/put");
+    let output = std::process::Command::new("curl")
+        .args(["-fsS", "-X", "POST", &url, "-d", &body.to_string()])
+        .output()
+        .expect("curl runs");
+    assert!(output.status.success(), "etcd put failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A fresh namespace named after the test.
 pub async fn namespace(client: &Client, test: &str) -> String {
     let name = format!("{}-{}", test.replace('_', "-"), fastrand::u32(..) % 1_000_000);
