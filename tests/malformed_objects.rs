@@ -24,7 +24,7 @@ async fn an_object_that_does_not_deserialize_gets_an_event_and_the_others_carry_
         "metadata": {"name": "bad", "namespace": ns, "uid": uid, "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {"path": format!("s3://{bucket}/bad"), "auth": {"secretRef": {"name": "minio-keys"}}, "provisioning": "Sometimes"},
     });
-    common::etcd_put(&format!("/registry/artifacts.dev/artifactstores/{ns}/bad"), &bad.to_string());
+    let _bad = common::EtcdEntry::put(&format!("/registry/artifacts.dev/artifactstores/{ns}/bad"), &bad.to_string());
     let stores: Api<ArtifactStore> = Api::namespaced(client.clone(), &ns);
     let error = eventually(std::time::Duration::from_secs(30), "the apiserver to serve the stored object", || async {
         stores.get("bad").await.err()

@@ -145,19 +145,40 @@ pub fn capture_health_fixture(object: &impl serde::Serialize, ns: &str) {
     std::fs::rename(&partial, &path).unwrap();
 }
 
-/// Writes `value` under `key` straight into the environment's etcd, past the apiserver and its
-/// validation: how an object the operator cannot read gets stored.
-pub fn etcd_put(key: &str, value: &str) {
+/// A value written under `key` straight into the environment's etcd, past the apiserver and its
+/// validation: how an object the operator cannot read gets stored. Removed again when dropped, so
+/// that no other test, listing every object of its kind, meets it.
+pub struct EtcdEntry {
+    key: String,
+}
+
+impl EtcdEntry {
+    pub fn put(key: &str, value: &str) -> Self {
+        etcd_call("put", serde_json::json!({"key": base64(key), "value": base64(value)}));
+        Self { key: key.to_owned() }
+    }
+}
+
+impl Drop for EtcdEntry {
+    fn drop(&mut self) {
+        etcd_call("deleterange", serde_json::json!({"key": base64(&self.key)}));
+    }
+}
+
+fn base64(text: &str) -> String {
+    aws_smithy_types::base64::encode(text)
+}
+
+/// One call of etcd's JSON gateway (`/v3/kv/<call>`).
+fn etcd_call(call: &str, body: serde_json::Value) {
     let ports = std::fs::read_to_string(env_file().with_file_name("ports")).expect("the environment's ports file");
     let port = ports.lines().find_map(|line| line.strip_prefix("ETCD_PORT=")).expect("ETCD_PORT").trim_matches('"');
-    let encode = aws_smithy_types::base64::encode;
-    let body = serde_json::json!({"key": encode(key), "value": encode(value)});
-    let url = format!("http://127.0.0.1:{port}/v3/kv/put");
+    let url = format!("http://127.0.0.1:{port}/v3/kv/{call}");
     let output = std::process::Command::new("curl")
         .args(["-fsS", "-X", "POST", &url, "-d", &body.to_string()])
         .output()
         .expect("curl runs");
-    assert!(output.status.success(), "etcd put failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "etcd {call} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A fresh namespace named after the test.
