@@ -123,6 +123,17 @@ impl AwsEdge {
         Self { ambient, s3_limiter: Arc::new(s3_limiter), iam_limiter: Arc::new(iam_limiter) }
     }
 
+    /// An edge with a fixed region and no ambient credentials, for tests that make no AWS call.
+    #[cfg(test)]
+    pub fn offline() -> Self {
+        let ambient = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(crate::resolve::DEFAULT_REGION))
+            .build();
+        let limiter = || Arc::new(RateLimiter::new(100.0, 100));
+        Self { ambient, s3_limiter: limiter(), iam_limiter: limiter() }
+    }
+
     pub fn ambient_region(&self) -> Option<String> {
         self.ambient.region().map(|r| r.to_string())
     }

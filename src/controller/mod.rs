@@ -3,6 +3,8 @@
 
 pub mod apply;
 pub mod context;
+#[cfg(test)]
+pub mod fixtures;
 pub mod health;
 pub mod memory;
 pub mod timing;

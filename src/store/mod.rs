@@ -2,6 +2,8 @@
 
 pub mod build;
 pub mod dereference;
+#[cfg(test)]
+mod seam_tests;
 pub mod status;
 pub mod verify;
 
