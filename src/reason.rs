@@ -33,7 +33,9 @@ impl Kind {
     }
 }
 
-/// Where a reason appears: a condition of a kind, or an Event on it.
+/// Where a reason appears: a condition of a kind, or an Event on it. Every change of a condition
+/// is also published as an Event with the condition's reason, so `Event` marks only the reasons no
+/// condition carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
     Condition(Kind, &'static str),
@@ -170,7 +172,7 @@ reasons! {
     /// IAM answered with an error.
     IamError: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing: the operator retries with backoff";
     /// The cluster's OIDC issuer could not be read.
-    OidcIssuerUnknown: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the apiserver answers again; otherwise set the operator's OIDC issuer flag";
+    OidcIssuerUnknown: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the apiserver answers again; otherwise give the operator --oidc-issuer";
     /// The role's trust policy does not admit the ServiceAccount.
     TrustPolicyMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "let the role's trust policy admit system:serviceaccount:NAMESPACE:NAME from this cluster's OIDC issuer";
     /// The role's policies do not allow the named actions on the path.
