@@ -121,8 +121,8 @@ reasons! {
     ServiceAccountNotFound: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_READY], "create the ServiceAccount, or fix its name in the spec";
     /// The bucket waits for the credentials, which cannot be read yet.
     CredentialsUnavailable: Action, &[STORE_BUCKET], "fix what CredentialsValid says";
-    /// The bucket waits for credentials that STS refused (CredentialsValid says why).
-    CredentialsInvalid: Action, &[STORE_BUCKET, STORE_READY], "fix what CredentialsValid says";
+    /// The bucket waits for credentials that STS refused (CredentialsValid and Ready say why).
+    CredentialsInvalid: Action, &[STORE_BUCKET], "fix what CredentialsValid says";
     /// The credentials wait for the bucket (BucketReady says why).
     BucketNotReady: Action, &[STORE_CREDENTIALS], "fix what BucketReady says";
     /// The TLS settings cannot build an S3 client.
@@ -153,10 +153,10 @@ reasons! {
     S3Unavailable: Transient, STORE_ALL, "nothing: the operator retries with backoff";
     /// Recording the coming CreateBucket in the status failed; no bucket was created.
     StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
-    /// No response from AWS STS (Ready shows CredentialsInvalid).
-    StsUnreachable: Transient, &[STORE_CREDENTIALS], "nothing, if the outage passes; otherwise check the network path to STS";
-    /// STS GetCallerIdentity failed otherwise, e.g. without any credentials (Ready shows CredentialsInvalid).
-    StsError: Transient, &[STORE_CREDENTIALS], "nothing, if it passes; otherwise give the operator credentials STS accepts";
+    /// No response from AWS STS.
+    StsUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if the outage passes; otherwise check the network path to STS";
+    /// STS GetCallerIdentity failed otherwise, e.g. without any credentials.
+    StsError: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
     /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation.
     IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume";
     /// The ServiceAccount's role differs from spec.auth.implicit.roleArn.
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(Reason::Throttled.places(), STORE_ALL);
         assert!(Reason::Throttled.is_transient());
         assert!(Reason::ServiceAccountNotFound.appears_on(Kind::Stack, READY));
-        assert!(!Reason::StsUnreachable.appears_on(Kind::ArtifactStore, READY));
+        assert!(!Reason::StsUnreachable.appears_on(Kind::Stack, READY));
         assert_eq!(Reason::parse("KfpLauncherTaken"), Some(Reason::KfpLauncherTaken));
         assert_eq!(Reason::parse("Reconciling"), None);
     }

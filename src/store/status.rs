@@ -55,6 +55,11 @@ pub fn observe(
         (Ok(_), Ok(_), None) => {
             Observed::ok(READY, Reason::Ready, format!("{path} is ready; pods use ConfigMap {config_map}"))
         }
+        // A bucket that waits for the credentials says nothing of its own: Ready names why the
+        // credentials failed, so that an STS outage reads as transient.
+        (Err(waiting), Err(failure), _) if waiting.reason == Reason::CredentialsInvalid => {
+            Observed::failed(READY, failure.reason, failure.message.clone())
+        }
         (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Some(failure)) => {
             Observed::failed(READY, failure.reason, failure.message.clone())
         }
@@ -86,6 +91,15 @@ mod tests {
             observe("s3://b", None, &Ok(BucketState::default()), &Ok(Identity::default()), Some(&conflict), "cm");
         assert_eq!((conditions[0].status, conditions[0].reason), (Status::False, Reason::NameConflict));
         assert_eq!((conditions[1].status, conditions[2].status), (Status::True, Status::True));
+    }
+
+    #[test]
+    fn ready_names_why_the_credentials_failed_when_the_bucket_waits_for_them() {
+        let waiting = Failure::new(Reason::CredentialsInvalid, "the bucket is checked once the credentials work");
+        let outage = Failure::new(Reason::StsUnreachable, "could not reach AWS STS");
+        let conditions = observe("s3://b", None, &Err(waiting), &Err(outage), None, "cm");
+        assert_eq!(conditions[0].reason, Reason::StsUnreachable);
+        assert_eq!(conditions[1].reason, Reason::CredentialsInvalid);
     }
 
     #[test]
