@@ -120,6 +120,31 @@ pub fn secret_with_data(mut secret: Secret) -> Secret {
     secret
 }
 
+/// Whether `object` carries `finalizer`.
+pub fn has_finalizer<K: kube::Resource>(object: &K, finalizer: &str) -> bool {
+    object.meta().finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// Adds or removes `finalizer`, keeping every other finalizer, with optimistic concurrency (the
+/// object's resourceVersion): a change made meanwhile fails the write rather than being lost. An
+/// object already gone needs no change.
+pub async fn set_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, present: bool) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = object.meta();
+    let mut finalizers: Vec<String> = meta.finalizers.iter().flatten().filter(|f| *f != finalizer).cloned().collect();
+    if present {
+        finalizers.push(finalizer.to_owned());
+    }
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}});
+    match api.patch(meta.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// Writes a custom resource's status by server-side apply with the operator's field manager.
 pub async fn status<K>(api: &Api<K>, name: &str, status: &impl serde::Serialize) -> Result<(), kube::Error>
 where

@@ -341,25 +341,16 @@ pub async fn remove_argo_key(ctx: &crate::controller::Context, stack: &Stack) ->
 }
 
 fn has_finalizer(stack: &Stack) -> bool {
-    stack.finalizers().iter().any(|f| f == FINALIZER)
+    apply::has_finalizer(stack, FINALIZER)
 }
 
-/// Adds or removes the finalizer, with optimistic concurrency, keeping other finalizers.
+/// Adds or removes the finalizer when it is not already so.
 pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, present: bool) -> Result<(), Error> {
     if has_finalizer(stack) == present {
         return Ok(());
     }
-    let mut finalizers: Vec<String> = stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    }
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": stack.resource_version()}});
-    match api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::Publish(error)),
-    }
+    apply::set_finalizer(&api, stack, FINALIZER, present).await.map_err(Error::Publish)
 }
 
 /// On deletion: the Stack's key of `artifact-repositories` goes, then the finalizer.

@@ -13,14 +13,13 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
@@ -373,22 +372,12 @@ async fn write_status(
 }
 
 fn has_finalizer(store: &ArtifactStore) -> bool {
-    store.finalizers().iter().any(|f| f == FINALIZER)
+    apply::has_finalizer(store, FINALIZER)
 }
 
-/// Sets the finalizer list with optimistic concurrency (resourceVersion), keeping other finalizers.
 async fn set_finalizer(store: &ArtifactStore, ctx: &Context, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = store.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    }
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": store.resource_version()}});
-    match api.patch(&store.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::Finalizer(error)),
-    }
+    apply::set_finalizer(&api, store, FINALIZER, present).await.map_err(Error::Finalizer)
 }
 
 /// `Delete` needs the finalizer; `Retain` needs none.
