@@ -11,6 +11,32 @@ use kube::core::ObjectMeta;
 /// The one field manager for everything this operator writes.
 pub const FIELD_MANAGER: &str = "artifact-operator";
 
+/// The label on everything the operator makes, and its selector for watches.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "artifact-operator");
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=artifact-operator";
+
+/// The labels of what the operator makes for an owner: [`MANAGED_BY`], and the owner's name under
+/// `artifacts.dev/<owner_label>` (`artifact-store` or `stack`).
+pub fn labels(owner_label: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (format!("artifacts.dev/{owner_label}"), name.to_owned()),
+    ])
+}
+
+/// The metadata of an object named `name` that `owner` owns: in its namespace, with its labels and
+/// a controller reference to it, so the garbage collector removes it with the owner.
+pub fn owned_meta<K: kube::Resource<DynamicType = ()>>(owner: &K, owner_label: &str, name: String) -> ObjectMeta {
+    let meta = owner.meta();
+    ObjectMeta {
+        name: Some(name),
+        namespace: meta.namespace.clone(),
+        labels: Some(labels(owner_label, meta.name.as_deref().unwrap_or_default())),
+        owner_references: owner.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
 /// What publishing an owned object came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {

@@ -10,15 +10,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Resource;
 use kube::core::ObjectMeta;
 
 use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
+use crate::controller::apply;
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore};
-use crate::store::build::labels;
 
 /// The annotation carrying the SHA-256 of the ConfigMap's data, so workloads can roll on change.
 pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
@@ -35,13 +34,7 @@ pub fn ca_secret_name(stack: &str) -> String {
 }
 
 fn owned_meta(stack: &Stack, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: stack.metadata.namespace.clone(),
-        labels: Some(labels("stack", &stack.metadata.name.clone().unwrap_or_default())),
-        owner_references: stack.controller_owner_ref(&()).map(|owner| vec![owner]),
-        ..ObjectMeta::default()
-    }
+    apply::owned_meta(stack, "stack", name)
 }
 
 fn wants(stack: &Stack, format: OutputFormat) -> bool {

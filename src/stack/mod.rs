@@ -66,7 +66,7 @@ fn referencing(
 /// Runs the Stack controller until shutdown.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
+    let owned = watcher::Config::default().labels(apply::MANAGED_BY_SELECTOR);
     let controller = crate::controller::controller::<Stack>(&ctx, "Stack", &namespace, concurrency);
     let (by_store, by_account, by_config_map) = (controller.store(), controller.store(), controller.store());
     let health = ctx.health.clone();

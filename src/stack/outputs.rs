@@ -22,15 +22,13 @@ use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::aws::Failure;
-use crate::controller::apply::{self, Applied, FIELD_MANAGER};
+use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY};
 use crate::reason::Reason;
 use crate::render::{argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
 
 /// Held while the Stack may own a key of `artifact-repositories`.
 pub const FINALIZER: &str = "artifacts.dev/argo-repository";
-/// The label value marking objects the operator made (here: an `artifact-repositories` it created).
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "artifact-operator");
 
 /// The field manager of one Stack's part of `artifact-repositories`.
 pub fn field_manager(stack: &str) -> String {

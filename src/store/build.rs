@@ -3,32 +3,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Resource;
 use kube::core::ObjectMeta;
 
 use crate::api::ArtifactStore;
 use crate::aws::StaticKeys;
+use crate::controller::apply;
 use crate::render;
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
 
 /// The ConfigMap key with ZenML's S3 artifact store configuration.
 pub const ZENML_KEY: &str = "zenml-artifact-store.json";
 
-pub fn labels(kind: &str, name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_owned(), "artifact-operator".to_owned()),
-        (format!("artifacts.dev/{kind}"), name.to_owned()),
-    ])
-}
-
 fn owned_meta(store: &ArtifactStore, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: store.metadata.namespace.clone(),
-        labels: Some(labels("artifact-store", &store.metadata.name.clone().unwrap_or_default())),
-        owner_references: store.controller_owner_ref(&()).map(|owner| vec![owner]),
-        ..ObjectMeta::default()
-    }
+    apply::owned_meta(store, "artifact-store", name)
 }
 
 /// The store's ConfigMap: env keys, ZenML's config, the credentials' whereabouts (never values),

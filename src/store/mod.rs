@@ -107,7 +107,7 @@ fn referencing(
 /// Runs the ArtifactStore controller until shutdown.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=artifact-operator");
+    let owned = watcher::Config::default().labels(apply::MANAGED_BY_SELECTOR);
     let controller = crate::controller::controller::<ArtifactStore>(&ctx, "ArtifactStore", &namespace, concurrency);
     let stores = controller.store();
     let health = ctx.health.clone();
