@@ -100,12 +100,12 @@ pub async fn publish<K: Owned>(api: &Api<K>, desired: &K) -> Result<Applied, kub
     let name = desired.meta().name.clone().unwrap_or_default();
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     match api.get_opt(&name).await? {
-        None => match api.create(&params, desired).await {
-            Ok(_) => Ok(Applied::Written),
-            // Made by someone between our read and our create: judged at the next reconcile.
-            Err(kube::Error::Api(status)) if status.code == 409 => Err(kube::Error::Api(status)),
-            Err(error) => Err(error),
-        },
+        None => {
+            // One made by someone between our read and our create fails it (409): the next
+            // reconcile judges that object.
+            api.create(&params, desired).await?;
+            Ok(Applied::Written)
+        }
         Some(current) if !is_ours(current.meta(), desired.meta()) => Ok(Applied::NotOurs),
         Some(current) if current.same_content(desired) && same_meta(current.meta(), desired.meta()) => {
             Ok(Applied::Unchanged)

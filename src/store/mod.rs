@@ -141,18 +141,7 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
     let started = Instant::now();
     let result = match crate::controller::contained(&object_key(store), reconcile_inner(store, &ctx)).await {
         Some(result) => result,
-        None => {
-            // Keep everything but Ready as it was: only this pass failed.
-            let keep = |s: &mut ArtifactStoreStatus| {
-                let previous = store.status.clone().unwrap_or_default();
-                *s = ArtifactStoreStatus {
-                    conditions: std::mem::take(&mut s.conditions),
-                    observed_generation: s.observed_generation,
-                    ..previous
-                };
-            };
-            write_status(store, &ctx, &[crate::controller::panicked()], keep).await.and(Err(Error::Panicked))
-        }
+        None => write_ready_only(store, &ctx, crate::controller::panicked()).await.and(Err(Error::Panicked)),
     };
     ctx.metrics.reconciled("ArtifactStore", started.elapsed());
     result
@@ -371,6 +360,20 @@ async fn write_status(
     Ok(())
 }
 
+/// Writes `ready` as the only condition and keeps every other status field as it was: for a pass
+/// that judged neither the bucket nor the credentials (a deletion blocked, a reconcile that panicked).
+async fn write_ready_only(store: &ArtifactStore, ctx: &Context, ready: conditions::Observed) -> Result<(), Error> {
+    write_status(store, ctx, &[ready], |s| {
+        let previous = store.status.clone().unwrap_or_default();
+        *s = ArtifactStoreStatus {
+            conditions: std::mem::take(&mut s.conditions),
+            observed_generation: s.observed_generation,
+            ..previous
+        };
+    })
+    .await
+}
+
 fn has_finalizer(store: &ArtifactStore) -> bool {
     apply::has_finalizer(store, FINALIZER)
 }
@@ -485,16 +488,8 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
         return retain("this operator did not create it".into()).await;
     }
     let blocked = |failure: Failure| async move {
-        let observed = vec![conditions::Observed::failed(READY, failure.reason, failure.message.clone())];
-        write_status(store, ctx, &observed, |s| {
-            let previous = store.status.clone().unwrap_or_default();
-            *s = ArtifactStoreStatus {
-                conditions: std::mem::take(&mut s.conditions),
-                observed_generation: s.observed_generation,
-                ..previous
-            };
-        })
-        .await?;
+        write_ready_only(store, ctx, conditions::Observed::failed(READY, failure.reason, failure.message.clone()))
+            .await?;
         let failures = ctx.record_failure(&object_key(store));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     };

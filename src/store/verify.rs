@@ -221,14 +221,9 @@ pub async fn verify(
                         }
                     }
                 }
-                match created_by_this_store(&bucket, &uid, provenance).await {
-                    Ok(true) => {
-                        state.created_by_operator = true;
-                        apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
-                    }
-                    Ok(false) => Ok(state),
-                    Err(error) => Err(classify(&error, &format!("read the tags of bucket {}", path.bucket), &region)),
-                }
+                let unreadable =
+                    |error: &CallError| classify(error, &format!("read the tags of bucket {}", path.bucket), &region);
+                complete_if_created_here(store, &bucket, &uid, provenance, state, unreadable).await
             } else {
                 Ok(state)
             }
@@ -250,16 +245,12 @@ pub async fn verify(
                     }
                     // Our own earlier request whose answer was lost, or a bucket made in this
                     // account meanwhile: ours only if it is still empty and untagged.
-                    Ok(Created::AlreadyOwnedByYou) => match created_by_this_store(&bucket, &uid, &requested).await {
-                        Ok(true) => {
-                            state.created_by_operator = true;
-                            apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
-                        }
-                        Ok(false) => Ok(state),
-                        Err(error) => {
-                            Err(classify(&error, &format!("read the tags of bucket {}", path.bucket), &region))
-                        }
-                    },
+                    Ok(Created::AlreadyOwnedByYou) => {
+                        let unreadable = |error: &CallError| {
+                            classify(error, &format!("read the tags of bucket {}", path.bucket), &region)
+                        };
+                        complete_if_created_here(store, &bucket, &uid, &requested, state, unreadable).await
+                    }
                     Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::new(
                         Reason::BucketOwnedByAnotherAccount,
                         format!(
@@ -313,6 +304,26 @@ async fn created_by_this_store(bucket: &Bucket, uid: &str, provenance: &Provenan
         Some(creator) => Ok(creator == uid),
         None if provenance.created || provenance.create_requested => Ok(bucket.any_object().await?.is_none()),
         None => Ok(false),
+    }
+}
+
+/// Applies the settings of a bucket this store created (see [`created_by_this_store`]) until they
+/// hold; a bucket of someone else's is left as it is. `unreadable` says why the tags could not be read.
+async fn complete_if_created_here(
+    store: &ArtifactStore,
+    bucket: &Bucket,
+    uid: &str,
+    provenance: &Provenance,
+    mut state: BucketState,
+    unreadable: impl Fn(&CallError) -> Failure,
+) -> Result<BucketState, Failure> {
+    match created_by_this_store(bucket, uid, provenance).await {
+        Ok(true) => {
+            state.created_by_operator = true;
+            apply_settings(store, bucket, uid, &mut state).await.map(|()| state)
+        }
+        Ok(false) => Ok(state),
+        Err(error) => Err(unreadable(&error)),
     }
 }
 
