@@ -261,13 +261,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     health.set_role(Role::Active);
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
-    // One controller per watched namespace: each needs list/watch only where it is allowed.
+    // One set of watches and controllers per watched namespace: each needs list/watch only where
+    // it is allowed.
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
-    for scope in scopes {
-        controllers.push(Box::pin(crate::store::run(ctx.clone(), scope.clone(), args.concurrency)));
-        controllers.push(Box::pin(crate::stack::run(ctx.clone(), scope, args.concurrency)));
+    let mut all_caches = Vec::new();
+    for scope in &scopes {
+        let (caches, queues) = crate::controller::caches::watch(&ctx.client, scope, &health);
+        ctx.metrics.count_ready_in("ArtifactStore", caches.stores.clone());
+        ctx.metrics.count_ready_in("Stack", caches.stacks.clone());
+        let (stores, stacks) = (caches.stores.clone(), caches.stacks.clone());
+        controllers.push(Box::pin(crate::store::run(ctx.clone(), stores, queues.stores, args.concurrency)));
+        controllers.push(Box::pin(crate::stack::run(ctx.clone(), stacks, queues.stacks, args.concurrency)));
+        all_caches.push((scope.clone(), caches));
     }
-    ctx.health.controllers_started(controllers.len());
+    ctx.set_caches(all_caches);
+    ctx.health.watches_started(scopes.len() * crate::controller::caches::WATCHES_PER_SCOPE);
     match &elector {
         Some(elector) => {
             tokio::select! {

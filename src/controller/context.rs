@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, PostParams};
 
 use crate::aws::AwsEdge;
 use crate::conditions::Transition;
@@ -21,29 +24,51 @@ pub struct Context {
     pub client: Client,
     pub aws: AwsEdge,
     pub settings: Settings,
-    pub recorder: Recorder,
     pub metrics: crate::metrics::Metrics,
     pub health: std::sync::Arc<super::health::Health>,
     /// Per-object memory of this process: failures for backoff, verification times.
     memory: super::memory::Memory,
     issuer: tokio::sync::OnceCell<String>,
+    /// The caches of each watched scope (None: all namespaces), set once the watches start.
+    caches: std::sync::OnceLock<Vec<(Option<String>, super::caches::Caches)>>,
 }
+
+/// An Event's severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// The name that reports this operator's Events.
+const REPORTER: &str = "artifact-operator";
 
 impl Context {
     pub fn new(client: Client, aws: AwsEdge, settings: Settings, metrics: crate::metrics::Metrics) -> Self {
         let memory = super::memory::Memory::new(settings.resync_interval);
-        let recorder =
-            Recorder::new(client.clone(), Reporter { controller: "artifact-operator".into(), instance: None });
         Self {
             client,
             aws,
             settings,
-            recorder,
             metrics,
             health: std::sync::Arc::default(),
             memory,
             issuer: tokio::sync::OnceCell::new(),
+            caches: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands the reconcilers the caches of every watched scope; once, before they run.
+    pub fn set_caches(&self, caches: Vec<(Option<String>, super::caches::Caches)>) {
+        if self.caches.set(caches).is_err() {
+            tracing::error!("the caches were set twice; the first ones stay");
+        }
+    }
+
+    /// The caches that hold `namespace`'s objects, once the watches run.
+    pub fn caches(&self, namespace: &str) -> Option<&super::caches::Caches> {
+        let scopes = self.caches.get()?;
+        scopes.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace)).map(|(_, caches)| caches)
     }
 
     /// Records a failure and returns the count so far.
@@ -55,13 +80,40 @@ impl Context {
         self.memory.record_success(key);
     }
 
-    /// When this process last verified `uid` with `inputs`.
-    pub fn last_verified(&self, uid: &str, inputs: &str) -> Option<Instant> {
-        self.memory.last_verified(uid, inputs)
+    /// When `uid`, verified by this process with `inputs`, is due to be verified again.
+    pub fn verification_due(&self, uid: &str, inputs: &str) -> Option<Instant> {
+        self.memory.verification_due(uid, inputs)
     }
 
-    pub fn mark_verified(&self, uid: &str, inputs: &str, at: Instant) {
-        self.memory.mark_verified(uid, inputs, at);
+    /// Records that `uid` was verified with `inputs` now; it is due again after one resync
+    /// interval (jittered).
+    pub fn mark_verified(&self, uid: &str, inputs: &str) -> Duration {
+        let wait = super::timing::jittered(self.settings.resync_interval);
+        self.memory.mark_verified(uid, inputs, Instant::now() + wait);
+        wait
+    }
+
+    /// Records that `uid` is due to be verified with `inputs` after `wait` (a process that saw it
+    /// verified by an earlier one spreads these re-verifications).
+    pub fn verification_due_in(&self, uid: &str, inputs: &str, wait: Duration) {
+        self.memory.mark_verified(uid, inputs, Instant::now() + wait);
+    }
+
+    /// Records what a full pass of `uid` read, at the caches' `watermark` before it read.
+    pub fn settle<T: std::any::Any + Send + Sync>(
+        &self,
+        uid: &str,
+        watermark: Option<String>,
+        read: std::sync::Arc<T>,
+    ) {
+        if let Some(watermark) = watermark {
+            self.memory.settle(uid, watermark, read);
+        }
+    }
+
+    /// What the last full pass of `uid` read, if nothing it reads or writes changed since.
+    pub fn settled<T: std::any::Any + Send + Sync>(&self, uid: &str, watermark: &str) -> Option<std::sync::Arc<T>> {
+        self.memory.settled(uid, watermark)?.downcast::<T>().ok()
     }
 
     pub fn forget(&self, uid: &str, key: &str) {
@@ -99,24 +151,56 @@ impl Context {
         }
     }
 
-    /// Publishes an Event per condition transition. Failing to publish is logged, not fatal.
-    pub async fn publish_transitions(
+    /// Publishes one Event for a reconcile's condition transitions: the Ready condition's, or the
+    /// first other one. Failing to publish is logged, not fatal.
+    pub async fn publish_transitions(&self, reference: &ObjectReference, transitions: &[Transition]) {
+        let Some(transition) =
+            transitions.iter().find(|t| t.observed.type_ == crate::conditions::READY).or(transitions.first())
+        else {
+            return;
+        };
+        let observed = &transition.observed;
+        let type_ = if observed.status.is_false() { EventType::Warning } else { EventType::Normal };
+        let note = format!("{} is {}: {}", observed.type_, observed.status.as_str(), observed.message);
+        self.publish_event(reference, type_, observed.reason, note, "Reconcile").await;
+    }
+
+    /// Publishes an Event on `reference` (in its namespace). Each is written once, with no cache
+    /// and no series: the operator publishes only on a transition, never the same Event in a loop.
+    /// Failing to publish is logged, not fatal.
+    pub async fn publish_event(
         &self,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-        transitions: &[Transition],
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: crate::reason::Reason,
+        note: String,
+        action: &str,
     ) {
-        for transition in transitions {
-            let observed = &transition.observed;
-            let event = Event {
-                type_: if observed.status.is_false() { EventType::Warning } else { EventType::Normal },
-                reason: observed.reason.as_str().into(),
-                note: Some(format!("{} is {}: {}", observed.type_, observed.status.as_str(), observed.message)),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(error) = self.recorder.publish(&event, reference).await {
-                tracing::warn!(%error, "failed to publish an event");
-            }
+        let now = jiff::Timestamp::now();
+        let namespace = reference.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let event = Event {
+            metadata: kube::core::ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    reference.name.as_deref().unwrap_or(REPORTER),
+                    now.as_nanosecond() as u128 ^ u128::from(fastrand::u32(..))
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            action: Some(action.to_owned()),
+            reason: Some(reason.as_str().to_owned()),
+            note: Some(note),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(REPORTER.to_owned()),
+            reporting_instance: Some(REPORTER.to_owned()),
+            type_: Some(format!("{type_:?}")),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(%error, "failed to publish an event");
         }
     }
 }

@@ -34,8 +34,8 @@ pub enum Role {
 pub struct Health {
     /// How long the apiserver may stay unreachable before the process counts as unhealthy.
     unhealthy_after: Duration,
-    /// How many controllers run; zero until they start.
-    controllers: AtomicUsize,
+    /// How many watches run; zero until they start.
+    watches: AtomicUsize,
     /// How many of them have a synced cache.
     synced: AtomicUsize,
     state: Mutex<State>,
@@ -65,7 +65,7 @@ impl Health {
         let now = Instant::now();
         Self {
             unhealthy_after,
-            controllers: AtomicUsize::new(0),
+            watches: AtomicUsize::new(0),
             synced: AtomicUsize::new(0),
             state: Mutex::new(State {
                 role: Role::Starting,
@@ -86,19 +86,19 @@ impl Health {
         self.state().role = role;
     }
 
-    /// Records that `count` controllers run, each of which reports [`Health::cache_synced`] once.
-    pub fn controllers_started(&self, count: usize) {
-        self.controllers.store(count, Ordering::SeqCst);
+    /// Records that `count` watches run, each of which reports [`Health::cache_synced`] once.
+    pub fn watches_started(&self, count: usize) {
+        self.watches.store(count, Ordering::SeqCst);
     }
 
-    /// One controller's cache holds its first complete list.
+    /// One watch's cache holds its first complete list.
     pub fn cache_synced(&self) {
         self.synced.fetch_add(1, Ordering::SeqCst);
     }
 
     fn caches_synced(&self) -> bool {
-        let controllers = self.controllers.load(Ordering::SeqCst);
-        controllers > 0 && self.synced.load(Ordering::SeqCst) >= controllers
+        let watches = self.watches.load(Ordering::SeqCst);
+        watches > 0 && self.synced.load(Ordering::SeqCst) >= watches
     }
 
     /// The apiserver answered a request (with any status but a gateway error).
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(health.readiness(now), Err("the operator is starting".to_owned()));
         health.set_role(Role::Active);
         health.apiserver_answered();
-        health.controllers_started(2);
+        health.watches_started(2);
         health.cache_synced();
         assert_eq!(health.readiness(now), Err("the caches have not synced yet".to_owned()));
         health.cache_synced();
@@ -351,7 +351,7 @@ mod tests {
     fn an_active_replica_is_not_ready_while_the_apiserver_is_unreachable() {
         let health = Health::new(300 * SECOND);
         health.set_role(Role::Active);
-        health.controllers_started(1);
+        health.watches_started(1);
         health.cache_synced();
         health.apiserver_answered();
         health.apiserver_unreachable(&watch_failed());

@@ -1,18 +1,26 @@
-//! What the process remembers per object between reconciles: consecutive failures (for backoff)
-//! and when each object was last verified with which inputs (to verify once per resync). Objects
-//! deleted without a final reconcile would stay here forever, so stale entries are pruned.
+//! What the process remembers per object between reconciles: consecutive failures (for backoff),
+//! when each object was last verified with which inputs and when it is due again (to verify once
+//! per resync), and what its last full pass read (so that an unchanged object costs no read).
+//! Objects deleted without a final reconcile would stay here forever, so stale entries are pruned.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a full pass read, and the watermark of the caches it read them at.
+type Settled = (Instant, String, Arc<dyn Any + Send + Sync>);
 
 pub struct Memory {
     /// The resync interval: every live object is reconciled at least this often.
     interval: Duration,
     /// Consecutive failures per object (namespace/name), and when the last one was.
     failures: Mutex<HashMap<String, (u32, Instant)>>,
-    /// When each object (by UID) was last verified, and with which inputs.
-    verified: Mutex<HashMap<String, (Instant, String)>>,
+    /// When each object (by UID) was last verified, when it is due again, and with which inputs.
+    verified: Mutex<HashMap<String, (Instant, Instant, String)>>,
+    /// Per object (by UID): when it was last touched, and what its last full pass read at which
+    /// watermark.
+    settled: Mutex<HashMap<String, Settled>>,
     /// When stale entries were last pruned.
     pruned: Mutex<Instant>,
 }
@@ -23,7 +31,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Memory {
     pub fn new(interval: Duration) -> Self {
-        Self { interval, failures: Mutex::default(), verified: Mutex::default(), pruned: Mutex::new(Instant::now()) }
+        Self {
+            interval,
+            failures: Mutex::default(),
+            verified: Mutex::default(),
+            settled: Mutex::default(),
+            pruned: Mutex::new(Instant::now()),
+        }
     }
 
     /// Records a failure at `now` and returns the count so far.
@@ -40,25 +54,43 @@ impl Memory {
         lock(&self.failures).remove(key);
     }
 
-    /// When `uid` was last verified with `inputs`.
-    pub fn last_verified(&self, uid: &str, inputs: &str) -> Option<Instant> {
-        lock(&self.verified).get(uid).filter(|(_, seen)| seen == inputs).map(|(at, _)| *at)
+    /// When `uid`, verified with `inputs`, is due to be verified again.
+    pub fn verification_due(&self, uid: &str, inputs: &str) -> Option<Instant> {
+        lock(&self.verified).get(uid).filter(|(_, _, seen)| seen == inputs).map(|(_, due, _)| *due)
     }
 
-    pub fn mark_verified(&self, uid: &str, inputs: &str, at: Instant) {
-        self.prune_stale(Instant::now());
-        lock(&self.verified).insert(uid.to_owned(), (at, inputs.to_owned()));
+    /// Records that `uid` was verified with `inputs` now, and is due again at `due`.
+    pub fn mark_verified(&self, uid: &str, inputs: &str, due: Instant) {
+        let now = Instant::now();
+        self.prune_stale(now);
+        lock(&self.verified).insert(uid.to_owned(), (now, due, inputs.to_owned()));
+    }
+
+    /// Records what a full pass of `uid` read, at `watermark`.
+    pub fn settle(&self, uid: &str, watermark: String, read: Arc<dyn Any + Send + Sync>) {
+        let now = Instant::now();
+        self.prune_stale(now);
+        lock(&self.settled).insert(uid.to_owned(), (now, watermark, read));
+    }
+
+    /// What the last full pass of `uid` read, if the caches still stand at its `watermark`.
+    pub fn settled(&self, uid: &str, watermark: &str) -> Option<Arc<dyn Any + Send + Sync>> {
+        let mut settled = lock(&self.settled);
+        let (touched, _, read) = settled.get_mut(uid).filter(|(_, at, _)| at == watermark)?;
+        *touched = Instant::now();
+        Some(read.clone())
     }
 
     /// Drops what is known about a deleted object.
     pub fn forget(&self, uid: &str, key: &str) {
         lock(&self.verified).remove(uid);
+        lock(&self.settled).remove(uid);
         self.record_success(key);
     }
 
-    /// How many objects have a verification time and a failure count.
-    pub fn len(&self) -> (usize, usize) {
-        (lock(&self.verified).len(), lock(&self.failures).len())
+    /// How many objects have a verification time, a failure count, and a settled pass.
+    pub fn len(&self) -> (usize, usize, usize) {
+        (lock(&self.verified).len(), lock(&self.failures).len(), lock(&self.settled).len())
     }
 
     /// At most once per interval, drops the entries no reconcile has refreshed for two intervals:
@@ -74,8 +106,9 @@ impl Memory {
             *pruned = now;
         }
         let fresh = |at: &Instant| now.saturating_duration_since(*at) < self.interval * 2;
-        lock(&self.verified).retain(|_, (at, _)| fresh(at));
+        lock(&self.verified).retain(|_, (at, _, _)| fresh(at));
         lock(&self.failures).retain(|_, (_, at)| fresh(at));
+        lock(&self.settled).retain(|_, (touched, _, _)| fresh(touched));
     }
 }
 
@@ -88,12 +121,23 @@ mod tests {
     #[test]
     fn verification_is_remembered_per_inputs() {
         let memory = Memory::new(INTERVAL);
-        let at = Instant::now();
-        memory.mark_verified("uid-1", "inputs-a", at);
-        assert_eq!(memory.last_verified("uid-1", "inputs-a"), Some(at));
-        assert_eq!(memory.last_verified("uid-1", "inputs-b"), None, "changed inputs need a new verification");
+        let due = Instant::now() + INTERVAL;
+        memory.mark_verified("uid-1", "inputs-a", due);
+        assert_eq!(memory.verification_due("uid-1", "inputs-a"), Some(due));
+        assert_eq!(memory.verification_due("uid-1", "inputs-b"), None, "changed inputs need a new verification");
         memory.forget("uid-1", "ns/one");
-        assert_eq!(memory.last_verified("uid-1", "inputs-a"), None);
+        assert_eq!(memory.verification_due("uid-1", "inputs-a"), None);
+    }
+
+    #[test]
+    fn a_settled_pass_holds_only_at_its_watermark() {
+        let memory = Memory::new(INTERVAL);
+        memory.settle("uid-1", "5/7/-".to_owned(), Arc::new(42u32));
+        let read = memory.settled("uid-1", "5/7/-").expect("same watermark");
+        assert_eq!(read.downcast_ref::<u32>(), Some(&42));
+        assert!(memory.settled("uid-1", "5/8/-").is_none(), "a referenced object changed");
+        memory.forget("uid-1", "ns/one");
+        assert!(memory.settled("uid-1", "5/7/-").is_none());
     }
 
     #[test]
@@ -111,15 +155,16 @@ mod tests {
         let memory = Memory::new(INTERVAL);
         let start = Instant::now();
         memory.mark_verified("deleted", "x", start);
+        memory.settle("deleted", "1".to_owned(), Arc::new(()));
         memory.record_failure("ns/deleted", start);
         // Within two intervals nothing is dropped, even when a prune runs.
         let soon = start + INTERVAL + Duration::from_secs(1);
         memory.record_failure("ns/live", soon);
-        assert_eq!(memory.len(), (1, 2));
+        assert_eq!(memory.len(), (1, 2, 1));
         // Later, only what was refreshed recently survives.
         let later = start + INTERVAL * 2 + Duration::from_secs(2);
         memory.record_failure("ns/live", later);
-        assert_eq!(memory.len(), (0, 1));
+        assert_eq!(memory.len(), (0, 1, 0));
         assert_eq!(memory.record_failure("ns/live", later), 3, "the live object's count is kept");
     }
 

@@ -2,6 +2,7 @@
 //! only when they differ.
 
 pub mod apply;
+pub mod caches;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
@@ -33,23 +34,18 @@ pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>
     }
 }
 
-/// The controller for `K` objects in `namespace` (or all namespaces), whose cache reports to
-/// `ctx.health` when its first complete list has arrived, so that /readyz waits for it, and
-/// feeds the objects-by-Ready gauge. Objects come guarded: one that does not deserialize into `K`
-/// (stored under an older schema, or written past the apiserver's validation) reaches the
-/// reconciler as such, see [`deserialized`], instead of breaking the watch for all the others.
-///
-/// Built from its own watch stream rather than `Controller::new`, because the cache's
-/// `wait_until_ready` wakes only one waiter and the controller itself is already waiting on it.
+/// The controller for `K` objects: it reconciles what `queue` names (see [`caches::watch`]: the
+/// object itself changed, or something it names did), reading the objects from `cache`. Objects
+/// come guarded: one that does not deserialize into `K` (stored under an older schema, or written
+/// past the apiserver's validation) reaches the reconciler as such, see [`deserialized`], instead
+/// of breaking the watch for all the others.
 pub fn controller<K>(
-    ctx: &Context,
-    kind: &'static str,
-    namespace: &Option<String>,
+    cache: kube::runtime::reflector::Store<DeserializeGuard<K>>,
+    queue: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>>,
     concurrency: u16,
 ) -> kube::runtime::Controller<DeserializeGuard<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + crate::conditions::HasConditions
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -57,25 +53,15 @@ where
         + Sync
         + 'static,
 {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
-    let (cache, writer) = reflector::store::<DeserializeGuard<K>>();
-    ctx.metrics.count_ready_in(kind, cache.clone());
-    let health = ctx.health.clone();
-    let mut synced = false;
-    let api = scoped_api::<DeserializeGuard<K>>(&ctx.client, namespace);
-    let events = watcher(api, watcher::Config::default().any_semantic()).inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) && !std::mem::replace(&mut synced, true) {
-            health.cache_synced();
-        }
-    });
-    kube::runtime::Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+    let no_trigger = futures::stream::pending::<Result<DeserializeGuard<K>, kube::runtime::watcher::Error>>();
+    kube::runtime::Controller::for_stream(no_trigger, cache)
+        .reconcile_on(queue)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
 }
 
-/// Consumes a controller's results: a watch that got no answer from the apiserver marks `health`
-/// (answers are counted by the client itself); reconcile failures are logged by the reconcilers'
-/// error policies, so here they are only traced.
+/// Consumes a controller's results. Reconcile failures are logged by the reconcilers' error
+/// policies and the watches report to health themselves (see [`caches::watch`]), so here they
+/// are only traced.
 pub async fn drive<K, E>(
     results: impl futures::Stream<
         Item = Result<
@@ -83,7 +69,6 @@ pub async fn drive<K, E>(
             kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
         >,
     >,
-    health: std::sync::Arc<health::Health>,
     kind: &'static str,
 ) where
     K: Resource,
@@ -92,15 +77,8 @@ pub async fn drive<K, E>(
     use futures::StreamExt;
     results
         .for_each(|result| {
-            match &result {
-                Err(kube::runtime::controller::Error::QueueError(error)) => {
-                    if health::is_unreachable_watch(error) {
-                        health.apiserver_unreachable(error);
-                    }
-                    tracing::warn!(%error, kind, "watch failed");
-                }
-                Err(error) => tracing::debug!(%error, kind, "reconcile did not complete"),
-                Ok(_) => {}
+            if let Err(error) = &result {
+                tracing::debug!(%error, kind, "reconcile did not complete");
             }
             std::future::ready(())
         })
@@ -122,16 +100,9 @@ where
     };
     let key = object_key(guarded);
     tracing::warn!(object = %key, error = %invalid.error, "the object does not match the operator's schema");
-    let event = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: crate::reason::Reason::InvalidObject.as_str().into(),
-        note: Some(format!("the operator cannot read this {}: {}", K::kind(&()), invalid.error)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &guarded.object_ref(&())).await {
-        tracing::warn!(%error, "failed to publish an event");
-    }
+    let note = format!("the operator cannot read this {}: {}", K::kind(&()), invalid.error);
+    let reason = crate::reason::Reason::InvalidObject;
+    ctx.publish_event(&guarded.object_ref(&()), context::EventType::Warning, reason, note, "Reconcile").await;
     Err(kube::runtime::controller::Action::await_change())
 }
 

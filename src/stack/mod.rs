@@ -7,13 +7,13 @@ pub mod outputs;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{OutputFormat, StackStatus};
@@ -21,10 +21,11 @@ use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
 use crate::conditions::{self, Observed, READY};
 use crate::controller::apply;
+use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::timing::{backoff, jittered};
-use crate::controller::{Context, object_key, scoped_api};
+use crate::controller::{Context, object_key};
 use crate::reason::Reason;
-use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_env_secret_name};
+use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,66 +51,41 @@ impl Error {
     }
 }
 
-fn referencing(
-    stacks: &Store<DeserializeGuard<Stack>>,
-    namespace: Option<String>,
-    matches: impl Fn(&Stack) -> bool,
-) -> Vec<ObjectRef<DeserializeGuard<Stack>>> {
-    stacks
-        .state()
-        .iter()
-        .filter(|s| s.namespace() == namespace && s.0.as_ref().is_ok_and(&matches))
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
+impl Referrer for Stack {
+    /// The store and what it publishes, the orchestrator's ServiceAccount, and what the Stack
+    /// publishes (its ConfigMap and CA Secret, and the shared ConfigMaps it asks for).
+    fn references(&self) -> Vec<Reference> {
+        let store = &self.spec.artifact_store_ref.name;
+        let name = self.name_any();
+        let mut references = vec![
+            Reference::new(Kind::ArtifactStore, store),
+            Reference::new(Kind::ConfigMap, store_config_map_name(store)),
+            Reference::new(Kind::Secret, store_env_secret_name(store)),
+            Reference::new(Kind::ServiceAccount, &self.spec.orchestrator.service_account_name),
+            Reference::new(Kind::ConfigMap, build::config_map_name(&name)),
+            Reference::new(Kind::Secret, build::ca_secret_name(&name)),
+        ];
+        if self.spec.outputs.formats.contains(&OutputFormat::Kfp) {
+            references.push(Reference::new(Kind::ConfigMap, crate::render::kfp::CONFIG_MAP));
+        }
+        if self.spec.outputs.formats.contains(&OutputFormat::Argo) {
+            references.push(Reference::new(Kind::ConfigMap, crate::render::argo::CONFIG_MAP));
+        }
+        references
+    }
 }
 
-/// Runs the Stack controller until shutdown.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
-    let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(apply::MANAGED_BY_SELECTOR);
-    let controller = crate::controller::controller::<Stack>(&ctx, "Stack", &namespace, concurrency);
-    let (by_store, by_account, by_config_map) = (controller.store(), controller.store(), controller.store());
-    let health = ctx.health.clone();
-    let results = controller
-        // Owned ConfigMaps, and the shared ones Stacks write to: kfp-launcher (a Stack waiting for
-        // it hears when its holder lets go) and artifact-repositories (when the operator made it).
-        .watches(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned, move |config_map| {
-            let namespace = config_map.namespace();
-            let mut stacks: Vec<ObjectRef<DeserializeGuard<Stack>>> = config_map
-                .owner_references()
-                .iter()
-                .filter(|owner| owner.kind == "Stack")
-                .map(|owner| ObjectRef::new(&owner.name).within(namespace.as_deref().unwrap_or_default()))
-                .collect();
-            let format = match config_map.name_any().as_str() {
-                crate::render::kfp::CONFIG_MAP => Some(OutputFormat::Kfp),
-                crate::render::argo::CONFIG_MAP => Some(OutputFormat::Argo),
-                _ => None,
-            };
-            if let Some(format) = format {
-                stacks.extend(referencing(&by_config_map, namespace, |s| s.spec.outputs.formats.contains(&format)));
-            }
-            stacks
-        })
-        .watches(
-            scoped_api::<DeserializeGuard<ArtifactStore>>(&client, &namespace),
-            watcher::Config::default(),
-            move |store| {
-                let name = store.name_any();
-                referencing(&by_store, store.namespace(), |s| s.spec.artifact_store_ref.name == name)
-            },
-        )
-        .watches(
-            scoped_api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
-            watcher::Config::default(),
-            move |account| {
-                let name = account.name_any();
-                referencing(&by_account, account.namespace(), |s| s.spec.orchestrator.service_account_name == name)
-            },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    crate::controller::drive(results, health, "Stack").await;
+/// Runs the Stack controller until shutdown: it reconciles what `queue` names, reading Stacks
+/// from `cache` (see [`crate::controller::caches::watch`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    cache: Store<DeserializeGuard<Stack>>,
+    queue: UnboundedReceiver<ObjectRef<DeserializeGuard<Stack>>>,
+    concurrency: u16,
+) {
+    let results =
+        crate::controller::controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
+    crate::controller::drive(results, "Stack").await;
 }
 
 fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -143,6 +119,12 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
         ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
         return Ok(Action::await_change());
     }
+    let uid = stack.uid().unwrap_or_default();
+    // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
+    let watermark = ctx.caches(&stack.namespace().unwrap_or_default()).map(|c| c.watermark(stack));
+    if watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
+        return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+    }
     let failure = match usable(stack, ctx).await? {
         Err(failure) => failure,
         Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
@@ -153,8 +135,9 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
                     stack.spec.orchestrator.service_account_name, usable.resolved.path
                 );
                 write_status(stack, ctx, Observed::ok(READY, Reason::Ready, message), Some((name, hash))).await?;
-                ctx.mark_verified(&stack.uid().unwrap_or_default(), &usable.fingerprint, Instant::now());
+                ctx.mark_verified(&uid, &usable.fingerprint);
                 ctx.record_success(&object_key(stack));
+                ctx.settle(&uid, watermark, Arc::new(()));
                 return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
             }
         },
@@ -174,8 +157,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
 async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>, Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let store_name = &stack.spec.artifact_store_ref.name;
-    let stores: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(store) = stores.get_opt(store_name).await.map_err(Error::Dereference)? else {
+    let Some(store) = read_store(ctx, &namespace, store_name).await? else {
         return Ok(Err(Failure::new(
             Reason::ArtifactStoreNotFound,
             format!(
@@ -228,7 +210,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only
         // when the store or the ServiceAccount changes.
         let uid = stack.uid().unwrap_or_default();
-        if ctx.last_verified(&uid, &fingerprint).is_none() {
+        if ctx.verification_due(&uid, &fingerprint).is_none() {
             let Ok(path) = S3Path::parse(&store.spec.path) else {
                 return Ok(Err(Failure::new(
                     Reason::ArtifactStoreNotReady,
@@ -242,6 +224,18 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         }
     }
     Ok(Ok(Usable { resolved, fingerprint }))
+}
+
+/// The ArtifactStore `name`: from the operator's cache once the watches run, otherwise from the
+/// apiserver. One that does not deserialize counts as missing (its own controller reports it).
+async fn read_store(ctx: &Context, namespace: &str, name: &str) -> Result<Option<ArtifactStore>, Error> {
+    match ctx.caches(namespace) {
+        Some(caches) => Ok(caches.store(namespace, name).and_then(|guarded| guarded.0.as_ref().ok().cloned())),
+        None => {
+            let stores: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), namespace);
+            stores.get_opt(name).await.map_err(Error::Dereference)
+        }
+    }
 }
 
 async fn write_status(

@@ -8,17 +8,16 @@ pub mod status;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::api::ArtifactStore;
@@ -26,8 +25,10 @@ use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPoli
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied};
+use crate::controller::caches::{Kind, Reference, Referrer};
+use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered, spread};
-use crate::controller::{Context, object_key, scoped_api};
+use crate::controller::{Context, object_key};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
@@ -66,67 +67,44 @@ impl Error {
     }
 }
 
-/// Whether a Secret, ConfigMap or ServiceAccount named `name` in `namespace` is referenced by `store`.
-fn references(store: &ArtifactStore, kind: &str, namespace: &str, name: &str) -> bool {
-    if store.namespace().as_deref() != Some(namespace) {
-        return false;
-    }
-    let spec = &store.spec;
-    let ca = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref());
-    // The names the store publishes count too: a clashing object's removal lets it publish at once.
-    match kind {
-        "Secret" => {
-            spec.auth.secret_ref.as_ref().is_some_and(|s| s.name == name)
-                || ca.is_some_and(|ca| ca.kind == CaBundleKind::Secret && ca.name == name)
-                || store_env_secret_name(&store.name_any()) == name
+impl Referrer for ArtifactStore {
+    /// The Secret, CA bundle and ServiceAccount the store reads, and the ConfigMap and Secret it
+    /// publishes (a clashing object's removal lets it publish at once).
+    fn references(&self) -> Vec<Reference> {
+        let spec = &self.spec;
+        let name = self.name_any();
+        let mut references = vec![
+            Reference::new(Kind::ConfigMap, store_config_map_name(&name)),
+            Reference::new(Kind::Secret, store_env_secret_name(&name)),
+        ];
+        if let Some(secret) = &spec.auth.secret_ref {
+            references.push(Reference::new(Kind::Secret, &secret.name));
         }
-        "ConfigMap" => {
-            ca.is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap && ca.name == name)
-                || store_config_map_name(&store.name_any()) == name
+        if let Some(ca) = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
+            let kind = match ca.kind {
+                CaBundleKind::ConfigMap => Kind::ConfigMap,
+                CaBundleKind::Secret => Kind::Secret,
+            };
+            references.push(Reference::new(kind, &ca.name));
         }
-        "ServiceAccount" => spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_deref()) == Some(name),
-        _ => false,
+        if let Some(account) = spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
+            references.push(Reference::new(Kind::ServiceAccount, account));
+        }
+        references
     }
 }
 
-fn referencing(
-    stores: &Store<DeserializeGuard<ArtifactStore>>,
-    kind: &'static str,
-    namespace: Option<String>,
-    name: String,
-) -> Vec<ObjectRef<DeserializeGuard<ArtifactStore>>> {
-    let namespace = namespace.unwrap_or_default();
-    stores
-        .state()
-        .iter()
-        .filter(|s| s.0.as_ref().is_ok_and(|store| references(store, kind, &namespace, &name)))
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
-}
-
-/// Runs the ArtifactStore controller until shutdown.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
-    let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(apply::MANAGED_BY_SELECTOR);
-    let controller = crate::controller::controller::<ArtifactStore>(&ctx, "ArtifactStore", &namespace, concurrency);
-    let stores = controller.store();
-    let health = ctx.health.clone();
-    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores);
-    let all = watcher::Config::default;
-    let results = controller
-        .owns(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), owned)
-        .watches(scoped_api::<PartialObjectMeta<Secret>>(&client, &namespace), all(), move |s| {
-            referencing(&s1, "Secret", s.metadata.namespace, s.metadata.name.unwrap_or_default())
-        })
-        .watches(scoped_api::<PartialObjectMeta<ConfigMap>>(&client, &namespace), all(), move |c| {
-            referencing(&s2, "ConfigMap", c.metadata.namespace, c.metadata.name.unwrap_or_default())
-        })
-        .watches(scoped_api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace), all(), move |a| {
-            referencing(&s3, "ServiceAccount", a.metadata.namespace, a.metadata.name.unwrap_or_default())
-        })
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    crate::controller::drive(results, health, "ArtifactStore").await;
+/// Runs the ArtifactStore controller until shutdown: it reconciles what `queue` names, reading
+/// stores from `cache` (see [`crate::controller::caches::watch`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    cache: Store<DeserializeGuard<ArtifactStore>>,
+    queue: UnboundedReceiver<ObjectRef<DeserializeGuard<ArtifactStore>>>,
+    concurrency: u16,
+) {
+    let results =
+        crate::controller::controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
+    crate::controller::drive(results, "ArtifactStore").await;
 }
 
 fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -147,11 +125,19 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
     result
 }
 
+/// dereference → (steady: nothing changed) → parse → resolve the inputs → (recheck: verified
+/// with these inputs) → verify → publish → status.
 async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
     if store.metadata.deletion_timestamp.is_some() {
         return cleanup(store, ctx).await;
     }
     sync_finalizer(store, ctx).await?;
+    let uid = store.uid().unwrap_or_default();
+    // What the caches hold of the store and of everything it names, before anything is read.
+    let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
+    if let Some(action) = steady(store, ctx, watermark.as_deref()).await {
+        return Ok(action);
+    }
 
     // Validate what the schema could not (objects created before a rule existed).
     let path = match S3Path::parse(&store.spec.path) {
@@ -162,9 +148,8 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
             return Ok(Action::await_change());
         }
     };
-
     let inputs = match dereference(&ctx.client, store).await {
-        Ok(inputs) => inputs,
+        Ok(inputs) => Arc::new(inputs),
         Err(dereference::Error::Invalid(failure)) => {
             write_status(store, ctx, &status::unresolved(&failure), |s| {
                 s.bucket = Some(path.bucket.clone());
@@ -177,51 +162,99 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         Err(error) => return Err(Error::Dereference(error)),
     };
 
-    let uid = store.uid().unwrap_or_default();
-    let previous = store.status.clone().unwrap_or_default();
-    let resync = ctx.settings.resync_interval;
-    let up_to_date = conditions::is_true_for(&previous.conditions, READY, store.metadata.generation)
-        && previous.verified_inputs.as_deref() == Some(inputs.fingerprint.as_str());
-    if up_to_date {
-        let region = previous.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
-        let next = match ctx.last_verified(&uid, &inputs.fingerprint) {
-            Some(at) if at.elapsed() < resync => Some(resync - at.elapsed()),
-            Some(_) => match verify::quick_check(ctx, store, &inputs, &path, &region).await {
-                Ok(()) => {
-                    ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
-                    ctx.metrics.verified();
-                    Some(jittered(resync))
-                }
-                Err(_) => None,
-            },
-            None => {
-                // First sight since this process started: spread the re-verifications.
-                let wait = spread(resync);
-                let at = Instant::now().checked_sub(resync - wait).unwrap_or_else(Instant::now);
-                ctx.mark_verified(&uid, &inputs.fingerprint, at);
-                Some(wait)
-            }
-        };
-        // A name conflict that appeared since is reported by the full pass below.
-        if let Some(next) = next {
-            if publish(store, ctx, &inputs, &region).await?.is_none() {
-                ctx.record_success(&object_key(store));
-                return Ok(Action::requeue(next));
-            }
+    let ready_for = match recheck(store, ctx, &inputs, &path).await? {
+        Some(wait) => Some(wait),
+        None => verify_and_publish(store, ctx, &inputs, &path).await?,
+    };
+    match ready_for {
+        Some(wait) => {
+            ctx.record_success(&object_key(store));
+            ctx.settle(&uid, watermark, inputs);
+            Ok(Action::requeue(wait))
+        }
+        None => {
+            let failures = ctx.record_failure(&object_key(store));
+            Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
         }
     }
+}
 
+/// The steady state: nothing the store reads or publishes changed since a full pass found it
+/// Ready, so nothing is read from the apiserver; S3 is called once, when the re-verification is
+/// due. None when a full pass is needed.
+async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -> Option<Action> {
+    let uid = store.uid()?;
+    let inputs = ctx.settled::<Inputs>(&uid, watermark?)?;
+    let due = ctx.verification_due(&uid, &inputs.fingerprint)?;
+    let now = Instant::now();
+    if due > now {
+        return Some(Action::requeue(due - now));
+    }
+    let path = S3Path::parse(&store.spec.path).ok()?;
+    let region = store.status.as_ref().and_then(|s| s.region.clone()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    verify::quick_check(ctx, store, &inputs, &path, &region).await.ok()?;
+    ctx.metrics.verified();
+    Some(Action::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
+}
+
+/// A store already Ready with these inputs needs no full verification: only the cheap check when
+/// it is due (or, first seen by this process, a due time spread over one interval), and its
+/// published objects healed. Returns how long it stays verified; None when a full verification
+/// is needed (not Ready, new inputs, a failed check, or a name conflict to report).
+async fn recheck(
+    store: &ArtifactStore,
+    ctx: &Context,
+    inputs: &Inputs,
+    path: &S3Path,
+) -> Result<Option<Duration>, Error> {
+    let previous = store.status.clone().unwrap_or_default();
+    let up_to_date = conditions::is_true_for(&previous.conditions, READY, store.metadata.generation)
+        && previous.verified_inputs.as_deref() == Some(inputs.fingerprint.as_str());
+    if !up_to_date {
+        return Ok(None);
+    }
+    let uid = store.uid().unwrap_or_default();
+    let region = previous.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let now = Instant::now();
+    let wait = match ctx.verification_due(&uid, &inputs.fingerprint) {
+        Some(due) if due > now => due - now,
+        Some(_) => match verify::quick_check(ctx, store, inputs, path, &region).await {
+            Ok(()) => {
+                ctx.metrics.verified();
+                ctx.mark_verified(&uid, &inputs.fingerprint)
+            }
+            Err(_) => return Ok(None),
+        },
+        None => {
+            // First sight since this process started: spread the re-verifications.
+            let wait = spread(ctx.settings.resync_interval);
+            ctx.verification_due_in(&uid, &inputs.fingerprint, wait);
+            wait
+        }
+    };
+    Ok(publish(store, ctx, inputs, &region).await?.is_none().then_some(wait))
+}
+
+/// The full verification: bucket found or provisioned, access proven, configuration published,
+/// status written. Returns how long the store stays verified when it is Ready.
+async fn verify_and_publish(
+    store: &ArtifactStore,
+    ctx: &Context,
+    inputs: &Inputs,
+    path: &S3Path,
+) -> Result<Option<Duration>, Error> {
+    let previous = store.status.clone().unwrap_or_default();
     let provenance = verify::Provenance {
         created: previous.bucket_created == Some(true),
         create_requested: previous.bucket_create_requested.is_some(),
     };
     let record = async || record_create_request(store, ctx).await;
-    let outcome = verify::verify(ctx, store, &inputs, &path, &provenance, record).await;
+    let outcome = verify::verify(ctx, store, inputs, path, &provenance, record).await;
     let region = outcome.region.clone().or(previous.region.clone());
     let config_map_name = store_config_map_name(&store.name_any());
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
-        true => publish(store, ctx, &inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?,
+        true => publish(store, ctx, inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?,
         false => None,
     };
     let ready = verified && conflict.is_none();
@@ -264,16 +297,11 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         }
     })
     .await?;
-
-    if ready {
-        ctx.mark_verified(&uid, &inputs.fingerprint, Instant::now());
-        ctx.metrics.verified();
-        ctx.record_success(&object_key(store));
-        Ok(Action::requeue(jittered(resync)))
-    } else {
-        let failures = ctx.record_failure(&object_key(store));
-        Ok(Action::requeue(backoff(failures, resync)))
+    if !ready {
+        return Ok(None);
     }
+    ctx.metrics.verified();
+    Ok(Some(ctx.mark_verified(&store.uid().unwrap_or_default(), &inputs.fingerprint)))
 }
 
 /// Publishes the store's ConfigMap (and, for key auth, the env Secret) where they differ. A name
@@ -393,11 +421,7 @@ async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<(), Erro
 }
 
 async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: Reason, note: String) {
-    let event =
-        Event { type_, reason: reason.as_str().into(), note: Some(note), action: "Delete".into(), secondary: None };
-    if let Err(error) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
-        tracing::warn!(%error, "failed to publish an event");
-    }
+    ctx.publish_event(&store.object_ref(&()), type_, reason, note, "Delete").await;
 }
 
 /// Whether the store goes because its namespace or its CRD goes: then no bucket is deleted.

@@ -50,7 +50,7 @@ fn object(store: &ArtifactStore) -> impl Fn(&Value) -> (u16, Value) + use<> {
 }
 
 #[tokio::test]
-async fn delete_adds_the_finalizer_then_reports_a_missing_secret_once() {
+async fn delete_adds_the_finalizer_then_reports_a_missing_secret_once_in_one_event() {
     let mut written = Value::Null;
     let answer = object(&store("Delete", &[]));
     run(store("Delete", &[]), async |api: &mut ApiServerVerifier| {
@@ -62,9 +62,10 @@ async fn delete_adds_the_finalizer_then_reports_a_missing_secret_once() {
         let reasons: Vec<&str> =
             status["status"]["conditions"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
         assert_eq!(reasons, ["SecretNotFound", "CredentialsUnavailable", "SecretNotFound"]);
-        for _ in 0..3 {
-            api.event("team-a").await;
-        }
+        // One Event for the reconcile, the Ready condition's, not one per condition.
+        let event = api.event("team-a").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("SecretNotFound")));
+        assert!(event["note"].as_str().unwrap().starts_with("Ready is False: Secret s3-keys does not exist"), "{event}");
         written = status["status"].clone();
     })
     .await;
