@@ -35,6 +35,28 @@ pub fn count_aws_call(service: &'static str, ok: bool) {
     AWS_CALLS.get_or_create(&ServiceLabel { service, outcome: if ok { "ok" } else { "error" } }).inc();
 }
 
+static KUBE_REQUESTS: std::sync::LazyLock<Family<VerbLabel, Counter>> = std::sync::LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabel {
+    verb: &'static str,
+}
+
+/// Counts one request to the apiserver: `watch`, `get` (a read or a list), `create`, `update`,
+/// `patch` or `delete`.
+pub fn count_kube_request(method: &http::Method, query: Option<&str>) {
+    let verb = match *method {
+        http::Method::GET if query.is_some_and(|q| q.split('&').any(|p| p == "watch=true")) => "watch",
+        http::Method::GET => "get",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    KUBE_REQUESTS.get_or_create(&VerbLabel { verb }).inc();
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     kind: &'static str,
@@ -79,6 +101,7 @@ impl Default for Metrics {
         registry.register("reconcile_errors", "Reconciles that failed, by category", errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
         registry.register("aws_calls", "Calls made to AWS services (S3, STS, IAM)", AWS_CALLS.clone());
+        registry.register("kube_requests", "Requests made to the Kubernetes apiserver, by verb", KUBE_REQUESTS.clone());
         registry.register("store_verifications", "Successful store verifications", verifications.clone());
         Self {
             registry: Arc::new(registry),

@@ -222,7 +222,8 @@ pub fn is_unreachable_watch(error: &kube::runtime::watcher::Error) -> bool {
     }
 }
 
-/// A layer for the Kubernetes client that tells [`Health`] of every answer from the apiserver.
+/// A layer for the Kubernetes client that tells [`Health`] of every answer from the apiserver,
+/// and counts every request by verb.
 #[derive(Clone)]
 pub struct AnswerLayer(pub Arc<Health>);
 
@@ -255,6 +256,7 @@ where
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let health = self.health.clone();
+        crate::metrics::count_kube_request(request.method(), request.uri().query());
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;

@@ -65,7 +65,10 @@ async fn delete_adds_the_finalizer_then_reports_a_missing_secret_once_in_one_eve
         // One Event for the reconcile, the Ready condition's, not one per condition.
         let event = api.event("team-a").await;
         assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("SecretNotFound")));
-        assert!(event["note"].as_str().unwrap().starts_with("Ready is False: Secret s3-keys does not exist"), "{event}");
+        assert!(
+            event["note"].as_str().unwrap().starts_with("Ready is False: Secret s3-keys does not exist"),
+            "{event}"
+        );
         written = status["status"].clone();
     })
     .await;
