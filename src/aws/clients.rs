@@ -1,13 +1,19 @@
 //! Building SDK clients for one store: its region, endpoint, TLS trust and credentials.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::Region;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -94,9 +100,92 @@ fn with_keys(builder: aws_sdk_s3::config::Builder, connection: &S3Connection) ->
     }
 }
 
+/// Counts every attempt of every AWS call (retries too) in `aws_calls_total`, by service and
+/// outcome: an attempt that got a 2xx answer is ok, any other answer or none is an error.
+#[derive(Debug)]
+pub struct CountCalls(pub &'static str);
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let ok = context.response().is_some_and(|response| response.status().is_success());
+        crate::metrics::count_aws_call(self.0, ok);
+        Ok(())
+    }
+}
+
+/// S3 clients by connection setting (region, endpoint, TLS trust, keys), so that the stores that
+/// share one reuse its client, its connection pool and its TLS configuration.
+#[derive(Default)]
+struct S3Clients {
+    clients: std::sync::Mutex<HashMap<[u8; 32], (Instant, aws_sdk_s3::Client)>>,
+}
+
+/// A client unused for this long is dropped (every store's client is used at least once a
+/// resync, at most a day apart).
+const IDLE_CLIENT: Duration = Duration::from_secs(25 * 3600);
+
+impl S3Clients {
+    /// The connection's identity: a hash of every setting, keys included (never kept in clear).
+    fn key(connection: &S3Connection) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let endpoint = connection.endpoint.as_ref();
+        let keys = connection.keys.as_ref();
+        for part in [
+            Some(connection.region.as_str()),
+            endpoint.map(|e| e.url.as_str()),
+            Some(if connection.path_style { "path" } else { "virtual" }),
+            Some(if endpoint.is_some_and(|e| e.insecure_skip_verify) { "insecure" } else { "verify" }),
+            connection.ca_pem.as_deref(),
+            keys.map(|k| k.access_key_id.as_str()),
+            keys.map(|k| k.secret_access_key.as_str()),
+            keys.and_then(|k| k.session_token.as_deref()),
+        ] {
+            // Length-prefixed, so that no two different settings hash alike.
+            let part = part.unwrap_or("\u{0}none");
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.finalize().into()
+    }
+
+    fn get_or_build(
+        &self,
+        connection: &S3Connection,
+        build: impl FnOnce() -> Result<aws_sdk_s3::Client, ConnectError>,
+    ) -> Result<aws_sdk_s3::Client, ConnectError> {
+        let key = Self::key(connection);
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((used, client)) = clients.get_mut(&key) {
+            *used = now;
+            return Ok(client.clone());
+        }
+        let client = build()?;
+        clients.retain(|_, (used, _)| now.saturating_duration_since(*used) < IDLE_CLIENT);
+        clients.insert(key, (now, client.clone()));
+        Ok(client)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.clients.lock().unwrap().len()
+    }
+}
+
 /// Shared AWS state: the operator's ambient configuration and the per-account rate limiters.
 pub struct AwsEdge {
     ambient: SdkConfig,
+    s3_clients: S3Clients,
     /// S3 calls, per account: S3 serves thousands of requests a second per prefix.
     pub s3_limiter: Arc<RateLimiter>,
     /// IAM and STS calls, per account: account-wide APIs with low quotas shared with other tools.
@@ -120,7 +209,12 @@ impl AwsEdge {
             .timeout_config(operator_timeouts())
             .load()
             .await;
-        Self { ambient, s3_limiter: Arc::new(s3_limiter), iam_limiter: Arc::new(iam_limiter) }
+        Self {
+            ambient,
+            s3_clients: S3Clients::default(),
+            s3_limiter: Arc::new(s3_limiter),
+            iam_limiter: Arc::new(iam_limiter),
+        }
     }
 
     /// An edge with a fixed region and no ambient credentials, for tests that make no AWS call.
@@ -131,16 +225,22 @@ impl AwsEdge {
             .region(Region::new(crate::resolve::DEFAULT_REGION))
             .build();
         let limiter = || Arc::new(RateLimiter::new(100.0, 100));
-        Self { ambient, s3_limiter: limiter(), iam_limiter: limiter() }
+        Self { ambient, s3_clients: S3Clients::default(), s3_limiter: limiter(), iam_limiter: limiter() }
     }
 
     pub fn ambient_region(&self) -> Option<String> {
         self.ambient.region().map(|r| r.to_string())
     }
 
+    /// The S3 client for `connection`: built once per distinct setting, then reused.
     pub fn s3(&self, connection: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
-        let mut builder =
-            aws_sdk_s3::config::Builder::from(&self.ambient).region(Region::new(connection.region.clone()));
+        self.s3_clients.get_or_build(connection, || self.build_s3(connection))
+    }
+
+    fn build_s3(&self, connection: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
+        let mut builder = aws_sdk_s3::config::Builder::from(&self.ambient)
+            .region(Region::new(connection.region.clone()))
+            .interceptor(CountCalls("s3"));
         if let Some(endpoint) = &connection.endpoint {
             builder = builder.endpoint_url(&endpoint.url).force_path_style(connection.path_style);
             if endpoint.insecure_skip_verify && endpoint.is_https() {
@@ -168,7 +268,7 @@ impl AwsEdge {
 
     /// STS with the given keys, or the ambient identity.
     pub fn sts(&self, keys: Option<&StaticKeys>) -> aws_sdk_sts::Client {
-        let mut builder = aws_sdk_sts::config::Builder::from(&self.ambient);
+        let mut builder = aws_sdk_sts::config::Builder::from(&self.ambient).interceptor(CountCalls("sts"));
         if self.ambient.region().is_none() {
             builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
         }
@@ -180,10 +280,43 @@ impl AwsEdge {
 
     /// IAM with the ambient identity (IAM is global; its region is us-east-1 unless overridden).
     pub fn iam(&self) -> aws_sdk_iam::Client {
-        let mut builder = aws_sdk_iam::config::Builder::from(&self.ambient);
+        let mut builder = aws_sdk_iam::config::Builder::from(&self.ambient).interceptor(CountCalls("iam"));
         if self.ambient.region().is_none() {
             builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
         }
         aws_sdk_iam::Client::from_conf(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(keys: Option<(&str, &str)>, ca_pem: Option<&str>) -> S3Connection {
+        S3Connection {
+            region: "us-east-1".into(),
+            endpoint: None,
+            path_style: false,
+            ca_pem: ca_pem.map(str::to_owned),
+            keys: keys.map(|(id, secret)| StaticKeys {
+                access_key_id: id.into(),
+                secret_access_key: secret.into(),
+                session_token: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn one_client_per_distinct_connection_setting() {
+        let edge = AwsEdge::offline();
+        let a = connection(Some(("AKIA1", "secret-1")), None);
+        edge.s3(&a).unwrap();
+        edge.s3(&a.clone()).unwrap();
+        assert_eq!(edge.s3_clients.len(), 1, "the same setting reuses its client");
+        edge.s3(&connection(Some(("AKIA1", "secret-2")), None)).unwrap();
+        edge.s3(&connection(None, None)).unwrap();
+        assert_eq!(edge.s3_clients.len(), 3, "rotated keys or another identity get a client of their own");
+        assert!(edge.s3(&connection(None, Some("not a certificate"))).is_err());
+        assert_eq!(edge.s3_clients.len(), 3, "a setting that fails to build keeps nothing");
     }
 }

@@ -135,7 +135,6 @@ impl Iam {
         })?;
         self.limiter.acquire("ambient").await;
         let result = self.client.get_role().role_name(name).send().await;
-        crate::metrics::count_aws_call("iam", result.is_ok());
         let output = result.map_err(|err| {
             let error = CallError::from_sdk(&err);
             match error.code.as_deref() {
@@ -168,7 +167,6 @@ impl Iam {
                 .resource_arns(&resource)
                 .send()
                 .await;
-            crate::metrics::count_aws_call("iam", output.is_ok());
             let output = match output {
                 Ok(output) => output,
                 Err(err) => {

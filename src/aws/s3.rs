@@ -20,14 +20,14 @@ use super::ratelimit::RateLimiter;
 use crate::api::artifact_store::{BucketSettings, ServerSideEncryption as Sse};
 use crate::s3path::S3Path;
 
-/// Counts an S3 call's outcome and turns its error into a [`CallError`].
-trait Counted<T> {
-    fn counted(self) -> Result<T, CallError>;
+/// Turns an S3 call's error into a [`CallError`]. (Every call is counted by the client itself,
+/// see [`super::clients::CountCalls`].)
+trait OrCallError<T> {
+    fn or_call_error(self) -> Result<T, CallError>;
 }
 
-impl<T, E: ProvideErrorMetadata + std::error::Error + 'static> Counted<T> for Result<T, SdkError<E, HttpResponse>> {
-    fn counted(self) -> Result<T, CallError> {
-        crate::metrics::count_aws_call("s3", self.is_ok());
+impl<T, E: ProvideErrorMetadata + std::error::Error + 'static> OrCallError<T> for Result<T, SdkError<E, HttpResponse>> {
+    fn or_call_error(self) -> Result<T, CallError> {
         self.map_err(|e| CallError::from_sdk(&e))
     }
 }
@@ -89,7 +89,7 @@ impl Bucket {
             .set_expected_bucket_owner(expected_owner.map(str::to_owned))
             .send()
             .await
-            .counted()?;
+            .or_call_error()?;
         Ok(output.bucket_region().map(str::to_owned))
     }
 
@@ -110,7 +110,7 @@ impl Bucket {
     /// The bucket's region from GetBucketLocation, for endpoints that do not send it on HeadBucket.
     pub async fn location(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        let output = self.client.get_bucket_location().bucket(&self.path.bucket).send().await.counted()?;
+        let output = self.client.get_bucket_location().bucket(&self.path.bucket).send().await.or_call_error()?;
         Ok(Some(match output.location_constraint() {
             None => crate::resolve::DEFAULT_REGION.to_owned(),
             Some(constraint) if constraint.as_str().is_empty() => crate::resolve::DEFAULT_REGION.to_owned(),
@@ -134,7 +134,7 @@ impl Bucket {
                     .build(),
             );
         }
-        match request.send().await.counted() {
+        match request.send().await.or_call_error() {
             Ok(_) => Ok(Created::New),
             Err(error) if error.code.as_deref() == Some("BucketAlreadyOwnedByYou") => Ok(Created::AlreadyOwnedByYou),
             Err(error) => Err(error),
@@ -173,7 +173,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            check("versioning", result.counted().map(|_| ()), &mut skipped)?;
+            check("versioning", result.or_call_error().map(|_| ()), &mut skipped)?;
         }
 
         let (algorithm, kms_key) = match &settings.default_encryption {
@@ -199,7 +199,7 @@ impl Bucket {
             )
             .send()
             .await;
-        check("default encryption", result.counted().map(|_| ()), &mut skipped)?;
+        check("default encryption", result.or_call_error().map(|_| ()), &mut skipped)?;
 
         if settings.block_public_access {
             self.permit().await;
@@ -217,7 +217,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            let result = result.counted().map(|_| ());
+            let result = result.or_call_error().map(|_| ());
             match result {
                 Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => {
                     skipped.push("public access block")
@@ -237,7 +237,7 @@ impl Bucket {
                 )
                 .send()
                 .await;
-            check("lifecycle", result.counted().map(|_| ()), &mut skipped)?;
+            check("lifecycle", result.or_call_error().map(|_| ()), &mut skipped)?;
         }
         Ok(skipped)
     }
@@ -246,7 +246,14 @@ impl Bucket {
     async fn put_tags(&self, tags: &[(String, String)]) -> Result<(), CallError> {
         self.permit().await;
         let tagging = Tagging::builder().set_tag_set(Some(s3_tags(tags))).build().expect("the tag set is set");
-        self.client.put_bucket_tagging().bucket(&self.path.bucket).tagging(tagging).send().await.counted().map(|_| ())
+        self.client
+            .put_bucket_tagging()
+            .bucket(&self.path.bucket)
+            .tagging(tagging)
+            .send()
+            .await
+            .or_call_error()
+            .map(|_| ())
     }
 
     fn lifecycle_rules(&self, settings: &BucketSettings) -> Option<Vec<LifecycleRule>> {
@@ -301,7 +308,7 @@ impl Bucket {
             .max_keys(1)
             .send()
             .await
-            .counted()
+            .or_call_error()
             .map(|_| ())
     }
 
@@ -316,16 +323,16 @@ impl Bucket {
             .body(ByteStream::from_static(b"artifact-operator write probe\n"))
             .send()
             .await
-            .counted()?;
+            .or_call_error()?;
         self.permit().await;
-        self.client.delete_object().bucket(&self.path.bucket).key(&key).send().await.counted()?;
+        self.client.delete_object().bucket(&self.path.bucket).key(&key).send().await.or_call_error()?;
         Ok(())
     }
 
     /// The UID recorded in the creator tag, if any.
     pub async fn creator(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await.counted() {
+        match self.client.get_bucket_tagging().bucket(&self.path.bucket).send().await.or_call_error() {
             Ok(output) => Ok(output.tag_set().iter().find(|t| t.key() == CREATED_BY_TAG).map(|t| t.value().to_owned())),
             Err(error) if error.code.as_deref() == Some("NoSuchTagSet") || is_not_implemented(&error) => Ok(None),
             Err(error) => Err(error),
@@ -336,7 +343,8 @@ impl Bucket {
     /// delete markers included.
     pub async fn any_object(&self) -> Result<Option<String>, CallError> {
         self.permit().await;
-        let output = self.client.list_object_versions().bucket(&self.path.bucket).max_keys(1).send().await.counted()?;
+        let output =
+            self.client.list_object_versions().bucket(&self.path.bucket).max_keys(1).send().await.or_call_error()?;
         let version = output.versions().first().and_then(|v| v.key());
         let marker = output.delete_markers().first().and_then(|m| m.key());
         Ok(version.or(marker).map(str::to_owned))
@@ -344,7 +352,7 @@ impl Bucket {
 
     pub async fn delete(&self) -> Result<(), CallError> {
         self.permit().await;
-        self.client.delete_bucket().bucket(&self.path.bucket).send().await.counted().map(|_| ())
+        self.client.delete_bucket().bucket(&self.path.bucket).send().await.or_call_error().map(|_| ())
     }
 }
 

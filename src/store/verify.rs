@@ -367,7 +367,6 @@ fn account_of(arn: &str) -> Option<&str> {
 async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) -> Result<Option<String>, Failure> {
     ctx.aws.iam_limiter.acquire(&crate::aws::clients::account_key(inputs.keys.as_ref())).await;
     let result = ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await;
-    crate::metrics::count_aws_call("sts", result.is_ok());
     match result {
         Ok(output) => Ok(output.arn().map(str::to_owned)),
         Err(err) => {
