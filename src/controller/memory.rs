@@ -106,9 +106,11 @@ impl Memory {
             *pruned = now;
         }
         let fresh = |at: &Instant| now.saturating_duration_since(*at) < self.interval * 2;
-        lock(&self.verified).retain(|_, (at, _, _)| fresh(at));
+        // A verification is due at most two intervals after it was recorded (a restart's first
+        // sight), and its object is reconciled then: one interval past due, nobody is left.
+        lock(&self.verified).retain(|_, (_, due, _)| now.saturating_duration_since(*due) < self.interval);
         lock(&self.failures).retain(|_, (_, at)| fresh(at));
-        lock(&self.settled).retain(|_, (touched, _, _)| fresh(touched));
+        lock(&self.settled).retain(|_, (touched, _, _)| now.saturating_duration_since(*touched) < self.interval * 3);
     }
 }
 
@@ -154,18 +156,21 @@ mod tests {
     fn entries_of_objects_gone_without_a_reconcile_are_pruned() {
         let memory = Memory::new(INTERVAL);
         let start = Instant::now();
-        memory.mark_verified("deleted", "x", start);
+        memory.mark_verified("deleted", "x", start + INTERVAL);
         memory.settle("deleted", "1".to_owned(), Arc::new(()));
         memory.record_failure("ns/deleted", start);
-        // Within two intervals nothing is dropped, even when a prune runs.
+        // Within an interval past its due time, or two since the failure, nothing is dropped.
         let soon = start + INTERVAL + Duration::from_secs(1);
         memory.record_failure("ns/live", soon);
         assert_eq!(memory.len(), (1, 2, 1));
-        // Later, only what was refreshed recently survives.
-        let later = start + INTERVAL * 2 + Duration::from_secs(2);
-        memory.record_failure("ns/live", later);
+        // Later, only what was refreshed recently survives; a settled pass lives three intervals
+        // (a restart's first re-verification comes up to two intervals later).
+        let mid = start + INTERVAL * 2 + Duration::from_secs(2);
+        memory.record_failure("ns/live", mid);
+        assert_eq!(memory.len(), (0, 1, 1));
+        let late = start + INTERVAL * 3 + Duration::from_secs(3);
+        assert_eq!(memory.record_failure("ns/live", late), 3, "the live object's count is kept");
         assert_eq!(memory.len(), (0, 1, 0));
-        assert_eq!(memory.record_failure("ns/live", later), 3, "the live object's count is kept");
     }
 
     #[test]
@@ -173,7 +178,7 @@ mod tests {
         let memory = Memory::new(INTERVAL);
         let start = Instant::now();
         let at = |fraction: f64| start + INTERVAL.mul_f64(fraction);
-        memory.mark_verified("gone", "x", start);
+        memory.mark_verified("gone", "x", at(1.0));
         memory.record_failure("ns/other", at(1.5));
         assert_eq!(memory.len().0, 1, "pruned at 1.5 intervals, when the entry was still fresh");
         memory.record_failure("ns/other", at(2.2));

@@ -226,8 +226,11 @@ async fn recheck(
             Err(_) => return Ok(None),
         },
         None => {
-            // First sight since this process started: spread the re-verifications.
-            let wait = spread(ctx.settings.resync_interval);
+            // First sight since this process started: the status is trusted for one interval, as
+            // the process that wrote it did, then re-verifications are spread over the next one,
+            // so that a restart with thousands of stores makes no burst of AWS calls.
+            let resync = ctx.settings.resync_interval;
+            let wait = resync + spread(resync);
             ctx.verification_due_in(&uid, &inputs.fingerprint, wait);
             wait
         }
