@@ -2,8 +2,9 @@
 //!
 //! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
 //! [`conditions`] are pure; [`reason`] lists every condition and Event reason; [`aws`] is the AWS
-//! edge (S3, IAM, STS); [`store`] is the ArtifactStore reconciler; [`controller`] what reconcilers
-//! share; [`operator`] the process.
+//! edge (S3, IAM, STS); [`identity`] proves who the operator, a store's keys or a ServiceAccount
+//! are; [`store`] and [`stack`] are the two reconcilers; [`controller`] what they share (the
+//! caches and their index, apply helpers, per-object memory); [`operator`] the process.
 
 pub mod api;
 pub mod aws;
@@ -11,6 +12,7 @@ pub mod ca_bundle;
 pub mod conditions;
 pub mod controller;
 pub mod generate;
+pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

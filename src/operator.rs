@@ -221,6 +221,22 @@ async fn install_crds(client: &Client) -> Result<(), kube::Error> {
     Ok(())
 }
 
+/// Returns on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> Result<(), String> {
     init_logging(&args);
@@ -269,9 +285,20 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         let (caches, queues) = crate::controller::caches::watch(&ctx.client, scope, &health);
         ctx.metrics.count_ready_in("ArtifactStore", caches.stores.clone());
         ctx.metrics.count_ready_in("Stack", caches.stacks.clone());
+        // The controllers start once every cache of their scope is listed (changes meanwhile wait
+        // in the queues).
+        let (ctx, concurrency, synced) = (ctx.clone(), args.concurrency, caches.clone());
         let (stores, stacks) = (caches.stores.clone(), caches.stacks.clone());
-        controllers.push(Box::pin(crate::store::run(ctx.clone(), stores, queues.stores, args.concurrency)));
-        controllers.push(Box::pin(crate::stack::run(ctx.clone(), stacks, queues.stacks, args.concurrency)));
+        controllers.push(Box::pin(async move {
+            tokio::select! {
+                () = synced.synced() => {}
+                () = terminated() => return,
+            }
+            futures::join!(
+                crate::store::run(ctx.clone(), stores, queues.stores, concurrency),
+                crate::stack::run(ctx, stacks, queues.stacks, concurrency),
+            );
+        }));
         all_caches.push((scope.clone(), caches));
     }
     ctx.set_caches(all_caches);

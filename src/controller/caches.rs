@@ -84,6 +84,18 @@ impl Caches {
         parts.join("/")
     }
 
+    /// Returns once every cache holds its first complete list: a reconcile that read a cache
+    /// before would take an object not listed yet for one that does not exist.
+    pub async fn synced(&self) {
+        let _ = futures::join!(
+            self.stores.wait_until_ready(),
+            self.stacks.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.accounts.wait_until_ready(),
+        );
+    }
+
     /// The cached ArtifactStore `name` in `namespace`, when it exists and deserializes.
     pub fn store(&self, namespace: &str, name: &str) -> Option<Arc<DeserializeGuard<ArtifactStore>>> {
         self.stores.get(&ObjectRef::new(name).within(namespace))

@@ -147,9 +147,30 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
         let failures = ctx.record_failure(&object_key(stack));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     } else {
-        // The watches on the ArtifactStore, the ServiceAccount and owned ConfigMaps bring the fix at once.
+        // A reason in the objects the Stack names: the watches bring the fix at once, and until
+        // then another pass would find the same. (IAM's answers are checked again each resync.)
+        if waits_for_a_change(failure.reason) {
+            ctx.settle(&uid, watermark, Arc::new(()));
+        }
         Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
     }
+}
+
+/// Whether a failure lies in the objects the Stack names (and so only their change fixes it),
+/// rather than in IAM.
+fn waits_for_a_change(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::ArtifactStoreNotFound
+            | Reason::ArtifactStoreNotReady
+            | Reason::ServiceAccountNotFound
+            | Reason::CredentialsSecretNotFound
+            | Reason::IrsaAnnotationMissing
+            | Reason::RoleArnMismatch
+            | Reason::NameConflict
+            | Reason::KfpLauncherTaken
+            | Reason::DefaultRepositoryTaken
+    )
 }
 
 /// Dereferences and validates: the store exists and is Ready, the ServiceAccount exists, and that
@@ -218,7 +239,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
                 )));
             };
             let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
-            if let Err(failure) = crate::store::verify::check_irsa(ctx, &namespace, &account, role, &path).await {
+            if let Err(failure) = crate::identity::check_irsa(ctx, &namespace, &account, role, &path).await {
                 return Ok(Err(failure));
             }
         }

@@ -149,14 +149,15 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         }
     };
     let inputs = match dereference(&ctx.client, store).await {
-        Ok(inputs) => Arc::new(inputs),
+        Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             write_status(store, ctx, &status::unresolved(&failure), |s| {
                 s.bucket = Some(path.bucket.clone());
                 s.prefix = Some(path.prefix.clone());
             })
             .await?;
-            // The watches on Secrets, ConfigMaps and ServiceAccounts bring the fix at once.
+            // Only a change to what the store names fixes this, and the watches bring it at once.
+            ctx.settle(&uid, watermark, Arc::new(Pass::Waiting));
             return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
         }
         Err(error) => return Err(Error::Dereference(error)),
@@ -169,7 +170,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
     match ready_for {
         Some(wait) => {
             ctx.record_success(&object_key(store));
-            ctx.settle(&uid, watermark, inputs);
+            ctx.settle(&uid, watermark, Arc::new(Pass::Ready(Box::new(inputs))));
             Ok(Action::requeue(wait))
         }
         None => {
@@ -179,12 +180,25 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
     }
 }
 
+/// What a full pass came to, kept while nothing the store names changes.
+enum Pass {
+    /// Ready, with these inputs.
+    Ready(Box<Inputs>),
+    /// Not Ready for a reason in the objects the store names (a missing Secret, an invalid CA
+    /// bundle): until one of them changes, another pass would find the same.
+    Waiting,
+}
+
 /// The steady state: nothing the store reads or publishes changed since a full pass found it
-/// Ready, so nothing is read from the apiserver; S3 is called once, when the re-verification is
-/// due. None when a full pass is needed.
+/// Ready (or waiting for such a change), so nothing is read from the apiserver; S3 is called
+/// once, when the re-verification of a Ready store is due. None when a full pass is needed.
 async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -> Option<Action> {
     let uid = store.uid()?;
-    let inputs = ctx.settled::<Inputs>(&uid, watermark?)?;
+    let pass = ctx.settled::<Pass>(&uid, watermark?)?;
+    let inputs = match &*pass {
+        Pass::Waiting => return Some(Action::requeue(jittered(ctx.settings.resync_interval))),
+        Pass::Ready(inputs) => inputs,
+    };
     let due = ctx.verification_due(&uid, &inputs.fingerprint)?;
     let now = Instant::now();
     if due > now {
@@ -192,7 +206,7 @@ async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -
     }
     let path = S3Path::parse(&store.spec.path).ok()?;
     let region = store.status.as_ref().and_then(|s| s.region.clone()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    verify::quick_check(ctx, store, &inputs, &path, &region).await.ok()?;
+    verify::quick_check(ctx, store, inputs, &path, &region).await.ok()?;
     ctx.metrics.verified();
     Some(Action::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
 }

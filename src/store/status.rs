@@ -4,7 +4,8 @@ use crate::aws::Failure;
 use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
 use crate::reason::Reason;
 
-use super::verify::{BucketState, Identity};
+use super::verify::BucketState;
+use crate::identity::Identity;
 
 /// The three conditions for a store that could not even be dereferenced (missing Secret, ...).
 pub fn unresolved(failure: &Failure) -> Vec<Observed> {

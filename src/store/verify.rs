@@ -1,7 +1,6 @@
 //! Verification: proves that the bucket is there (creating it on the deploy path) and that the
 //! credentials, or the IRSA wiring, really work.
 
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -9,10 +8,10 @@ use super::dereference::Inputs;
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::Provisioning;
 use crate::aws::failure::{CallError, Target, classify_s3};
-use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
 use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
 use crate::aws::{Failure, S3Connection};
 use crate::controller::Context;
+use crate::identity::{Identity, account_of, caller_identity, check_irsa};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
 use crate::s3path::S3Path;
@@ -56,12 +55,6 @@ pub struct BucketState {
     pub created_now: bool,
     /// Settings the endpoint does not implement.
     pub skipped_settings: Vec<&'static str>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub arn: Option<String>,
-    pub summary: String,
 }
 
 fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connection {
@@ -115,7 +108,7 @@ pub async fn verify(
 
     // Who are we? STS only exists on AWS itself, not on a custom endpoint.
     let identity = if store.spec.endpoint.is_none() || inputs.keys.is_none() && store.spec.auth.implicit.is_some() {
-        caller_identity(ctx, inputs, store.spec.endpoint.is_some()).await
+        caller_identity(ctx, inputs.keys.as_ref(), store.spec.endpoint.is_some()).await
     } else {
         Ok(None)
     };
@@ -358,52 +351,6 @@ async fn apply_settings(
     }
 }
 
-/// The account id of an ARN (`arn:aws:sts::123456789012:assumed-role/...` → `123456789012`).
-fn account_of(arn: &str) -> Option<&str> {
-    arn.split(':').nth(4).filter(|account| account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// STS GetCallerIdentity with the store's keys, or the operator's ambient identity.
-async fn caller_identity(ctx: &Context, inputs: &Inputs, custom_endpoint: bool) -> Result<Option<String>, Failure> {
-    ctx.aws.iam_limiter.acquire(&crate::aws::clients::account_key(inputs.keys.as_ref())).await;
-    let result = ctx.aws.sts(inputs.keys.as_ref()).get_caller_identity().send().await;
-    match result {
-        Ok(output) => Ok(output.arn().map(str::to_owned)),
-        Err(err) => {
-            let error = CallError::from_sdk(&err);
-            if custom_endpoint {
-                // Identity is informative only when S3 is not AWS: do not fail on STS.
-                return Ok(None);
-            }
-            Err(match error.code.as_deref() {
-                Some("InvalidClientTokenId") => Failure::new(
-                    Reason::InvalidAccessKeyId,
-                    "AWS STS does not know the access key id in the referenced Secret; put a valid key in the Secret",
-                ),
-                Some("SignatureDoesNotMatch") => Failure::new(
-                    Reason::SignatureDoesNotMatch,
-                    "AWS STS rejected the signature: the secret access key in the referenced Secret does not belong to its access key id",
-                ),
-                Some("ExpiredToken") => Failure::new(
-                    Reason::ExpiredToken,
-                    "the session token in the referenced Secret has expired; put fresh credentials in the Secret",
-                ),
-                _ if error.dispatch.is_some() => Failure::new(
-                    Reason::StsUnreachable,
-                    format!("could not reach AWS STS: {}", error.dispatch.unwrap_or_default()),
-                ),
-                _ => Failure::new(
-                    Reason::StsError,
-                    format!(
-                        "AWS STS GetCallerIdentity failed: {}",
-                        error.code.unwrap_or_else(|| "no credentials available".into())
-                    ),
-                ),
-            })
-        }
-    }
-}
-
 /// Whose access the pods will use, and whether it works for them.
 async fn pod_identity(
     ctx: &Context,
@@ -431,59 +378,6 @@ async fn pod_identity(
             arn: caller,
         }),
     }
-}
-
-/// The IRSA checks for a ServiceAccount: annotation, role, trust policy, permissions.
-pub async fn check_irsa(
-    ctx: &Context,
-    namespace: &str,
-    account: &ServiceAccount,
-    expected_role: Option<&str>,
-    path: &S3Path,
-) -> Result<Identity, Failure> {
-    let name = account.name_any();
-    let Some(role_arn) = account.annotations().get(ROLE_ARN_ANNOTATION).cloned() else {
-        return Err(Failure::new(
-            Reason::IrsaAnnotationMissing,
-            format!(
-                "ServiceAccount {name} has no {ROLE_ARN_ANNOTATION} annotation; annotate it with the IAM role its pods should assume"
-            ),
-        ));
-    };
-    if let Some(expected) = expected_role {
-        if expected != role_arn {
-            return Err(Failure::new(
-                Reason::RoleArnMismatch,
-                format!(
-                    "ServiceAccount {name} is annotated with role {role_arn}, but spec.auth.implicit.roleArn is {expected}; make them agree"
-                ),
-            ));
-        }
-    }
-    let issuer = ctx
-        .oidc_issuer()
-        .await
-        .map_err(|e| Failure::new(Reason::OidcIssuerUnknown, format!("cannot read the cluster's OIDC issuer: {e}")))?;
-    let iam = Iam::new(ctx.aws.iam(), ctx.aws.iam_limiter.clone());
-    let trust = iam.trust_policy(&role_arn).await?;
-    iam::check_trust_policy(&trust, &issuer, namespace, &name)
-        .map_err(|message| Failure::new(Reason::TrustPolicyMismatch, format!("role {role_arn}: {message}")))?;
-    let permissions = match iam.denied_actions(&role_arn, path).await? {
-        None => " (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(),
-        Some(denied) if denied.is_empty() => String::new(),
-        Some(denied) => {
-            return Err(Failure::new(
-                Reason::PermissionsDenied,
-                format!("role {role_arn} is not allowed: {}; add them to its policy", denied.join(", ")),
-            ));
-        }
-    };
-    Ok(Identity {
-        summary: format!(
-            "ServiceAccount {name} assumes role {role_arn}, which trusts this cluster's OIDC issuer{permissions}"
-        ),
-        arn: Some(role_arn),
-    })
 }
 
 /// What deleting a created bucket came to.
@@ -534,17 +428,5 @@ pub async fn delete_created_bucket(
         Ok(()) => Ok(Deletion::Deleted),
         Err(error) if gone(&error) => Ok(Deletion::Deleted),
         Err(error) => Err(classify("delete the bucket", &error)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::account_of;
-
-    #[test]
-    fn reads_the_account_of_an_arn() {
-        assert_eq!(account_of("arn:aws:sts::123456789012:assumed-role/ml/session"), Some("123456789012"));
-        assert_eq!(account_of("arn:aws:iam::123456789012:user/ci"), Some("123456789012"));
-        assert_eq!(account_of("not-an-arn"), None);
     }
 }

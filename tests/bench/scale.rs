@@ -1,0 +1,485 @@
+//! The scale benchmark: N ArtifactStores and as many Stacks spread over M namespaces, against the
+//! real local apiserver and MinIO, with the release binary watching every namespace. In one run
+//! it prints the raw write floor of the same writes made by a plain client, the time until every
+//! store is Ready and its ratio to that floor, apply-to-Ready percentiles, the operator's memory
+//! (idle, peak, steady) and CPU next to the apiserver's and etcd's, the apiserver's own count of
+//! reads and writes per object per resync in the steady state, S3 calls per store per resync, and
+//! what a restart costs. It asserts only that the work it measures was done, never a speed.
+//!
+//! `tests/bench/run.sh` runs it after the footprint benchmark; its arguments come here:
+//! `--stores N` (200), `--namespaces M` (10), `--resync SECONDS` (60), `--profile` (a CPU profile
+//! of the operator during the ramp, with perf).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use artifact_operator::api::{ArtifactStore, Stack};
+use artifact_operator::conditions::{HasConditions, READY, find};
+use common::{Operator, apply, eventually, test_env, user_keys_secret};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+/// Requests a driver (the floor's client, the applier) keeps in flight.
+const IN_FLIGHT: usize = 32;
+/// Resyncs the steady state is watched for.
+const STEADY_RESYNCS: u32 = 3;
+
+struct Args {
+    stores: usize,
+    namespaces: usize,
+    resync: Duration,
+    profile: bool,
+}
+
+fn args() -> Args {
+    let mut args = Args { stores: 200, namespaces: 10, resync: Duration::from_secs(60), profile: false };
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        let mut number = || given.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the flag");
+        match arg.as_str() {
+            "--stores" => args.stores = number() as usize,
+            "--namespaces" => args.namespaces = number() as usize,
+            "--resync" => args.resync = Duration::from_secs(number()),
+            "--profile" => args.profile = true,
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    assert!(args.namespaces >= 1 && args.stores >= args.namespaces, "at least one store per namespace");
+    args
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run(args()));
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Resident memory and CPU seconds (user + system) of a process, from /proc.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn pid_of(name: &str) -> u32 {
+    let output = std::process::Command::new("pgrep").args(["-o", "-x", name]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or_else(|_| panic!("{name} is running"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Samples a process's resident memory until dropped, keeping the peak.
+struct PeakMemory {
+    peak: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakMemory {
+    fn watch(pid: u32) -> Self {
+        let peak = Arc::new(Mutex::new(0));
+        let sampled = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let now = rss(pid);
+                {
+                    let mut peak = sampled.lock().unwrap();
+                    *peak = (*peak).max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { peak, task }
+    }
+
+    fn peak(&self) -> u64 {
+        *self.peak.lock().unwrap()
+    }
+}
+
+impl Drop for PeakMemory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The first time each object of kind `K` labelled `bench=<run>` was seen Ready, by
+/// namespace/name, from a watch (a list of thousands of objects every few milliseconds would
+/// load the apiserver it measures).
+fn watch_ready<K>(client: &Client, run: &str) -> (Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + HasConditions
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let api: Api<K> = Api::all(client.clone());
+    let config = watcher::Config::default().labels(&format!("bench={run}"));
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut objects = watcher(api, config).default_backoff().applied_objects().boxed();
+        while let Ok(Some(object)) = objects.try_next().await {
+            if find(object.conditions(), READY).is_some_and(|c| c.status == "True") {
+                let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+                record.lock().unwrap().entry(key).or_insert_with(Instant::now);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Waits until `count` objects are in `seen`; returns each one's time from its apply.
+async fn wait_ready(seen: &Mutex<HashMap<String, Instant>>, applied: &HashMap<String, Instant>) -> Vec<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let ready = seen.lock().unwrap().len();
+        if ready >= applied.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {ready} of {} Ready after 30 minutes", applied.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap();
+    let mut latencies: Vec<Duration> =
+        applied.iter().map(|(key, at)| seen[key].saturating_duration_since(*at)).collect();
+    latencies.sort();
+    latencies
+}
+
+/// Applies every object `IN_FLIGHT` at a time; returns when each was applied, by namespace/name.
+async fn apply_all(client: &Client, objects: Vec<(String, serde_json::Value)>) -> HashMap<String, Instant> {
+    futures::stream::iter(objects)
+        .map(|(ns, object)| async move {
+            let key = format!("{ns}/{}", object["metadata"]["name"].as_str().unwrap());
+            let at = Instant::now();
+            apply(client, &ns, object).await;
+            (key, at)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// The apiserver's own count of requests for the kinds the operator reads and writes, by verb
+/// (watches left out): `apiserver_request_total` from its /metrics.
+async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.expect("the apiserver's metrics");
+    let resources = ["artifactstores", "stacks", "configmaps", "secrets", "serviceaccounts", "events"];
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            Some(&line[start..start + line[start..].find('"')?])
+        };
+        let (Some(resource), Some(verb)) = (label("resource"), label("verb")) else { continue };
+        if !resources.contains(&resource) || verb == "WATCH" {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *counts.entry(verb.to_owned()).or_insert(0.0) += value;
+    }
+    counts
+}
+
+fn difference(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(verb, n)| (verb.clone(), n - before.get(verb).unwrap_or(&0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect()
+}
+
+fn reads_and_writes(counts: &BTreeMap<String, f64>) -> (f64, f64) {
+    let reads = ["GET", "LIST"].iter().map(|v| counts.get(*v).unwrap_or(&0.0)).sum();
+    let writes = ["POST", "PUT", "PATCH", "APPLY", "DELETE"].iter().map(|v| counts.get(*v).unwrap_or(&0.0)).sum();
+    (reads, writes)
+}
+
+/// The operator's own count of its apiserver requests, by verb (watches left out).
+async fn operator_requests(operator: &Operator) -> BTreeMap<String, f64> {
+    let mut counts = BTreeMap::new();
+    for verb in ["get", "create", "update", "patch", "delete"] {
+        let series = format!("artifact_operator_kube_requests_total{{verb=\"{verb}\"}}");
+        counts.insert(verb.to_owned(), operator.counter(&series).await);
+    }
+    counts
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespace =
+        Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+}
+
+/// The raw write floor: a plain client making, per store, the writes the operator makes (create
+/// a ConfigMap and a Secret of the same size, and one more write to an existing object in place
+/// of the status), `IN_FLIGHT` at a time, in namespaces of their own.
+async fn write_floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> Duration {
+    let names: Vec<String> = (0..namespaces).map(|n| format!("floor-{run}-{n}")).collect();
+    for name in &names {
+        create_namespace(client, name).await;
+    }
+    let data: BTreeMap<String, String> = (0..8).map(|k| (format!("KEY_{k}"), "x".repeat(60))).collect();
+    let started = Instant::now();
+    futures::stream::iter(0..stores)
+        .map(|i| {
+            let ns = names[i % namespaces].clone();
+            let data = data.clone();
+            async move {
+                let name = format!("floor-{i}");
+                let meta = ObjectMeta { name: Some(name.clone()), ..Default::default() };
+                let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+                let config_map = ConfigMap { metadata: meta.clone(), data: Some(data.clone()), ..Default::default() };
+                config_maps.create(&PostParams::default(), &config_map).await.unwrap();
+                let secret = Secret { metadata: meta, string_data: Some(data), ..Default::default() };
+                Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &secret).await.unwrap();
+                let patch = json!({"metadata": {"annotations": {"status": "Ready"}}});
+                config_maps.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
+    let took = started.elapsed();
+    for name in &names {
+        let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    }
+    took
+}
+
+/// A CPU profile of `pid` for `seconds`, with perf; its report's top entries.
+fn profile(pid: u32, seconds: u64) -> std::process::Child {
+    let output = std::env::temp_dir().join(format!("artifact-operator-{pid}.perf"));
+    std::process::Command::new("perf")
+        .args(["record", "-F", "99", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(&output)
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf runs")
+}
+
+fn profile_report(pid: u32) {
+    let output = std::env::temp_dir().join(format!("artifact-operator-{pid}.perf"));
+    let report = std::process::Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--percent-limit", "2", "-g", "none", "-i"])
+        .arg(&output)
+        .output()
+        .expect("perf report runs");
+    println!("CPU profile of the operator during the ramp ({}):", output.display());
+    for line in
+        String::from_utf8_lossy(&report.stdout).lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(20)
+    {
+        println!("  {line}");
+    }
+}
+
+/// How long until the operator's /readyz answers 200.
+async fn ready_in(operator: &Operator) -> Duration {
+    let started = Instant::now();
+    eventually(Duration::from_secs(120), "the operator to be ready", || async {
+        (operator.status("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+async fn run(args: Args) {
+    let Args { stores, namespaces, resync, profile: profiled } = args;
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let run = format!("{:06}", fastrand::u32(..) % 1_000_000);
+    println!(
+        "artifact-operator scale benchmark: {stores} ArtifactStores and {stores} Stacks in {namespaces} namespaces, resync {} s",
+        resync.as_secs()
+    );
+
+    let floor = write_floor(&client, &run, stores, namespaces).await;
+    println!(
+        "raw write floor, a plain client, {} writes ({IN_FLIGHT} in flight): {:.1} s ({:.0} writes/s)",
+        stores * 3,
+        floor.as_secs_f64(),
+        (stores * 3) as f64 / floor.as_secs_f64()
+    );
+
+    let bucket = common::limited_bucket("bench-scale");
+    common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    let names: Vec<String> = (0..namespaces).map(|n| format!("scale-{run}-{n}")).collect();
+    for name in &names {
+        create_namespace(&client, name).await;
+        user_keys_secret(&client, name, "minio-keys").await;
+        apply(&client, name, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}}))
+            .await;
+    }
+
+    let resync_flag = format!("{}s", resync.as_secs());
+    let mut operator = Operator::start_with("", &resync_flag, &["--log-level", "warn"]);
+    ready_in(&operator).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = operator.pid();
+    let (apiserver, etcd) = (pid_of("kube-apiserver"), pid_of("etcd"));
+    println!("operator memory, idle (watching every namespace): {}", mib(rss(pid)));
+
+    let peak = PeakMemory::watch(pid);
+    let cpu = || (cpu_seconds(pid), cpu_seconds(apiserver), cpu_seconds(etcd));
+    let (store_ready, store_watch) = watch_ready::<ArtifactStore>(&client, &run);
+    let (stack_ready, stack_watch) = watch_ready::<Stack>(&client, &run);
+    let endpoint = test_env().var("AO_S3_ENDPOINT").to_owned();
+    let store_objects: Vec<(String, serde_json::Value)> = (0..stores)
+        .map(|i| {
+            let object = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+                "metadata": {"name": format!("store-{i}"), "labels": {"bench": run}},
+                "spec": {"path": format!("s3://{bucket}/team-{i}"), "endpoint": {"url": endpoint, "addressingStyle": "Path"},
+                         "auth": {"secretRef": {"name": "minio-keys"}}}});
+            (names[i % namespaces].clone(), object)
+        })
+        .collect();
+    let perf = profiled.then(|| profile(pid, 60));
+    let cpu_before = cpu();
+    let started = Instant::now();
+    let applied = apply_all(&client, store_objects).await;
+    let applied_in = started.elapsed();
+    let latencies = wait_ready(&store_ready, &applied).await;
+    let all_ready = started.elapsed();
+    let cpu_after = cpu();
+    println!(
+        "{stores} ArtifactStores applied at once ({:.1} s to apply): all Ready in {:.1} s = {:.2}x the write floor; apply to Ready p50 {:.2} s, p99 {:.2} s",
+        applied_in.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        all_ready.as_secs_f64() / floor.as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64(),
+        percentile(&latencies, 0.99).as_secs_f64(),
+    );
+    println!(
+        "CPU seconds during that ramp: operator {:.1}, apiserver {:.1}, etcd {:.1}",
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+        cpu_after.2 - cpu_before.2
+    );
+    if let Some(mut perf) = perf {
+        let _ = perf.wait();
+        profile_report(pid);
+    }
+
+    let stack_objects: Vec<(String, serde_json::Value)> = (0..stores)
+        .map(|i| {
+            let object = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
+                "metadata": {"name": format!("stack-{i}"), "labels": {"bench": run}},
+                "spec": {"artifactStoreRef": {"name": format!("store-{i}")},
+                         "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"},
+                         "outputs": {"formats": ["ZenML"]}}});
+            (names[i % namespaces].clone(), object)
+        })
+        .collect();
+    let started = Instant::now();
+    let applied = apply_all(&client, stack_objects).await;
+    let latencies = wait_ready(&stack_ready, &applied).await;
+    println!(
+        "{stores} Stacks applied at once: all Ready in {:.1} s; apply to Ready p50 {:.2} s, p99 {:.2} s",
+        started.elapsed().as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64(),
+        percentile(&latencies, 0.99).as_secs_f64(),
+    );
+    store_watch.abort();
+    stack_watch.abort();
+
+    // The steady state: one resync for the passes that follow the last writes, then count.
+    tokio::time::sleep(resync + resync / 5).await;
+    let s3 = "artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}";
+    let (requests_before, s3_before, cpu_before) =
+        (apiserver_requests(&client).await, operator.counter(s3).await, cpu());
+    let own_before = operator_requests(&operator).await;
+    let window = resync * STEADY_RESYNCS;
+    tokio::time::sleep(window).await;
+    let requests = difference(&apiserver_requests(&client).await, &requests_before);
+    let s3_calls = operator.counter(s3).await - s3_before;
+    let own = difference(&operator_requests(&operator).await, &own_before);
+    let cpu_after = cpu();
+    let (reads, writes) = reads_and_writes(&requests);
+    let per_object_resync = |n: f64| n / (2 * stores) as f64 / f64::from(STEADY_RESYNCS);
+    println!(
+        "steady state over {STEADY_RESYNCS} resyncs ({} s), apiserver's count: {reads} reads and {writes} writes = {:.3} reads and {:.3} writes per object per resync {requests:?}",
+        window.as_secs(),
+        per_object_resync(reads),
+        per_object_resync(writes),
+    );
+    println!("steady state, the operator's own count of its requests: {own:?}");
+    println!(
+        "steady state: {s3_calls} S3 calls = {:.2} per store per resync; CPU seconds: operator {:.1}, apiserver {:.1}",
+        s3_calls / stores as f64 / f64::from(STEADY_RESYNCS),
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+    );
+    let steady = rss(pid);
+    println!(
+        "operator memory with {stores} stores and {stores} Stacks Ready: steady {}, peak {} ({:.2}x steady)",
+        mib(steady),
+        mib(peak.peak()),
+        peak.peak() as f64 / steady as f64
+    );
+    drop(peak);
+
+    // A restart: the new process lists everything and writes nothing.
+    operator.terminate();
+    let requests_before = apiserver_requests(&client).await;
+    let operator = Operator::start_with("", &resync_flag, &["--log-level", "warn"]);
+    let readyz = ready_in(&operator).await;
+    tokio::time::sleep(resync.saturating_sub(readyz)).await;
+    let requests = difference(&apiserver_requests(&client).await, &requests_before);
+    let (reads, writes) = reads_and_writes(&requests);
+    let restarted_s3 = operator.counter(s3).await;
+    let own = operator_requests(&operator).await;
+    println!(
+        "restart: /readyz after {:.1} s; in its first resync ({} s): {writes} writes, {reads} reads, {restarted_s3} S3 calls ({:.2}% of stores)",
+        readyz.as_secs_f64(),
+        resync.as_secs(),
+        restarted_s3 / stores as f64 * 100.0
+    );
+    println!("restart, the operator's own count of its requests: {own:?} {requests:?}");
+    println!("operator memory after the restart, Ready: {}", mib(rss(operator.pid())));
+    let errors: f64 = operator
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("artifact_operator_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("reconcile errors after the restart: {errors}");
+
+    for name in &names {
+        let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    }
+}
