@@ -1,6 +1,7 @@
 //! Writes the objects the operator owns, only when what is there differs from what we want, and
-//! never over an object someone else made: an unchanged object costs one read and no write, and a
-//! name clash is reported, not taken over.
+//! never over an object someone else made: an unchanged object costs no write (and no read when
+//! this process published it and nobody changed it since), and a name clash is reported, not
+//! taken over.
 
 use std::collections::BTreeMap;
 
@@ -73,9 +74,7 @@ fn same_meta(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
 }
 
 /// An object kind the operator publishes whole.
-pub trait Owned:
-    kube::Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug
-{
+pub trait Owned: super::reads::Cached {
     /// Whether the content (not the metadata) of `self` equals that of `desired`.
     fn same_content(&self, desired: &Self) -> bool;
 }
@@ -92,29 +91,47 @@ impl Owned for Secret {
     }
 }
 
-/// Publishes `desired` unless it is already there as wanted, or the name is taken by an object
-/// that is not ours. A new object is created (a create fails rather than merging into an object
-/// made meanwhile); an existing one of ours is replaced with its resourceVersion, so a concurrent
+/// Publishes `desired` (which names its namespace) unless it is already there as wanted, or the
+/// name is taken by an object that is not ours. What this process published and nobody changed
+/// since costs no request; a name the caches do not hold is created at once. Otherwise the object
+/// is read: a new one is created (a create fails rather than merging into an object made
+/// meanwhile); an existing one of ours is replaced with its resourceVersion, so a concurrent
 /// change fails the write instead of being overwritten unseen.
-pub async fn publish<K: Owned>(api: &Api<K>, desired: &K) -> Result<Applied, kube::Error> {
+pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Applied, kube::Error> {
+    if ctx.published_unchanged(desired) {
+        return Ok(Applied::Unchanged);
+    }
     let name = desired.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), desired.meta().namespace.as_deref().unwrap_or_default());
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
-    match api.get_opt(&name).await? {
-        None => {
-            // One made by someone between our read and our create fails it (409): the next
-            // reconcile judges that object.
-            api.create(&params, desired).await?;
-            Ok(Applied::Written)
+    let written = |object: K| {
+        ctx.remember_published(desired, object.meta().resource_version.clone());
+        Ok(Applied::Written)
+    };
+    if ctx.absent(desired) == Some(true) {
+        match api.create(&params, desired).await {
+            Ok(created) => return written(created),
+            // Made meanwhile (the caches had not seen it yet): judged below.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error),
         }
-        Some(current) if !is_ours(current.meta(), desired.meta()) => Ok(Applied::NotOurs),
+    }
+    match api.get_opt(&name).await? {
+        // One made by someone between our read and our create fails it (409): the next
+        // reconcile judges that object.
+        None => written(api.create(&params, desired).await?),
+        Some(current) if !is_ours(current.meta(), desired.meta()) => {
+            ctx.remember_published(desired, None);
+            Ok(Applied::NotOurs)
+        }
         Some(current) if current.same_content(desired) && same_meta(current.meta(), desired.meta()) => {
+            ctx.remember_published(desired, current.meta().resource_version.clone());
             Ok(Applied::Unchanged)
         }
         Some(current) => {
             let mut replacement = desired.clone();
             replacement.meta_mut().resource_version = current.meta().resource_version.clone();
-            api.replace(&name, &params, &replacement).await?;
-            Ok(Applied::Written)
+            written(api.replace(&name, &params, &replacement).await?)
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Context {
     pub health: std::sync::Arc<super::health::Health>,
     /// Per-object memory of this process: failures for backoff, verification times.
     memory: super::memory::Memory,
+    /// What this process read whole or published, by resourceVersion (see [`super::reads`]).
+    pub(super) known: super::reads::Known,
     issuer: tokio::sync::OnceCell<String>,
     /// The caches of each watched scope (None: all namespaces), set once the watches start.
     caches: std::sync::OnceLock<Vec<(Option<String>, super::caches::Caches)>>,
@@ -53,6 +55,7 @@ impl Context {
             metrics,
             health: std::sync::Arc::default(),
             memory,
+            known: super::reads::Known::default(),
             issuer: tokio::sync::OnceCell::new(),
             caches: std::sync::OnceLock::new(),
         }

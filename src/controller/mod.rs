@@ -8,6 +8,7 @@ pub mod context;
 pub mod fixtures;
 pub mod health;
 pub mod memory;
+pub mod reads;
 pub mod timing;
 
 pub use context::Context;

@@ -197,8 +197,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         )));
     }
     let account_name = &stack.spec.orchestrator.service_account_name;
-    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(account) = accounts.get_opt(account_name).await.map_err(Error::Dereference)? else {
+    let Some(account) = ctx.read::<ServiceAccount>(&namespace, account_name).await.map_err(Error::Dereference)? else {
         return Ok(Err(Failure::new(
             Reason::ServiceAccountNotFound,
             format!(
@@ -218,8 +217,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
 
     if store.spec.auth.secret_ref.is_some() {
         let secret_name = store_env_secret_name(store_name);
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-        if secrets.get_metadata_opt(&secret_name).await.map_err(Error::Dereference)?.is_none() {
+        if !ctx.exists::<Secret>(&namespace, &secret_name).await.map_err(Error::Dereference)? {
             return Ok(Err(Failure::new(
                 Reason::CredentialsSecretNotFound,
                 format!(

@@ -57,7 +57,7 @@ pub async fn publish(
     };
     let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref());
     let name = build::config_map_name(&stack.name_any());
-    if apply::publish(&config_maps(ctx, stack), &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
+    if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
         return Ok(Err(apply::name_conflict("ConfigMap", &name, stack)));
     }
     let kfp = kfp_launcher(ctx, stack, store).await?;
@@ -78,8 +78,9 @@ pub async fn store_ca_bundle(
         return Ok(Ok(None));
     }
     let name = store_config_map_name(&store.name);
-    let published = config_maps(ctx, stack).get_opt(&name).await.map_err(Error::Dereference)?;
-    match published.and_then(|cm| cm.data).and_then(|mut data| data.remove(CA_BUNDLE_KEY)) {
+    let namespace = stack.namespace().unwrap_or_default();
+    let published = ctx.read::<ConfigMap>(&namespace, &name).await.map_err(Error::Dereference)?;
+    match published.as_ref().and_then(|cm| cm.data.as_ref()).and_then(|data| data.get(CA_BUNDLE_KEY)).cloned() {
         Some(pem) => Ok(Ok(Some(pem))),
         None => Ok(Err(Failure::new(
             Reason::ArtifactStoreNotReady,
@@ -105,7 +106,7 @@ pub async fn kfp_launcher(
         }
         return Ok(None);
     }
-    if apply::publish(&api, &desired).await.map_err(Error::Publish)? != Applied::NotOurs {
+    if apply::publish(ctx, &desired).await.map_err(Error::Publish)? != Applied::NotOurs {
         return Ok(None);
     }
     let current = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?.unwrap_or_default();
@@ -161,7 +162,7 @@ pub async fn argo_repository(
     }
     set_finalizer(ctx, stack, true).await?;
     if let (Some(pem), true) = (ca_pem, from_config_map) {
-        if apply::publish(&secrets, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs {
+        if apply::publish(ctx, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs {
             let name = build::ca_secret_name(&stack.name_any());
             return Ok(Some(apply::name_conflict("Secret", &name, stack)));
         }

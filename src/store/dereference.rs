@@ -1,12 +1,12 @@
 //! Dereference: everything the store points at, from its own namespace only.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use kube::api::Api;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::CaBundleKind;
 use crate::aws::{Failure, StaticKeys};
+use crate::controller::Context;
 use crate::reason::Reason;
 
 /// The store's referenced objects, resolved. Holds key material: never log or display it.
@@ -42,7 +42,8 @@ fn value(secret: &Secret, key: &str) -> Option<String> {
     from_data.or(from_string).filter(|v| !v.is_empty())
 }
 
-pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Inputs, Error> {
+/// Reads what the store names, through the caches (see [`crate::controller::reads`]).
+pub async fn dereference(ctx: &Context, store: &ArtifactStore) -> Result<Inputs, Error> {
     let namespace = store.namespace().unwrap_or_default();
     let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
     let read = |kind: &'static str, name: &str| {
@@ -53,18 +54,18 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
     let mut keys = None;
     let mut has_session_token = false;
     if let Some(auth) = &store.spec.auth.secret_ref {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        let secret = api.get_opt(&auth.name).await.map_err(read("Secret", &auth.name))?.ok_or_else(|| {
-            Error::Invalid(Failure::new(
-                Reason::SecretNotFound,
-                format!(
-                    "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
-                    auth.name,
-                    auth.access_key_id_key(),
-                    auth.secret_access_key_key()
-                ),
-            ))
-        })?;
+        let secret =
+            ctx.read::<Secret>(&namespace, &auth.name).await.map_err(read("Secret", &auth.name))?.ok_or_else(|| {
+                Error::Invalid(Failure::new(
+                    Reason::SecretNotFound,
+                    format!(
+                        "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
+                        auth.name,
+                        auth.access_key_id_key(),
+                        auth.secret_access_key_key()
+                    ),
+                ))
+            })?;
         versions.push(secret.resource_version().unwrap_or_default());
         let missing = |key: &str| {
             Error::Invalid(Failure::new(
@@ -111,13 +112,19 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
         };
         let (pem, version) = match ca.kind {
             CaBundleKind::ConfigMap => {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-                let cm = api.get_opt(&ca.name).await.map_err(read("ConfigMap", &ca.name))?.ok_or_else(not_found)?;
+                let cm = ctx
+                    .read::<ConfigMap>(&namespace, &ca.name)
+                    .await
+                    .map_err(read("ConfigMap", &ca.name))?
+                    .ok_or_else(not_found)?;
                 (cm.data.as_ref().and_then(|d| d.get(&ca.key)).cloned(), cm.resource_version())
             }
             CaBundleKind::Secret => {
-                let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-                let secret = api.get_opt(&ca.name).await.map_err(read("Secret", &ca.name))?.ok_or_else(not_found)?;
+                let secret = ctx
+                    .read::<Secret>(&namespace, &ca.name)
+                    .await
+                    .map_err(read("Secret", &ca.name))?
+                    .ok_or_else(not_found)?;
                 (value(&secret, &ca.key), secret.resource_version())
             }
         };
@@ -136,15 +143,14 @@ pub async fn dereference(client: &Client, store: &ArtifactStore) -> Result<Input
 
     let mut service_account = None;
     if let Some(name) = store.spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-        let account = api.get_opt(name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
+        let account = ctx.read::<ServiceAccount>(&namespace, name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
             Error::Invalid(Failure::new(
                 Reason::ServiceAccountNotFound,
                 format!("ServiceAccount {name} (spec.auth.implicit.serviceAccountName) does not exist in namespace {namespace}"),
             ))
         })?;
         versions.push(account.resource_version().unwrap_or_default());
-        service_account = Some(account);
+        service_account = Some((*account).clone());
     }
 
     Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })

@@ -148,7 +148,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
             return Ok(Action::await_change());
         }
     };
-    let inputs = match dereference(&ctx.client, store).await {
+    let inputs = match dereference(ctx, store).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             write_status(store, ctx, &status::unresolved(&failure), |s| {
@@ -329,22 +329,17 @@ async fn publish(
     inputs: &Inputs,
     region: &str,
 ) -> Result<Option<Failure>, Error> {
-    let namespace = store.namespace().unwrap_or_default();
     let resolved =
         ResolvedStore::new(store, region, inputs.has_session_token).expect("the path was parsed before publishing");
     let config_map = build::config_map(store, &resolved, inputs.ca_pem.as_deref());
     let config_map_name = store_config_map_name(&store.name_any());
-    let written = match apply::publish(&Api::namespaced(ctx.client.clone(), &namespace), &config_map)
-        .await
-        .map_err(Error::Publish)?
-    {
+    let written = match apply::publish(ctx, &config_map).await.map_err(Error::Publish)? {
         Applied::NotOurs => return Ok(Some(apply::name_conflict("ConfigMap", &config_map_name, store))),
         applied => applied == Applied::Written,
     };
     if let Some(keys) = &inputs.keys {
         let secret = apply::secret_with_data(build::env_secret(store, keys));
-        let applied =
-            apply::publish(&Api::namespaced(ctx.client.clone(), &namespace), &secret).await.map_err(Error::Publish)?;
+        let applied = apply::publish(ctx, &secret).await.map_err(Error::Publish)?;
         if applied == Applied::NotOurs {
             return Ok(Some(apply::name_conflict("Secret", &store_env_secret_name(&store.name_any()), store)));
         }
@@ -534,7 +529,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
         let failures = ctx.record_failure(&object_key(store));
         Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
-    let inputs = match dereference(&ctx.client, store).await {
+    let inputs = match dereference(ctx, store).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             return blocked(Failure::new(

@@ -95,8 +95,8 @@ check "default: kinds (cluster mode, no ServiceMonitor)" kinds default \
 check "default: restricted securityContext" restricted default
 check "default: probes /healthz and /readyz on the http port 8080" probes default 8080
 check "default: POD_NAMESPACE from the downward API" pod_namespace_env default
-check "default: args" args default run --resync-interval=10m --concurrency=4 --unhealthy-after=2m \
-  --aws-requests-per-second=10 --aws-burst=20 --s3-requests-per-second=100 --s3-burst=200 \
+check "default: args" args default run --resync-interval=10m --concurrency=16 --unhealthy-after=2m \
+  --aws-requests-per-second=10 --aws-burst=20 --s3-requests-per-second=1000 --s3-burst=2000 \
   --log-level=info --log-format=json \
   --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
 check "default: leader election on" env default AO_LEADER_ELECTION=true

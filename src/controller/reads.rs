@@ -1,0 +1,220 @@
+//! Reads and writes of whole objects, through the caches. The caches hold only metadata; an object
+//! the operator needs whole (a Secret's keys, a CA bundle, a ServiceAccount's annotations) is
+//! fetched from the apiserver only when the watch says its resourceVersion changed since the last
+//! read (twenty stores that share one Secret cost one read). An object the operator published is
+//! read back only when the watch says someone else changed it since.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::Api;
+
+use super::Context;
+use super::caches::{Kind, Reference};
+
+/// A kind the caches hold as metadata, and the reconcilers read or publish whole.
+pub trait Cached:
+    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: Kind;
+}
+
+impl Cached for Secret {
+    const KIND: Kind = Kind::Secret;
+}
+
+impl Cached for ConfigMap {
+    const KIND: Kind = Kind::ConfigMap;
+}
+
+impl Cached for ServiceAccount {
+    const KIND: Kind = Kind::ServiceAccount;
+}
+
+/// One object's key: kind, namespace and name.
+type Key = (Kind, String, String);
+/// An object read whole: when last used, its resourceVersion, and the object.
+type Read = (Instant, String, Arc<dyn Any + Send + Sync>);
+/// An object published: when last used, the resourceVersion of the write, and a hash of it.
+type Published = (Instant, String, [u8; 32]);
+
+/// What the process read or wrote, by object and resourceVersion. Entries not used for a day are
+/// dropped, so objects deleted meanwhile do not accumulate.
+#[derive(Default)]
+pub struct Known {
+    /// Objects read whole, at their resourceVersion.
+    read: Mutex<HashMap<Key, Read>>,
+    /// Objects this process published, at the resourceVersion of its write, with a hash of what
+    /// it wrote.
+    published: Mutex<HashMap<Key, Published>>,
+    pruned: Mutex<Option<Instant>>,
+}
+
+const UNUSED: Duration = Duration::from_secs(25 * 3600);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Known {
+    fn prune(&self, now: Instant) {
+        {
+            let mut pruned = lock(&self.pruned);
+            if pruned.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(3600)) {
+                return;
+            }
+            *pruned = Some(now);
+        }
+        lock(&self.read).retain(|_, (used, _, _)| now.saturating_duration_since(*used) < UNUSED);
+        lock(&self.published).retain(|_, (used, _, _)| now.saturating_duration_since(*used) < UNUSED);
+    }
+
+    fn read<K: Cached>(&self, key: &Key, version: &str) -> Option<Arc<K>> {
+        let mut read = lock(&self.read);
+        let (used, _, object) = read.get_mut(key).filter(|(_, at, _)| at == version)?;
+        *used = Instant::now();
+        object.clone().downcast::<K>().ok()
+    }
+
+    fn remember_read<K: Cached>(&self, key: Key, object: Arc<K>) {
+        let now = Instant::now();
+        self.prune(now);
+        let version = object.meta().resource_version.clone().unwrap_or_default();
+        lock(&self.read).insert(key, (now, version, object));
+    }
+
+    fn published(&self, key: &Key, version: &str, hash: &[u8; 32]) -> bool {
+        let mut published = lock(&self.published);
+        match published.get_mut(key) {
+            Some((used, at, wrote)) if at == version && wrote == hash => {
+                *used = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remember_published(&self, key: Key, version: Option<String>, hash: [u8; 32]) {
+        let now = Instant::now();
+        self.prune(now);
+        match version {
+            Some(version) => lock(&self.published).insert(key, (now, version, hash)),
+            None => lock(&self.published).remove(&key),
+        };
+    }
+}
+
+fn key<K: Cached>(namespace: &str, name: &str) -> Key {
+    (K::KIND, namespace.to_owned(), name.to_owned())
+}
+
+/// A hash of everything `object` says, to tell whether the same object is wanted again.
+fn content_hash(object: &impl serde::Serialize) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into()
+}
+
+impl Context {
+    /// The resourceVersion the caches hold for `K` `name` in `namespace`: Some(None) when they
+    /// hold no such object, None without caches.
+    fn cached_version<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+        self.caches(namespace).map(|caches| caches.version(namespace, &Reference::new(K::KIND, name)))
+    }
+
+    /// `K` `name` in `namespace`, whole: from memory while the caches say it is the version read
+    /// last, otherwise from the apiserver (also when the caches do not hold it yet: they may lag
+    /// behind an object just created).
+    pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
+        let key = key::<K>(namespace, name);
+        if let Some(Some(version)) = self.cached_version::<K>(namespace, name) {
+            if let Some(object) = self.known.read::<K>(&key, &version) {
+                return Ok(Some(object));
+            }
+        }
+        let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(Arc::new);
+        if let Some(object) = &found {
+            self.known.remember_read(key, object.clone());
+        }
+        Ok(found)
+    }
+
+    /// Whether `desired` is what this process last published under that name, and nobody has
+    /// changed it since (the caches hold the version of that write).
+    pub(super) fn published_unchanged<K: Cached>(&self, desired: &K) -> bool {
+        let (namespace, name) = namespace_and_name(desired);
+        match self.cached_version::<K>(&namespace, &name) {
+            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), &version, &content_hash(desired)),
+            _ => false,
+        }
+    }
+
+    /// Whether `K` `name` exists in `namespace`: from the caches when they hold it, otherwise
+    /// from the apiserver (the caches may lag behind an object just created).
+    pub async fn exists<K: Cached>(&self, namespace: &str, name: &str) -> Result<bool, kube::Error> {
+        if let Some(Some(_)) = self.cached_version::<K>(namespace, name) {
+            return Ok(true);
+        }
+        Ok(Api::<K>::namespaced(self.client.clone(), namespace).get_metadata_opt(name).await?.is_some())
+    }
+
+    /// Whether the caches hold no object under `desired`'s name (None without caches).
+    pub(super) fn absent<K: Cached>(&self, desired: &K) -> Option<bool> {
+        let (namespace, name) = namespace_and_name(desired);
+        self.cached_version::<K>(&namespace, &name).map(|version| version.is_none())
+    }
+
+    /// Records that `desired` is there as wanted, at `version` (None: forget it).
+    pub(super) fn remember_published<K: Cached>(&self, desired: &K, version: Option<String>) {
+        let (namespace, name) = namespace_and_name(desired);
+        self.known.remember_published(key::<K>(&namespace, &name), version, content_hash(desired));
+    }
+}
+
+fn namespace_and_name<K: Cached>(object: &K) -> (String, String) {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(version: &str) -> Arc<Secret> {
+        let mut secret = Secret::default();
+        secret.metadata.resource_version = Some(version.to_owned());
+        Arc::new(secret)
+    }
+
+    #[test]
+    fn a_read_is_reused_only_at_its_version() {
+        let known = Known::default();
+        let key = key::<Secret>("ns", "keys");
+        known.remember_read(key.clone(), secret("5"));
+        assert!(known.read::<Secret>(&key, "5").is_some());
+        assert!(known.read::<Secret>(&key, "6").is_none(), "changed since: read again");
+        assert!(known.read::<ConfigMap>(&key, "5").is_none(), "never another type");
+    }
+
+    #[test]
+    fn a_publication_is_known_only_at_its_version_and_content() {
+        let known = Known::default();
+        let key = key::<ConfigMap>("ns", "ml-artifact-store");
+        let hash = content_hash(&"wanted");
+        known.remember_published(key.clone(), Some("7".into()), hash);
+        assert!(known.published(&key, "7", &hash));
+        assert!(!known.published(&key, "8", &hash), "someone changed it since");
+        assert!(!known.published(&key, "7", &content_hash(&"other")), "something else is wanted now");
+        known.remember_published(key.clone(), None, hash);
+        assert!(!known.published(&key, "7", &hash));
+    }
+}
