@@ -188,9 +188,11 @@ async fn custom_ca_is_trusted_verification_is_on_by_default_and_can_be_skipped()
     let mut untrusted = spec;
     untrusted["endpoint"]["tls"] = json!({});
     apply_store(&client, &ns, "untrusted", untrusted).await;
-    let store = wait_for(&client, &ns, "untrusted", "BucketReady", "False", "EndpointUnreachable").await;
+    // Not a passing outage: the fix is the CA bundle.
+    let store = wait_for(&client, &ns, "untrusted", "BucketReady", "False", "InvalidTlsSettings").await;
     assert!(
-        condition(&store, "BucketReady").message.to_lowercase().contains("certificate"),
+        condition(&store, "BucketReady").message.contains("certificate that is not trusted")
+            && condition(&store, "BucketReady").message.contains("spec.endpoint.tls.caBundle"),
         "{}",
         condition(&store, "BucketReady").message
     );

@@ -74,6 +74,12 @@ fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Whether a call failed because TLS verification refused the endpoint's certificate (rustls:
+/// "invalid peer certificate: UnknownIssuer", "... NotValidForName", an expired one...).
+fn is_untrusted_certificate(cause: &str) -> bool {
+    cause.contains("invalid peer certificate")
+}
+
 /// Where a call went, for messages.
 pub struct Target<'a> {
     /// What was attempted, e.g. "read s3://bucket/prefix".
@@ -87,6 +93,15 @@ pub struct Target<'a> {
 pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
     let Target { action, bucket, region, endpoint } = target;
     if let Some(cause) = &error.dispatch {
+        if is_untrusted_certificate(cause) {
+            // Retrying cannot help: the endpoint's certificate is not signed by a CA we trust.
+            return Failure::new(
+                Reason::InvalidTlsSettings,
+                format!(
+                    "{endpoint} presented a certificate that is not trusted ({cause}); put the PEM certificates of the CA that signed it in spec.endpoint.tls.caBundle"
+                ),
+            );
+        }
         return Failure::new(
             Reason::EndpointUnreachable,
             format!(
@@ -175,6 +190,14 @@ mod tests {
                 CallError { dispatch: Some("connection refused".into()), ..CallError::default() },
                 Reason::EndpointUnreachable,
                 true,
+            ),
+            (
+                CallError {
+                    dispatch: Some("dispatch failure: io error: invalid peer certificate: UnknownIssuer".into()),
+                    ..CallError::default()
+                },
+                Reason::InvalidTlsSettings,
+                false,
             ),
         ];
         for (error, reason, transient) in cases {

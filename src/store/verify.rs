@@ -89,8 +89,9 @@ pub async fn quick_check(
     bucket.head(None).await.map(|_| ()).map_err(|e| classify_s3(&e, &target))
 }
 
-/// Full verification. `record_create_request` writes, before CreateBucket is sent, that the
-/// operator is about to create the bucket, and returns when.
+/// Full verification: who the credentials are → where the bucket is → adopt it, or create it on
+/// the deploy path → prove access under the prefix. `record_create_request` writes, before
+/// CreateBucket is sent, that the operator is about to create the bucket, and returns when.
 pub async fn verify(
     ctx: &Context,
     store: &ArtifactStore,
@@ -99,79 +100,29 @@ pub async fn verify(
     provenance: &Provenance,
     record_create_request: impl AsyncFnOnce() -> Result<Time, Failure>,
 ) -> Outcome {
-    let mut create_requested = None;
-    let uid = store.uid().unwrap_or_default();
-    let spec_region = store.spec.region.clone();
-    let mut region =
-        spec_region.clone().or_else(|| ctx.aws.ambient_region()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    let mut connection = connection(store, inputs, &region);
-
-    // Who are we? STS only exists on AWS itself, not on a custom endpoint.
-    let identity = if store.spec.endpoint.is_none() || inputs.keys.is_none() && store.spec.auth.implicit.is_some() {
-        caller_identity(ctx, inputs.keys.as_ref(), store.spec.endpoint.is_some()).await
-    } else {
-        Ok(None)
-    };
-    let identity = match identity {
+    let identity = match who(ctx, store, inputs).await {
         Ok(identity) => identity,
         Err(failure) => {
             let pending = Failure::new(
                 Reason::CredentialsInvalid,
                 format!("the bucket is checked once the credentials work: {}", failure.message),
             );
-            return Outcome {
-                region: spec_region,
-                bucket: Err(pending),
-                credentials: Err(failure),
-                create_requested: None,
-            };
+            let region = store.spec.region.clone();
+            return Outcome { region, bucket: Err(pending), credentials: Err(failure), create_requested: None };
         }
     };
-
-    let endpoint = connection.endpoint_display();
-    let mut bucket = match bucket_client(ctx, &connection, path) {
-        Ok(bucket) => bucket,
+    let Located { bucket, mut region, head } = match locate(ctx, store, inputs, path).await {
+        Ok(located) => located,
         Err(failure) => return Outcome::bucket_failed(None, failure, None),
     };
+    let uid = store.uid().unwrap_or_default();
+    let spec_region = store.spec.region.clone();
+    let endpoint = connection(store, inputs, &region).endpoint_display();
     let classify = |error: &CallError, action: &str, region: &str| {
         classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
     };
-
-    // Find the bucket and its region.
     let mut state = BucketState::default();
-    let mut head = bucket.head(None).await;
-    if let Err(error) = &head {
-        if let (Some(actual), None) = (&error.bucket_region, &spec_region) {
-            // The bucket lives elsewhere and the user let us discover the region: follow it.
-            region = actual.clone();
-            connection = self::connection(store, inputs, &region);
-            match bucket_client(ctx, &connection, path) {
-                Ok(client) => bucket = client,
-                Err(failure) => {
-                    return Outcome::bucket_failed(None, failure, None);
-                }
-            }
-            head = bucket.head(None).await;
-        }
-    }
-    // HEAD answers carry no error body: ask again where the answer names the problem.
-    if let Err(error) = &head {
-        if error.code.is_none() && error.http_status == Some(403) {
-            if let Err(detailed) = bucket.read_probe().await {
-                head = Err(detailed);
-            }
-        } else if error.code.is_none() && error.http_status == Some(400) && error.bucket_region.is_none() {
-            // Signed for the wrong region: GetBucketLocation from the default region names the right one.
-            let probe = self::connection(store, inputs, DEFAULT_REGION);
-            if let Ok(located) = bucket_client(ctx, &probe, path) {
-                if let Ok(Some(actual)) = located.location().await {
-                    let mut located_error = error.clone();
-                    located_error.bucket_region = Some(actual);
-                    head = Err(located_error);
-                }
-            }
-        }
-    }
+    let mut create_requested = None;
     let bucket_result = match head {
         Ok(reported) => {
             let actual = match reported {
@@ -272,21 +223,86 @@ pub async fn verify(
         };
         return Outcome { region: Some(region), bucket: Err(failure), credentials, create_requested };
     }
+    let credentials =
+        prove_access(ctx, store, inputs, path, &bucket, identity, |error, action| classify(error, action, &region))
+            .await;
+    Outcome { region: Some(region), bucket: bucket_result, credentials, create_requested }
+}
 
-    // Prove access where the pods will work: under the prefix.
-    let credentials = match bucket.read_probe().await {
-        Err(error) => Err(classify(&error, &format!("list {path}"), &region)),
-        Ok(()) if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) => bucket
+/// Who the credentials are, by STS: on AWS, or for the operator's own identity. A custom endpoint
+/// with keys has no STS to ask.
+async fn who(ctx: &Context, store: &ArtifactStore, inputs: &Inputs) -> Result<Option<String>, Failure> {
+    if store.spec.endpoint.is_none() || inputs.keys.is_none() && store.spec.auth.implicit.is_some() {
+        caller_identity(ctx, inputs.keys.as_ref(), store.spec.endpoint.is_some()).await
+    } else {
+        Ok(None)
+    }
+}
+
+/// The bucket's client in its region, and what HeadBucket said there.
+struct Located {
+    bucket: Bucket,
+    region: String,
+    head: Result<Option<String>, CallError>,
+}
+
+/// Finds the bucket: HeadBucket in the expected region, following the region the answer names
+/// when spec.region leaves it open, and asking again where a HEAD answer (which has no body)
+/// cannot name the problem.
+async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3Path) -> Result<Located, Failure> {
+    let spec_region = &store.spec.region;
+    let mut region =
+        spec_region.clone().or_else(|| ctx.aws.ambient_region()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let mut bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
+    let mut head = bucket.head(None).await;
+    if let Err(error) = &head {
+        if let (Some(actual), None) = (&error.bucket_region, spec_region) {
+            // The bucket lives elsewhere and the user let us discover the region: follow it.
+            region = actual.clone();
+            bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
+            head = bucket.head(None).await;
+        }
+    }
+    // HEAD answers carry no error body: ask again where the answer names the problem.
+    if let Err(error) = &head {
+        if error.code.is_none() && error.http_status == Some(403) {
+            if let Err(detailed) = bucket.read_probe().await {
+                head = Err(detailed);
+            }
+        } else if error.code.is_none() && error.http_status == Some(400) && error.bucket_region.is_none() {
+            // Signed for the wrong region: GetBucketLocation from the default region names the right one.
+            let probe = self::connection(store, inputs, DEFAULT_REGION);
+            if let Ok(located) = bucket_client(ctx, &probe, path) {
+                if let Ok(Some(actual)) = located.location().await {
+                    let mut located_error = error.clone();
+                    located_error.bucket_region = Some(actual);
+                    head = Err(located_error);
+                }
+            }
+        }
+    }
+    Ok(Located { bucket, region, head })
+}
+
+/// Proves access where the pods will work: a listing under the prefix (and, when asked, a write
+/// and delete there), then whose access the pods will use.
+async fn prove_access(
+    ctx: &Context,
+    store: &ArtifactStore,
+    inputs: &Inputs,
+    path: &S3Path,
+    bucket: &Bucket,
+    identity: Option<String>,
+    classify: impl Fn(&CallError, &str) -> Failure,
+) -> Result<Identity, Failure> {
+    bucket.read_probe().await.map_err(|error| classify(&error, &format!("list {path}")))?;
+    if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) {
+        bucket
             .write_probe()
             .await
-            .map_err(|error| classify(&error, &format!("write and delete a probe object under {path}"), &region)),
-        Ok(()) => Ok(()),
-    };
-    let credentials = match credentials {
-        Err(failure) => Err(failure),
-        Ok(()) => pod_identity(ctx, store, inputs, path, identity).await,
-    };
-    Outcome { region: Some(region), bucket: bucket_result, credentials, create_requested }
+            .map_err(|error| classify(&error, &format!("write and delete a probe object under {path}")))?;
+    }
+    pod_identity(ctx, store, inputs, path, identity).await
 }
 
 /// Whether this store created the bucket: its creator tag names the store, or it has no creator
