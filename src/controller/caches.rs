@@ -102,17 +102,28 @@ impl Caches {
     }
 }
 
-/// Which objects of kind `K` name which others, kept up to date from the watch of `K`.
+/// Which objects of kind `K` name which others, kept up to date from the watch of `K`. Lean, as it
+/// holds an entry for everything ten thousands of objects name: each object's reference is shared,
+/// and the objects named are kept as hashes of kind, namespace and name. (Two that hash alike
+/// would only wake each other's referrers once more.)
 pub struct Index<K: Resource<DynamicType = ()>> {
     inner: Mutex<IndexInner<K>>,
 }
 
-/// An object named by others: its kind, namespace and name.
-type Target = (Kind, String, String);
+/// An object named by others: the hash of its kind, namespace and name.
+type Target = u64;
+
+fn target(kind: Kind, namespace: &str, name: &str) -> Target {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same object always hashes alike.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (kind, namespace, name).hash(&mut hasher);
+    hasher.finish()
+}
 
 struct IndexInner<K: Resource<DynamicType = ()>> {
-    referrers: HashMap<Target, HashSet<ObjectRef<K>>>,
-    targets: HashMap<ObjectRef<K>, Vec<Target>>,
+    referrers: HashMap<Target, Vec<Arc<ObjectRef<K>>>>,
+    targets: HashMap<Arc<ObjectRef<K>>, Vec<Target>>,
 }
 
 impl<K: Resource<DynamicType = ()>> Default for Index<K> {
@@ -128,17 +139,20 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
 
     /// Records what `object` names now, replacing what it named before.
     pub fn set(&self, object: ObjectRef<K>, namespace: &str, references: Vec<Reference>) {
-        let targets: Vec<Target> = references
-            .into_iter()
-            .map(|r| (r.kind, namespace.to_owned(), r.name))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut targets: Vec<Target> = references.iter().map(|r| target(r.kind, namespace, &r.name)).collect();
+        targets.sort_unstable();
+        targets.dedup();
         let mut inner = self.lock();
-        inner.unlink(&object);
-        for target in &targets {
-            inner.referrers.entry(target.clone()).or_default().insert(object.clone());
+        if inner.targets.get(&object) == Some(&targets) {
+            return;
         }
+        inner.unlink(&object);
+        let object = Arc::new(object);
+        for target in &targets {
+            let referrers = inner.referrers.entry(*target).or_insert_with(|| Vec::with_capacity(1));
+            referrers.push(object.clone());
+        }
+        targets.shrink_to_fit();
         inner.targets.insert(object, targets);
     }
 
@@ -149,7 +163,7 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
     /// Drops every object for which `keep` is false (gone while the watch was re-listing).
     pub fn retain(&self, keep: impl Fn(&ObjectRef<K>) -> bool) {
         let mut inner = self.lock();
-        let gone: Vec<ObjectRef<K>> = inner.targets.keys().filter(|o| !keep(o)).cloned().collect();
+        let gone: Vec<ObjectRef<K>> = inner.targets.keys().filter(|o| !keep(o)).map(|o| (**o).clone()).collect();
         for object in &gone {
             inner.unlink(object);
         }
@@ -157,8 +171,9 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
 
     /// The objects that name `kind` `name` in `namespace`.
     pub fn referencing(&self, kind: Kind, namespace: &str, name: &str) -> Vec<ObjectRef<K>> {
-        let key = (kind, namespace.to_owned(), name.to_owned());
-        self.lock().referrers.get(&key).map(|set| set.iter().cloned().collect()).unwrap_or_default()
+        let inner = self.lock();
+        let referrers = inner.referrers.get(&target(kind, namespace, name));
+        referrers.map(|found| found.iter().map(|o| (**o).clone()).collect()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -173,9 +188,9 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
 impl<K: Resource<DynamicType = ()>> IndexInner<K> {
     fn unlink(&mut self, object: &ObjectRef<K>) {
         for target in self.targets.remove(object).unwrap_or_default() {
-            if let Some(set) = self.referrers.get_mut(&target) {
-                set.remove(object);
-                if set.is_empty() {
+            if let Some(referrers) = self.referrers.get_mut(&target) {
+                referrers.retain(|o| **o != *object);
+                if referrers.is_empty() {
                     self.referrers.remove(&target);
                 }
             }
