@@ -298,8 +298,24 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 () = terminated() => return,
             }
             futures::join!(
-                crate::store::run(ctx.clone(), stores, queues.stores, concurrency),
-                crate::stack::run(ctx, stacks, queues.stacks, concurrency),
+                crate::controller::run(
+                    "ArtifactStore",
+                    ctx.clone(),
+                    stores,
+                    queues.stores,
+                    concurrency,
+                    crate::store::reconcile,
+                    crate::store::error_policy,
+                ),
+                crate::controller::run(
+                    "Stack",
+                    ctx,
+                    stacks,
+                    queues.stacks,
+                    concurrency,
+                    crate::stack::reconcile,
+                    crate::stack::error_policy,
+                ),
             );
         }));
         all_caches.push((scope.clone(), caches));

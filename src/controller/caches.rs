@@ -19,6 +19,30 @@ use super::health::{self, Health};
 use super::scoped_api;
 use crate::api::{ArtifactStore, Stack};
 
+/// What a watched kind must be: a namespaced resource the operator can decode, copy and share
+/// between tasks.
+pub trait Watched:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A kind of object that a store or a Stack names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -348,13 +372,7 @@ fn spawn_watch<K>(
     strip: fn(&mut K),
     mut changed: impl FnMut(&K, Change) + Send + 'static,
 ) where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let api = scoped_api::<K>(client, namespace);
     let health = health.clone();

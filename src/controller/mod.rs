@@ -46,18 +46,36 @@ pub fn controller<K>(
     concurrency: u16,
 ) -> kube::runtime::Controller<DeserializeGuard<K>>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: caches::Watched,
 {
     let no_trigger = futures::stream::pending::<Result<DeserializeGuard<K>, kube::runtime::watcher::Error>>();
     kube::runtime::Controller::for_stream(no_trigger, cache)
         .reconcile_on(queue)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+}
+
+/// Runs the controller of `K` (see [`controller`]) until shutdown, with its reconciler and error
+/// policy.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<K, F>(
+    kind: &'static str,
+    ctx: std::sync::Arc<Context>,
+    cache: kube::runtime::reflector::Store<DeserializeGuard<K>>,
+    queue: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>>,
+    concurrency: u16,
+    reconcile: impl FnMut(std::sync::Arc<DeserializeGuard<K>>, std::sync::Arc<Context>) -> F,
+    error_policy: impl Fn(
+        std::sync::Arc<DeserializeGuard<K>>,
+        &F::Error,
+        std::sync::Arc<Context>,
+    ) -> kube::runtime::controller::Action,
+) where
+    K: caches::Watched,
+    F: futures::TryFuture<Ok = kube::runtime::controller::Action> + Send + 'static,
+    F::Error: std::error::Error + Send + 'static,
+{
+    let results = controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
+    drive(results, kind).await;
 }
 
 /// Consumes a controller's results. Reconcile failures are logged by the reconcilers' error

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 
@@ -17,16 +16,7 @@ use super::Context;
 use super::caches::{Kind, Reference};
 
 /// A kind the caches hold as metadata, and the reconcilers read or publish whole.
-pub trait Cached:
-    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + serde::Serialize
-    + serde::de::DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
+pub trait Cached: super::caches::Watched + serde::Serialize {
     const KIND: Kind;
 }
 

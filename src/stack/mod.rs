@@ -7,13 +7,11 @@ pub mod outputs;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{OutputFormat, StackStatus};
@@ -75,20 +73,8 @@ impl Referrer for Stack {
     }
 }
 
-/// Runs the Stack controller until shutdown: it reconciles what `queue` names, reading Stacks
-/// from `cache` (see [`crate::controller::caches::watch`]).
-pub async fn run(
-    ctx: Arc<Context>,
-    cache: Store<DeserializeGuard<Stack>>,
-    queue: UnboundedReceiver<ObjectRef<DeserializeGuard<Stack>>>,
-    concurrency: u16,
-) {
-    let results =
-        crate::controller::controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
-    crate::controller::drive(results, "Stack").await;
-}
-
-fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc<Context>) -> Action {
+/// The requeue after a failed reconcile (see [`crate::controller::error_action`]).
+pub fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc<Context>) -> Action {
     crate::controller::error_action(&ctx, "Stack", &object_key(&*stack), error.category(), error)
 }
 

@@ -10,14 +10,12 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::api::ArtifactStore;
@@ -94,20 +92,8 @@ impl Referrer for ArtifactStore {
     }
 }
 
-/// Runs the ArtifactStore controller until shutdown: it reconciles what `queue` names, reading
-/// stores from `cache` (see [`crate::controller::caches::watch`]).
-pub async fn run(
-    ctx: Arc<Context>,
-    cache: Store<DeserializeGuard<ArtifactStore>>,
-    queue: UnboundedReceiver<ObjectRef<DeserializeGuard<ArtifactStore>>>,
-    concurrency: u16,
-) {
-    let results =
-        crate::controller::controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
-    crate::controller::drive(results, "ArtifactStore").await;
-}
-
-fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, ctx: Arc<Context>) -> Action {
+/// The requeue after a failed reconcile (see [`crate::controller::error_action`]).
+pub fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, ctx: Arc<Context>) -> Action {
     crate::controller::error_action(&ctx, "ArtifactStore", &object_key(&*store), error.category(), error)
 }
 
