@@ -33,9 +33,9 @@ impl Kind {
     }
 }
 
-/// Where a reason appears: a condition of a kind, or an Event on it. Every change of a condition
-/// is also published as an Event with the condition's reason, so `Event` marks only the reasons no
-/// condition carries.
+/// Where a reason appears: a condition of a kind, or an Event on it. A reconcile that changes
+/// conditions also publishes one Event with a condition's reason (Ready's, or the first that
+/// changed), so `Event` marks only the reasons no condition carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
     Condition(Kind, &'static str),
