@@ -21,7 +21,8 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-/// Stores applied at once, and one Stack for every `STACK_EVERY` of them.
+/// Stores applied at once, and one Stack for every `STACK_EVERY` of them (ZenML and Argo: one
+/// namespace has one kfp-launcher, which one Stack at most can hold).
 const STORES: usize = 200;
 const STACK_EVERY: usize = 4;
 /// The resync interval under load, and how many of them the steady state is watched for.
@@ -171,7 +172,7 @@ async fn load() {
         json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": format!("stack-{i}")},
                "spec": {"artifactStoreRef": {"name": format!("store-{}", i * STACK_EVERY)},
                         "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"},
-                        "outputs": {"formats": ["ZenML", "Argo", "KFP"]}}})
+                        "outputs": {"formats": ["ZenML", "Argo"]}}})
     })
     .await;
     report(&format!("{stacks_count} Stacks"), started.elapsed(), &stacks);
