@@ -98,14 +98,15 @@ impl Owned for Secret {
 /// meanwhile); an existing one of ours is replaced with its resourceVersion, so a concurrent
 /// change fails the write instead of being overwritten unseen.
 pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Applied, kube::Error> {
-    if ctx.published_unchanged(desired) {
+    let hash = super::reads::content_hash(desired);
+    if ctx.published_unchanged(desired, &hash) {
         return Ok(Applied::Unchanged);
     }
     let name = desired.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), desired.meta().namespace.as_deref().unwrap_or_default());
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     let written = |object: K| {
-        ctx.remember_published(desired, object.meta().resource_version.clone());
+        ctx.remember_published(desired, hash, object.meta().resource_version.clone());
         Ok(Applied::Written)
     };
     if ctx.absent(desired) == Some(true) {
@@ -121,11 +122,11 @@ pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Appl
         // reconcile judges that object.
         None => written(api.create(&params, desired).await?),
         Some(current) if !is_ours(current.meta(), desired.meta()) => {
-            ctx.remember_published(desired, None);
+            ctx.remember_published(desired, hash, None);
             Ok(Applied::NotOurs)
         }
         Some(current) if current.same_content(desired) && same_meta(current.meta(), desired.meta()) => {
-            ctx.remember_published(desired, current.meta().resource_version.clone());
+            ctx.remember_published(desired, hash, current.meta().resource_version.clone());
             Ok(Applied::Unchanged)
         }
         Some(current) => {

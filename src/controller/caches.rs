@@ -184,28 +184,11 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
         self.lock().unlink(object);
     }
 
-    /// Drops every object for which `keep` is false (gone while the watch was re-listing).
-    pub fn retain(&self, keep: impl Fn(&ObjectRef<K>) -> bool) {
-        let mut inner = self.lock();
-        let gone: Vec<ObjectRef<K>> = inner.targets.keys().filter(|o| !keep(o)).map(|o| (**o).clone()).collect();
-        for object in &gone {
-            inner.unlink(object);
-        }
-    }
-
     /// The objects that name `kind` `name` in `namespace`.
     pub fn referencing(&self, kind: Kind, namespace: &str, name: &str) -> Vec<ObjectRef<K>> {
         let inner = self.lock();
         let referrers = inner.referrers.get(&target(kind, namespace, name));
         referrers.map(|found| found.iter().map(|o| (**o).clone()).collect()).unwrap_or_default()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().targets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -458,7 +441,8 @@ mod tests {
         assert_eq!(index.referencing(Kind::Secret, "ns", "keys"), vec![a.clone()]);
         index.remove(&a);
         assert!(index.referencing(Kind::Secret, "ns", "keys").is_empty());
-        index.retain(|o| *o != b);
-        assert!(index.is_empty() && index.lock().referrers.is_empty(), "nothing left behind");
+        index.remove(&b);
+        let inner = index.lock();
+        assert!(inner.targets.is_empty() && inner.referrers.is_empty(), "nothing left behind");
     }
 }

@@ -110,7 +110,7 @@ fn key<K: Cached>(namespace: &str, name: &str) -> Key {
 }
 
 /// A hash of everything `object` says, to tell whether the same object is wanted again.
-fn content_hash(object: &impl serde::Serialize) -> [u8; 32] {
+pub(super) fn content_hash(object: &impl serde::Serialize) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into()
 }
@@ -139,12 +139,12 @@ impl Context {
         Ok(found)
     }
 
-    /// Whether `desired` is what this process last published under that name, and nobody has
-    /// changed it since (the caches hold the version of that write).
-    pub(super) fn published_unchanged<K: Cached>(&self, desired: &K) -> bool {
+    /// Whether `desired` (whose [`content_hash`] is `hash`) is what this process last published
+    /// under that name, and nobody has changed it since (the caches hold the version of that write).
+    pub(super) fn published_unchanged<K: Cached>(&self, desired: &K, hash: &[u8; 32]) -> bool {
         let (namespace, name) = namespace_and_name(desired);
         match self.cached_version::<K>(&namespace, &name) {
-            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), &version, &content_hash(desired)),
+            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), &version, hash),
             _ => false,
         }
     }
@@ -164,10 +164,11 @@ impl Context {
         self.cached_version::<K>(&namespace, &name).map(|version| version.is_none())
     }
 
-    /// Records that `desired` is there as wanted, at `version` (None: forget it).
-    pub(super) fn remember_published<K: Cached>(&self, desired: &K, version: Option<String>) {
+    /// Records that `desired` (whose [`content_hash`] is `hash`) is there as wanted, at `version`
+    /// (None: forget it).
+    pub(super) fn remember_published<K: Cached>(&self, desired: &K, hash: [u8; 32], version: Option<String>) {
         let (namespace, name) = namespace_and_name(desired);
-        self.known.remember_published(key::<K>(&namespace, &name), version, content_hash(desired));
+        self.known.remember_published(key::<K>(&namespace, &name), version, hash);
     }
 }
 
