@@ -6,17 +6,32 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_tool() { # module-dir binary-name go-package
-  local module=$1 name=$2 package=$3 key out
-  key=$(module_key "$module")
+build_tool() { # module-dir binary-name go-package [extra -ldflags]
+  local module=$1 name=$2 package=$3 ldflags="-s -w ${4:-}" key out
+  key=$(module_key "$module" "$ldflags")
   out="$CACHE_DIR/bin/$module-$key/$name"
   if [[ ! -x "$out" ]]; then
     log "building $name ($module, key $key); the first build takes several minutes"
     mkdir -p "$(dirname "$out")"
-    (cd "$ENV_DIR/$module" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$package")
+    (cd "$ENV_DIR/$module" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$package")
     mv "$out.tmp" "$out"
   fi
   ln -sfn "$out" "$CACHE_DIR/bin/$name"
+}
+
+# The version Kubernetes' own release build stamps into its binaries (hack/lib/version.sh), taken
+# from the pinned module: unstamped they report v0.0.0-master, and helm refuses any chart with a
+# kubeVersion constraint against such a cluster.
+kubernetes_version_stamp() {
+  local version major minor flags="" pkg
+  version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$ENV_DIR/k8s/go.mod")
+  [[ "$version" =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || { log "ERROR: no k8s.io/kubernetes version in k8s/go.mod"; exit 1; }
+  major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
 }
 
 build_python_tools() {
@@ -40,8 +55,10 @@ what="${1:-all}"
 case "$what" in
   all|go)
     build_tool etcd etcd go.etcd.io/etcd/server/v3
-    build_tool k8s kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-    build_tool k8s kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+    stamp=$(kubernetes_version_stamp)
+    for component in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+      build_tool k8s "$component" "k8s.io/kubernetes/cmd/$component" "$stamp"
+    done
     build_tool minio minio github.com/minio/minio
     # Argo Workflows' own packages (v3 and v4 modules), for the consumer test of Stacks.
     build_tool argo-consumer argo-consumer .

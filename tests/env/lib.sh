@@ -9,10 +9,11 @@ STATE_DIR="${ARTIFACT_OPERATOR_ENV:-$REPO_ROOT/target/testenv}"
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
 
-# The cache key of a Go tool module: its go.mod and go.sum, plus the Go toolchain that builds it,
-# and for a program of our own (a main.go beside go.mod) its sources too.
-module_key() {
+# The cache key of a Go tool module: its go.mod and go.sum, plus the Go toolchain and the linker
+# flags that build it, and for a program of our own (a main.go beside go.mod) its sources too.
+module_key() { # module-dir [ldflags]
   local sources=()
   [[ -f "$ENV_DIR/$1/main.go" ]] && sources=("$ENV_DIR/$1"/*.go)
-  cat "$ENV_DIR/$1/go.mod" "$ENV_DIR/$1/go.sum" "${sources[@]}" <(go env GOVERSION) | sha256sum | cut -c1-16
+  cat "$ENV_DIR/$1/go.mod" "$ENV_DIR/$1/go.sum" "${sources[@]}" <(go env GOVERSION) <(echo "${2:-}") |
+    sha256sum | cut -c1-16
 }
