@@ -7,6 +7,8 @@ use crate::reason::Reason;
 pub const READY: &str = "Ready";
 pub const BUCKET_READY: &str = "BucketReady";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+/// A Stack's: `artifact-operator check` passed in a pod running as the Stack's ServiceAccount.
+pub const WORKLOAD_ACCESS_VERIFIED: &str = "WorkloadAccessVerified";
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

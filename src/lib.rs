@@ -3,12 +3,13 @@
 //! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
 //! [`conditions`] are pure; [`reason`] lists every condition and Event reason; [`aws`] is the AWS
 //! edge (S3, IAM, STS); [`identity`] proves who the operator, a store's keys or a ServiceAccount
-//! are; [`store`] and [`stack`] are the two reconcilers; [`controller`] what they share (the
+//! are; [`check`] proves a workload pod's own access from inside it; [`store`] and [`stack`] are the two reconcilers; [`controller`] what they share (the
 //! caches and their index, apply helpers, per-object memory); [`operator`] the process.
 
 pub mod api;
 pub mod aws;
 pub mod ca_bundle;
+pub mod check;
 pub mod conditions;
 pub mod controller;
 pub mod generate;

@@ -14,6 +14,9 @@ struct Cli {
 enum Command {
     /// Run the operator.
     Run(artifact_operator::operator::RunArgs),
+    /// Inside a workload pod, with a Stack's ConfigMap as environment: prove that the pod's own
+    /// identity can write, read, list and delete under the store's path. Exits 1 on failure.
+    Check(artifact_operator::check::CheckArgs),
     /// Write the CustomResourceDefinitions to a directory (or check that it is up to date).
     Crd {
         /// Directory to write the YAML files to.
@@ -40,6 +43,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crd { out_dir, check } => write_crds(&out_dir, check),
         Command::Generate { check, fixtures } => generate(check, fixtures.as_deref()),
+        Command::Check(args) => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the tokio runtime starts");
+            runtime.block_on(artifact_operator::check::run(args))
+        }
         Command::Run(args) => {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts");

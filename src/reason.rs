@@ -2,7 +2,7 @@
 //! without anyone acting, and what to fix. Conditions, Events, the README's table and the Argo CD
 //! health scripts (`artifact-operator generate`) all derive from this one table.
 
-use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY};
+use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY, WORKLOAD_ACCESS_VERIFIED};
 
 /// What a reason tells whoever watches the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,7 @@ const STORE_ALL: &[Place] = &[STORE_READY, STORE_BUCKET, STORE_CREDENTIALS];
 const STORE_EVENT: Place = Place::Event(Kind::ArtifactStore);
 const STACK_READY: Place = Place::Condition(Kind::Stack, READY);
 const STACK_EVENT: Place = Place::Event(Kind::Stack);
+const STACK_WORKLOAD: Place = Place::Condition(Kind::Stack, WORKLOAD_ACCESS_VERIFIED);
 
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $name:ident: $meaning:ident, $places:expr, $fix:literal;)*) => {
@@ -198,6 +199,8 @@ reasons! {
     KfpLauncherTaken: Action, &[STACK_READY], "remove KFP from one of the two Stacks";
     /// Another Stack holds the namespace's default Argo artifact repository.
     DefaultRepositoryTaken: Action, &[STACK_READY], "set argoDefaultRepository on one Stack only";
+    /// `artifact-operator check` found no credentials in the workload pod.
+    NoCredentials: Action, &[STACK_WORKLOAD, STACK_READY], "give the pods the store's credentials Secret (envFrom) or an IAM role (IRSA, Pod Identity)";
 }
 
 impl Reason {

@@ -63,6 +63,12 @@ pub fn store_env_secret_name(store: &str) -> String {
     format!("{store}-aws-credentials")
 }
 
+/// Whether clients put the bucket in the path, given the addressing style of a custom endpoint
+/// (None: AWS's own endpoint, where the bucket goes in the host name).
+pub fn path_style(custom_endpoint: Option<AddressingStyle>) -> bool {
+    custom_endpoint.is_some_and(|style| style != AddressingStyle::VirtualHosted)
+}
+
 /// The region used when neither the spec nor the bucket gives one (S3's own default).
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -104,7 +110,7 @@ impl ResolvedStore {
     /// Whether clients should put the bucket in the path: explicit `Path`, or `Auto` against a
     /// custom endpoint (what botocore does too).
     pub fn path_style(&self) -> bool {
-        self.endpoint.as_ref().is_some_and(|e| e.addressing_style != AddressingStyle::VirtualHosted)
+        path_style(self.endpoint.as_ref().map(|e| e.addressing_style))
     }
 
     pub fn ca_bundle_path(&self) -> Option<String> {

@@ -240,6 +240,46 @@ fn python_consumers(pod: &Pod) -> String {
     stdout
 }
 
+/// `artifact-operator check` as the pod, with `overrides` on its environment: the exit status,
+/// what it printed and the outcome it wrote for the pod's termination message.
+fn check_as(pod: &Pod, overrides: &[(&str, &str)]) -> (bool, String, artifact_operator::check::Outcome) {
+    let result = pod.files.path().join("termination-log");
+    let _ = std::fs::remove_file(&result);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-operator"))
+        .arg("check")
+        .env_clear()
+        .envs(&pod.env)
+        .envs(overrides.iter().copied())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("ARTIFACT_STORE_CHECK_RESULT", &result)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let outcome =
+        std::fs::read_to_string(&result).ok().and_then(|text| artifact_operator::check::Outcome::parse(&text));
+    let outcome = outcome.unwrap_or_else(|| panic!("check wrote no outcome:\n{stdout}"));
+    (output.status.success(), stdout, outcome)
+}
+
+/// The check proves the pod's access, and a wrong secret key fails it at the first write.
+fn assert_check_proves_access(pod: &Pod) {
+    let (passed, stdout, outcome) = check_as(pod, &[]);
+    assert!(passed && outcome.step.is_none() && outcome.reason == "Verified", "{stdout}");
+    for step in ["write s3://", "read s3://", "list s3://", "delete s3://"] {
+        assert!(stdout.lines().any(|l| l.starts_with(step) && l.ends_with(": ok")), "no ok line for {step}:\n{stdout}");
+    }
+    let (passed, stdout, outcome) = check_as(pod, &[("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")]);
+    assert!(!passed, "{stdout}");
+    assert_eq!(
+        (outcome.step, outcome.reason.as_str()),
+        (Some(artifact_operator::check::Step::Write), "SignatureDoesNotMatch")
+    );
+    assert!(
+        !stdout.contains(test_env().var("AO_S3_USER_SECRET_KEY")) && !stdout.contains("not-the-secret-key"),
+        "{stdout}"
+    );
+}
+
 /// Argo's own code resolves the namespace default and saves and loads an artifact with it.
 fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
     let mut command = std::process::Command::new(argo_consumer());
@@ -280,6 +320,7 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     wait_for(&client, &ns, "prod", "True", "Ready").await;
 
     let pod = pod(&client, &ns, "prod", "ml").await;
+    assert_check_proves_access(&pod);
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");
@@ -318,6 +359,9 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
     assert_eq!(repository["s3"]["insecure"], false);
 
     let pod = pod(&client, &ns, "prod", "ml").await;
+    assert_check_proves_access(&pod);
+    let (passed, stdout, outcome) = check_as(&pod, &[("AWS_CA_BUNDLE", "")]);
+    assert!(!passed && outcome.reason == "InvalidTlsSettings", "without the mounted bundle TLS fails: {stdout}");
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");

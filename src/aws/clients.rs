@@ -10,6 +10,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::Region;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
@@ -182,6 +183,21 @@ impl S3Clients {
     }
 }
 
+/// An HTTPS client that trusts the certificates of `pem` besides the system's roots.
+pub fn https_client_trusting(pem: &str) -> Result<SharedHttpClient, ConnectError> {
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConnectError::InvalidCaBundle);
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem.as_bytes()))
+        .build()
+        .map_err(|_| ConnectError::InvalidCaBundle)?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https())
+}
+
 /// Shared AWS state: the operator's ambient configuration and the per-account rate limiters.
 pub struct AwsEdge {
     ambient: SdkConfig,
@@ -250,18 +266,7 @@ impl AwsEdge {
             }
         }
         if let Some(pem) = &connection.ca_pem {
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ConnectError::InvalidCaBundle);
-            }
-            let context = TlsContext::builder()
-                .with_trust_store(TrustStore::default().with_pem_certificate(pem.as_bytes()))
-                .build()
-                .map_err(|_| ConnectError::InvalidCaBundle)?;
-            let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-                .tls_context(context)
-                .build_https();
-            builder = builder.http_client(http);
+            builder = builder.http_client(https_client_trusting(pem)?);
         }
         Ok(aws_sdk_s3::Client::from_conf(with_keys(builder, connection).build()))
     }

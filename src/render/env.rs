@@ -5,6 +5,25 @@ use std::collections::BTreeMap;
 use crate::api::artifact_store::AddressingStyle;
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 
+/// The key with the custom endpoint's addressing style, in botocore's words.
+pub const ADDRESSING_STYLE: &str = "ARTIFACT_STORE_ADDRESSING_STYLE";
+
+/// An addressing style as botocore's `addressing_style` names it.
+pub fn addressing_style_value(style: AddressingStyle) -> &'static str {
+    match style {
+        AddressingStyle::Auto => "auto",
+        AddressingStyle::Path => "path",
+        AddressingStyle::VirtualHosted => "virtual",
+    }
+}
+
+/// The addressing style [`addressing_style_value`] wrote.
+pub fn parse_addressing_style(value: &str) -> Option<AddressingStyle> {
+    [AddressingStyle::Auto, AddressingStyle::Path, AddressingStyle::VirtualHosted]
+        .into_iter()
+        .find(|&style| addressing_style_value(style) == value)
+}
+
 pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |key: &str, value: String| {
@@ -18,12 +37,7 @@ pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
     set("AWS_DEFAULT_REGION", store.region.clone());
     if let Some(endpoint) = &store.endpoint {
         set("AWS_ENDPOINT_URL_S3", endpoint.url.clone());
-        let style = match endpoint.addressing_style {
-            AddressingStyle::Auto => "auto",
-            AddressingStyle::Path => "path",
-            AddressingStyle::VirtualHosted => "virtual",
-        };
-        set("ARTIFACT_STORE_ADDRESSING_STYLE", style.to_owned());
+        set(ADDRESSING_STYLE, addressing_style_value(endpoint.addressing_style).to_owned());
     }
     if let Some(path) = store.ca_bundle_path() {
         set("AWS_CA_BUNDLE", path);
