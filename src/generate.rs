@@ -267,7 +267,9 @@ mod tests {
         let updated = with_readme_table(&readme).unwrap();
         assert!(updated.starts_with(&format!("before\n{README_BEGIN}| Reason |")));
         assert!(updated.ends_with(&format!("{README_END}after\n")));
-        assert!(updated.contains("| `Throttled` | ArtifactStore: Ready, BucketReady, CredentialsValid | yes |"));
+        assert!(updated.contains(
+            "| `Throttled` | ArtifactStore: Ready, BucketReady, CredentialsValid; Stack: WorkloadAccessVerified, Ready | yes |"
+        ));
         assert_eq!(with_readme_table("no markers"), None);
     }
 }

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Apply the CRDs at start (for local development; the chart installs them otherwise).
     #[arg(long)]
     pub install_crds: bool,
+    /// The image of the Jobs that run `artifact-operator check` for Stacks with
+    /// `verification.inPod` (the chart sets the operator's own image).
+    #[arg(long, env = "AO_CHECK_IMAGE")]
+    pub check_image: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -257,7 +261,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         RateLimiter::new(args.aws_requests_per_second, args.aws_burst),
     )
     .await;
-    let settings = Settings { resync_interval: args.resync_interval, oidc_issuer: args.oidc_issuer.clone() };
+    let settings = Settings {
+        resync_interval: args.resync_interval,
+        oidc_issuer: args.oidc_issuer.clone(),
+        check_image: args.check_image.clone().filter(|image| !image.trim().is_empty()),
+    };
     let mut ctx = Context::new(client, aws, settings, metrics);
     ctx.health = health.clone();
     let ctx = Arc::new(ctx);

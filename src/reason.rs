@@ -46,6 +46,8 @@ const STORE_READY: Place = Place::Condition(Kind::ArtifactStore, READY);
 const STORE_BUCKET: Place = Place::Condition(Kind::ArtifactStore, BUCKET_READY);
 const STORE_CREDENTIALS: Place = Place::Condition(Kind::ArtifactStore, CREDENTIALS_VALID);
 const STORE_ALL: &[Place] = &[STORE_READY, STORE_BUCKET, STORE_CREDENTIALS];
+/// What S3 answers the store's checks, and a workload pod's check too (`verification.inPod`).
+const STORE_ALL_AND_CHECK: &[Place] = &[STORE_READY, STORE_BUCKET, STORE_CREDENTIALS, STACK_WORKLOAD, STACK_READY];
 const STORE_EVENT: Place = Place::Event(Kind::ArtifactStore);
 const STACK_READY: Place = Place::Condition(Kind::Stack, READY);
 const STACK_EVENT: Place = Place::Event(Kind::Stack);
@@ -100,14 +102,14 @@ reasons! {
     /// The bucket exists (adopted, or created earlier).
     BucketExists: Fine, &[STORE_BUCKET], "nothing to fix";
     /// The credentials (or the IRSA wiring) can use the path.
-    Verified: Fine, &[STORE_CREDENTIALS], "nothing to fix";
+    Verified: Fine, &[STORE_CREDENTIALS, STACK_WORKLOAD], "nothing to fix";
     /// The store went and the operator deleted its empty bucket (deletionPolicy Delete).
     BucketDeleted: Fine, &[STORE_EVENT], "nothing to fix";
     /// The store went and its bucket was kept; the Event says why.
     BucketRetained: Fine, &[STORE_EVENT], "nothing to fix: the bucket is kept on purpose";
 
     /// spec.path does not parse (an object created before admission checked it).
-    InvalidPath: Action, &[STORE_READY, STORE_CREDENTIALS], "set spec.path to s3://bucket or s3://bucket/prefix";
+    InvalidPath: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_WORKLOAD, STACK_READY], "set spec.path to s3://bucket or s3://bucket/prefix";
     /// The Secret of spec.auth.secretRef is missing.
     SecretNotFound: Action, &[STORE_READY, STORE_CREDENTIALS], "create the Secret named in spec.auth.secretRef, in the store's namespace";
     /// The Secret lacks a key it should hold, or holds it empty.
@@ -115,9 +117,9 @@ reasons! {
     /// A key's value holds a character an HTTP header cannot carry.
     SecretValueInvalid: Action, &[STORE_READY, STORE_CREDENTIALS], "put the bare value, without line breaks or spaces, in the named key";
     /// The CA bundle's ConfigMap or Secret, or its key, is missing.
-    CaBundleNotFound: Action, &[STORE_READY, STORE_CREDENTIALS], "create the object and key named in spec.endpoint.tls.caBundle";
+    CaBundleNotFound: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_WORKLOAD, STACK_READY], "create the object and key named in spec.endpoint.tls.caBundle";
     /// The CA bundle holds no usable PEM certificate.
-    CaBundleInvalid: Action, &[STORE_READY, STORE_CREDENTIALS], "put the PEM certificates of the endpoint's CA in the named key";
+    CaBundleInvalid: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_WORKLOAD, STACK_READY], "put the PEM certificates of the endpoint's CA in the named key";
     /// The ServiceAccount named by the store (or the Stack's orchestrator) is missing.
     ServiceAccountNotFound: Action, &[STORE_READY, STORE_CREDENTIALS, STACK_READY], "create the ServiceAccount, or fix its name in the spec";
     /// The bucket waits for the credentials, which cannot be read yet.
@@ -127,31 +129,31 @@ reasons! {
     /// The credentials wait for the bucket (BucketReady says why).
     BucketNotReady: Action, &[STORE_CREDENTIALS], "fix what BucketReady says";
     /// The TLS settings cannot build an S3 client.
-    InvalidTlsSettings: Action, STORE_ALL, "fix spec.endpoint.tls";
+    InvalidTlsSettings: Action, STORE_ALL_AND_CHECK, "fix spec.endpoint.tls";
     /// The bucket is in another region than spec.region (or than the request was signed for).
-    RegionMismatch: Action, STORE_ALL, "set spec.region to the bucket's region, or remove it so the operator discovers it";
+    RegionMismatch: Action, STORE_ALL_AND_CHECK, "set spec.region to the bucket's region, or remove it so the operator discovers it";
     /// The bucket does not exist.
-    BucketNotFound: Action, STORE_ALL, "create the bucket, fix the bucket in spec.path, or set provisioning to Create";
+    BucketNotFound: Action, STORE_ALL_AND_CHECK, "create the bucket, fix the bucket in spec.path, or set provisioning to Create";
     /// The bucket belongs to another account.
     BucketOwnedByAnotherAccount: Action, &[STORE_BUCKET, STORE_READY], "choose another bucket name";
     /// A spec.bucket setting could not be applied to the created bucket.
     BucketSettingsFailed: Action, &[STORE_BUCKET, STORE_READY], "fix spec.bucket or remove the setting the endpoint refuses";
     /// S3 or STS does not know the access key id.
-    InvalidAccessKeyId: Action, STORE_ALL, "put a valid access key id in the Secret";
+    InvalidAccessKeyId: Action, STORE_ALL_AND_CHECK, "put a valid access key id in the Secret";
     /// The secret access key does not belong to the access key id.
-    SignatureDoesNotMatch: Action, STORE_ALL, "put the secret access key that belongs to the access key id in the Secret";
+    SignatureDoesNotMatch: Action, STORE_ALL_AND_CHECK, "put the secret access key that belongs to the access key id in the Secret";
     /// The session token has expired.
-    ExpiredToken: Action, STORE_ALL, "put fresh temporary credentials in the Secret, or use long-lived keys or implicit auth";
+    ExpiredToken: Action, STORE_ALL_AND_CHECK, "put fresh temporary credentials in the Secret, or use long-lived keys or implicit auth";
     /// The identity may not list, read or write the path.
-    AccessDenied: Action, STORE_ALL, "grant s3:ListBucket on the bucket and s3:GetObject, s3:PutObject, s3:DeleteObject under the prefix, or fix the bucket policy";
+    AccessDenied: Action, STORE_ALL_AND_CHECK, "grant s3:ListBucket on the bucket and s3:GetObject, s3:PutObject, s3:DeleteObject under the prefix, or fix the bucket policy";
     /// S3 refused the request for another reason.
-    S3Error: Action, STORE_ALL, "read the S3 error code in the message and fix the request it names";
+    S3Error: Action, STORE_ALL_AND_CHECK, "read the S3 error code in the message and fix the request it names";
     /// No response from the S3 endpoint (DNS, connection, TLS, timeout).
-    EndpointUnreachable: Transient, STORE_ALL, "nothing, if the outage passes; otherwise check spec.endpoint.url, DNS, the network path and TLS settings";
+    EndpointUnreachable: Transient, STORE_ALL_AND_CHECK, "nothing, if the outage passes; otherwise check spec.endpoint.url, DNS, the network path and TLS settings";
     /// S3 throttled the request.
-    Throttled: Transient, STORE_ALL, "nothing: the operator retries with backoff";
+    Throttled: Transient, STORE_ALL_AND_CHECK, "nothing: the operator retries with backoff";
     /// S3 answered with a server error.
-    S3Unavailable: Transient, STORE_ALL, "nothing: the operator retries with backoff";
+    S3Unavailable: Transient, STORE_ALL_AND_CHECK, "nothing: the operator retries with backoff";
     /// Recording the coming CreateBucket in the status failed; no bucket was created.
     StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
     /// No response from AWS STS.
@@ -199,6 +201,10 @@ reasons! {
     KfpLauncherTaken: Action, &[STACK_READY], "remove KFP from one of the two Stacks";
     /// Another Stack holds the namespace's default Argo artifact repository.
     DefaultRepositoryTaken: Action, &[STACK_READY], "set argoDefaultRepository on one Stack only";
+    /// The in-pod check (verification.inPod) runs as a Job; Ready waits for it.
+    WorkloadCheckRunning: Transient, &[STACK_WORKLOAD, STACK_READY], "nothing: the check's Job runs";
+    /// The in-pod check's Job ended without an outcome (image, scheduling, deadline).
+    WorkloadCheckFailed: Action, &[STACK_WORKLOAD, STACK_READY], "read the message and the check pod's events: the image, the ServiceAccount, the volumes";
     /// `artifact-operator check` found no credentials in the workload pod.
     NoCredentials: Action, &[STACK_WORKLOAD, STACK_READY], "give the pods the store's credentials Secret (envFrom) or an IAM role (IRSA, Pod Identity)";
 }
@@ -240,7 +246,8 @@ mod tests {
 
     #[test]
     fn store_all_is_the_three_store_conditions() {
-        assert_eq!(Reason::Throttled.places(), STORE_ALL);
+        assert_eq!(&Reason::Throttled.places()[..3], STORE_ALL);
+        assert!(Reason::Throttled.appears_on(Kind::Stack, WORKLOAD_ACCESS_VERIFIED), "the in-pod check meets S3 too");
         assert!(Reason::Throttled.is_transient());
         assert!(Reason::ServiceAccountNotFound.appears_on(Kind::Stack, READY));
         assert!(!Reason::StsUnreachable.appears_on(Kind::Stack, READY));

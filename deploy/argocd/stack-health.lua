@@ -14,11 +14,15 @@
 
 -- Reasons of Ready=False that resolve without anyone acting.
 local TRANSIENT = {
+  EndpointUnreachable = true,
+  Throttled = true,
+  S3Unavailable = true,
   IamUnreachable = true,
   IamError = true,
   OidcIssuerUnknown = true,
   ArtifactStoreNotReady = true,
   CredentialsSecretNotFound = true,
+  WorkloadCheckRunning = true,
 }
 
 local hs = {}

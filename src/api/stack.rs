@@ -38,6 +38,23 @@ pub struct StackSpec {
     /// Which consumer formats to render. Env keys are always rendered.
     #[serde(default)]
     pub outputs: Outputs,
+    /// Extra proof that the orchestrator's pods can use the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// How the operator proves that the orchestrator's pods can use the store.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Run `artifact-operator check` as a short Job in this namespace, as
+    /// `orchestrator.serviceAccountName`, with the Stack's ConfigMap (and the store's credentials
+    /// Secret) as a workload pod gets them: it writes, reads, lists and deletes one object under
+    /// the prefix with the pod's own credentials. The result is the `WorkloadAccessVerified`
+    /// condition, and the Stack is Ready only once it passed. It runs again when the Stack, its
+    /// store or what they publish change, never on a plain resync.
+    #[serde(default)]
+    pub in_pod: bool,
 }
 
 /// A reference to an ArtifactStore in the same namespace.
@@ -121,7 +138,7 @@ pub struct StackStatus {
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`.
+    /// `Ready`, and with `verification.inPod` `WorkloadAccessVerified`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -131,4 +148,9 @@ pub struct StackStatus {
     /// SHA-256 of the ConfigMap's data, also set as its `artifacts.dev/content-hash` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
+    /// With `verification.inPod`: what the `WorkloadAccessVerified` condition's check ran with (a
+    /// hash of the ConfigMap, the ServiceAccount, the credentials and the image), so that the check
+    /// runs again only when one of them changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_check: Option<String>,
 }

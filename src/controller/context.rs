@@ -18,6 +18,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// The cluster's service-account issuer, for IRSA trust checks. None: read from the apiserver.
     pub oidc_issuer: Option<String>,
+    /// The image that runs `artifact-operator check` in a Stack's namespace (`--check-image`).
+    pub check_image: Option<String>,
 }
 
 pub struct Context {

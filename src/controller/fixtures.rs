@@ -19,8 +19,11 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let settings =
-        Settings { resync_interval: Duration::from_secs(300), oidc_issuer: Some("https://oidc.example.test".into()) };
+    let settings = Settings {
+        resync_interval: Duration::from_secs(300),
+        oidc_issuer: Some("https://oidc.example.test".into()),
+        check_image: None,
+    };
     let ctx = Context::new(client, crate::aws::AwsEdge::offline(), settings, crate::metrics::Metrics::default());
     (Arc::new(ctx), ApiServerVerifier(handle))
 }

@@ -1,8 +1,10 @@
 //! The Stack reconciler: dereference the ArtifactStore and the orchestrator's ServiceAccount →
-//! validate that this identity can use the store → build the ConfigMap → apply → status.
+//! validate that this identity can use the store → build the ConfigMap → apply → with
+//! `verification.inPod`, prove it from a pod ([`workload`]) → status.
 
 pub mod build;
 pub mod outputs;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::stack::{OutputFormat, StackStatus};
 use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
-use crate::conditions::{self, Observed, READY};
+use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::timing::{backoff, jittered};
@@ -25,6 +27,7 @@ use crate::controller::{Context, object_key};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
+use workload::Verdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,7 +89,7 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>)
     let started = Instant::now();
     let result = match crate::controller::contained(&object_key(stack), reconcile_inner(stack, &ctx)).await {
         Some(result) => result,
-        None => write_status(stack, &ctx, crate::controller::panicked(), None).await.and(Err(Error::Panicked)),
+        None => write_status(stack, &ctx, crate::controller::panicked(), None, None).await.and(Err(Error::Panicked)),
     };
     ctx.metrics.reconciled("Stack", started.elapsed());
     result
@@ -116,30 +119,80 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
         Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
             Err(failure) => failure,
             Ok((name, hash)) => {
-                let message = format!(
-                    "pods running as {} can use {}; configuration in ConfigMap {name}",
-                    stack.spec.orchestrator.service_account_name, usable.resolved.path
-                );
-                write_status(stack, ctx, Observed::ok(READY, Reason::Ready, message), Some((name, hash))).await?;
-                ctx.mark_verified(&uid, &usable.fingerprint);
-                ctx.record_success(&object_key(stack));
-                ctx.settle(&uid, watermark, Arc::new(()));
-                return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+                let check = workload_check(ctx, stack, &usable.resolved, &hash).await?;
+                let published = Some((name.clone(), hash));
+                match check.as_ref().map(|(verdict, _)| verdict) {
+                    None | Some(Verdict::Proven(_)) => {
+                        let message = format!(
+                            "pods running as {} can use {}; configuration in ConfigMap {name}",
+                            stack.spec.orchestrator.service_account_name, usable.resolved.path
+                        );
+                        write_status(stack, ctx, Observed::ok(READY, Reason::Ready, message), published, check).await?;
+                        ctx.mark_verified(&uid, &usable.fingerprint);
+                        ctx.record_success(&object_key(stack));
+                        ctx.settle(&uid, watermark, Arc::new(()));
+                        return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+                    }
+                    Some(Verdict::Running(message)) => {
+                        let ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message.clone());
+                        write_status(stack, ctx, ready, published, check).await?;
+                        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
+                    }
+                    Some(Verdict::Failed(failure)) => {
+                        let ready = Observed::failed(READY, failure.reason, failure.message.clone());
+                        let failure = failure.clone();
+                        write_status(stack, ctx, ready, published, check).await?;
+                        return Ok(after_failure(ctx, stack, &failure, watermark));
+                    }
+                }
             }
         },
     };
-    write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None).await?;
+    write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None, None).await?;
+    Ok(after_failure(ctx, stack, &failure, watermark))
+}
+
+/// The check from inside a pod, when the Stack asks for it: its verdict and what it ran with.
+async fn workload_check(
+    ctx: &Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+    config_map_hash: &str,
+) -> Result<Option<(Verdict, String)>, Error> {
+    if !workload::wanted(stack) {
+        return Ok(None);
+    }
+    let image = ctx.settings.check_image.as_deref().unwrap_or_default();
+    let inputs = workload::inputs(stack, store, config_map_hash, image);
+    Ok(Some((workload::verify(ctx, stack, store, &inputs).await?, inputs)))
+}
+
+/// The requeue after a failure: backoff while it may pass by itself, else the resync (settled
+/// when only a change of the objects the Stack names can fix it).
+fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Option<String>) -> Action {
+    let uid = stack.uid().unwrap_or_default();
     if failure.is_transient() {
         let failures = ctx.record_failure(&object_key(stack));
-        Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+        Action::requeue(backoff(failures, ctx.settings.resync_interval))
     } else {
         // A reason in the objects the Stack names: the watches bring the fix at once, and until
         // then another pass would find the same. (IAM's answers are checked again each resync.)
         if waits_for_a_change(failure.reason) {
             ctx.settle(&uid, watermark, Arc::new(()));
         }
-        Ok(Action::requeue(jittered(ctx.settings.resync_interval)))
+        Action::requeue(jittered(ctx.settings.resync_interval))
     }
+}
+
+/// A condition read back from the status, as observed again (its reason still one we know).
+fn observed_again(condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> Option<Observed> {
+    let reason = Reason::parse(&condition.reason)?;
+    let status = match condition.status.as_str() {
+        "True" => conditions::Status::True,
+        "False" => conditions::Status::False,
+        _ => conditions::Status::Unknown,
+    };
+    Some(Observed { type_: WORKLOAD_ACCESS_VERIFIED, status, reason, message: condition.message.clone() })
 }
 
 /// Whether a failure lies in the objects the Stack names (and so only their change fixes it),
@@ -243,21 +296,52 @@ async fn read_store(ctx: &Context, namespace: &str, name: &str) -> Result<Option
     }
 }
 
+/// Writes Ready, and the in-pod check's condition when it ran (`check`: its verdict and inputs;
+/// None keeps the last one while the Stack still asks for it, and drops it once it does not).
 async fn write_status(
     stack: &Stack,
     ctx: &Context,
     ready: Observed,
     published: Option<(String, String)>,
+    check: Option<(Verdict, String)>,
 ) -> Result<(), Error> {
     let previous = stack.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
-    let (conditions, transitions) = conditions::merge(&previous.conditions, &[ready], stack.metadata.generation, &now);
+    let mut observed = vec![ready];
+    let mut workload_check = None;
+    match check {
+        Some((verdict, inputs)) => {
+            observed.push(match verdict {
+                Verdict::Proven(message) => Observed::ok(WORKLOAD_ACCESS_VERIFIED, Reason::Verified, message),
+                Verdict::Running(message) => {
+                    Observed::unknown(WORKLOAD_ACCESS_VERIFIED, Reason::WorkloadCheckRunning, message)
+                }
+                Verdict::Failed(failure) => Observed::failed(WORKLOAD_ACCESS_VERIFIED, failure.reason, failure.message),
+            });
+            workload_check = Some(inputs);
+        }
+        None if workload::wanted(stack) => {
+            if let Some(kept) =
+                conditions::find(&previous.conditions, WORKLOAD_ACCESS_VERIFIED).and_then(observed_again)
+            {
+                observed.push(kept);
+                workload_check = previous.workload_check.clone();
+            }
+        }
+        None => {}
+    }
+    let (conditions, transitions) = conditions::merge(&previous.conditions, &observed, stack.metadata.generation, &now);
     let (config_map_name, content_hash) = match published {
         Some((name, hash)) => (Some(name), Some(hash)),
         None => (previous.config_map_name.clone(), previous.content_hash.clone()),
     };
-    let next =
-        StackStatus { observed_generation: stack.metadata.generation, conditions, config_map_name, content_hash };
+    let next = StackStatus {
+        observed_generation: stack.metadata.generation,
+        conditions,
+        config_map_name,
+        content_hash,
+        workload_check,
+    };
     ctx.observe_readiness("Stack", &stack.metadata, &transitions);
     if next == previous {
         return Ok(());

@@ -103,4 +103,11 @@ part of this rule set. Cluster mode passes false: Secret writes are never grante
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# A Stack's in-pod check (verification.inPod): its Job, and its pod's termination message.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end }}
