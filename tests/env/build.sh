@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
-# kube-apiserver and kube-controller-manager (Kubernetes), etcd, MinIO, a checker built from Argo
-# Workflows' own packages, and moto (IAM/STS), ZenML and boto3 in a virtual environment. Everything
-# is cached under $CACHE_DIR keyed by version: a second run is a no-op.
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
+# checker built from Argo Workflows' own packages, and moto (IAM/STS), ZenML and boto3 in a virtual
+# environment; and installs the Debian packages the node of node-up.sh needs (containerd, ...).
+# Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
+# One part only: build.sh go|python|helm|node.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -50,6 +52,30 @@ build_python_tools() {
   ln -sfn "$venv" "$CACHE_DIR/venv"
 }
 
+# The node of node-up.sh runs on Debian packages: containerd and runc, the CNI plugins (bridge,
+# host-local, loopback), socat for its relays to the control plane, catatonit for its pause image,
+# iproute2 for its bridge, and iptables, which the CNI plugins call for masquerading and port
+# mapping (both off on this node). Installed with apt only when a binary is missing, so a warm
+# machine needs neither root nor the network here.
+install_node_packages() {
+  local wanted=(containerd:/usr/bin/containerd containerd:/usr/bin/containerd-shim-runc-v2
+    containerd:/usr/bin/ctr runc:/usr/sbin/runc containernetworking-plugins:/usr/lib/cni/bridge
+    containernetworking-plugins:/usr/lib/cni/host-local containernetworking-plugins:/usr/lib/cni/loopback
+    socat:/usr/bin/socat catatonit:/usr/bin/catatonit iproute2:/usr/sbin/ip iptables:/usr/sbin/iptables)
+  local entry missing=()
+  for entry in "${wanted[@]}"; do
+    [[ -x "${entry#*:}" ]] || missing+=("${entry%%:*}")
+  done
+  ((${#missing[@]})) || return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  command -v apt-get >/dev/null && [[ $EUID -eq 0 ]] ||
+    { log "ERROR: the node needs the Debian packages ${missing[*]}: install them (as root, with apt-get)"; exit 1; }
+  log "installing ${missing[*]} for the node (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 mkdir -p "$CACHE_DIR/bin"
 what="${1:-all}"
 case "$what" in
@@ -64,5 +90,6 @@ case "$what" in
     build_tool argo-consumer argo-consumer .
     ;;&
   all|python) build_python_tools ;;&
-  all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;
+  all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;&
+  all|node) install_node_packages ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stops the local test environment that tests/env/up.sh started and removes its state. The logs are
-# moved to $STATE_DIR/../testenv-logs (replacing the previous ones) for debugging. Idempotent: with
-# nothing running it only clears what is left.
+# Stops the local test environment that tests/env/up.sh started (first the node of node-up.sh, if
+# there is one) and removes its state. The logs are moved to $STATE_DIR/../testenv-logs (replacing
+# the previous ones) for debugging. Idempotent: with nothing running it only clears what is left.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -14,6 +14,12 @@ if [[ "${_AO_TESTENV_LOCKED:-}" != 1 ]]; then
   mkdir -p "$(dirname "$STATE_DIR")"
   exec 9>"$STATE_DIR.lock"
   flock -w 300 9 || { log "ERROR: timed out waiting for another up.sh/down.sh"; exit 1; }
+fi
+
+# The node of node-up.sh goes first: its containers, mounts, network and cgroups need more than a
+# signal, and its kubelet would only restart what we stop. (Also for what a crashed node left.)
+if [[ -d "$STATE_DIR/node" || "$(cat "/sys/class/net/$POD_BRIDGE/ifalias" 2>/dev/null)" == "$STATE_DIR" ]]; then
+  _AO_TESTENV_LOCKED=1 "$ENV_DIR/node-down.sh"
 fi
 
 # A pid is ours only while its process carries up.sh's marker in its environment: a pid file that

@@ -5,7 +5,8 @@
 # The binaries come from tests/env/build.sh (run it first). Idempotent: when the environment recorded
 # in $STATE_DIR is running and healthy this only prints the env file's path. The last line on stdout
 # is always the path of the env file (mode 0600, `export` lines) that tells tests where everything is.
-# Stop it with tests/env/down.sh.
+# Stop it with tests/env/down.sh. tests/env/node-up.sh adds a node (kubelet, containerd, scheduler)
+# for the tests that run pods.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -13,8 +14,6 @@ BIN="$CACHE_DIR/bin"
 VENV="$CACHE_DIR/venv"
 OIDC_ISSUER="https://oidc.artifact-operator.test/cluster"
 S3_REGION="us-east-1"
-# Seconds each component gets to become ready; generous because the machine may be busy compiling.
-READY_TIMEOUT="${AO_TESTENV_TIMEOUT:-90}"
 
 PKI="$STATE_DIR/pki"
 LOGS="$STATE_DIR/logs"
@@ -26,72 +25,16 @@ PORTS_FILE="$STATE_DIR/ports"   # the ports of a running environment, for the he
 # that have it, so a stale pid file never makes us kill a stranger that reused the pid.
 export AO_TESTENV_STATE="$STATE_DIR"
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers (die, start, wait_for, new_cert, kubeconfig and the others are in lib.sh) ----------
 
-die() { log "ERROR: $*"; exit 1; }
-
-# Secrets never reach stdout/stderr: everything we show from a log goes through this.
+# Secrets never reach stdout/stderr: everything we show from a log goes through this (it replaces
+# lib.sh's pass-through redact).
 redact() {
   local args=() s
   for s in "${ROOT_SECRET_KEY:-}" "${USER_SECRET_KEY:-}"; do
     [[ -n "$s" ]] && args+=(-e "s/$s/<redacted>/g")
   done
   if ((${#args[@]})); then sed "${args[@]}"; else cat; fi
-}
-
-# Alive and not a zombie (a child that died before we reaped it still answers kill -0).
-alive() {
-  local pid=$1 state
-  kill -0 "$pid" 2>/dev/null || return 1
-  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-  [[ "$state" != Z ]]
-}
-
-# start NAME COMMAND...: run a daemon in its own session (so a Ctrl-C or the caller's process group
-# teardown does not reach it), detached from our stdio, logging to $LOGS/NAME.log.
-start() {
-  local name=$1; shift
-  # 9>&-: the daemon must not inherit the lock of up.sh (fd 9), or it would hold it forever.
-  setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1 9>&- &
-  echo $! >"$PIDS/$name.pid"
-}
-
-fail_with_log() { # NAME MESSAGE
-  log "ERROR: $2; last lines of $LOGS/$1.log:"
-  tail -n 40 "$LOGS/$1.log" 2>/dev/null | redact >&2 || true
-  exit 1
-}
-
-# wait_for NAME DESCRIPTION COMMAND...: poll COMMAND until it succeeds, while NAME's process lives.
-wait_for() {
-  local name=$1 what=$2; shift 2
-  local pid deadline=$((SECONDS + READY_TIMEOUT))
-  pid=$(<"$PIDS/$name.pid")
-  until "$@" >/dev/null 2>&1; do
-    alive "$pid" || fail_with_log "$name" "$name exited before $what"
-    ((SECONDS < deadline)) || fail_with_log "$name" "$name: no $what after ${READY_TIMEOUT}s"
-    sleep 0.2
-  done
-}
-
-# Free loopback ports: bind all of them at once so they are distinct, then release them for our
-# daemons. Another process could take one in between; startup then fails and is retried once.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-kube_curl() { # PATH [curl args...]: the apiserver as the admin user
-  local path=$1; shift
-  curl -fsS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-    "$@" "https://127.0.0.1:$API_PORT$path"
 }
 
 # --- health of an environment that is already recorded -----------------------------------------
@@ -115,71 +58,23 @@ healthy() {
 
 # --- certificates --------------------------------------------------------------------------------
 
-# new_ca NAME CN: a self-signed CA (EC P-256). rustls/webpki insist on the CA extensions.
-new_ca() {
-  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI/$1.key" -out "$PKI/$1.crt" -days 3650 -subj "/CN=$2" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -addext "subjectKeyIdentifier=hash" 2>/dev/null
-}
-
-# new_cert NAME CA SUBJECT serverAuth|clientAuth [SANS]: a leaf certificate signed by CA.
-new_cert() {
-  local name=$1 ca=$2 subject=$3 usage=$4 sans=${5:-}
-  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI/$name.key" -out "$PKI/$name.csr" -subj "$subject" 2>/dev/null
-  {
-    echo "basicConstraints=critical,CA:FALSE"
-    echo "keyUsage=critical,digitalSignature"
-    echo "extendedKeyUsage=$usage"
-    echo "subjectKeyIdentifier=hash"
-    echo "authorityKeyIdentifier=keyid"
-    [[ -z "$sans" ]] || echo "subjectAltName=$sans"
-  } >"$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$PKI/$name.ext" \
-    -out "$PKI/$name.crt" 2>/dev/null
-  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
-}
-
 make_pki() {
   new_ca ca "artifact-operator test cluster CA"
+  # $POD_GATEWAY: pods on node-up.sh's node reach the apiserver (and the HTTPS MinIO) through relays
+  # on the pod bridge's gateway address, with TLS end to end.
   new_cert apiserver ca "/CN=kube-apiserver" serverAuth \
-    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1"
+    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1,IP:$POD_GATEWAY"
   new_ca client-ca "artifact-operator test client CA"
   new_cert admin client-ca "/O=system:masters/CN=admin" clientAuth
   new_cert kube-controller-manager client-ca "/CN=system:kube-controller-manager" clientAuth
+  # The apiserver's identity towards kubelets (logs, exec, port-forward), as on a kubeadm cluster.
+  new_cert kubelet-client client-ca "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   # The service-account token signing key pair (RSA, so tokens are RS256 like EKS's).
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
   openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   # The HTTPS MinIO's serving certificate, from a CA of its own so tests must pass it explicitly.
   new_ca s3-ca "artifact-operator test S3 CA"
-  new_cert s3 s3-ca "/CN=minio" serverAuth "IP:127.0.0.1,DNS:localhost"
-}
-
-# kubeconfig FILE USER: a kubeconfig for the apiserver with USER's client certificate embedded.
-kubeconfig() {
-  local file=$1 user=$2
-  cat >"$file" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
-users:
-- name: $user
-  user:
-    client-certificate-data: $(base64 -w0 "$PKI/$user.crt")
-    client-key-data: $(base64 -w0 "$PKI/$user.key")
-contexts:
-- name: testenv
-  context:
-    cluster: testenv
-    user: $user
-current-context: testenv
-EOF
+  new_cert s3 s3-ca "/CN=minio" serverAuth "IP:127.0.0.1,DNS:localhost,IP:$POD_GATEWAY"
 }
 
 # --- startup --------------------------------------------------------------------------------------
@@ -235,7 +130,9 @@ start_all() {
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --cert-dir "$STATE_DIR/kube-apiserver" \
     --client-ca-file "$PKI/client-ca.crt" \
-    --authorization-mode RBAC \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --kubelet-client-certificate "$PKI/kubelet-client.crt" --kubelet-client-key "$PKI/kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP \
     --service-account-issuer "$OIDC_ISSUER" \
     --service-account-key-file "$PKI/sa.pub" \
     --service-account-signing-key-file "$PKI/sa.key" \
@@ -246,6 +143,8 @@ start_all() {
     --profiling=false
   # (--endpoint-reconciler-type none: the default reconciler would try to publish 127.0.0.1 as the
   # endpoint of the "kubernetes" Service, which validation rejects as loopback, and log it forever.)
+  # Node,RBAC and NodeRestriction: a kubelet (node-up.sh) gets exactly a real node's permissions.
+  # The kubelet's serving certificate comes from the cluster CA, so the apiserver verifies it.
   wait_for kube-apiserver "ok /readyz" kube_curl /readyz
 
   kubeconfig "$STATE_DIR/kubeconfig" admin
@@ -319,6 +218,12 @@ done
 # root-ca-certificate-publisher puts kube-root-ca.crt into every namespace, as on a real cluster.
 KCM_CONTROLLERS="garbage-collector-controller,namespace-controller,serviceaccount-controller"
 KCM_CONTROLLERS+=",serviceaccount-token-controller,root-ca-certificate-publisher-controller"
+# The ones that turn workloads into pods for node-up.sh's node (a Helm-installed Deployment, Jobs)
+# and delete pods that finished or whose node is gone. Without a node they only create Pending pods.
+# node-lifecycle lifts the not-ready taint the apiserver puts on every new Node (and marks a node
+# whose kubelet stopped NotReady), without which nothing is ever scheduled.
+KCM_CONTROLLERS+=",deployment-controller,replicaset-controller,job-controller"
+KCM_CONTROLLERS+=",ttl-after-finished-controller,pod-garbage-collector-controller,node-lifecycle-controller"
 
 # One up.sh or down.sh at a time (test binaries may race to start the environment). The lock lives
 # beside the state directory because down.sh removes the directory.
