@@ -9,6 +9,9 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
 step "building the test environment (cached under ~/.cache/artifact-operator)"
 tests/env/build.sh
+step "building the static binary the image carries (the node test installs it with the chart)"
+AO_STATIC_BINARY=$(tests/env/build-static.sh | tail -n 1)
+export AO_STATIC_BINARY
 step "format, lints and generated files"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

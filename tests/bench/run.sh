@@ -8,19 +8,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source tests/env/lib.sh
 
-target="$(uname -m)-unknown-linux-musl"
-# The musl C toolchain (aws-lc-sys compiles C for the static target) and Rust's musl std.
-if ! command -v musl-gcc >/dev/null; then
-  log "installing musl-tools"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools >/dev/null
-fi
-rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-
 tests/env/build.sh
-log "building the static binary (as deploy/docker/Dockerfile does)"
-# A target directory of its own, so this build and the test builds never wait on each other.
-CARGO_TARGET_DIR=target/musl cargo build --release --locked --target "$target" --bin artifact-operator
-static="$PWD/target/musl/$target/release/artifact-operator"
+static=$(tests/env/build-static.sh | tail -n 1)
 
 tests/env/up.sh >/dev/null
 trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
