@@ -280,7 +280,16 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         let identity = format!("{pod}-{:08x}", fastrand::u32(..));
         let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity, health.clone());
         health.set_role(Role::Standby);
-        elector.acquire().await;
+        // A standby stops at SIGTERM too (in a container it is PID 1, which the kernel sends no
+        // default action: ignored, the kubelet would wait out the grace period and kill it).
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = terminated() => {
+                server.abort();
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
         Some(elector)
     } else {
         None

@@ -87,6 +87,26 @@ async fn a_leader_stopped_with_sigterm_hands_the_lease_over_without_waiting_for_
     ready(&client, &ns, "after").await;
 }
 
+/// In a container the operator is PID 1, which SIGTERM does not stop unless it handles it: a
+/// standby that did not would wait out the pod's grace period on every rollout and uninstall.
+#[tokio::test]
+async fn a_standby_stops_at_sigterm_without_taking_the_lease() {
+    let (client, ns) = common::setup("standby-stop").await;
+    let mut leader = Operator::leading_replica(&ns).await;
+    let mut standby = Operator::replica(&ns);
+    eventually(Duration::from_secs(30), "the standby to answer /readyz", || async {
+        (standby.status("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let status = standby.terminate();
+    assert!(status.success(), "the standby exits 0 at SIGTERM: {status}\n{}", standby.log_text());
+    assert!(standby.log_text().contains("stopped while standing by"), "{}", standby.log_text());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = leases.get("artifact-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert!(!standby.log_text().contains(&holder), "the lease stays with the leader");
+    leader.kill();
+}
+
 #[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_at_once() {
     let (client, ns) = setup("leader-lost").await;
