@@ -3,10 +3,12 @@
 Run by up.sh with the environment's Python. Everything comes from environment variables so no
 secret appears on a command line: AO_S3_ADMIN_ENDPOINT (http(s)://host:port), AO_S3_CA_FILE (for
 https), AO_S3_ROOT_ACCESS_KEY/AO_S3_ROOT_SECRET_KEY, AO_S3_USER_ACCESS_KEY/AO_S3_USER_SECRET_KEY.
-The user may do anything (s3:*) to buckets named limited-* and their objects, and nothing else.
+The user may do anything (s3:*) to buckets named limited-* and their objects, and nothing else;
+tests add users of their own with AO_S3_USER_POLICY_NAME and AO_S3_USER_POLICY (a JSON policy).
 Idempotent: adding an existing policy or user replaces it.
 """
 
+import json
 import os
 import urllib.parse
 
@@ -44,10 +46,12 @@ def main() -> None:
         http_client=http_client,
     )
     user = os.environ["AO_S3_USER_ACCESS_KEY"]
-    admin.policy_add(POLICY_NAME, policy=POLICY)
+    name = os.environ.get("AO_S3_USER_POLICY_NAME", POLICY_NAME)
+    policy = json.loads(os.environ["AO_S3_USER_POLICY"]) if "AO_S3_USER_POLICY" in os.environ else POLICY
+    admin.policy_add(name, policy=policy)
     admin.user_add(user, os.environ["AO_S3_USER_SECRET_KEY"])
-    admin.attach_policy([POLICY_NAME], user=user)
-    print(f"{url.geturl()}: user {user} has policy {POLICY_NAME}")
+    admin.attach_policy([name], user=user)
+    print(f"{url.geturl()}: user {user} has policy {name}")
 
 
 if __name__ == "__main__":
