@@ -23,6 +23,9 @@ WATCHED_NAMESPACE_RULES = {
     ("", "secrets"): {"get", "list", "watch"},
     ("", "serviceaccounts"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # A Stack's in-pod check (verification.inPod): its Job, and the termination message of its pod.
+    ("batch", "jobs"): {"get", "create", "delete"},
+    ("", "pods"): {"list"},
 }
 NAMESPACED_ROLE_RULES = dict(WATCHED_NAMESPACE_RULES)
 NAMESPACED_ROLE_RULES[("", "secrets")] = {"get", "list", "watch", "create", "update", "patch"}

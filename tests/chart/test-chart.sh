@@ -98,7 +98,7 @@ check "default: POD_NAMESPACE from the downward API" pod_namespace_env default
 check "default: args" args default run --resync-interval=10m --concurrency=16 --unhealthy-after=2m \
   --aws-requests-per-second=10 --aws-burst=20 --s3-requests-per-second=1000 --s3-burst=2000 \
   --log-level=info --log-format=json \
-  --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
+  --http-addr=0.0.0.0:8080 --check-image=artifact-operator:0.1.0 --lease-name=artifact-operator
 check "default: leader election on" env default AO_LEADER_ELECTION=true
 check "default: no AWS endpoint or region overrides" no_env default AWS_REGION AWS_ENDPOINT_URL_IAM AWS_ENDPOINT_URL_STS
 check "default: 2 replicas, image, resources" deployment_fields default 2 artifact-operator:0.1.0 50m 64Mi 500m 256Mi
@@ -127,7 +127,8 @@ check "namespaced: 1 replica, image, custom resources" deployment_fields namespa
 check "namespaced: args" args namespaced run --namespaces=ml-team-a,ml-team-b --resync-interval=5m \
   --concurrency=8 --unhealthy-after=5m --aws-requests-per-second=5 --aws-burst=10 --s3-requests-per-second=40 --s3-burst=80 \
   --log-level=debug --log-format=text \
-  --http-addr=0.0.0.0:8080 --lease-name=artifact-operator
+  --http-addr=0.0.0.0:8080 --check-image=registry.example.com/platform/artifact-operator:0.1.0-rc1 \
+  --lease-name=artifact-operator
 check "namespaced: AWS env and extraEnv" env namespaced AWS_REGION=eu-west-1 \
   AWS_ENDPOINT_URL_IAM=http://127.0.0.1:5000 AWS_ENDPOINT_URL_STS=http://127.0.0.1:5000 \
   AWS_STS_REGIONAL_ENDPOINTS=regional
