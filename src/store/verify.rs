@@ -111,122 +111,169 @@ pub async fn verify(
             return Outcome { region, bucket: Err(pending), credentials: Err(failure), create_requested: None };
         }
     };
-    let Located { bucket, mut region, head } = match locate(ctx, store, inputs, path).await {
+    let Located { bucket, region, head } = match locate(ctx, store, inputs, path).await {
         Ok(located) => located,
         Err(failure) => return Outcome::bucket_failed(None, failure, None),
     };
-    let uid = store.uid().unwrap_or_default();
-    let spec_region = store.spec.region.clone();
     let endpoint = connection(store, inputs, &region).endpoint_display();
-    let classify = |error: &CallError, action: &str, region: &str| {
-        classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
-    };
-    let mut state = BucketState::default();
+    let mut found = Found { store, bucket, path, provenance, uid: store.uid().unwrap_or_default(), region, endpoint };
+    let missing = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
     let mut create_requested = None;
-    let bucket_result = match head {
-        Ok(reported) => {
-            let actual = match reported {
-                Some(reported) => Some(reported),
-                None => bucket.location().await.ok().flatten(),
-            };
-            if let Some(actual) = actual {
-                if let Some(wanted) = &spec_region {
-                    if *wanted != actual {
-                        let failure = Failure::new(
-                            Reason::RegionMismatch,
-                            format!(
-                                "bucket {} is in {actual}, but spec.region is {wanted}; set spec.region to {actual} or remove it",
-                                path.bucket
-                            ),
-                        );
-                        return Outcome::bucket_failed(Some(actual), failure, Some(Reason::RegionMismatch));
-                    }
-                }
-                region = actual;
+    let bucket = match head {
+        Ok(reported) => found.adopt(reported, identity.as_deref()).await,
+        Err(error) if missing(&error) && store.spec.provisioning == Provisioning::Create => {
+            match record_create_request().await {
+                Ok(at) => create_requested = Some(at),
+                Err(failure) => return Outcome::bucket_failed(Some(found.region), failure, None),
             }
-            if store.spec.provisioning == Provisioning::Create {
-                if let Some(account) = identity.as_deref().and_then(account_of) {
-                    match bucket.owned_by(account).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let failure = Failure::new(
-                                Reason::BucketOwnedByAnotherAccount,
-                                format!(
-                                    "bucket {} belongs to another account than {account}; the operator never writes to it: choose another bucket name",
-                                    path.bucket
-                                ),
-                            );
-                            return Outcome::bucket_failed(Some(region), failure, Some(Reason::BucketNotReady));
-                        }
-                        Err(error) => {
-                            let failure =
-                                classify(&error, &format!("check the owner of bucket {}", path.bucket), &region);
-                            return Outcome::bucket_failed(Some(region), failure, None);
-                        }
-                    }
-                }
-                let unreadable =
-                    |error: &CallError| classify(error, &format!("read the tags of bucket {}", path.bucket), &region);
-                complete_if_created_here(store, &bucket, &uid, provenance, state, unreadable).await
-            } else {
-                Ok(state)
-            }
+            found.provision().await
         }
-        Err(error) if error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket") => {
-            if store.spec.provisioning == Provisioning::Create {
-                match record_create_request().await {
-                    Ok(at) => create_requested = Some(at),
-                    Err(failure) => return Outcome::bucket_failed(Some(region), failure, None),
-                }
-                let requested = Provenance { create_requested: true, ..provenance.clone() };
-                // AWS takes the creator tag with the bucket itself; other S3 servers get it next.
-                let tags = store.spec.endpoint.is_none().then(|| creator_tags(store, &uid));
-                match bucket.create(&region, tags).await {
-                    Ok(Created::New) => {
-                        state.created_by_operator = true;
-                        state.created_now = true;
-                        apply_settings(store, &bucket, &uid, &mut state).await.map(|()| state)
-                    }
-                    // Our own earlier request whose answer was lost, or a bucket made in this
-                    // account meanwhile: ours only if it is still empty and untagged.
-                    Ok(Created::AlreadyOwnedByYou) => {
-                        let unreadable = |error: &CallError| {
-                            classify(error, &format!("read the tags of bucket {}", path.bucket), &region)
-                        };
-                        complete_if_created_here(store, &bucket, &uid, &requested, state, unreadable).await
-                    }
-                    Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(Failure::new(
-                        Reason::BucketOwnedByAnotherAccount,
-                        format!(
-                            "bucket {} exists and belongs to another account; the operator never writes to it: choose another bucket name",
-                            path.bucket
-                        ),
-                    )),
-                    Err(error) => Err(classify(&error, &format!("create bucket {}", path.bucket), &region)),
-                }
-            } else {
-                Err(classify(&error, &format!("find bucket {}", path.bucket), &region))
-            }
+        Err(error) if missing(&error) => {
+            Err(NotReady::judged(found.classify(&error, &format!("find bucket {}", path.bucket))))
         }
-        Err(error) => Err(classify(&error, &format!("reach bucket {}", path.bucket), &region)),
+        Err(error) => Err(NotReady::judged(found.classify(&error, &format!("reach bucket {}", path.bucket)))),
     };
-    if let Err(failure) = bucket_result {
-        let credentials = match failure.reason {
+    let state = match bucket {
+        Ok(state) => state,
+        Err(NotReady { failure, credentials }) => {
+            let region = Some(found.region);
+            return Outcome { region, bucket: Err(failure), credentials: Err(credentials), create_requested };
+        }
+    };
+    let classify = |error: &CallError, action: &str| found.classify(error, action);
+    let credentials = prove_access(ctx, store, inputs, path, &found.bucket, identity, classify).await;
+    Outcome { region: Some(found.region.clone()), bucket: Ok(state), credentials, create_requested }
+}
+
+/// Why the bucket is not ready, and what the credentials condition says meanwhile.
+struct NotReady {
+    failure: Failure,
+    credentials: Failure,
+}
+
+impl NotReady {
+    /// The credentials fail for the same reason.
+    fn both(failure: Failure) -> Self {
+        Self { credentials: failure.clone(), failure }
+    }
+
+    /// The credentials wait under `reason`, with the same message.
+    fn waiting(failure: Failure, reason: Reason) -> Self {
+        Self { credentials: Failure::new(reason, failure.message.clone()), failure }
+    }
+
+    /// Refused keys are the credentials' failure too; anything else makes them wait for the bucket.
+    fn judged(failure: Failure) -> Self {
+        match failure.reason {
             Reason::AccessDenied
             | Reason::InvalidAccessKeyId
             | Reason::SignatureDoesNotMatch
-            | Reason::ExpiredToken => Err(failure.clone()),
-            _ => Err(Failure::new(
-                Reason::BucketNotReady,
-                format!("access is checked once the bucket is ready: {}", failure.message),
-            )),
-        };
-        return Outcome { region: Some(region), bucket: Err(failure), credentials, create_requested };
+            | Reason::ExpiredToken => Self::both(failure),
+            _ => {
+                let message = format!("access is checked once the bucket is ready: {}", failure.message);
+                Self { credentials: Failure::new(Reason::BucketNotReady, message), failure }
+            }
+        }
     }
-    let credentials =
-        prove_access(ctx, store, inputs, path, &bucket, identity, |error, action| classify(error, action, &region))
-            .await;
-    Outcome { region: Some(region), bucket: bucket_result, credentials, create_requested }
+}
+
+/// The located bucket, and what adopting or creating it needs.
+struct Found<'a> {
+    store: &'a ArtifactStore,
+    bucket: Bucket,
+    path: &'a S3Path,
+    provenance: &'a Provenance,
+    uid: String,
+    /// The bucket's region as far as known (the one it reports, once adopted).
+    region: String,
+    endpoint: String,
+}
+
+impl Found<'_> {
+    fn classify(&self, error: &CallError, action: &str) -> Failure {
+        let target = Target { action, bucket: &self.path.bucket, region: &self.region, endpoint: &self.endpoint };
+        classify_s3(error, &target)
+    }
+
+    /// An existing bucket: in the region the spec names, and on the deploy path one of this
+    /// account's, with its settings completed if this store created it.
+    async fn adopt(&mut self, reported: Option<String>, identity: Option<&str>) -> Result<BucketState, NotReady> {
+        let actual = match reported {
+            Some(reported) => Some(reported),
+            None => self.bucket.location().await.ok().flatten(),
+        };
+        if let Some(actual) = actual {
+            let wanted = self.store.spec.region.clone().filter(|wanted| *wanted != actual);
+            self.region = actual;
+            if let Some(wanted) = wanted {
+                let (bucket, actual) = (&self.path.bucket, &self.region);
+                let failure = Failure::new(
+                    Reason::RegionMismatch,
+                    format!(
+                        "bucket {bucket} is in {actual}, but spec.region is {wanted}; set spec.region to {actual} or remove it"
+                    ),
+                );
+                return Err(NotReady::waiting(failure, Reason::RegionMismatch));
+            }
+        }
+        if self.store.spec.provisioning != Provisioning::Create {
+            return Ok(BucketState::default());
+        }
+        if let Some(account) = identity.and_then(account_of) {
+            let bucket = &self.path.bucket;
+            match self.bucket.owned_by(account).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let failure = Failure::new(
+                        Reason::BucketOwnedByAnotherAccount,
+                        format!(
+                            "bucket {bucket} belongs to another account than {account}; the operator never writes to it: choose another bucket name"
+                        ),
+                    );
+                    return Err(NotReady::waiting(failure, Reason::BucketNotReady));
+                }
+                Err(error) => {
+                    return Err(NotReady::both(self.classify(&error, &format!("check the owner of bucket {bucket}"))));
+                }
+            }
+        }
+        self.complete(self.provenance).await
+    }
+
+    /// No bucket yet, on the deploy path: create it (AWS takes the creator tag with the bucket
+    /// itself; other S3 servers get it next) and apply its settings.
+    async fn provision(&self) -> Result<BucketState, NotReady> {
+        let tags = self.store.spec.endpoint.is_none().then(|| creator_tags(self.store, &self.uid));
+        let bucket = &self.path.bucket;
+        match self.bucket.create(&self.region, tags).await {
+            Ok(Created::New) => {
+                let mut state = BucketState { created_by_operator: true, created_now: true, ..BucketState::default() };
+                let applied = apply_settings(self.store, &self.bucket, &self.uid, &mut state).await;
+                applied.map(|()| state).map_err(NotReady::judged)
+            }
+            // Our own earlier request whose answer was lost, or a bucket made in this account
+            // meanwhile: ours only if it is still empty and untagged.
+            Ok(Created::AlreadyOwnedByYou) => {
+                self.complete(&Provenance { create_requested: true, ..self.provenance.clone() }).await
+            }
+            Err(error) if error.code.as_deref() == Some("BucketAlreadyExists") => Err(NotReady::judged(Failure::new(
+                Reason::BucketOwnedByAnotherAccount,
+                format!(
+                    "bucket {bucket} exists and belongs to another account; the operator never writes to it: choose another bucket name"
+                ),
+            ))),
+            Err(error) => Err(NotReady::judged(self.classify(&error, &format!("create bucket {bucket}")))),
+        }
+    }
+
+    /// Applies the settings of a bucket this store created; leaves anyone else's as it is.
+    async fn complete(&self, provenance: &Provenance) -> Result<BucketState, NotReady> {
+        let unreadable =
+            |error: &CallError| self.classify(error, &format!("read the tags of bucket {}", self.path.bucket));
+        complete_if_created_here(self.store, &self.bucket, &self.uid, provenance, BucketState::default(), unreadable)
+            .await
+            .map_err(NotReady::judged)
+    }
 }
 
 /// Who the credentials are, by STS: on AWS, or for the operator's own identity. A custom endpoint
