@@ -19,10 +19,10 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::clients::{ConnectError, https_client_trusting};
-use crate::aws::failure::{CallError, Failure, Target, classify_s3};
+use crate::aws::failure::{CallError, Failure, Target, classify_s3, source_chain};
 use crate::reason::Reason;
 use crate::render::env::{ADDRESSING_STYLE, parse_addressing_style};
-use crate::resolve::{DEFAULT_REGION, path_style};
+use crate::resolve::{DEFAULT_REGION, aws_s3_endpoint, endpoint_url, path_style};
 use crate::s3path::S3Path;
 
 /// The directory under the prefix where the check's object lives while it runs.
@@ -167,7 +167,7 @@ pub fn plan(args: &CheckArgs) -> Result<Plan, Failure> {
     Ok(Plan {
         path,
         region,
-        endpoint: endpoint.map(|e| e.trim_end_matches('/').to_owned()),
+        endpoint: endpoint.map(endpoint_url),
         path_style: path_style(endpoint.map(|_| style.unwrap_or_default())),
     })
 }
@@ -232,7 +232,7 @@ async fn check(args: &CheckArgs) -> Outcome {
 
 async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
     let plan = report(Step::Configuration, "of the store", plan(args))?;
-    let endpoint_display = plan.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", plan.region));
+    let endpoint_display = plan.endpoint.clone().unwrap_or_else(|| aws_s3_endpoint(&plan.region));
     println!(
         "store {} in {} at {endpoint_display} ({}-style)",
         plan.path,
@@ -386,20 +386,6 @@ fn object_name() -> String {
 /// on lines of their own.
 fn one_line(message: &str) -> String {
     message.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
-}
-
-/// An error and its sources, joined (the SDK's own Display is often a single word).
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -69,6 +69,21 @@ pub fn path_style(custom_endpoint: Option<AddressingStyle>) -> bool {
     custom_endpoint.is_some_and(|style| style != AddressingStyle::VirtualHosted)
 }
 
+/// AWS S3's own host name in `region`.
+pub fn aws_s3_host(region: &str) -> String {
+    format!("s3.{region}.amazonaws.com")
+}
+
+/// AWS S3's own endpoint in `region`, as messages and the status show it.
+pub fn aws_s3_endpoint(region: &str) -> String {
+    format!("https://{}", aws_s3_host(region))
+}
+
+/// A custom endpoint's URL as every client gets it: without a trailing slash.
+pub fn endpoint_url(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
 /// The region used when neither the spec nor the bucket gives one (S3's own default).
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -95,7 +110,7 @@ impl ResolvedStore {
             path: S3Path::parse(&spec.path)?,
             region: region.to_owned(),
             endpoint: spec.endpoint.as_ref().map(|e| ResolvedEndpoint {
-                url: e.url.trim_end_matches('/').to_owned(),
+                url: endpoint_url(&e.url),
                 addressing_style: e.addressing_style,
                 ca_bundle: e.tls.as_ref().and_then(|t| t.ca_bundle.clone()),
                 insecure_skip_verify: e.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),

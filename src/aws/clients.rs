@@ -63,7 +63,7 @@ impl S3Connection {
     pub fn endpoint_display(&self) -> String {
         match &self.endpoint {
             Some(endpoint) => endpoint.url.clone(),
-            None => format!("https://s3.{}.amazonaws.com", self.region),
+            None => crate::resolve::aws_s3_endpoint(&self.region),
         }
     }
 

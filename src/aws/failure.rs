@@ -61,7 +61,7 @@ impl CallError {
 }
 
 /// The error and its sources, joined: the SDK's own Display is often just "dispatch failure".
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![err.to_string()];
     let mut source = err.source();
     while let Some(inner) = source {

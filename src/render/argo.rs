@@ -34,7 +34,7 @@ pub fn artifact_repository(store: &ResolvedStore, options: &Options) -> Value {
             let rest = endpoint.url.split_once("://").map_or(endpoint.url.as_str(), |(_, rest)| rest);
             (rest.split('/').next().unwrap_or(rest).to_owned(), !endpoint.is_https())
         }
-        None => (format!("s3.{}.amazonaws.com", store.region), false),
+        None => (crate::resolve::aws_s3_host(&store.region), false),
     };
     let key_format = match store.path.prefix.as_str() {
         "" => "{{workflow.name}}/{{pod.name}}".to_owned(),

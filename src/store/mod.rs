@@ -273,8 +273,8 @@ async fn verify_and_publish(
         .spec
         .endpoint
         .as_ref()
-        .map(|e| e.url.clone())
-        .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", region.as_deref().unwrap_or(DEFAULT_REGION)));
+        .map(|e| crate::resolve::endpoint_url(&e.url))
+        .unwrap_or_else(|| crate::resolve::aws_s3_endpoint(region.as_deref().unwrap_or(DEFAULT_REGION)));
     write_status(store, ctx, &observed, |s| {
         s.bucket = Some(path.bucket.clone());
         s.prefix = Some(path.prefix.clone());
