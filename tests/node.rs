@@ -27,7 +27,41 @@ use serde_json::{Value, json};
 
 use common::{eventually, test_env};
 
-const RELEASE: &str = "ao";
+/// The helm release of one run: uninstalled when dropped, so a failed run leaves no cluster-wide
+/// object behind for the next.
+struct Release {
+    name: String,
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    fn new(namespace: &str) -> Self {
+        Self { name: format!("ao{}", fastrand::u32(..) % 100_000), namespace: namespace.to_owned(), uninstalled: false }
+    }
+
+    /// The Deployment's, the Lease's and the ClusterRole's name.
+    fn fullname(&self) -> String {
+        format!("{}-artifact-operator", self.name)
+    }
+
+    fn uninstall(&mut self) {
+        helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait", "--timeout", "2m"]);
+        self.uninstalled = true;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let helm = format!("{}/bin/helm", test_env().var("AO_CACHE_DIR"));
+            let _ = Command::new(helm)
+                .args(["uninstall", &self.name, "-n", &self.namespace])
+                .env("KUBECONFIG", test_env().var("KUBECONFIG"))
+                .output();
+        }
+    }
+}
 const IMAGE: &str = "artifact-operator:node-test";
 
 fn repo() -> &'static Path {
@@ -119,14 +153,14 @@ async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, sta
 }
 
 /// The operator's pods of the release, by name.
-async fn operator_pods(client: &Client, ns: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+async fn operator_pods(client: &Client, release: &Release) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    let selector = format!("app.kubernetes.io/instance={}", release.name);
     pods.list(&ListParams::default().labels(&selector)).await.unwrap().items
 }
 
-async fn ready_pod_names(client: &Client, ns: &str) -> Vec<String> {
-    let mut names: Vec<String> = operator_pods(client, ns)
+async fn ready_pod_names(client: &Client, release: &Release) -> Vec<String> {
+    let mut names: Vec<String> = operator_pods(client, release)
         .await
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -143,10 +177,10 @@ async fn ready_pod_names(client: &Client, ns: &str) -> Vec<String> {
 }
 
 /// The pod that holds the release's Lease.
-async fn leader(client: &Client, ns: &str) -> String {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+async fn leader(client: &Client, release: &Release) -> String {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &release.namespace);
     eventually(Duration::from_secs(60), "a holder of the Lease", || async {
-        let holder = leases.get(&format!("{RELEASE}-artifact-operator")).await.ok()?.spec?.holder_identity?;
+        let holder = leases.get(&release.fullname()).await.ok()?.spec?.holder_identity?;
         // The identity is the pod's name and a random suffix.
         Some(holder.rsplit_once('-').map(|(pod, _)| pod.to_owned()).unwrap_or(holder))
     })
@@ -188,6 +222,45 @@ async fn check_pod(client: &Client, ns: &str, name: &str, account: &str, env_sec
         Some((phase == "Succeeded", outcome))
     })
     .await
+}
+
+/// An operator pod that cannot reach the apiserver runs, but its readiness probe fails (the
+/// kubelet's own Event says so) and the pod is not Ready.
+async fn a_pod_without_the_apiserver_is_not_ready(client: &Client, ns: &str, node: &BTreeMap<String, String>) {
+    use k8s_openapi::api::events::v1::Event;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "cut-off"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "operator", "image": IMAGE, "imagePullPolicy": "Never",
+                "args": ["run", "--http-addr=0.0.0.0:8080"],
+                // A port on the gateway where nothing listens: the apiserver never answers.
+                "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": node["AO_POD_GATEWAY"]}, {"name": "KUBERNETES_SERVICE_PORT", "value": "9"}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1},
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let probe = eventually(Duration::from_secs(60), "the kubelet to report the failing readiness probe", || async {
+        let listed = events.list(&ListParams::default()).await.ok()?;
+        listed.items.into_iter().find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cut-off")
+                && e.reason.as_deref() == Some("Unhealthy")
+                && e.note.as_deref().is_some_and(|n| n.starts_with("Readiness probe failed"))
+        })
+    })
+    .await;
+    let status = pods.get("cut-off").await.unwrap().status.unwrap();
+    let ready = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((status.phase.as_deref(), ready.status.as_str()), (Some("Running"), "False"), "{probe:?}");
+    let restarts = status.container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0, "the process waits for the apiserver rather than exiting: {probe:?}");
+    pods.delete("cut-off", &DeleteParams::default()).await.unwrap();
 }
 
 /// The uid a running `artifact-operator run` process of this node has, from /proc: the
@@ -279,17 +352,18 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     // Install: the pods turn Ready through their real probes, as UID 65532.
     let install = Instant::now();
     let chart = repo().join("charts/artifact-operator");
-    let mut args = vec!["install", RELEASE, chart.to_str().unwrap(), "-n", &system, "--wait", "--timeout", "4m"];
+    let mut release = Release::new(&system);
+    let mut args = vec!["install", &release.name, chart.to_str().unwrap(), "-n", &system, "--wait", "--timeout", "4m"];
     let values = values(&node, &watched);
     args.extend(values.iter().map(String::as_str));
     helm(&args);
     println!("helm install to Ready: {:.1}s", install.elapsed().as_secs_f64());
-    let deployment: Deployment =
-        Api::namespaced(client.clone(), &system).get(&format!("{RELEASE}-artifact-operator")).await.unwrap();
+    let deployment: Deployment = Api::namespaced(client.clone(), &system).get(&release.fullname()).await.unwrap();
     assert_eq!(deployment.status.unwrap().ready_replicas, Some(2), "both replicas Ready");
     let uids = operator_process_uids();
     assert!(!uids.is_empty() && uids.iter().all(|&uid| uid == 65532), "operator processes run as 65532: {uids:?}");
-    let first_leader = leader(&client, &system).await;
+    let first_leader = leader(&client, &release).await;
+    a_pod_without_the_apiserver_is_not_ready(&client, &watched, &node).await;
 
     // A store and a Stack reconciled by the pod; the Stack proves its pods' access with a Job.
     let bucket = common::limited_bucket("node");
@@ -354,14 +428,14 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     println!("read-only keys found by the in-pod check: {:.1}s", ready.elapsed().as_secs_f64());
 
     // Upgrade: new pods replace the old ones, one at a time, and the Stack stays Ready.
-    let before = ready_pod_names(&client, &system).await;
+    let before = ready_pod_names(&client, &release).await;
     let upgrade = Instant::now();
-    let mut args = vec!["upgrade", RELEASE, chart.to_str().unwrap(), "-n", &system, "--wait", "--timeout", "4m"];
+    let mut args = vec!["upgrade", &release.name, chart.to_str().unwrap(), "-n", &system, "--wait", "--timeout", "4m"];
     args.extend(values.iter().map(String::as_str));
     args.extend(["--set", "podAnnotations.rollout=upgrade"]);
     helm(&args);
     let after = eventually(Duration::from_secs(60), "two Ready pods after the upgrade", || async {
-        let names = ready_pod_names(&client, &system).await;
+        let names = ready_pod_names(&client, &release).await;
         (names.len() == 2 && names.iter().all(|n| !before.contains(n))).then_some(names)
     })
     .await;
@@ -370,13 +444,16 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     stack_condition(&client, &watched, "prod", "Ready", "True", "Ready").await;
 
     // Handover: the leader's pod goes, the other takes the Lease and reconciles.
-    let leading = leader(&client, &system).await;
-    assert!(after.contains(&leading), "a new pod leads: {leading} of {after:?}");
+    let leading = eventually(Duration::from_secs(60), "one of the new pods to lead", || async {
+        let holder = leader(&client, &release).await;
+        after.contains(&holder).then_some(holder)
+    })
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &system);
     pods.delete(&leading, &DeleteParams::default()).await.unwrap();
     let handover = Instant::now();
     let next = eventually(Duration::from_secs(90), "another pod to take the Lease", || async {
-        let holder = leader(&client, &system).await;
+        let holder = leader(&client, &release).await;
         (holder != leading).then_some(holder)
     })
     .await;
@@ -387,9 +464,9 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     let uninstall = Instant::now();
 
     // Uninstall: the operator goes, every bucket stays.
-    helm(&["uninstall", RELEASE, "-n", &system, "--wait", "--timeout", "2m"]);
+    release.uninstall();
     eventually(Duration::from_secs(60), "the operator pods to go", || async {
-        operator_pods(&client, &system).await.is_empty().then_some(())
+        operator_pods(&client, &release).await.is_empty().then_some(())
     })
     .await;
     println!("helm uninstall, pods gone: {:.1}s", uninstall.elapsed().as_secs_f64());
