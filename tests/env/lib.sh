@@ -65,6 +65,14 @@ alive() {
   [[ "$state" != Z ]]
 }
 
+# all_alive DIR: every daemon with a pid file in DIR is alive.
+all_alive() {
+  local f
+  for f in "$1"/*.pid; do
+    [[ -f "$f" ]] && alive "$(<"$f")" || return 1
+  done
+}
+
 # start NAME COMMAND...: run a daemon in its own session (so a Ctrl-C or the caller's process group
 # teardown does not reach it), detached from our stdio, logging to $LOGS/NAME.log.
 start() {

@@ -66,10 +66,7 @@ sys.exit(not ready or tainted)'
 
 node_healthy() {
   [[ -f "$NODE_ENV_FILE" && -f "$NODE_PORTS_FILE" && -d "$PIDS" ]] || return 1
-  local f
-  for f in "$PIDS"/*.pid; do
-    [[ -f "$f" ]] && alive "$(<"$f")" || return 1
-  done
+  all_alive "$PIDS" || return 1
   # shellcheck source=/dev/null
   source "$NODE_PORTS_FILE"
   curl -fsS --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" >/dev/null 2>&1 &&

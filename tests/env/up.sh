@@ -41,10 +41,7 @@ redact() {
 
 healthy() {
   [[ -f "$ENV_FILE" && -f "$PORTS_FILE" && -d "$PIDS" ]] || return 1
-  local f
-  for f in "$PIDS"/*.pid; do
-    [[ -f "$f" ]] && alive "$(<"$f")" || return 1
-  done
+  all_alive "$PIDS" || return 1
   # shellcheck source=/dev/null
   source "$PORTS_FILE"
   curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 &&
