@@ -152,6 +152,15 @@ async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, sta
     .await
 }
 
+/// What the Stack's status records of its in-pod check: the inputs it ran with, and when its
+/// condition last changed.
+async fn check_record(client: &Client, ns: &str, name: &str) -> (String, jiff::Timestamp) {
+    let stack = Api::<Stack>::namespaced(client.clone(), ns).get(name).await.unwrap();
+    let status = stack.status.unwrap();
+    let condition = status.conditions.iter().find(|c| c.type_ == "WorkloadAccessVerified").unwrap();
+    (status.workload_check.unwrap(), condition.last_transition_time.0)
+}
+
 /// The operator's pods of the release, by name.
 async fn operator_pods(client: &Client, release: &Release) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
@@ -383,6 +392,7 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     assert!(proven.contains("runner") && proven.contains(&bucket), "{proven}");
     stack_condition(&client, &watched, "prod", "Ready", "True", "Ready").await;
     println!("store, Stack and in-pod check Ready: {:.1}s", ready.elapsed().as_secs_f64());
+    let checked = check_record(&client, &watched, "prod").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &watched);
     eventually(Duration::from_secs(30), "the check's Job to be deleted", || async {
         jobs.list(&ListParams::default()).await.unwrap().items.is_empty().then_some(())
@@ -460,6 +470,18 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     println!("leader handover {leading} -> {next}: {:.1}s", handover.elapsed().as_secs_f64());
     apply(&client, &watched, stack("after-handover", "ml")).await;
     stack_condition(&client, &watched, "after-handover", "Ready", "True", "Ready").await;
+    // Two new operator pods and a handover read the recorded outcome: the check did not run again.
+    assert_eq!(check_record(&client, &watched, "prod").await, checked, "no rerun without a change");
+    // A change of the Stack runs it again.
+    let mut changed = stack("prod", "ml");
+    changed["spec"]["outputs"]["formats"] = json!(["ZenML", "KFP"]);
+    apply(&client, &watched, changed).await;
+    stack_condition(&client, &watched, "prod", "WorkloadAccessVerified", "True", "Verified").await;
+    let rechecked = check_record(&client, &watched, "prod").await;
+    assert!(
+        rechecked.0 != checked.0 && rechecked.1 > checked.1,
+        "a new check for the new spec: {checked:?} -> {rechecked:?}"
+    );
     println!("a Stack Ready after the handover: {:.1}s", handover.elapsed().as_secs_f64());
     let uninstall = Instant::now();
 
