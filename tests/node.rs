@@ -144,10 +144,13 @@ async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, sta
     eventually(Duration::from_secs(180), &what, || async {
         let stack = api.get(name).await.ok()?;
         let condition = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?.clone();
-        (condition.status == status
+        let reached = condition.status == status
             && condition.reason == reason
-            && condition.observed_generation == stack.metadata.generation)
-            .then_some(condition.message)
+            && condition.observed_generation == stack.metadata.generation;
+        if reached && type_ == "Ready" {
+            common::capture_health_fixture(&stack, ns);
+        }
+        reached.then_some(condition.message)
     })
     .await
 }
