@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 
-use crate::aws::failure::CallError;
+use crate::aws::failure::{CallError, source_chain};
 use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
 use crate::aws::{Failure, StaticKeys};
 use crate::controller::Context;
@@ -17,6 +17,14 @@ use crate::s3path::S3Path;
 pub struct Identity {
     pub arn: Option<String>,
     pub summary: String,
+}
+
+/// Whether a failed call's error chain says no credentials could be loaded (the SDK's default
+/// chain found none), rather than that AWS could not be reached or refused them. Pure.
+fn lacks_credentials(chain: &str) -> bool {
+    ["no credentials", "failed to load credentials", "credential provider was not enabled", "credentials not loaded"]
+        .iter()
+        .any(|phrase| chain.to_lowercase().contains(phrase))
 }
 
 /// The account id of an ARN (`arn:aws:sts::123456789012:assumed-role/...` → `123456789012`).
@@ -40,6 +48,13 @@ pub async fn caller_identity(
             if custom_endpoint {
                 // Identity is informative only when S3 is not AWS: do not fail on STS.
                 return Ok(None);
+            }
+            if keys.is_none() && error.code.is_none() && lacks_credentials(&source_chain(&err)) {
+                // Not an outage: the operator has no identity, and retrying will not give it one.
+                return Err(Failure::new(
+                    Reason::OperatorCredentialsMissing,
+                    "the operator has no AWS credentials (the SDK's default chain found none); give its ServiceAccount an IAM role (IRSA or Pod Identity), or its pod AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                ));
             }
             Err(match error.code.as_deref() {
                 Some("InvalidClientTokenId") => Failure::new(
@@ -125,7 +140,14 @@ pub async fn check_irsa(
 
 #[cfg(test)]
 mod tests {
-    use super::account_of;
+    use super::{account_of, lacks_credentials};
+
+    #[test]
+    fn tells_missing_credentials_from_an_outage() {
+        let chain = "dispatch failure: other: an error occurred while loading credentials: the credential provider was not enabled: no credentials found in chain";
+        assert!(lacks_credentials(chain));
+        assert!(!lacks_credentials("dispatch failure: io error: Connection refused (os error 111)"));
+    }
 
     #[test]
     fn reads_the_account_of_an_arn() {

@@ -158,7 +158,9 @@ reasons! {
     StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
     /// No response from AWS STS.
     StsUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if the outage passes; otherwise check the network path to STS";
-    /// STS GetCallerIdentity failed otherwise, e.g. without any credentials.
+    /// The operator itself has no AWS credentials (implicit auth on AWS needs its own identity).
+    OperatorCredentialsMissing: Action, &[STORE_CREDENTIALS, STORE_READY], "give the operator's ServiceAccount an IAM role (IRSA or Pod Identity), or its pod AWS access keys";
+    /// STS GetCallerIdentity failed otherwise.
     StsError: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
     /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation.
     IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume";

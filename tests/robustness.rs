@@ -456,3 +456,20 @@ async fn a_refused_bucket_setting_keeps_the_store_from_ready_until_fixed() {
     let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
     assert_eq!(store.status.unwrap().bucket_created, Some(true));
 }
+
+/// An operator without any AWS identity of its own says so, as something to fix, for a store
+/// that needs it (implicit auth on AWS), rather than waiting for STS as for an outage.
+#[tokio::test]
+async fn an_operator_without_aws_credentials_says_what_to_give_it() {
+    let (client, ns) = setup("rb-no-creds").await;
+    let spec = json!({"path": "s3://some-team-bucket/pipelines", "region": "us-east-1", "auth": {"implicit": {}}});
+    apply_store(&client, &ns, "aws", spec).await;
+    // No keys in the environment, no profile (no HOME), no instance metadata: the SDK's default
+    // chain finds nothing.
+    let _operator =
+        Operator::start_with_env(&ns, "10m", &[], &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")]);
+    let store = wait_for(&client, &ns, "aws", "CredentialsValid", "False", "OperatorCredentialsMissing").await;
+    let message = &condition(&store, "CredentialsValid").message;
+    assert!(message.contains("IRSA") && message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+    assert_eq!(condition(&store, "Ready").reason, "OperatorCredentialsMissing");
+}
