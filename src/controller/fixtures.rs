@@ -17,12 +17,17 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// A context whose every Kubernetes call goes to the returned verifier; it makes no AWS call.
 pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
+    test_context_with_check_image(None)
+}
+
+/// [`test_context`] with `--check-image`.
+pub fn test_context_with_check_image(check_image: Option<&str>) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let settings = Settings {
         resync_interval: Duration::from_secs(300),
         oidc_issuer: Some("https://oidc.example.test".into()),
-        check_image: None,
+        check_image: check_image.map(str::to_owned),
     };
     let ctx = Context::new(client, crate::aws::AwsEdge::offline(), settings, crate::metrics::Metrics::default());
     (Arc::new(ctx), ApiServerVerifier(handle))

@@ -271,6 +271,7 @@ mod tests {
 
     use super::*;
     use crate::api::ArtifactStore;
+    use crate::controller::fixtures::test_context_with_check_image;
 
     fn stack() -> Stack {
         serde_json::from_value(json!({
@@ -374,6 +375,71 @@ mod tests {
         let unknown = exited(r#"{"step":"read","reason":"SomethingNew","message":"?"}"#);
         let Some(Verdict::Failed(failure)) = verdict(&finished("Failed"), &[unknown], "runner") else { panic!() };
         assert_eq!(failure.reason, Reason::WorkloadCheckFailed);
+    }
+
+    const JOBS: &str = "/apis/batch/v1/namespaces/ml/jobs";
+
+    fn keys_store() -> ResolvedStore {
+        store(json!({"secretRef": {"name": "keys"}}))
+    }
+
+    #[tokio::test]
+    async fn a_recorded_outcome_asks_nothing_of_the_apiserver() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
+        let mut stack = stack();
+        let inputs = inputs(&stack, &keys_store(), "hash", "image:1");
+        stack.status = Some(crate::api::stack::StackStatus {
+            workload_check: Some(inputs.clone()),
+            conditions: vec![Condition {
+                type_: WORKLOAD_ACCESS_VERIFIED.into(),
+                status: "True".into(),
+                reason: "Verified".into(),
+                message: "proven".into(),
+                observed_generation: None,
+                last_transition_time: Time(jiff::Timestamp::now()),
+            }],
+            ..Default::default()
+        });
+        let verdict = verify(&ctx, &stack, &keys_store(), &inputs).await.unwrap();
+        assert_eq!(verdict, Verdict::Proven("proven".into()));
+        api.no_more_requests().await;
+    }
+
+    #[tokio::test]
+    async fn new_inputs_start_the_check_as_a_job() {
+        let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
+        let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
+        let name = job_name("prod", &inputs);
+        let checking = inputs.clone();
+        let verdict = tokio::spawn(async move { verify(&ctx, &stack(), &keys_store(), &checking).await.unwrap() });
+        api.not_found(&format!("{JOBS}/{name}")).await;
+        let (job, _) = api.handle(http::Method::POST, JOBS, |body| (201, body.clone())).await;
+        assert_eq!(job["metadata"]["name"], name.as_str());
+        assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["image"], "image:1");
+        api.no_more_requests().await;
+        assert!(matches!(verdict.await.unwrap(), Verdict::Running(m) if m.contains(&name)));
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_is_read_then_deleted() {
+        let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
+        let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
+        let name = job_name("prod", &inputs);
+        let checking = inputs.clone();
+        let verdict = tokio::spawn(async move { verify(&ctx, &stack(), &keys_store(), &checking).await.unwrap() });
+        let mut job = finished("Failed");
+        job.metadata.name = Some(name.clone());
+        let job = serde_json::to_value(&job).unwrap();
+        api.handle(http::Method::GET, &format!("{JOBS}/{name}"), |_| (200, job.clone())).await;
+        let denied = exited(r#"{"step":"write","reason":"AccessDenied","message":"access denied"}"#);
+        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [serde_json::to_value(&denied).unwrap()]});
+        let (_, query) = api.handle(http::Method::GET, "/api/v1/namespaces/ml/pods", |_| (200, pods)).await;
+        assert!(query.contains(&format!("job-name%3D{name}")), "{query}");
+        let (delete, _) = api.handle(http::Method::DELETE, &format!("{JOBS}/{name}"), |_| (200, job.clone())).await;
+        assert_eq!(delete["propagationPolicy"], "Background", "its pod goes with it");
+        api.no_more_requests().await;
+        assert!(matches!(verdict.await.unwrap(), Verdict::Failed(f) if f.reason == Reason::AccessDenied));
     }
 
     #[test]
