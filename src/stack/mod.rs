@@ -114,14 +114,14 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
     if watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
         return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
     }
-    let failure = match usable(stack, ctx).await? {
-        Err(failure) => failure,
+    let (failure, published, check) = match usable(stack, ctx).await? {
+        Err(failure) => (failure, None, None),
         Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
-            Err(failure) => failure,
+            Err(failure) => (failure, None, None),
             Ok((name, hash)) => {
                 let check = workload_check(ctx, stack, &usable.resolved, &hash).await?;
                 let published = Some((name.clone(), hash));
-                match check.as_ref().map(|(verdict, _)| verdict) {
+                let failure = match check.as_ref().map(|(verdict, _)| verdict) {
                     None | Some(Verdict::Proven(_)) => {
                         let message = format!(
                             "pods running as {} can use {}; configuration in ConfigMap {name}",
@@ -136,21 +136,21 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
                     Some(Verdict::Running(message)) => {
                         let ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message.clone());
                         write_status(stack, ctx, ready, published, check).await?;
-                        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
+                        return Ok(Action::requeue(CHECK_POLL));
                     }
-                    Some(Verdict::Failed(failure)) => {
-                        let ready = Observed::failed(READY, failure.reason, failure.message.clone());
-                        let failure = failure.clone();
-                        write_status(stack, ctx, ready, published, check).await?;
-                        return Ok(after_failure(ctx, stack, &failure, watermark));
-                    }
-                }
+                    Some(Verdict::Failed(failure)) => failure.clone(),
+                };
+                (failure, published, check)
             }
         },
     };
-    write_status(stack, ctx, Observed::failed(READY, failure.reason, failure.message.clone()), None, None).await?;
+    let ready = Observed::failed(READY, failure.reason, failure.message.clone());
+    write_status(stack, ctx, ready, published, check).await?;
     Ok(after_failure(ctx, stack, &failure, watermark))
 }
+
+/// How often a Stack looks at its running in-pod check.
+const CHECK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The check from inside a pod, when the Stack asks for it: its verdict and what it ran with.
 async fn workload_check(
