@@ -137,12 +137,8 @@ pub struct Index<K: Resource<DynamicType = ()>> {
 /// An object named by others: the hash of its kind, namespace and name.
 type Target = u64;
 
-fn target(kind: Kind, namespace: &str, name: &str) -> Target {
-    use std::hash::{Hash, Hasher};
-    // Fixed keys: the same object always hashes alike.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (kind, namespace, name).hash(&mut hasher);
-    hasher.finish()
+pub(super) fn target(kind: Kind, namespace: &str, name: &str) -> Target {
+    super::digest((kind, namespace, name))
 }
 
 struct IndexInner<K: Resource<DynamicType = ()>> {
@@ -328,20 +324,19 @@ fn strip_object<K: Resource<DynamicType = ()>>(object: &mut K) {
     }
 }
 
-/// Leaves only the metadata the operator reads of a ConfigMap, Secret or ServiceAccount: name,
-/// namespace, resourceVersion, UID, labels and owners, and a ServiceAccount's annotations (its
-/// IAM role), without managedFields.
-fn strip_metadata<K: Resource<DynamicType = ()>>(object: &mut K) {
-    let kind = K::kind(&());
-    let meta: &mut ObjectMeta = object.meta_mut();
-    meta.managed_fields = None;
-    if kind == "ServiceAccount" {
-        if let Some(annotations) = meta.annotations.as_mut() {
-            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    } else {
-        meta.annotations = None;
-    }
+/// Leaves only what the operator reads of a ConfigMap, Secret or ServiceAccount from its cache:
+/// name, namespace and resourceVersion. Whatever else a reconcile needs (a Secret's keys, a
+/// ServiceAccount's role, the owners of a published object) it reads whole when the version
+/// changes (see [`super::reads`]).
+fn strip_metadata<K>(object: &mut PartialObjectMeta<K>) {
+    let meta = std::mem::take(&mut object.metadata);
+    object.types = None;
+    object.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        ..Default::default()
+    };
 }
 
 /// Runs the watch of one kind in the background: its cache, `changed` for each object created,

@@ -8,19 +8,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a full pass read, and the watermark of the caches it read them at.
-type Settled = (Instant, String, Arc<dyn Any + Send + Sync>);
+use super::digest;
+
+/// When a pass last touched the entry, the digest of the caches' watermark its full pass read
+/// them at, and what it read.
+type Settled = (Instant, u64, Arc<dyn Any + Send + Sync>);
 
 pub struct Memory {
     /// The resync interval: every live object is reconciled at least this often.
     interval: Duration,
     /// Consecutive failures per object (namespace/name), and when the last one was.
     failures: Mutex<HashMap<String, (u32, Instant)>>,
-    /// When each object (by UID) was last verified, when it is due again, and with which inputs.
-    verified: Mutex<HashMap<String, (Instant, Instant, String)>>,
-    /// Per object (by UID): when it was last touched, and what its last full pass read at which
-    /// watermark.
-    settled: Mutex<HashMap<String, Settled>>,
+    /// When each object (by the digest of its UID) was last verified, when it is due again, and
+    /// the digest of the inputs it was verified with.
+    verified: Mutex<HashMap<u64, (Instant, Instant, u64)>>,
+    /// Per object (by the digest of its UID): when it was last touched, and what its last full
+    /// pass read at which watermark.
+    settled: Mutex<HashMap<u64, Settled>>,
     /// When stale entries were last pruned.
     pruned: Mutex<Instant>,
 }
@@ -56,35 +60,35 @@ impl Memory {
 
     /// When `uid`, verified with `inputs`, is due to be verified again.
     pub fn verification_due(&self, uid: &str, inputs: &str) -> Option<Instant> {
-        lock(&self.verified).get(uid).filter(|(_, _, seen)| seen == inputs).map(|(_, due, _)| *due)
+        lock(&self.verified).get(&digest(uid)).filter(|(_, _, seen)| *seen == digest(inputs)).map(|(_, due, _)| *due)
     }
 
     /// Records that `uid` was verified with `inputs` now, and is due again at `due`.
     pub fn mark_verified(&self, uid: &str, inputs: &str, due: Instant) {
         let now = Instant::now();
         self.prune_stale(now);
-        lock(&self.verified).insert(uid.to_owned(), (now, due, inputs.to_owned()));
+        lock(&self.verified).insert(digest(uid), (now, due, digest(inputs)));
     }
 
     /// Records what a full pass of `uid` read, at `watermark`.
     pub fn settle(&self, uid: &str, watermark: String, read: Arc<dyn Any + Send + Sync>) {
         let now = Instant::now();
         self.prune_stale(now);
-        lock(&self.settled).insert(uid.to_owned(), (now, watermark, read));
+        lock(&self.settled).insert(digest(uid), (now, digest(&watermark), read));
     }
 
     /// What the last full pass of `uid` read, if the caches still stand at its `watermark`.
     pub fn settled(&self, uid: &str, watermark: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         let mut settled = lock(&self.settled);
-        let (touched, _, read) = settled.get_mut(uid).filter(|(_, at, _)| at == watermark)?;
+        let (touched, _, read) = settled.get_mut(&digest(uid)).filter(|(_, at, _)| *at == digest(watermark))?;
         *touched = Instant::now();
         Some(read.clone())
     }
 
     /// Drops what is known about a deleted object.
     pub fn forget(&self, uid: &str, key: &str) {
-        lock(&self.verified).remove(uid);
-        lock(&self.settled).remove(uid);
+        lock(&self.verified).remove(&digest(uid));
+        lock(&self.settled).remove(&digest(uid));
         self.record_success(key);
     }
 

@@ -19,6 +19,16 @@ use kube::{Api, Client, Resource};
 
 /// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
 /// ArtifactStore of the same name never share a failure count.
+/// A 64-bit digest of `value`, the same in every process (fixed keys): what the per-object
+/// memories keep in place of names, UIDs and resourceVersions, to stay small at ten thousands of
+/// objects. Two values that digest alike would only cost one more read or verification.
+pub fn digest(value: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     use kube::ResourceExt;
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 
-use super::Context;
 use super::caches::{Kind, Reference};
+use super::{Context, digest};
 
 /// A kind the caches hold as metadata, and the reconcilers read or publish whole.
 pub trait Cached: super::caches::Watched + serde::Serialize {
@@ -32,12 +32,13 @@ impl Cached for ServiceAccount {
     const KIND: Kind = Kind::ServiceAccount;
 }
 
-/// One object's key: kind, namespace and name.
-type Key = (Kind, String, String);
-/// An object read whole: when last used, its resourceVersion, and the object.
-type Read = (Instant, String, Arc<dyn Any + Send + Sync>);
-/// An object published: when last used, the resourceVersion of the write, and a hash of it.
-type Published = (Instant, String, [u8; 32]);
+/// One object's key: the digest of its kind, namespace and name (see [`super::caches::target`]).
+type Key = u64;
+/// An object read whole: when last used, the digest of its resourceVersion, and the object.
+type Read = (Instant, u64, Arc<dyn Any + Send + Sync>);
+/// An object published: when last used, the digest of the resourceVersion of the write, and a
+/// hash of what was written.
+type Published = (Instant, u64, [u8; 32]);
 
 /// What the process read or wrote, by object and resourceVersion. Entries not used for a day are
 /// dropped, so objects deleted meanwhile do not accumulate.
@@ -72,7 +73,7 @@ impl Known {
 
     fn read<K: Cached>(&self, key: &Key, version: &str) -> Option<Arc<K>> {
         let mut read = lock(&self.read);
-        let (used, _, object) = read.get_mut(key).filter(|(_, at, _)| at == version)?;
+        let (used, _, object) = read.get_mut(key).filter(|(_, at, _)| *at == digest(version))?;
         *used = Instant::now();
         object.clone().downcast::<K>().ok()
     }
@@ -80,14 +81,14 @@ impl Known {
     fn remember_read<K: Cached>(&self, key: Key, object: Arc<K>) {
         let now = Instant::now();
         self.prune(now);
-        let version = object.meta().resource_version.clone().unwrap_or_default();
+        let version = digest(object.meta().resource_version.as_deref().unwrap_or_default());
         lock(&self.read).insert(key, (now, version, object));
     }
 
     fn published(&self, key: &Key, version: &str, hash: &[u8; 32]) -> bool {
         let mut published = lock(&self.published);
         match published.get_mut(key) {
-            Some((used, at, wrote)) if at == version && wrote == hash => {
+            Some((used, at, wrote)) if *at == digest(version) && wrote == hash => {
                 *used = Instant::now();
                 true
             }
@@ -99,14 +100,14 @@ impl Known {
         let now = Instant::now();
         self.prune(now);
         match version {
-            Some(version) => lock(&self.published).insert(key, (now, version, hash)),
+            Some(version) => lock(&self.published).insert(key, (now, digest(&version), hash)),
             None => lock(&self.published).remove(&key),
         };
     }
 }
 
 fn key<K: Cached>(namespace: &str, name: &str) -> Key {
-    (K::KIND, namespace.to_owned(), name.to_owned())
+    super::caches::target(K::KIND, namespace, name)
 }
 
 /// A hash of everything `object` says, to tell whether the same object is wanted again.
