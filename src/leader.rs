@@ -1,8 +1,14 @@
 //! Leader election on a coordination.k8s.io Lease: one replica reconciles, the others wait and take
 //! over when the leader stops renewing. A leader that cannot renew in time exits at once, so it
 //! never writes after another replica may have taken over.
+//!
+//! Replicas run on different nodes, whose clocks differ. A standby therefore judges expiry twice:
+//! by the Lease's renewTime on its own clock, with [`CLOCK_SKEW_GRACE`] added (a standby whose
+//! clock runs ahead by less than that never takes a lease still being renewed); and by how long it
+//! has itself seen the Lease unchanged, on its monotonic clock (a standby whose clock runs behind
+//! still takes over a leader that stopped, as late as the lease's duration plus the grace).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -18,6 +24,10 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// A leader that has not renewed for this long gives up (before the lease can expire).
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How far two replicas' clocks may differ: a lease counts as expired only this long after its
+/// duration has run out. With [`RENEW_DEADLINE`] that leaves a leader that lost the apiserver
+/// 7 s of margin between its exit and the earliest takeover.
+pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(2);
 
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -25,6 +35,9 @@ pub struct LeaderElector {
     identity: String,
     /// Told of every lease read and failed lease call: a standby is ready while it reads the lease.
     health: Arc<Health>,
+    /// The other holder's record (identity and renewTime) as last read, and when this replica
+    /// first read it so: a record unchanged for longer than the lease lasts was not renewed.
+    observed: Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 /// What the Lease says about who may lead.
@@ -35,15 +48,19 @@ enum Verdict {
     HeldByOther,
 }
 
-fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> Verdict {
+/// Who may lead, by `lease` as read `now` (on this replica's clock) after this replica has seen
+/// it unchanged for `unchanged_for`.
+fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp, unchanged_for: Duration) -> Verdict {
     if lease.holder_identity.as_deref() == Some(identity) {
         return Verdict::Mine;
     }
     let duration = lease.lease_duration_seconds.map_or(LEASE_DURATION.as_secs() as i64, i64::from);
-    let expired = match &lease.renew_time {
-        Some(MicroTime(renewed)) => now.as_second() - renewed.as_second() > duration,
+    let lasts = Duration::from_secs(duration.max(0) as u64) + CLOCK_SKEW_GRACE;
+    let expired_by_renew_time = match &lease.renew_time {
+        Some(MicroTime(renewed)) => now.duration_since(*renewed).try_into().is_ok_and(|age: Duration| age > lasts),
         None => true,
     };
+    let expired = expired_by_renew_time || unchanged_for > lasts;
     if lease.holder_identity.as_deref().unwrap_or_default().is_empty() || expired {
         Verdict::Free
     } else {
@@ -53,7 +70,27 @@ fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> Verdict {
 
 impl LeaderElector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: String, health: Arc<Health>) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.to_owned(), identity, health }
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity,
+            health,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// How long this replica has seen `lease` with the same holder and renewTime.
+    fn unchanged_for(&self, lease: &LeaseSpec) -> Duration {
+        let record = format!("{:?}/{:?}", lease.holder_identity, lease.renew_time.as_ref().map(|t| t.0));
+        let now = tokio::time::Instant::now();
+        let mut observed = self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => now.duration_since(*since),
+            _ => {
+                *observed = Some((record, now));
+                Duration::ZERO
+            }
+        }
     }
 
     fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
@@ -93,7 +130,8 @@ impl LeaderElector {
             };
         };
         let current = lease.spec.clone().unwrap_or_default();
-        let spec = match verdict(&current, &self.identity, jiff::Timestamp::now()) {
+        let unchanged_for = self.unchanged_for(&current);
+        let spec = match verdict(&current, &self.identity, jiff::Timestamp::now(), unchanged_for) {
             Verdict::HeldByOther => return Ok(false),
             Verdict::Mine => self.spec(current.lease_transitions.unwrap_or_default(), current.acquire_time.clone()),
             Verdict::Free => self.spec(current.lease_transitions.unwrap_or_default() + 1, None),
@@ -169,22 +207,66 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
+    /// A lease renewed `renewed_secs_ago` before [`now`] (negative: after it).
     fn lease(holder: &str, renewed_secs_ago: i64) -> LeaseSpec {
-        let now = jiff::Timestamp::now();
         LeaseSpec {
             holder_identity: Some(holder.to_owned()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(jiff::Timestamp::from_second(now.as_second() - renewed_secs_ago).unwrap())),
+            renew_time: Some(MicroTime(now() - jiff::SignedDuration::from_secs(renewed_secs_ago))),
             ..LeaseSpec::default()
         }
     }
 
+    const JUST_READ: Duration = Duration::ZERO;
+
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
     #[test]
     fn a_lease_is_free_only_when_expired_or_unheld() {
-        let now = jiff::Timestamp::now();
-        assert_eq!(verdict(&lease("me", 100), "me", now), Verdict::Mine);
-        assert_eq!(verdict(&lease("other", 3), "me", now), Verdict::HeldByOther);
-        assert_eq!(verdict(&lease("other", 16), "me", now), Verdict::Free);
-        assert_eq!(verdict(&lease("", 0), "me", now), Verdict::Free);
+        let now = now();
+        assert_eq!(verdict(&lease("me", 100), "me", now, JUST_READ), Verdict::Mine);
+        assert_eq!(verdict(&lease("other", 3), "me", now, JUST_READ), Verdict::HeldByOther);
+        assert_eq!(verdict(&lease("other", 18), "me", now, JUST_READ), Verdict::Free);
+        assert_eq!(verdict(&lease("", 0), "me", now, JUST_READ), Verdict::Free);
+    }
+
+    #[test]
+    fn a_standby_whose_clock_runs_ahead_waits_out_the_grace() {
+        let now = now();
+        // Renewed 16 s ago by this replica's clock, which may run up to 2 s ahead of the leader's.
+        assert_eq!(verdict(&lease("other", 16), "me", now, JUST_READ), Verdict::HeldByOther);
+        assert_eq!(verdict(&lease("other", 17), "me", now, JUST_READ), Verdict::HeldByOther);
+        assert_eq!(verdict(&lease("other", 18), "me", now, JUST_READ), Verdict::Free);
+    }
+
+    #[test]
+    fn a_standby_whose_clock_runs_behind_still_takes_over_a_stopped_leader() {
+        let now = now();
+        // The leader's clock is a minute ahead: its last renewTime looks like the future here.
+        let from_the_future = lease("other", -60);
+        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(5)), Verdict::HeldByOther);
+        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(17)), Verdict::HeldByOther);
+        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(18)), Verdict::Free);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_counts_as_unchanged_from_when_this_replica_first_read_it() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        // No request is made: a client whose calls would go to a mock nobody answers.
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "default");
+        let elector = LeaderElector::new(client, "ns", "lease", "me".to_owned(), health);
+        let first = lease("other", 1);
+        assert_eq!(elector.unchanged_for(&first), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(elector.unchanged_for(&first), Duration::from_secs(7));
+        // A renewal is a new record: counted from now.
+        let renewed = lease("other", 0);
+        assert_eq!(elector.unchanged_for(&renewed), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(elector.unchanged_for(&renewed), Duration::from_secs(3));
     }
 }

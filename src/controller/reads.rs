@@ -191,7 +191,7 @@ mod tests {
     fn a_read_is_reused_only_at_its_version() {
         let known = Known::default();
         let key = key::<Secret>("ns", "keys");
-        known.remember_read(key.clone(), secret("5"));
+        known.remember_read(key, secret("5"));
         assert!(known.read::<Secret>(&key, "5").is_some());
         assert!(known.read::<Secret>(&key, "6").is_none(), "changed since: read again");
         assert!(known.read::<ConfigMap>(&key, "5").is_none(), "never another type");
@@ -202,11 +202,11 @@ mod tests {
         let known = Known::default();
         let key = key::<ConfigMap>("ns", "ml-artifact-store");
         let hash = content_hash(&"wanted");
-        known.remember_published(key.clone(), Some("7".into()), hash);
+        known.remember_published(key, Some("7".into()), hash);
         assert!(known.published(&key, "7", &hash));
         assert!(!known.published(&key, "8", &hash), "someone changed it since");
         assert!(!known.published(&key, "7", &content_hash(&"other")), "something else is wanted now");
-        known.remember_published(key.clone(), None, hash);
+        known.remember_published(key, None, hash);
         assert!(!known.published(&key, "7", &hash));
     }
 }
