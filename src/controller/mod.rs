@@ -17,11 +17,10 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::core::DeserializeGuard;
 use kube::{Api, Client, Resource};
 
-/// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
-/// ArtifactStore of the same name never share a failure count.
 /// A 64-bit digest of `value`, the same in every process (fixed keys): what the per-object
-/// memories keep in place of names, UIDs and resourceVersions, to stay small at ten thousands of
-/// objects. Two values that digest alike would only cost one more read or verification.
+/// memories keep in place of names, UIDs, resourceVersions and watermarks, to stay small at ten
+/// thousands of objects. An entry is used only when two digests agree (the object's, and its
+/// version's or inputs'), so a mix-up needs two 64-bit collisions at once.
 pub fn digest(value: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -29,6 +28,8 @@ pub fn digest(value: impl std::hash::Hash) -> u64 {
     hasher.finish()
 }
 
+/// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
+/// ArtifactStore of the same name never share a failure count.
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     use kube::ResourceExt;
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
