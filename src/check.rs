@@ -22,7 +22,7 @@ use crate::aws::clients::{ConnectError, https_client_trusting};
 use crate::aws::failure::{CallError, Failure, Target, classify_s3, source_chain};
 use crate::reason::Reason;
 use crate::render::env::{ADDRESSING_STYLE, parse_addressing_style};
-use crate::resolve::{DEFAULT_REGION, aws_s3_endpoint, endpoint_url, path_style};
+use crate::resolve::{DEFAULT_REGION, endpoint_shown, endpoint_url, path_style};
 use crate::s3path::S3Path;
 
 /// The directory under the prefix where the check's object lives while it runs.
@@ -232,7 +232,7 @@ async fn check(args: &CheckArgs) -> Outcome {
 
 async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
     let plan = report(Step::Configuration, "of the store", plan(args))?;
-    let endpoint_display = plan.endpoint.clone().unwrap_or_else(|| aws_s3_endpoint(&plan.region));
+    let endpoint_display = endpoint_shown(plan.endpoint.as_deref(), &plan.region);
     println!(
         "store {} in {} at {endpoint_display} ({}-style)",
         plan.path,

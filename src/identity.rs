@@ -22,9 +22,10 @@ pub struct Identity {
 /// Whether a failed call's error chain says no credentials could be loaded (the SDK's default
 /// chain found none), rather than that AWS could not be reached or refused them. Pure.
 fn lacks_credentials(chain: &str) -> bool {
+    let chain = chain.to_lowercase();
     ["no credentials", "failed to load credentials", "credential provider was not enabled", "credentials not loaded"]
         .iter()
-        .any(|phrase| chain.to_lowercase().contains(phrase))
+        .any(|phrase| chain.contains(phrase))
 }
 
 /// The account id of an ARN (`arn:aws:sts::123456789012:assumed-role/...` → `123456789012`).

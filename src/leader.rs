@@ -37,8 +37,11 @@ pub struct LeaderElector {
     health: Arc<Health>,
     /// The other holder's record (identity and renewTime) as last read, and when this replica
     /// first read it so: a record unchanged for longer than the lease lasts was not renewed.
-    observed: Mutex<Option<(String, tokio::time::Instant)>>,
+    observed: Mutex<Option<(Record, tokio::time::Instant)>>,
 }
+
+/// What tells one renewal of a Lease from the next: its holder and renewTime.
+type Record = (Option<String>, Option<jiff::Timestamp>);
 
 /// What the Lease says about who may lead.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,7 +84,7 @@ impl LeaderElector {
 
     /// How long this replica has seen `lease` with the same holder and renewTime.
     fn unchanged_for(&self, lease: &LeaseSpec) -> Duration {
-        let record = format!("{:?}/{:?}", lease.holder_identity, lease.renew_time.as_ref().map(|t| t.0));
+        let record: Record = (lease.holder_identity.clone(), lease.renew_time.as_ref().map(|t| t.0));
         let now = tokio::time::Instant::now();
         let mut observed = self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match observed.as_ref() {

@@ -74,9 +74,13 @@ pub fn aws_s3_host(region: &str) -> String {
     format!("s3.{region}.amazonaws.com")
 }
 
-/// AWS S3's own endpoint in `region`, as messages and the status show it.
-pub fn aws_s3_endpoint(region: &str) -> String {
-    format!("https://{}", aws_s3_host(region))
+/// The endpoint as messages and the status show it: the custom one (see [`endpoint_url`]), or
+/// AWS S3's own in `region`.
+pub fn endpoint_shown(custom: Option<&str>, region: &str) -> String {
+    match custom {
+        Some(url) => endpoint_url(url),
+        None => format!("https://{}", aws_s3_host(region)),
+    }
 }
 
 /// A custom endpoint's URL as every client gets it: without a trailing slash.

@@ -61,10 +61,7 @@ pub struct S3Connection {
 impl S3Connection {
     /// The endpoint as shown in messages.
     pub fn endpoint_display(&self) -> String {
-        match &self.endpoint {
-            Some(endpoint) => endpoint.url.clone(),
-            None => crate::resolve::aws_s3_endpoint(&self.region),
-        }
+        crate::resolve::endpoint_shown(self.endpoint.as_ref().map(|e| e.url.as_str()), &self.region)
     }
 
     /// The rate-limiting key of this connection's identity.

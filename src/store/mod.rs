@@ -269,12 +269,10 @@ async fn verify_and_publish(
         conflict.as_ref(),
         &config_map_name,
     );
-    let endpoint = store
-        .spec
-        .endpoint
-        .as_ref()
-        .map(|e| crate::resolve::endpoint_url(&e.url))
-        .unwrap_or_else(|| crate::resolve::aws_s3_endpoint(region.as_deref().unwrap_or(DEFAULT_REGION)));
+    let endpoint = crate::resolve::endpoint_shown(
+        store.spec.endpoint.as_ref().map(|e| e.url.as_str()),
+        region.as_deref().unwrap_or(DEFAULT_REGION),
+    );
     write_status(store, ctx, &observed, |s| {
         s.bucket = Some(path.bucket.clone());
         s.prefix = Some(path.prefix.clone());
