@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use kube::core::{DeserializeGuard, ObjectMeta, PartialObjectMeta};
+use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -71,30 +72,40 @@ pub trait Referrer {
     fn references(&self) -> Vec<Reference>;
 }
 
-/// The caches of one watched scope (a namespace, or all of them).
+/// A resourceVersion as the caches keep it: its hash. Versions are only ever compared for
+/// equality (two that hash alike would make one read or write be skipped once in 2^64).
+pub type Version = u64;
+
+pub fn version_of(resource_version: &str) -> Version {
+    super::digest(resource_version)
+}
+
+/// The caches of one watched scope (a namespace, or all of them): stores and Stacks whole, and of
+/// ConfigMaps, Secrets and ServiceAccounts only which exist and at which resourceVersion.
 #[derive(Clone)]
 pub struct Caches {
     pub stores: Store<DeserializeGuard<ArtifactStore>>,
     pub stacks: Store<DeserializeGuard<Stack>>,
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
-    pub accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    config_maps: Versions,
+    secrets: Versions,
+    accounts: Versions,
 }
 
 impl Caches {
     /// The resourceVersion of the object `reference` names in `namespace`, as cached; None when
     /// it does not exist (or is not cached yet).
-    pub fn version(&self, namespace: &str, reference: &Reference) -> Option<String> {
-        fn of<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str, name: &str) -> Option<String> {
-            store.get(&ObjectRef::new(name).within(namespace)).and_then(|o| o.meta().resource_version.clone())
-        }
+    pub fn version(&self, namespace: &str, reference: &Reference) -> Option<Version> {
         let name = reference.name.as_str();
-        match reference.kind {
-            Kind::ArtifactStore => of(&self.stores, namespace, name),
-            Kind::ConfigMap => of(&self.config_maps, namespace, name),
-            Kind::Secret => of(&self.secrets, namespace, name),
-            Kind::ServiceAccount => of(&self.accounts, namespace, name),
-        }
+        let versions = match reference.kind {
+            Kind::ArtifactStore => {
+                let store = self.stores.get(&ObjectRef::new(name).within(namespace))?;
+                return store.meta().resource_version.as_deref().map(version_of);
+            }
+            Kind::ConfigMap => &self.config_maps,
+            Kind::Secret => &self.secrets,
+            Kind::ServiceAccount => &self.accounts,
+        };
+        versions.get(target(reference.kind, namespace, name))
     }
 
     /// The state of `object` and of everything it names, as cached: equal watermarks mean that
@@ -103,7 +114,7 @@ impl Caches {
         let namespace = object.meta().namespace.clone().unwrap_or_default();
         let mut parts = vec![object.meta().resource_version.clone().unwrap_or_default()];
         for reference in object.references() {
-            parts.push(self.version(&namespace, &reference).unwrap_or_else(|| "-".to_owned()));
+            parts.push(self.version(&namespace, &reference).map_or_else(|| "-".to_owned(), |v| format!("{v:x}")));
         }
         parts.join("/")
     }
@@ -114,9 +125,9 @@ impl Caches {
         let _ = futures::join!(
             self.stores.wait_until_ready(),
             self.stacks.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.accounts.wait_until_ready(),
+            self.config_maps.listed(),
+            self.secrets.listed(),
+            self.accounts.listed(),
         );
     }
 
@@ -180,10 +191,10 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
         self.lock().unlink(object);
     }
 
-    /// The objects that name `kind` `name` in `namespace`.
-    pub fn referencing(&self, kind: Kind, namespace: &str, name: &str) -> Vec<ObjectRef<K>> {
+    /// The objects that name `target`.
+    pub fn referencing(&self, target: Target) -> Vec<ObjectRef<K>> {
         let inner = self.lock();
-        let referrers = inner.referrers.get(&target(kind, namespace, name));
+        let referrers = inner.referrers.get(&target);
         referrers.map(|found| found.iter().map(|o| (**o).clone()).collect()).unwrap_or_default()
     }
 }
@@ -201,6 +212,70 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
     }
 }
 
+/// Which objects of one kind exist, and at which resourceVersion, by [`Target`]: all the
+/// operator keeps of ConfigMaps, Secrets and ServiceAccounts, about 40 bytes an object where a
+/// cached copy of the metadata alone took some 800. Whatever else a reconcile needs of them (a
+/// Secret's keys, a ServiceAccount's role, the owners of a published object) it reads whole when
+/// the version changes (see [`super::reads`]).
+#[derive(Clone)]
+struct Versions {
+    by_target: Arc<Mutex<HashMap<Target, Version>>>,
+    complete: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The watch's side of [`Versions`].
+struct VersionsWriter {
+    by_target: Arc<Mutex<HashMap<Target, Version>>>,
+    complete: tokio::sync::watch::Sender<bool>,
+}
+
+impl Versions {
+    fn new() -> (Self, VersionsWriter) {
+        let by_target = Arc::new(Mutex::new(HashMap::new()));
+        let (complete, listed) = tokio::sync::watch::channel(false);
+        (Self { by_target: by_target.clone(), complete: listed }, VersionsWriter { by_target, complete })
+    }
+
+    fn get(&self, target: Target) -> Option<Version> {
+        lock(&self.by_target).get(&target).copied()
+    }
+
+    /// Returns once the first complete list is in.
+    async fn listed(&self) {
+        let _ = self.complete.clone().wait_for(|complete| *complete).await;
+    }
+}
+
+impl VersionsWriter {
+    /// Records `target` at `version`; true when that is new (created, or changed).
+    fn set(&self, target: Target, version: Version) -> bool {
+        lock(&self.by_target).insert(target, version) != Some(version)
+    }
+
+    /// Forgets `target`; true when it was there.
+    fn remove(&self, target: Target) -> bool {
+        lock(&self.by_target).remove(&target).is_some()
+    }
+
+    /// Forgets every object not in `listed` (gone while the watch re-listed) and returns them.
+    fn keep_only(&self, listed: &HashSet<Target>) -> Vec<Target> {
+        let mut by_target = lock(&self.by_target);
+        let gone: Vec<Target> = by_target.keys().filter(|t| !listed.contains(t)).copied().collect();
+        for target in &gone {
+            by_target.remove(target);
+        }
+        gone
+    }
+
+    fn complete(&self) {
+        self.complete.send_replace(true);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Where a change is sent: the two controllers' reconcile queues, and the indexes that say which
 /// of their objects a change concerns.
 struct Fanout {
@@ -211,12 +286,12 @@ struct Fanout {
 }
 
 impl Fanout {
-    /// Queues every store and Stack that names `kind` `name` in `namespace`.
-    fn referrers_of(&self, kind: Kind, namespace: &str, name: &str) {
-        for store in self.store_index.referencing(kind, namespace, name) {
+    /// Queues every store and Stack that names `target`.
+    fn referrers_of(&self, target: Target) {
+        for store in self.store_index.referencing(target) {
             let _ = self.stores.unbounded_send(store);
         }
-        for stack in self.stack_index.referencing(kind, namespace, name) {
+        for stack in self.stack_index.referencing(target) {
             let _ = self.stacks.unbounded_send(stack);
         }
     }
@@ -232,25 +307,22 @@ pub struct Queues {
 pub const WATCHES_PER_SCOPE: usize = 5;
 
 /// Starts the five watches of `namespace` (or of all namespaces): ArtifactStores and Stacks whole,
-/// ConfigMaps, Secrets and ServiceAccounts as metadata only. Returns their caches, and the queues
-/// that tell each controller which of its objects to reconcile.
+/// ConfigMaps, Secrets and ServiceAccounts as metadata only, of which only the versions are kept.
+/// Returns their caches, and the queues that tell each controller which of its objects to
+/// reconcile.
 pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) -> (Caches, Queues) {
     let (stores_writer, stacks_writer) = (reflector::store::Writer::default(), reflector::store::Writer::default());
-    let (config_maps_writer, secrets_writer, accounts_writer) =
-        (reflector::store::Writer::default(), reflector::store::Writer::default(), reflector::store::Writer::default());
-    let caches = Caches {
-        stores: stores_writer.as_reader(),
-        stacks: stacks_writer.as_reader(),
-        config_maps: config_maps_writer.as_reader(),
-        secrets: secrets_writer.as_reader(),
-        accounts: accounts_writer.as_reader(),
-    };
+    let (config_maps, config_maps_writer) = Versions::new();
+    let (secrets, secrets_writer) = Versions::new();
+    let (accounts, accounts_writer) = Versions::new();
+    let caches =
+        Caches { stores: stores_writer.as_reader(), stacks: stacks_writer.as_reader(), config_maps, secrets, accounts };
     let (stores, store_queue) = unbounded();
     let (stacks, stack_queue) = unbounded();
     let fanout = Arc::new(Fanout { stores, stacks, store_index: Index::default(), stack_index: Index::default() });
 
     let f = fanout.clone();
-    spawn_watch(client, namespace, health, stores_writer, strip_object, move |store, change| {
+    spawn_watch(client, namespace, health, stores_writer, move |store, change| {
         let reference = ObjectRef::from_obj(store);
         let namespace = store.namespace().unwrap_or_default();
         match change {
@@ -260,10 +332,10 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
             }
             Change::Deleted => f.store_index.remove(&reference),
         }
-        f.referrers_of(Kind::ArtifactStore, &namespace, &store.name_any());
+        f.referrers_of(target(Kind::ArtifactStore, &namespace, &store.name_any()));
     });
     let f = fanout.clone();
-    spawn_watch(client, namespace, health, stacks_writer, strip_object, move |stack, change| {
+    spawn_watch(client, namespace, health, stacks_writer, move |stack, change| {
         let reference = ObjectRef::from_obj(stack);
         match change {
             Change::Updated => {
@@ -274,30 +346,10 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         }
     });
     let f = fanout.clone();
-    spawn_watch(
-        client,
-        namespace,
-        health,
-        config_maps_writer,
-        strip_metadata,
-        move |o: &PartialObjectMeta<ConfigMap>, _| {
-            f.referrers_of(Kind::ConfigMap, &o.namespace().unwrap_or_default(), &o.name_any())
-        },
-    );
+    spawn_version_watch::<ConfigMap>(client, namespace, health, config_maps_writer, move |t| f.referrers_of(t));
     let f = fanout.clone();
-    spawn_watch(client, namespace, health, secrets_writer, strip_metadata, move |o: &PartialObjectMeta<Secret>, _| {
-        f.referrers_of(Kind::Secret, &o.namespace().unwrap_or_default(), &o.name_any())
-    });
-    spawn_watch(
-        client,
-        namespace,
-        health,
-        accounts_writer,
-        strip_metadata,
-        move |o: &PartialObjectMeta<ServiceAccount>, _| {
-            fanout.referrers_of(Kind::ServiceAccount, &o.namespace().unwrap_or_default(), &o.name_any())
-        },
-    );
+    spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, move |t| f.referrers_of(t));
+    spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, move |t| fanout.referrers_of(t));
     (caches, Queues { stores: store_queue, stacks: stack_queue })
 }
 
@@ -324,30 +376,24 @@ fn strip_object<K: Resource<DynamicType = ()>>(object: &mut K) {
     }
 }
 
-/// Leaves only what the operator reads of a ConfigMap, Secret or ServiceAccount from its cache:
-/// name, namespace and resourceVersion. Whatever else a reconcile needs (a Secret's keys, a
-/// ServiceAccount's role, the owners of a published object) it reads whole when the version
-/// changes (see [`super::reads`]).
-fn strip_metadata<K>(object: &mut PartialObjectMeta<K>) {
-    let meta = std::mem::take(&mut object.metadata);
-    object.types = None;
-    object.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        ..Default::default()
-    };
+/// Tells `health` of an error of the watch of `kind`, and logs it. The watch goes on (with
+/// backoff): the error is the apiserver's, never the input's.
+fn watch_failed(health: &Health, kind: &str, error: &watcher::Error) {
+    if health::is_unreachable_watch(error) {
+        health.apiserver_unreachable(error);
+    }
+    tracing::warn!(%error, kind = %kind, "watch failed");
 }
 
-/// Runs the watch of one kind in the background: its cache, `changed` for each object created,
-/// changed or deleted (including those that changed or went while the watch re-listed), and
-/// `health` told of the first complete list and of an apiserver that does not answer.
+/// Runs the watch of one kind the caches hold whole in the background: its cache (objects
+/// stripped by [`strip_object`]), `changed` for each object created, changed or deleted
+/// (including those that changed or went while the watch re-listed), and `health` told of the
+/// first complete list and of an apiserver that does not answer.
 fn spawn_watch<K>(
     client: &Client,
     namespace: &Option<String>,
     health: &Arc<Health>,
     mut writer: reflector::store::Writer<K>,
-    strip: fn(&mut K),
     mut changed: impl FnMut(&K, Change) + Send + 'static,
 ) where
     K: Watched,
@@ -356,7 +402,8 @@ fn spawn_watch<K>(
     let health = health.clone();
     let kind = K::kind(&());
     let reader = writer.as_reader();
-    let mut events = watcher(api, watcher::Config::default().any_semantic()).modify(strip).default_backoff().boxed();
+    let mut events =
+        watcher(api, watcher::Config::default().any_semantic()).modify(strip_object).default_backoff().boxed();
     tokio::spawn(async move {
         let mut synced = false;
         let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
@@ -364,10 +411,7 @@ fn spawn_watch<K>(
             let event = match event {
                 Ok(event) => event,
                 Err(error) => {
-                    if health::is_unreachable_watch(&error) {
-                        health.apiserver_unreachable(&error);
-                    }
-                    tracing::warn!(%error, kind = %kind, "watch failed");
+                    watch_failed(&health, &kind, &error);
                     continue;
                 }
             };
@@ -377,15 +421,10 @@ fn spawn_watch<K>(
             };
             match &event {
                 watcher::Event::Init => listed.clear(),
-                watcher::Event::Apply(object) => {
-                    let new = is_new(object);
-                    writer.apply_watcher_event(&event);
-                    if new {
-                        changed(object, Change::Updated);
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    if matches!(event, watcher::Event::InitApply(_)) {
+                        listed.insert(ObjectRef::from_obj(object));
                     }
-                }
-                watcher::Event::InitApply(object) => {
-                    listed.insert(ObjectRef::from_obj(object));
                     let new = is_new(object);
                     writer.apply_watcher_event(&event);
                     if new {
@@ -414,6 +453,72 @@ fn spawn_watch<K>(
     });
 }
 
+/// Runs the metadata-only watch of one kind the caches keep only the versions of, in the
+/// background: `versions`, `changed` with the [`Target`] of each object created, changed or
+/// deleted (including while the watch re-listed), and `health` as for [`spawn_watch`]. The
+/// apiserver sends metadata only: no Secret's data ever crosses this watch.
+fn spawn_version_watch<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    health: &Arc<Health>,
+    versions: VersionsWriter,
+    mut changed: impl FnMut(Target) + Send + 'static,
+) where
+    K: super::reads::Cached,
+{
+    // An Api of PartialObjectMeta asks the apiserver for metadata only.
+    let api = scoped_api::<PartialObjectMeta<K>>(client, namespace);
+    let health = health.clone();
+    let kind = K::kind(&()).to_string();
+    let mut events = watcher(api, watcher::Config::default().any_semantic()).default_backoff().boxed();
+    tokio::spawn(async move {
+        let mut synced = false;
+        let mut listed: HashSet<Target> = HashSet::new();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    watch_failed(&health, &kind, &error);
+                    continue;
+                }
+            };
+            let target_of = |object: &PartialObjectMeta<K>| {
+                target(K::KIND, object.metadata.namespace.as_deref().unwrap_or_default(), &object.name_any())
+            };
+            match &event {
+                watcher::Event::Init => listed.clear(),
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    let target = target_of(object);
+                    if matches!(event, watcher::Event::InitApply(_)) {
+                        listed.insert(target);
+                    }
+                    let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
+                    if versions.set(target, version) {
+                        changed(target);
+                    }
+                }
+                watcher::Event::Delete(object) => {
+                    let target = target_of(object);
+                    if versions.remove(target) {
+                        changed(target);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    // Objects that went while the watch was re-listing are no longer listed.
+                    for target in versions.keep_only(&listed) {
+                        changed(target);
+                    }
+                    listed = HashSet::new();
+                    versions.complete();
+                    if !std::mem::replace(&mut synced, true) {
+                        health.cache_synced();
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,19 +530,45 @@ mod tests {
         let b = ObjectRef::new("b").within("ns");
         index.set(a.clone(), "ns", vec![Reference::new(Kind::Secret, "keys"), Reference::new(Kind::Secret, "keys")]);
         index.set(b.clone(), "ns", vec![Reference::new(Kind::Secret, "keys"), Reference::new(Kind::ConfigMap, "ca")]);
-        let mut found = index.referencing(Kind::Secret, "ns", "keys");
+        let mut found = index.referencing(target(Kind::Secret, "ns", "keys"));
         found.sort_by_key(|r| r.name.clone());
         assert_eq!(found, vec![a.clone(), b.clone()]);
-        assert!(index.referencing(Kind::Secret, "other", "keys").is_empty(), "namespaces never mix");
-        assert!(index.referencing(Kind::ConfigMap, "ns", "keys").is_empty(), "kinds never mix");
+        assert!(index.referencing(target(Kind::Secret, "other", "keys")).is_empty(), "namespaces never mix");
+        assert!(index.referencing(target(Kind::ConfigMap, "ns", "keys")).is_empty(), "kinds never mix");
 
         // A changed object names what it names now, no longer what it named before.
         index.set(b.clone(), "ns", vec![Reference::new(Kind::ConfigMap, "ca")]);
-        assert_eq!(index.referencing(Kind::Secret, "ns", "keys"), vec![a.clone()]);
+        assert_eq!(index.referencing(target(Kind::Secret, "ns", "keys")), vec![a.clone()]);
         index.remove(&a);
-        assert!(index.referencing(Kind::Secret, "ns", "keys").is_empty());
+        assert!(index.referencing(target(Kind::Secret, "ns", "keys")).is_empty());
         index.remove(&b);
         let inner = index.lock();
         assert!(inner.targets.is_empty() && inner.referrers.is_empty(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn versions_tell_what_changed_and_what_went() {
+        let (versions, writer) = Versions::new();
+        let (keys, ca) = (target(Kind::Secret, "ns", "keys"), target(Kind::ConfigMap, "ns", "ca"));
+        assert!(writer.set(keys, version_of("5")), "created");
+        assert!(!writer.set(keys, version_of("5")), "the same version again is no change");
+        assert!(writer.set(keys, version_of("6")), "changed");
+        assert!(writer.set(ca, version_of("1")));
+        assert_eq!(versions.get(keys), Some(version_of("6")));
+
+        // A re-list that no longer holds `ca`: it went meanwhile.
+        assert_eq!(writer.keep_only(&HashSet::from([keys])), vec![ca]);
+        assert_eq!(versions.get(ca), None);
+        assert!(!writer.remove(ca), "already gone");
+        assert!(writer.remove(keys));
+
+        let listed = tokio::spawn({
+            let versions = versions.clone();
+            async move { versions.listed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!listed.is_finished(), "not listed before the first complete list");
+        writer.complete();
+        tokio::time::timeout(std::time::Duration::from_secs(5), listed).await.unwrap().unwrap();
     }
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 
-use super::caches::{Kind, Reference};
-use super::{Context, digest};
+use super::Context;
+use super::caches::{Kind, Reference, Version, version_of};
 
 /// A kind the caches hold as metadata, and the reconcilers read or publish whole.
 pub trait Cached: super::caches::Watched + serde::Serialize {
@@ -35,10 +35,10 @@ impl Cached for ServiceAccount {
 /// One object's key: the digest of its kind, namespace and name (see [`super::caches::target`]).
 type Key = u64;
 /// An object read whole: when last used, the digest of its resourceVersion, and the object.
-type Read = (Instant, u64, Arc<dyn Any + Send + Sync>);
+type Read = (Instant, Version, Arc<dyn Any + Send + Sync>);
 /// An object published: when last used, the digest of the resourceVersion of the write, and a
 /// hash of what was written.
-type Published = (Instant, u64, [u8; 32]);
+type Published = (Instant, Version, [u8; 32]);
 
 /// What the process read or wrote, by object and resourceVersion. Entries not used for a day are
 /// dropped, so objects deleted meanwhile do not accumulate.
@@ -71,9 +71,9 @@ impl Known {
         lock(&self.published).retain(|_, (used, _, _)| now.saturating_duration_since(*used) < UNUSED);
     }
 
-    fn read<K: Cached>(&self, key: &Key, version: &str) -> Option<Arc<K>> {
+    fn read<K: Cached>(&self, key: &Key, version: Version) -> Option<Arc<K>> {
         let mut read = lock(&self.read);
-        let (used, _, object) = read.get_mut(key).filter(|(_, at, _)| *at == digest(version))?;
+        let (used, _, object) = read.get_mut(key).filter(|(_, at, _)| *at == version)?;
         *used = Instant::now();
         object.clone().downcast::<K>().ok()
     }
@@ -81,14 +81,14 @@ impl Known {
     fn remember_read<K: Cached>(&self, key: Key, object: Arc<K>) {
         let now = Instant::now();
         self.prune(now);
-        let version = digest(object.meta().resource_version.as_deref().unwrap_or_default());
+        let version = version_of(object.meta().resource_version.as_deref().unwrap_or_default());
         lock(&self.read).insert(key, (now, version, object));
     }
 
-    fn published(&self, key: &Key, version: &str, hash: &[u8; 32]) -> bool {
+    fn published(&self, key: &Key, version: Version, hash: &[u8; 32]) -> bool {
         let mut published = lock(&self.published);
         match published.get_mut(key) {
-            Some((used, at, wrote)) if *at == digest(version) && wrote == hash => {
+            Some((used, at, wrote)) if *at == version && wrote == hash => {
                 *used = Instant::now();
                 true
             }
@@ -100,7 +100,7 @@ impl Known {
         let now = Instant::now();
         self.prune(now);
         match version {
-            Some(version) => lock(&self.published).insert(key, (now, digest(&version), hash)),
+            Some(version) => lock(&self.published).insert(key, (now, version_of(&version), hash)),
             None => lock(&self.published).remove(&key),
         };
     }
@@ -119,7 +119,7 @@ pub(super) fn content_hash(object: &impl serde::Serialize) -> [u8; 32] {
 impl Context {
     /// The resourceVersion the caches hold for `K` `name` in `namespace`: Some(None) when they
     /// hold no such object, None without caches.
-    fn cached_version<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+    fn cached_version<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<Version>> {
         self.caches(namespace).map(|caches| caches.version(namespace, &Reference::new(K::KIND, name)))
     }
 
@@ -129,7 +129,7 @@ impl Context {
     pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         let key = key::<K>(namespace, name);
         if let Some(Some(version)) = self.cached_version::<K>(namespace, name) {
-            if let Some(object) = self.known.read::<K>(&key, &version) {
+            if let Some(object) = self.known.read::<K>(&key, version) {
                 return Ok(Some(object));
             }
         }
@@ -145,7 +145,7 @@ impl Context {
     pub(super) fn published_unchanged<K: Cached>(&self, desired: &K, hash: &[u8; 32]) -> bool {
         let (namespace, name) = namespace_and_name(desired);
         match self.cached_version::<K>(&namespace, &name) {
-            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), &version, hash),
+            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), version, hash),
             _ => false,
         }
     }
@@ -192,9 +192,9 @@ mod tests {
         let known = Known::default();
         let key = key::<Secret>("ns", "keys");
         known.remember_read(key, secret("5"));
-        assert!(known.read::<Secret>(&key, "5").is_some());
-        assert!(known.read::<Secret>(&key, "6").is_none(), "changed since: read again");
-        assert!(known.read::<ConfigMap>(&key, "5").is_none(), "never another type");
+        assert!(known.read::<Secret>(&key, version_of("5")).is_some());
+        assert!(known.read::<Secret>(&key, version_of("6")).is_none(), "changed since: read again");
+        assert!(known.read::<ConfigMap>(&key, version_of("5")).is_none(), "never another type");
     }
 
     #[test]
@@ -203,10 +203,10 @@ mod tests {
         let key = key::<ConfigMap>("ns", "ml-artifact-store");
         let hash = content_hash(&"wanted");
         known.remember_published(key, Some("7".into()), hash);
-        assert!(known.published(&key, "7", &hash));
-        assert!(!known.published(&key, "8", &hash), "someone changed it since");
-        assert!(!known.published(&key, "7", &content_hash(&"other")), "something else is wanted now");
+        assert!(known.published(&key, version_of("7"), &hash));
+        assert!(!known.published(&key, version_of("8"), &hash), "someone changed it since");
+        assert!(!known.published(&key, version_of("7"), &content_hash(&"other")), "something else is wanted now");
         known.remember_published(key, None, hash);
-        assert!(!known.published(&key, "7", &hash));
+        assert!(!known.published(&key, version_of("7"), &hash));
     }
 }
