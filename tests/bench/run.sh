@@ -14,4 +14,4 @@ static=$(tests/env/build-static.sh | tail -n 1)
 tests/env/up.sh >/dev/null
 trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 AO_STATIC_BINARY="$static" cargo bench --locked --bench footprint
-cargo bench --locked --bench scale -- "$@"
+AO_STATIC_BINARY="$static" cargo bench --locked --bench scale -- "$@"

@@ -1,5 +1,7 @@
 //! The scale benchmark: N ArtifactStores and as many Stacks spread over M namespaces, against the
-//! real local apiserver and MinIO, with the release binary watching every namespace. In one run
+//! real local apiserver and MinIO, with the operator watching every namespace: the static (musl)
+//! binary the image ships when `AO_STATIC_BINARY` names it (tests/bench/run.sh does), else the
+//! release binary cargo built. In one run
 //! it prints the raw write floor of the same writes made by a plain client, the time until every
 //! store is Ready and its ratio to that floor, apply-to-Ready percentiles, the operator's memory
 //! (idle, peak, steady) and CPU next to the apiserver's and etcd's, the apiserver's own count of
@@ -243,10 +245,28 @@ async fn create_namespace(client: &Client, name: &str) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
 }
 
-/// The raw write floor: a plain client making, per store, the writes the operator makes (create
-/// a ConfigMap and a Secret of the same size, and one more write to an existing object in place
-/// of the status), `IN_FLIGHT` at a time, in namespaces of their own.
-async fn write_floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> Duration {
+/// The ArtifactStore the benchmark applies as store `i`, labelled `bench: <label>`.
+fn store_object(label: &str, bucket: &str, endpoint: &str, i: usize) -> serde_json::Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+        "metadata": {"name": format!("store-{i}"), "labels": {"bench": label}},
+        "spec": {"path": format!("s3://{bucket}/team-{i}"), "endpoint": {"url": endpoint, "addressingStyle": "Path"},
+                 "auth": {"secretRef": {"name": "minio-keys"}}}})
+}
+
+/// What the apiserver does on this machine with no operator running.
+struct Floor {
+    /// A plain client making, per store, the writes the operator makes (create a ConfigMap and a
+    /// Secret of the same size, and one more write to an existing object in place of the status),
+    /// `IN_FLIGHT` at a time, in namespaces of their own.
+    writes: Duration,
+    /// Applying the stores themselves, as the ramp does, with nobody reconciling them: no ramp can
+    /// end before its own applies do.
+    applies: Duration,
+}
+
+/// Measures the [`Floor`], then deletes what it made and waits until the namespace controller has
+/// removed it all, so that the ramp does not share the apiserver with that cleanup.
+async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> Floor {
     let names: Vec<String> = (0..namespaces).map(|n| format!("floor-{run}-{n}")).collect();
     for name in &names {
         create_namespace(client, name).await;
@@ -272,11 +292,27 @@ async fn write_floor(client: &Client, run: &str, stores: usize, namespaces: usiz
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<()>>()
         .await;
-    let took = started.elapsed();
+    let writes = started.elapsed();
+
+    let endpoint = test_env().var("AO_S3_ENDPOINT");
+    let objects = (0..stores)
+        .map(|i| (names[i % namespaces].clone(), store_object(&format!("floor-{run}"), "floor", endpoint, i)))
+        .collect();
+    let started = Instant::now();
+    let applied = apply_all(client, objects).await;
+    let applies = started.elapsed();
+    assert_eq!(applied.len(), stores, "every store applied");
+
+    let namespaces_api = Api::<Namespace>::all(client.clone());
     for name in &names {
-        let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+        let _ = namespaces_api.delete(name, &DeleteParams::default()).await;
     }
-    took
+    eventually(Duration::from_secs(900), "the floor's namespaces to be gone", || async {
+        let listed = namespaces_api.list(&kube::api::ListParams::default()).await.ok()?;
+        (!listed.items.iter().any(|n| n.name_any().starts_with(&format!("floor-{run}-")))).then_some(())
+    })
+    .await;
+    Floor { writes, applies }
 }
 
 /// A CPU profile of `pid` for `seconds`, with perf; its report's top entries.
@@ -307,6 +343,19 @@ fn profile_report(pid: u32) {
     }
 }
 
+/// The operator under test, watching every namespace: the binary the image ships when
+/// `AO_STATIC_BINARY` names it, else cargo's release build.
+fn start_operator(resync: &str) -> Operator {
+    let extra = ["--log-level", "warn"];
+    match std::env::var_os("AO_STATIC_BINARY") {
+        Some(binary) => {
+            let kubeconfig = std::path::Path::new(test_env().var("KUBECONFIG"));
+            Operator::start_command(std::process::Command::new(binary), kubeconfig, "", resync, &extra)
+        }
+        None => Operator::start_with("", resync, &extra),
+    }
+}
+
 /// How long until the operator's /readyz answers 200.
 async fn ready_in(operator: &Operator) -> Duration {
     let started = Instant::now();
@@ -326,13 +375,22 @@ async fn run(args: Args) {
         "artifact-operator scale benchmark: {stores} ArtifactStores and {stores} Stacks in {namespaces} namespaces, resync {} s",
         resync.as_secs()
     );
+    match std::env::var("AO_STATIC_BINARY") {
+        Ok(binary) => println!("operator: the static binary the image ships ({binary})"),
+        Err(_) => println!("operator: cargo's release build (AO_STATIC_BINARY names the static one)"),
+    }
 
-    let floor = write_floor(&client, &run, stores, namespaces).await;
+    let Floor { writes: floor, applies } = floor(&client, &run, stores, namespaces).await;
     println!(
         "raw write floor, a plain client, {} writes ({IN_FLIGHT} in flight): {:.1} s ({:.0} writes/s)",
         stores * 3,
         floor.as_secs_f64(),
         (stores * 3) as f64 / floor.as_secs_f64()
+    );
+    println!(
+        "the {stores} stores' own applies, nobody reconciling them: {:.1} s = {:.2}x the write floor (no ramp ends sooner)",
+        applies.as_secs_f64(),
+        applies.as_secs_f64() / floor.as_secs_f64()
     );
 
     let bucket = common::limited_bucket("bench-scale");
@@ -346,7 +404,7 @@ async fn run(args: Args) {
     }
 
     let resync_flag = format!("{}s", resync.as_secs());
-    let mut operator = Operator::start_with("", &resync_flag, &["--log-level", "warn"]);
+    let mut operator = start_operator(&resync_flag);
     ready_in(&operator).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = operator.pid();
@@ -357,16 +415,9 @@ async fn run(args: Args) {
     let cpu = || (cpu_seconds(pid), cpu_seconds(apiserver), cpu_seconds(etcd));
     let (store_ready, store_watch) = watch_ready::<ArtifactStore>(&client, &run);
     let (stack_ready, stack_watch) = watch_ready::<Stack>(&client, &run);
-    let endpoint = test_env().var("AO_S3_ENDPOINT").to_owned();
-    let store_objects: Vec<(String, serde_json::Value)> = (0..stores)
-        .map(|i| {
-            let object = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-                "metadata": {"name": format!("store-{i}"), "labels": {"bench": run}},
-                "spec": {"path": format!("s3://{bucket}/team-{i}"), "endpoint": {"url": endpoint, "addressingStyle": "Path"},
-                         "auth": {"secretRef": {"name": "minio-keys"}}}});
-            (names[i % namespaces].clone(), object)
-        })
-        .collect();
+    let endpoint = test_env().var("AO_S3_ENDPOINT");
+    let store_objects: Vec<(String, serde_json::Value)> =
+        (0..stores).map(|i| (names[i % namespaces].clone(), store_object(&run, &bucket, endpoint, i))).collect();
     let perf = profiled.then(|| profile(pid, 60));
     let cpu_before = cpu();
     let started = Instant::now();
@@ -458,7 +509,7 @@ async fn run(args: Args) {
     // A restart: the new process lists everything and writes nothing.
     operator.terminate();
     let requests_before = apiserver_requests(&client).await;
-    let operator = Operator::start_with("", &resync_flag, &["--log-level", "warn"]);
+    let operator = start_operator(&resync_flag);
     let readyz = ready_in(&operator).await;
     tokio::time::sleep(resync.saturating_sub(readyz)).await;
     let requests = difference(&apiserver_requests(&client).await, &requests_before);
