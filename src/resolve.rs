@@ -2,7 +2,7 @@
 //! from an ArtifactStore's spec and the region the operator resolved; no I/O.
 
 use crate::api::artifact_store::{
-    AddressingStyle, ArtifactStore, CaBundleRef, ClientSettings, ObjectDefaults, RetryMode,
+    AddressingStyle, ArtifactStore, CaBundleRef, Checksums, ClientSettings, ObjectDefaults, RetryMode,
 };
 use crate::s3path::{PathError, S3Path};
 
@@ -28,6 +28,7 @@ pub struct ResolvedEndpoint {
     pub addressing_style: AddressingStyle,
     pub ca_bundle: Option<CaBundleRef>,
     pub insecure_skip_verify: bool,
+    pub checksums: Checksums,
 }
 
 impl ResolvedEndpoint {
@@ -118,6 +119,7 @@ impl ResolvedStore {
                 addressing_style: e.addressing_style,
                 ca_bundle: e.tls.as_ref().and_then(|t| t.ca_bundle.clone()),
                 insecure_skip_verify: e.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
+                checksums: e.checksums,
             }),
             auth,
             client: spec.client.clone().unwrap_or_default(),

@@ -234,7 +234,7 @@ fn python_consumers(pod: &Pod) -> String {
         .env("ZENML_LOGGING_COLORS_DISABLED", "true")
         .current_dir(pod.files.path());
     let stdout = run(command, "the Python consumers");
-    for consumer in ["boto3:", "zenml: stack import", "zenml: pipeline", "kfp:"] {
+    for consumer in ["boto3:", "zenml: stack import", "zenml: pipeline", "zenml: the artifact store", "kfp:"] {
         assert!(stdout.contains(consumer), "{consumer} check missing:\n{stdout}");
     }
     stdout
@@ -291,6 +291,25 @@ fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
 }
 
 /// The objects the pod's consumers left under the store's prefix, as consume.py lists them last.
+/// The checksum headers consume.py saw on the uploads of the consumer whose line starts with
+/// `consumer`: "none", or their names.
+fn upload_checksums<'a>(stdout: &'a str, consumer: &str) -> &'a str {
+    let line =
+        stdout.lines().find(|l| l.starts_with(consumer)).unwrap_or_else(|| panic!("no {consumer} line:\n{stdout}"));
+    line.rsplit_once("upload checksums: ").map(|(_, said)| said).expect("the line says the upload checksums")
+}
+
+/// That boto3 (from the env keys) and ZenML's artifact store component (s3fs, from the rendered
+/// config_kwargs) each put checksums on their uploads exactly when the store says so, and that a
+/// client told to add them does: the look can see them.
+fn assert_uploads_follow(stdout: &str, checksums_sent: bool) {
+    for consumer in ["boto3: wrote", "zenml: the artifact store"] {
+        let said = upload_checksums(stdout, consumer);
+        assert_eq!(said != "none", checksums_sent, "{consumer}: upload checksums {said}:\n{stdout}");
+    }
+    assert_ne!(upload_checksums(stdout, "boto3 told when_supported"), "none", "{stdout}");
+}
+
 fn listed(stdout: &str) -> Vec<String> {
     let line = stdout.lines().find_map(|l| l.strip_prefix("objects: ")).expect("consume.py lists the objects");
     line.split(' ').map(str::to_owned).collect()
@@ -324,6 +343,11 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+    // A custom endpoint: checksums only where an operation requires one, unless the store says otherwise.
+    let env = config_map(&client, &ns, "prod-stack").await.unwrap().data.unwrap();
+    assert_eq!(env["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_required");
+    assert_eq!(env["AWS_RESPONSE_CHECKSUM_VALIDATION"], "when_required");
+    assert_uploads_follow(&stdout, false);
     let keys = common::s3_root().list_objects_v2().bucket(&bucket).send().await.unwrap();
     assert_eq!(keys.key_count(), Some(listed(&stdout).len() as i32), "consume.py listed the bucket as it is");
 }
@@ -341,7 +365,8 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
     apply(&client, &ns, service_account("runner")).await;
     apply(&client, &ns, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
         "path": format!("s3://{bucket}/pipelines"),
-        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}}},
+        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}},
+                     "checksums": "WhenSupported"},
         "auth": {"secretRef": {"name": "minio-keys"}},
         "provisioning": "Create",
     }}))
@@ -365,6 +390,9 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+    // This server takes the checksums the SDKs add by default, and the store says so.
+    assert_eq!(data["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_supported");
+    assert_uploads_follow(&stdout, true);
 }
 
 /// Every shape of Argo rendering, decoded strictly into Argo's own types by both releases.

@@ -160,6 +160,35 @@ pub struct Endpoint {
     /// TLS settings for an https endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EndpointTls>,
+
+    /// When clients add integrity checksums to requests and validate them in responses.
+    /// `WhenRequired` (default): only for the operations that require one. The AWS SDKs released
+    /// since 2025 otherwise add a CRC checksum to every upload, which many S3-compatible servers
+    /// reject. `WhenSupported`: on every operation that supports one (the SDKs' default against
+    /// AWS), for a server that implements them. Used by the operator's own client, and rendered for
+    /// boto3, s3fs and the AWS CLI (`AWS_REQUEST_CHECKSUM_CALCULATION` and
+    /// `AWS_RESPONSE_CHECKSUM_VALIDATION`) and into ZenML's `config_kwargs`.
+    #[serde(default)]
+    pub checksums: Checksums,
+}
+
+/// When S3 clients compute and validate integrity checksums.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Checksums {
+    #[default]
+    WhenRequired,
+    WhenSupported,
+}
+
+impl Checksums {
+    /// The value of the AWS SDKs' `request_checksum_calculation` and
+    /// `response_checksum_validation` settings (and of their environment variables).
+    pub fn sdk_value(self) -> &'static str {
+        match self {
+            Checksums::WhenRequired => "when_required",
+            Checksums::WhenSupported => "when_supported",
+        }
+    }
 }
 
 /// Where S3 puts the bucket name in a request.

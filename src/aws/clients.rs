@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
@@ -19,6 +19,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::ratelimit::RateLimiter;
+use crate::api::artifact_store::Checksums;
 use crate::resolve::ResolvedEndpoint;
 
 /// Access keys read from a user's Secret. Debug never prints them.
@@ -143,6 +144,7 @@ impl S3Clients {
             endpoint.map(|e| e.url.as_str()),
             Some(if connection.path_style { "path" } else { "virtual" }),
             Some(if endpoint.is_some_and(|e| e.insecure_skip_verify) { "insecure" } else { "verify" }),
+            endpoint.map(|e| e.checksums.sdk_value()),
             connection.ca_pem.as_deref(),
             keys.map(|k| k.access_key_id.as_str()),
             keys.map(|k| k.secret_access_key.as_str()),
@@ -255,7 +257,17 @@ impl AwsEdge {
             .region(Region::new(connection.region.clone()))
             .interceptor(CountCalls("s3"));
         if let Some(endpoint) = &connection.endpoint {
-            builder = builder.endpoint_url(&endpoint.url).force_path_style(connection.path_style);
+            builder = builder
+                .endpoint_url(&endpoint.url)
+                .force_path_style(connection.path_style)
+                .request_checksum_calculation(match endpoint.checksums {
+                    Checksums::WhenRequired => RequestChecksumCalculation::WhenRequired,
+                    Checksums::WhenSupported => RequestChecksumCalculation::WhenSupported,
+                })
+                .response_checksum_validation(match endpoint.checksums {
+                    Checksums::WhenRequired => ResponseChecksumValidation::WhenRequired,
+                    Checksums::WhenSupported => ResponseChecksumValidation::WhenSupported,
+                });
             if endpoint.insecure_skip_verify && endpoint.is_https() {
                 return Ok(aws_sdk_s3::Client::from_conf(
                     with_keys(builder, connection).http_client(super::insecure::insecure_https_client()).build(),
@@ -320,5 +332,28 @@ mod tests {
         assert_eq!(edge.s3_clients.len(), 3, "rotated keys or another identity get a client of their own");
         assert!(edge.s3(&connection(None, Some("not a certificate"))).is_err());
         assert_eq!(edge.s3_clients.len(), 3, "a setting that fails to build keeps nothing");
+    }
+
+    #[test]
+    fn a_custom_endpoint_s_client_adds_checksums_only_when_told() {
+        use crate::api::artifact_store::AddressingStyle;
+        let edge = AwsEdge::offline();
+        let at = |checksums| S3Connection {
+            endpoint: Some(ResolvedEndpoint {
+                url: "http://minio:9000".into(),
+                addressing_style: AddressingStyle::Path,
+                ca_bundle: None,
+                insecure_skip_verify: false,
+                checksums,
+            }),
+            path_style: true,
+            ..connection(None, None)
+        };
+        let required = edge.s3(&at(Checksums::WhenRequired)).unwrap();
+        assert_eq!(required.config().request_checksum_calculation(), Some(&RequestChecksumCalculation::WhenRequired));
+        assert_eq!(required.config().response_checksum_validation(), Some(&ResponseChecksumValidation::WhenRequired));
+        let supported = edge.s3(&at(Checksums::WhenSupported)).unwrap();
+        assert_eq!(supported.config().request_checksum_calculation(), Some(&RequestChecksumCalculation::WhenSupported));
+        assert_eq!(edge.s3_clients.len(), 2, "the checksum setting is part of the client's identity");
     }
 }

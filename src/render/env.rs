@@ -1,4 +1,6 @@
 //! Keys for `envFrom`: the variables boto3, s3fs and the AWS CLI read, plus the store's location.
+//! Against a custom endpoint they include when checksums are computed, which the AWS SDKs of
+//! every language read from the same two variables.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,8 @@ pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
     if let Some(endpoint) = &store.endpoint {
         set("AWS_ENDPOINT_URL_S3", endpoint.url.clone());
         set(ADDRESSING_STYLE, addressing_style_value(endpoint.addressing_style).to_owned());
+        set("AWS_REQUEST_CHECKSUM_CALCULATION", endpoint.checksums.sdk_value().to_owned());
+        set("AWS_RESPONSE_CHECKSUM_VALIDATION", endpoint.checksums.sdk_value().to_owned());
     }
     if let Some(path) = store.ca_bundle_path() {
         set("AWS_CA_BUNDLE", path);
@@ -52,4 +56,35 @@ pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
         set("ARTIFACT_STORE_CREDENTIALS_SECRET", keys.env_secret_name.clone());
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::ArtifactStore;
+
+    fn env_of(spec: serde_json::Value) -> BTreeMap<String, String> {
+        let store: ArtifactStore = serde_json::from_value(json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
+            "spec": spec,
+        }))
+        .unwrap();
+        render(&ResolvedStore::new(&store, "us-east-1", false).unwrap())
+    }
+
+    #[test]
+    fn checksums_are_said_for_a_custom_endpoint_only() {
+        let minio = env_of(
+            json!({"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"}, "auth": {"implicit": {}}}),
+        );
+        assert_eq!(minio["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_required", "the default for a custom endpoint");
+        assert_eq!(minio["AWS_RESPONSE_CHECKSUM_VALIDATION"], "when_required");
+        let told = env_of(json!({"path": "s3://bucket/runs", "auth": {"implicit": {}},
+            "endpoint": {"url": "http://minio:9000", "checksums": "WhenSupported"}}));
+        assert_eq!(told["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_supported");
+        let aws = env_of(json!({"path": "s3://bucket/runs", "auth": {"implicit": {}}}));
+        assert!(!aws.contains_key("AWS_REQUEST_CHECKSUM_CALCULATION"), "AWS takes the SDKs' default");
+    }
 }

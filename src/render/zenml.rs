@@ -40,9 +40,12 @@ pub fn artifact_store_config(store: &ResolvedStore) -> Value {
     if store.client.signature_version.is_some() {
         config_kwargs.insert("signature_version".into(), json!("s3v4"));
     }
-    if store.endpoint.is_some() {
+    if let Some(endpoint) = &store.endpoint {
         let style = if store.path_style() { "path" } else { "virtual" };
         config_kwargs.insert("s3".into(), json!({ "addressing_style": style }));
+        // botocore's Config takes these since 1.36; s3fs hands config_kwargs to it.
+        config_kwargs.insert("request_checksum_calculation".into(), json!(endpoint.checksums.sdk_value()));
+        config_kwargs.insert("response_checksum_validation".into(), json!(endpoint.checksums.sdk_value()));
     }
 
     let mut additional = Map::new();
@@ -126,6 +129,9 @@ mod tests {
         let artifact_store = &export["components"]["artifact_store"][0];
         assert_eq!(artifact_store["type"], "artifact_store");
         assert_eq!(artifact_store["configuration"]["path"], "s3://bucket/runs");
+        let config_kwargs = &artifact_store["configuration"]["config_kwargs"];
+        assert_eq!(config_kwargs["request_checksum_calculation"], "when_required", "a custom endpoint's default");
+        assert_eq!(config_kwargs["response_checksum_validation"], "when_required");
         assert!(artifact_store["configuration"].get("s3_additional_kwargs").is_none(), "nothing configured there");
         assert!(artifact_store.get("authentication_secret").is_none(), "a ZenML secret, not a Kubernetes one");
         assert_eq!(export["components"]["orchestrator"][0]["configuration"]["service_account_name"], "runner");

@@ -17,13 +17,38 @@ files, launcher, secrets = sys.argv[1], sys.argv[2], sys.argv[3]
 bucket, prefix = os.environ["ARTIFACT_STORE_BUCKET"], os.environ["ARTIFACT_STORE_PREFIX"]
 payload = uuid.uuid4().hex.encode()
 
-# boto3 reads AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_CA_BUNDLE and the keys from the environment alone.
+# The integrity checksums a client put on its uploads, seen as the request leaves it.
+CHECKSUM_HEADERS = ("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer")
+
+
+def uploads_checksums(client):
+    """A list that gets, for every PutObject `client` sends, the checksum headers it carried."""
+    sent = []
+    client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: sent.append(sorted(h.lower() for h in request.headers if h.lower().startswith(CHECKSUM_HEADERS))))
+    return sent
+
+
+def checksums_said(sent):
+    return ", ".join(sorted({h for headers in sent for h in headers})) or "none"
+
+
+# boto3 reads AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION and
+# the keys from the environment alone.
 style = os.environ.get("ARTIFACT_STORE_ADDRESSING_STYLE", "auto")
 s3 = boto3.client("s3", config=botocore.config.Config(s3={"addressing_style": style}))
+boto3_sent = uploads_checksums(s3)
 key = f"{prefix}/boto3/{uuid.uuid4().hex}"
 s3.put_object(Bucket=bucket, Key=key, Body=payload)
 assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == payload
-print("boto3: wrote and read", key)
+print(f"boto3: wrote and read {key}; upload checksums: {checksums_said(boto3_sent)}")
+# The same client told to add checksums does add them: the look above sees them when they are there.
+told = boto3.client("s3", config=botocore.config.Config(s3={"addressing_style": style}, request_checksum_calculation="when_supported"))
+told_sent = uploads_checksums(told)
+told.put_object(Bucket=bucket, Key=f"{prefix}/boto3/{uuid.uuid4().hex}", Body=payload)
+assert told_sent and told_sent[-1], f"a client told to add checksums sent none: {told_sent}"
+print(f"boto3 told when_supported: upload checksums: {checksums_said(told_sent)}")
 
 # ZenML: its own CLI imports the rendered export as is, from the mounted file.
 zenml = os.path.join(os.path.dirname(sys.executable), "zenml")
@@ -71,6 +96,18 @@ uris = [artifact.uri for step_run in run.steps.values() for artifacts in step_ru
 store_path = os.environ["ARTIFACT_STORE_PATH"]
 assert uris and all(uri.startswith(store_path + "/") for uri in uris), uris
 print(f"zenml: pipeline {run.name} completed on the local orchestrator; artifacts at", " ".join(sorted(uris)))
+
+# The artifact store component's own filesystem (s3fs, built by ZenML from the imported
+# client_kwargs and config_kwargs): what its uploads carry.
+from zenml.client import Client  # noqa: E402
+
+filesystem = Client().active_stack.artifact_store.filesystem
+filesystem.connect()
+zenml_sent = uploads_checksums(filesystem.s3)
+with Client().active_stack.artifact_store.open(f"{store_path}/zenml/{uuid.uuid4().hex}", "wb") as f:
+    f.write(payload)
+assert zenml_sent, "the artifact store wrote without a PutObject"
+print(f"zenml: the artifact store component wrote through s3fs; upload checksums: {checksums_said(zenml_sent)}")
 
 # Kubeflow Pipelines' launcher config, read the way its launcher reads it (the module is not served
 # by the Go module proxy, so field by field): defaultPipelineRoot, then providers.s3.default with the
