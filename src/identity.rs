@@ -6,11 +6,10 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 
 use crate::aws::failure::{CallError, source_chain};
-use crate::aws::iam::{self, Iam, ROLE_ARN_ANNOTATION};
+use crate::aws::iam::{self, Iam, Permission, ROLE_ARN_ANNOTATION};
 use crate::aws::{Failure, StaticKeys};
 use crate::controller::Context;
 use crate::reason::Reason;
-use crate::s3path::S3Path;
 
 /// Whose access a store's consumers use, and what was proven of it.
 #[derive(Debug, Clone, Default)]
@@ -86,13 +85,14 @@ pub async fn caller_identity(
     }
 }
 
-/// The IRSA checks for a ServiceAccount: annotation, role, trust policy, permissions.
+/// The IRSA checks for a ServiceAccount: annotation, role, trust policy, and the `permissions` the
+/// pods need (see [`iam::required_permissions`]).
 pub async fn check_irsa(
     ctx: &Context,
     namespace: &str,
     account: &ServiceAccount,
     expected_role: Option<&str>,
-    path: &S3Path,
+    permissions: &[Permission],
 ) -> Result<Identity, Failure> {
     let name = account.name_any();
     let Some(role_arn) = account.annotations().get(ROLE_ARN_ANNOTATION).cloned() else {
@@ -121,7 +121,7 @@ pub async fn check_irsa(
     let trust = iam.trust_policy(&role_arn).await?;
     iam::check_trust_policy(&trust, &issuer, namespace, &name)
         .map_err(|message| Failure::new(Reason::TrustPolicyMismatch, format!("role {role_arn}: {message}")))?;
-    let permissions = match iam.denied_actions(&role_arn, path).await? {
+    let permissions = match iam.denied(&role_arn, permissions).await? {
         None => " (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(),
         Some(denied) if denied.is_empty() => String::new(),
         Some(denied) => {

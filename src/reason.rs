@@ -136,6 +136,9 @@ reasons! {
     BucketNotFound: Action, STORE_ALL_AND_CHECK, "create the bucket, fix the bucket in spec.path, or set provisioning to Create";
     /// The bucket belongs to another account.
     BucketOwnedByAnotherAccount: Action, &[STORE_BUCKET, STORE_READY], "choose another bucket name";
+    /// objectDefaults.acl is set, but the bucket has ACLs disabled (Object Ownership
+    /// BucketOwnerEnforced): every write with an ACL would fail with AccessControlListNotSupported.
+    AclNotSupported: Action, &[STORE_BUCKET, STORE_READY], "remove spec.objectDefaults.acl (the bucket owner owns every object), or set the bucket's Object Ownership to BucketOwnerPreferred";
     /// A spec.bucket setting could not be applied to the created bucket.
     BucketSettingsFailed: Action, &[STORE_BUCKET, STORE_READY], "fix spec.bucket or remove the setting the endpoint refuses";
     /// S3 or STS does not know the access key id.

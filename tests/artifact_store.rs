@@ -90,6 +90,62 @@ async fn create_provisions_the_bucket_with_its_settings() {
     );
 }
 
+/// moto's S3, which implements S3's Object Ownership (MinIO does not), with moto's any-key identity.
+fn moto_s3() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(test_env().var("AO_MOTO_ENDPOINT"))
+        .force_path_style(true)
+        .credentials_provider(aws_credential_types::Credentials::new("testing", "testing", None, None, "test"))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+async fn object_ownership(s3: &aws_sdk_s3::Client, bucket: &str) -> Option<String> {
+    let controls = s3.get_bucket_ownership_controls().bucket(bucket).send().await.ok()?;
+    Some(controls.ownership_controls()?.rules().first()?.object_ownership().as_str().to_owned())
+}
+
+#[tokio::test]
+async fn an_acl_on_a_bucket_with_acls_disabled_is_refused_and_a_created_bucket_takes_it() {
+    use aws_sdk_s3::types::{ObjectOwnership, OwnershipControls, OwnershipControlsRule};
+    let (client, ns) = setup("ast-acl").await;
+    secret(&client, &ns, "moto-keys", &[("aws_access_key_id", "testing"), ("aws_secret_access_key", "testing")]).await;
+    let s3 = moto_s3();
+    let enforced = limited_bucket("acl-enforced");
+    s3.create_bucket().bucket(&enforced).object_ownership(ObjectOwnership::BucketOwnerEnforced).send().await.unwrap();
+    let spec = |bucket: &str, extra: Value| {
+        let mut spec = json!({
+            "path": format!("s3://{bucket}/pipelines"),
+            "endpoint": {"url": test_env().var("AO_MOTO_ENDPOINT"), "addressingStyle": "Path"},
+            "auth": {"secretRef": {"name": "moto-keys"}},
+            "objectDefaults": {"acl": "bucket-owner-full-control"},
+        });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    let _operator = Operator::start(&ns, "2s");
+    apply_store(&client, &ns, "enforced", spec(&enforced, json!({}))).await;
+    let store = wait_for(&client, &ns, "enforced", "BucketReady", "False", "AclNotSupported").await;
+    let message = &condition(&store, "BucketReady").message;
+    assert!(message.contains("BucketOwnerEnforced") && message.contains("remove spec.objectDefaults.acl"), "{message}");
+    assert_eq!(condition(&store, "Ready").reason, "AclNotSupported");
+
+    // The bucket's owner lets ACLs in: the store is Ready without anyone touching it.
+    let preferred =
+        OwnershipControlsRule::builder().object_ownership(ObjectOwnership::BucketOwnerPreferred).build().unwrap();
+    let controls = OwnershipControls::builder().rules(preferred).build().unwrap();
+    s3.put_bucket_ownership_controls().bucket(&enforced).ownership_controls(controls).send().await.unwrap();
+    wait_for(&client, &ns, "enforced", "Ready", "True", "Ready").await;
+
+    // A bucket the store creates takes the ACL its writes carry.
+    let created = limited_bucket("acl-created");
+    apply_store(&client, &ns, "created", spec(&created, json!({"provisioning": "Create"}))).await;
+    wait_for(&client, &ns, "created", "Ready", "True", "Ready").await;
+    assert_eq!(object_ownership(&s3, &created).await.as_deref(), Some("BucketOwnerPreferred"));
+}
+
 #[tokio::test]
 async fn missing_bucket_is_reported_and_never_created_when_adopting() {
     let (client, ns) = setup("ast-missing").await;

@@ -7,14 +7,56 @@ use serde_json::Value;
 
 use super::failure::{CallError, Failure};
 use super::ratelimit::RateLimiter;
+use crate::api::artifact_store::ArtifactStoreSpec;
 use crate::reason::Reason;
 use crate::s3path::S3Path;
 
 /// The annotation IRSA's pod identity webhook reads.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 
-/// The S3 actions pods need on the store.
-pub const REQUIRED_ACTIONS: [&str; 4] = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"];
+/// An IAM action the pods need, on the resource it applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub action: &'static str,
+    pub resource: String,
+}
+
+/// Every action the pods need on the store, from its spec: listing the bucket and reading,
+/// writing and deleting under the prefix always; on a versioned bucket, the version actions that
+/// ZenML's deletes and listings call; with an ACL on writes, setting it; with an SSE-KMS key, the
+/// key actions that reading and writing encrypted objects need.
+pub fn required_permissions(spec: &ArtifactStoreSpec, path: &S3Path) -> Vec<Permission> {
+    let bucket = format!("arn:aws:s3:::{}", path.bucket);
+    let objects = format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix());
+    let on = |action: &'static str, resource: &str| Permission { action, resource: resource.to_owned() };
+    let mut needed = vec![
+        on("s3:ListBucket", &bucket),
+        on("s3:GetObject", &objects),
+        on("s3:PutObject", &objects),
+        on("s3:DeleteObject", &objects),
+    ];
+    if spec.bucket.as_ref().is_some_and(|b| b.versioning) {
+        needed.push(on("s3:GetBucketVersioning", &bucket));
+        needed.push(on("s3:ListBucketVersions", &bucket));
+        needed.push(on("s3:DeleteObjectVersion", &objects));
+    }
+    let defaults = spec.object_defaults.as_ref();
+    if defaults.is_some_and(|d| d.acl.is_some()) {
+        needed.push(on("s3:PutObjectAcl", &objects));
+    }
+    let bucket_key =
+        spec.bucket.as_ref().and_then(|b| b.default_encryption.as_ref()).and_then(|e| e.kms_key_id.as_deref());
+    let mut keys: Vec<&str> =
+        defaults.and_then(|d| d.sse_kms_key_id.as_deref()).into_iter().chain(bucket_key).collect();
+    keys.dedup();
+    for key in keys {
+        // A key id or alias is not a resource IAM can name on its own: any key, then.
+        let resource = if key.starts_with("arn:") { key } else { "*" };
+        needed.push(on("kms:GenerateDataKey", resource));
+        needed.push(on("kms:Decrypt", resource));
+    }
+    needed
+}
 
 /// The role name of a role ARN (`arn:aws:iam::123456789012:role/path/name` → `name`).
 pub fn role_name(role_arn: &str) -> Option<&str> {
@@ -148,23 +190,18 @@ impl Iam {
         Ok(urlencoding::decode(document).map(|d| d.into_owned()).unwrap_or_else(|_| document.to_owned()))
     }
 
-    /// Actions of [`REQUIRED_ACTIONS`] the role's policies do not allow on the store. `Ok(None)`
+    /// The `permissions` the role's policies do not allow, as "action on resource". `Ok(None)`
     /// when the IAM API does not implement the simulation.
-    pub async fn denied_actions(&self, role_arn: &str, path: &S3Path) -> Result<Option<Vec<String>>, Failure> {
+    pub async fn denied(&self, role_arn: &str, permissions: &[Permission]) -> Result<Option<Vec<String>>, Failure> {
         let mut denied = Vec::new();
-        for action in REQUIRED_ACTIONS {
-            let resource = if action == "s3:ListBucket" {
-                format!("arn:aws:s3:::{}", path.bucket)
-            } else {
-                format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix())
-            };
+        for Permission { action, resource } in permissions {
             self.limiter.acquire("ambient").await;
             let output = self
                 .client
                 .simulate_principal_policy()
                 .policy_source_arn(role_arn)
-                .action_names(action)
-                .resource_arns(&resource)
+                .action_names(*action)
+                .resource_arns(resource)
                 .send()
                 .await;
             let output = match output {
@@ -215,9 +252,44 @@ mod tests {
         let client = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&put_denied, &others_allowed]);
         let iam = Iam::new(client, Arc::new(RateLimiter::new(100.0, 100)));
         let path = S3Path::parse("s3://ml-bucket/team").unwrap();
-        let denied = iam.denied_actions("arn:aws:iam::123456789012:role/ml", &path).await.unwrap();
+        let spec: ArtifactStoreSpec =
+            serde_json::from_value(serde_json::json!({"path": "s3://ml-bucket/team", "auth": {"implicit": {}}}))
+                .unwrap();
+        let permissions = required_permissions(&spec, &path);
+        let denied = iam.denied("arn:aws:iam::123456789012:role/ml", &permissions).await.unwrap();
         assert_eq!(denied, Some(vec!["s3:PutObject on arn:aws:s3:::ml-bucket/team/*".to_owned()]));
         assert_eq!(put_denied.num_calls() + others_allowed.num_calls(), 4, "one simulation per required action");
+    }
+
+    #[test]
+    fn the_permissions_follow_the_spec() {
+        let path = S3Path::parse("s3://ml-bucket/team").unwrap();
+        let spec: ArtifactStoreSpec = serde_json::from_value(serde_json::json!({
+            "path": "s3://ml-bucket/team",
+            "auth": {"implicit": {}},
+            "bucket": {"versioning": true, "defaultEncryption": {"algorithm": "aws:kms", "kmsKeyId": "arn:aws:kms:eu-west-1:123456789012:key/k1"}},
+            "objectDefaults": {"acl": "bucket-owner-full-control", "serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"},
+        }))
+        .unwrap();
+        let said: Vec<String> =
+            required_permissions(&spec, &path).iter().map(|p| format!("{} {}", p.action, p.resource)).collect();
+        assert_eq!(
+            said,
+            [
+                "s3:ListBucket arn:aws:s3:::ml-bucket",
+                "s3:GetObject arn:aws:s3:::ml-bucket/team/*",
+                "s3:PutObject arn:aws:s3:::ml-bucket/team/*",
+                "s3:DeleteObject arn:aws:s3:::ml-bucket/team/*",
+                "s3:GetBucketVersioning arn:aws:s3:::ml-bucket",
+                "s3:ListBucketVersions arn:aws:s3:::ml-bucket",
+                "s3:DeleteObjectVersion arn:aws:s3:::ml-bucket/team/*",
+                "s3:PutObjectAcl arn:aws:s3:::ml-bucket/team/*",
+                "kms:GenerateDataKey *",
+                "kms:Decrypt *",
+                "kms:GenerateDataKey arn:aws:kms:eu-west-1:123456789012:key/k1",
+                "kms:Decrypt arn:aws:kms:eu-west-1:123456789012:key/k1",
+            ]
+        );
     }
 
     const ISSUER: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC";

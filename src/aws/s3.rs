@@ -7,7 +7,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
     CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
-    NoncurrentVersionExpiration, PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    NoncurrentVersionExpiration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, VersioningConfiguration,
 };
 
@@ -143,11 +144,14 @@ impl Bucket {
 
     /// Applies the settings of a created bucket. Settings the endpoint does not implement (MinIO has
     /// no public access block, for example) are returned as skipped rather than failing.
+    /// `with_acls`: the store's writes carry an ACL, so the bucket must take them (S3 creates
+    /// buckets with ACLs disabled since 2023): its Object Ownership becomes BucketOwnerPreferred.
     pub async fn apply_settings(
         &self,
         settings: &BucketSettings,
         creator_uid: &str,
         custom_endpoint: bool,
+        with_acls: bool,
     ) -> Result<Vec<&'static str>, SettingError> {
         let mut skipped = Vec::new();
         let bucket = &self.path.bucket;
@@ -226,6 +230,25 @@ impl Bucket {
             }
         }
 
+        if with_acls {
+            self.permit().await;
+            let rule = OwnershipControlsRule::builder()
+                .object_ownership(ObjectOwnership::BucketOwnerPreferred)
+                .build()
+                .expect("ownership is set");
+            let result = self
+                .client
+                .put_bucket_ownership_controls()
+                .bucket(bucket)
+                .ownership_controls(OwnershipControls::builder().rules(rule).build().expect("rules are set"))
+                .send()
+                .await;
+            match result.or_call_error().map(|_| ()) {
+                Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => skipped.push("object ownership"),
+                result => check("object ownership", result, &mut skipped)?,
+            }
+        }
+
         if let Some(rules) = self.lifecycle_rules(settings) {
             self.permit().await;
             let result = self
@@ -296,6 +319,24 @@ impl Bucket {
             );
         }
         (!rules.is_empty()).then_some(rules)
+    }
+
+    /// Whether the bucket takes ACLs on writes: false when its Object Ownership is
+    /// BucketOwnerEnforced (ACLs disabled), true when it has no ownership controls or they allow
+    /// ACLs, None when the server does not say (it does not implement them, or the identity may not
+    /// read them).
+    pub async fn takes_acls(&self) -> Result<Option<bool>, CallError> {
+        self.permit().await;
+        let result = self.client.get_bucket_ownership_controls().bucket(&self.path.bucket).send().await.or_call_error();
+        match result {
+            Ok(output) => {
+                let rules = output.ownership_controls().map(|c| c.rules()).unwrap_or_default();
+                Ok(Some(!rules.iter().any(|r| r.object_ownership() == &ObjectOwnership::BucketOwnerEnforced)))
+            }
+            Err(error) if error.code.as_deref() == Some("OwnershipControlsNotFoundError") => Ok(Some(true)),
+            Err(error) if is_unsupported_elsewhere(&error) || error.code.as_deref() == Some("AccessDenied") => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Lists at most one key under the prefix: proves read access where the pods will read.

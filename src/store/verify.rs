@@ -133,6 +133,10 @@ pub async fn verify(
         }
         Err(error) => Err(NotReady::judged(found.classify(&error, &format!("reach bucket {}", path.bucket)))),
     };
+    let bucket = match bucket {
+        Ok(state) => found.takes_the_acl().await.map(|()| state),
+        Err(not_ready) => Err(not_ready),
+    };
     let state = match bucket {
         Ok(state) => state,
         Err(NotReady { failure, credentials }) => {
@@ -193,6 +197,29 @@ impl Found<'_> {
     fn classify(&self, error: &CallError, action: &str) -> Failure {
         let target = Target { action, bucket: &self.path.bucket, region: &self.region, endpoint: &self.endpoint };
         classify_s3(error, &target)
+    }
+
+    /// With `objectDefaults.acl` set, that the bucket takes ACLs on writes: refused before any
+    /// pod's write fails on a bucket with ACLs disabled. A server that does not say is not held up.
+    async fn takes_the_acl(&self) -> Result<(), NotReady> {
+        let Some(acl) = self.store.spec.object_defaults.as_ref().and_then(|d| d.acl) else { return Ok(()) };
+        match self.bucket.takes_acls().await {
+            Ok(Some(false)) => Err(NotReady::waiting(
+                Failure::new(
+                    Reason::AclNotSupported,
+                    format!(
+                        "bucket {} has ACLs disabled (Object Ownership BucketOwnerEnforced), so every write with objectDefaults.acl {} would fail with AccessControlListNotSupported: remove spec.objectDefaults.acl, or set the bucket's Object Ownership to BucketOwnerPreferred",
+                        self.path.bucket,
+                        acl.as_str()
+                    ),
+                ),
+                Reason::BucketNotReady,
+            )),
+            Ok(_) => Ok(()),
+            Err(error) => Err(NotReady::judged(
+                self.classify(&error, &format!("read the Object Ownership of bucket {}", self.path.bucket)),
+            )),
+        }
     }
 
     /// An existing bucket: in the region the spec names, and on the deploy path one of this
@@ -396,7 +423,8 @@ async fn apply_settings(
     state: &mut BucketState,
 ) -> Result<(), Failure> {
     let settings = store.spec.bucket.clone().unwrap_or_default();
-    match bucket.apply_settings(&settings, uid, store.spec.endpoint.is_some()).await {
+    let with_acls = store.spec.object_defaults.as_ref().is_some_and(|d| d.acl.is_some());
+    match bucket.apply_settings(&settings, uid, store.spec.endpoint.is_some(), with_acls).await {
         Ok(skipped) => {
             state.skipped_settings = skipped;
             Ok(())
@@ -431,7 +459,8 @@ async fn pod_identity(
     match &inputs.service_account {
         Some(account) => {
             let namespace = store.namespace().unwrap_or_default();
-            check_irsa(ctx, &namespace, account, implicit.role_arn.as_deref(), path).await
+            let permissions = crate::aws::iam::required_permissions(&store.spec, path);
+            check_irsa(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions).await
         }
         None => Ok(Identity {
             summary: format!(
