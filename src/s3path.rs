@@ -51,6 +51,31 @@ impl S3Path {
     }
 
     /// The prefix as S3 key prefix: empty, or ending in `/`.
+    /// The account and region a bucket in an account-regional namespace belongs to: its name is
+    /// `<prefix>-<12-digit account>-<region>-an` (for example `ml-111122223333-us-west-2-an`),
+    /// and CreateBucket must say so. None for a bucket in the global namespace.
+    pub fn account_regional(&self) -> Option<(&str, &str)> {
+        let name = self.bucket.strip_suffix("-an")?;
+        let parts: Vec<&str> = name.split('-').collect();
+        let is_region = |region: &[&str]| {
+            region.len() >= 3
+                && region[0].len() == 2
+                && region[..region.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+                && region[region.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                && !region[region.len() - 1].is_empty()
+        };
+        // A prefix, then the account, then the region: the region takes the last three parts or more.
+        (1..parts.len().saturating_sub(3)).rev().find_map(|i| {
+            let account = parts[i];
+            (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && is_region(&parts[i + 1..])).then(
+                || {
+                    let region_start = name.len() - parts[i + 1..].iter().map(|p| p.len() + 1).sum::<usize>() + 1;
+                    (account, &name[region_start..])
+                },
+            )
+        })
+    }
+
     pub fn key_prefix(&self) -> String {
         if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) }
     }
@@ -161,5 +186,21 @@ mod tests {
         }
         assert!(validate_bucket_name(&"a".repeat(64)).is_err());
         assert!(validate_bucket_name("1.2.3.bucket").is_ok());
+    }
+
+    #[test]
+    fn tells_account_regional_buckets() {
+        let named = |bucket: &str| S3Path::parse(&format!("s3://{bucket}/runs")).unwrap();
+        let path = named("ml-artifacts-111122223333-us-west-2-an");
+        assert_eq!(path.account_regional(), Some(("111122223333", "us-west-2")));
+        assert_eq!(
+            named("ml-111122223333-us-gov-west-1-an").account_regional(),
+            Some(("111122223333", "us-gov-west-1"))
+        );
+        assert_eq!(named("ml-artifacts").account_regional(), None);
+        assert_eq!(named("ml-111122223333-an").account_regional(), None, "no region");
+        assert_eq!(named("111122223333-us-west-2-an").account_regional(), None, "no prefix");
+        assert_eq!(named("ml-11112222333-us-west-2-an").account_regional(), None, "an account has 12 digits");
+        assert_eq!(named("ml-111122223333-us-west-an").account_regional(), None, "a region ends in a number");
     }
 }

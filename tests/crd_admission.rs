@@ -34,6 +34,18 @@ async fn valid_samples_are_accepted() {
     )
     .await
     .unwrap();
+    // A bucket in an account-regional namespace, and the checksum setting of an S3-compatible server.
+    create(
+        &stores,
+        store(
+            "regional",
+            json!({"path": "s3://ml-111122223333-us-west-2-an/runs", "region": "us-west-2", "provisioning": "Create",
+                   "endpoint": {"url": "http://minio:9000", "checksums": "WhenSupported"},
+                   "auth": {"secretRef": {"name": "creds"}}}),
+        ),
+    )
+    .await
+    .unwrap();
     create(
         &stores,
         store(
@@ -102,6 +114,11 @@ async fn bad_input_is_rejected_with_a_message_naming_the_field() {
         ),
         ("adjacent dots", json!({"path": "s3://my..bucket", "auth": keys}), "two adjacent dots"),
         ("ip address", json!({"path": "s3://192.168.10.1/p", "auth": keys}), "formatted as an IP address"),
+        (
+            "unknown checksums",
+            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "http://minio:9000", "checksums": "Never"}}),
+            "supported values: \"WhenRequired\", \"WhenSupported\"",
+        ),
         ("xn-- prefix", json!({"path": "s3://xn--bucket", "auth": keys}), "reserved prefixes"),
         ("-s3alias suffix", json!({"path": "s3://bucket-s3alias", "auth": keys}), "reserved suffixes"),
         ("empty segment", json!({"path": "s3://bucket//p", "auth": keys}), "empty segments"),

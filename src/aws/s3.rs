@@ -5,9 +5,9 @@ use std::sync::Arc;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
-    CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
-    NoncurrentVersionExpiration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketNamespace,
+    BucketVersioningStatus, CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter, NoncurrentVersionExpiration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
     PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, VersioningConfiguration,
 };
@@ -125,6 +125,9 @@ impl Bucket {
     pub async fn create(&self, region: &str, tags: Option<Vec<(String, String)>>) -> Result<Created, CallError> {
         self.permit().await;
         let mut request = self.client.create_bucket().bucket(&self.path.bucket);
+        if self.path.account_regional().is_some() {
+            request = request.bucket_namespace(BucketNamespace::AccountRegional);
+        }
         // us-east-1 is the one region that must not be named as a location constraint.
         let location = (region != "us-east-1").then(|| BucketLocationConstraint::from(region));
         if location.is_some() || tags.is_some() {
@@ -470,6 +473,26 @@ mod tests {
         let tags = vec![(CREATED_BY_TAG.to_owned(), "uid-1".to_owned()), ("team".to_owned(), "a".to_owned())];
         assert_eq!(bucket(client).create("us-east-1", Some(tags)).await, Ok(Created::New));
         assert_eq!(tagged.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn create_names_the_account_regional_namespace_only_for_its_buckets() {
+        use aws_sdk_s3::operation::create_bucket::CreateBucketOutput;
+        let regional = mock!(Client::create_bucket)
+            .match_requests(|r| r.bucket_namespace() == Some(&BucketNamespace::AccountRegional))
+            .then_output(|| CreateBucketOutput::builder().build());
+        let global = mock!(Client::create_bucket)
+            .match_requests(|r| r.bucket_namespace().is_none())
+            .then_output(|| CreateBucketOutput::builder().build());
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&regional, &global]);
+        let at = |bucket: &str| {
+            let path = S3Path::parse(&format!("s3://{bucket}/p")).unwrap();
+            Bucket::new(client.clone(), Arc::new(RateLimiter::new(100.0, 100)), "test".into(), path)
+        };
+        assert_eq!(at("ml-111122223333-us-west-2-an").create("us-west-2", None).await, Ok(Created::New));
+        assert_eq!((regional.num_calls(), global.num_calls()), (1, 0));
+        assert_eq!(at("ml-artifacts").create("us-west-2", None).await, Ok(Created::New));
+        assert_eq!((regional.num_calls(), global.num_calls()), (1, 1));
     }
 
     #[tokio::test]

@@ -272,6 +272,18 @@ impl Found<'_> {
     async fn provision(&self) -> Result<BucketState, NotReady> {
         let tags = self.store.spec.endpoint.is_none().then(|| creator_tags(self.store, &self.uid));
         let bucket = &self.path.bucket;
+        if let Some((_, region)) = self.path.account_regional().filter(|(_, region)| *region != self.region) {
+            return Err(NotReady::waiting(
+                Failure::new(
+                    Reason::RegionMismatch,
+                    format!(
+                        "bucket {bucket} is named for region {region} (an account-regional namespace) but would be created in {}: set spec.region to {region}",
+                        self.region
+                    ),
+                ),
+                Reason::BucketNotReady,
+            ));
+        }
         match self.bucket.create(&self.region, tags).await {
             Ok(Created::New) => {
                 let mut state = BucketState { created_by_operator: true, created_now: true, ..BucketState::default() };
