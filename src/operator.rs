@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// The cluster's OIDC issuer for IRSA trust checks; read from the apiserver when unset.
     #[arg(long, env = "AO_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
+    /// The EKS cluster's name, in the operator's AWS region: a ServiceAccount without an IRSA
+    /// annotation is then looked up among its Pod Identity associations.
+    #[arg(long, env = "AO_EKS_CLUSTER_NAME")]
+    pub eks_cluster_name: Option<String>,
     /// Elect a leader through a Lease, so that of several replicas exactly one reconciles.
     #[arg(long, env = "AO_LEADER_ELECTION")]
     pub leader_election: bool,
@@ -265,6 +269,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         resync_interval: args.resync_interval,
         oidc_issuer: args.oidc_issuer.clone(),
         check_image: args.check_image.clone().filter(|image| !image.trim().is_empty()),
+        eks_cluster: args.eks_cluster_name.clone().filter(|name| !name.trim().is_empty()),
     };
     let mut ctx = Context::new(client, aws, settings, metrics);
     ctx.health = health.clone();

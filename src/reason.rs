@@ -165,8 +165,9 @@ reasons! {
     OperatorCredentialsMissing: Action, &[STORE_CREDENTIALS, STORE_READY], "give the operator's ServiceAccount an IAM role (IRSA or Pod Identity), or its pod AWS access keys";
     /// STS GetCallerIdentity failed otherwise.
     StsError: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
-    /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation.
-    IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume";
+    /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation (IRSA) and, where the
+    /// operator knows the EKS cluster, no Pod Identity association either.
+    IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume (IRSA), or associate one through EKS Pod Identity (the operator finds it with --eks-cluster-name)";
     /// The ServiceAccount's role differs from spec.auth.implicit.roleArn.
     RoleArnMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "make the annotation and spec.auth.implicit.roleArn agree";
     /// The annotated role is not an IAM role ARN.
@@ -179,10 +180,14 @@ reasons! {
     IamUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the outage passes; otherwise check the network path to IAM";
     /// IAM answered with an error.
     IamError: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing: the operator retries with backoff";
+    /// The operator may not read the cluster's Pod Identity associations.
+    EksAccessDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "grant the operator's role eks:ListPodIdentityAssociations and eks:DescribePodIdentityAssociation";
+    /// EKS has no cluster of the name given with --eks-cluster-name.
+    EksClusterNotFound: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "give the operator this cluster's name (--eks-cluster-name, chart value aws.eksClusterName) and region";
     /// The cluster's OIDC issuer could not be read.
     OidcIssuerUnknown: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the apiserver answers again; otherwise give the operator --oidc-issuer";
-    /// The role's trust policy does not admit the ServiceAccount.
-    TrustPolicyMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "let the role's trust policy admit system:serviceaccount:NAMESPACE:NAME from this cluster's OIDC issuer";
+    /// The role's trust policy does not admit the ServiceAccount (IRSA) or EKS Pod Identity.
+    TrustPolicyMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "let the role's trust policy admit system:serviceaccount:NAMESPACE:NAME from this cluster's OIDC issuer (IRSA), or pods.eks.amazonaws.com with sts:AssumeRole and sts:TagSession (Pod Identity)";
     /// The role's policies do not allow the named actions on the path.
     PermissionsDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "allow the named actions in the role's policy";
     /// A ConfigMap or Secret the operator would publish exists and is not its own.

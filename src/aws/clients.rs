@@ -292,6 +292,15 @@ impl AwsEdge {
         aws_sdk_sts::Client::from_conf(builder.build())
     }
 
+    /// EKS with the ambient identity, in the operator's region (Pod Identity lookups).
+    pub fn eks(&self) -> aws_sdk_eks::Client {
+        let mut builder = aws_sdk_eks::config::Builder::from(&self.ambient).interceptor(CountCalls("eks"));
+        if self.ambient.region().is_none() {
+            builder = builder.region(Region::new(crate::resolve::DEFAULT_REGION));
+        }
+        aws_sdk_eks::Client::from_conf(builder.build())
+    }
+
     /// IAM with the ambient identity (IAM is global; its region is us-east-1 unless overridden).
     pub fn iam(&self) -> aws_sdk_iam::Client {
         let mut builder = aws_sdk_iam::config::Builder::from(&self.ambient).interceptor(CountCalls("iam"));

@@ -20,6 +20,9 @@ pub struct Settings {
     pub oidc_issuer: Option<String>,
     /// The image that runs `artifact-operator check` in a Stack's namespace (`--check-image`).
     pub check_image: Option<String>,
+    /// The EKS cluster whose Pod Identity associations give ServiceAccounts a role
+    /// (`--eks-cluster-name`). None: only IRSA annotations are looked at.
+    pub eks_cluster: Option<String>,
 }
 
 pub struct Context {
@@ -123,6 +126,12 @@ impl Context {
 
     pub fn forget(&self, uid: &str, key: &str) {
         self.memory.forget(uid, key);
+    }
+
+    /// The Pod Identity associations of the cluster, when the operator knows its name.
+    pub fn pod_identity(&self) -> Option<crate::aws::eks::PodIdentity> {
+        let cluster = self.settings.eks_cluster.as_deref()?;
+        Some(crate::aws::eks::PodIdentity::new(self.aws.eks(), self.aws.iam_limiter.clone(), cluster))
     }
 
     /// The cluster's OIDC issuer: the configured one, or the apiserver's discovery document.

@@ -28,6 +28,7 @@ pub fn test_context_with_check_image(check_image: Option<&str>) -> (Arc<Context>
         resync_interval: Duration::from_secs(300),
         oidc_issuer: Some("https://oidc.example.test".into()),
         check_image: check_image.map(str::to_owned),
+        eks_cluster: None,
     };
     let ctx = Context::new(client, crate::aws::AwsEdge::offline(), settings, crate::metrics::Metrics::default());
     (Arc::new(ctx), ApiServerVerifier(handle))

@@ -277,7 +277,9 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             };
             let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
             let permissions = crate::aws::iam::required_permissions(&store.spec, &path);
-            if let Err(failure) = crate::identity::check_irsa(ctx, &namespace, &account, role, &permissions).await {
+            if let Err(failure) =
+                crate::identity::check_workload_identity(ctx, &namespace, &account, role, &permissions).await
+            {
                 return Ok(Err(failure));
             }
         }

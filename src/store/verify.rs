@@ -11,7 +11,7 @@ use crate::aws::failure::{CallError, Target, classify_s3};
 use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
 use crate::aws::{Failure, S3Connection};
 use crate::controller::Context;
-use crate::identity::{Identity, account_of, caller_identity, check_irsa};
+use crate::identity::{Identity, account_of, caller_identity, check_workload_identity};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
 use crate::s3path::S3Path;
@@ -472,7 +472,7 @@ async fn pod_identity(
         Some(account) => {
             let namespace = store.namespace().unwrap_or_default();
             let permissions = crate::aws::iam::required_permissions(&store.spec, path);
-            check_irsa(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions).await
+            check_workload_identity(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions).await
         }
         None => Ok(Identity {
             summary: format!(

@@ -127,8 +127,8 @@ check "namespaced: 1 replica, image, custom resources" deployment_fields namespa
 check "namespaced: args" args namespaced run --namespaces=ml-team-a,ml-team-b --resync-interval=5m \
   --concurrency=8 --unhealthy-after=5m --aws-requests-per-second=5 --aws-burst=10 --s3-requests-per-second=40 --s3-burst=80 \
   --log-level=debug --log-format=text \
-  --http-addr=0.0.0.0:8080 --check-image=registry.example.com/platform/artifact-operator:0.1.0-rc1 \
-  --lease-name=artifact-operator
+  --http-addr=0.0.0.0:8080 --eks-cluster-name=ml-cluster \
+  --check-image=registry.example.com/platform/artifact-operator:0.1.0-rc1 --lease-name=artifact-operator
 check "namespaced: AWS env and extraEnv" env namespaced AWS_REGION=eu-west-1 \
   AWS_ENDPOINT_URL_IAM=http://127.0.0.1:5000 AWS_ENDPOINT_URL_STS=http://127.0.0.1:5000 \
   AWS_STS_REGIONAL_ENDPOINTS=regional
@@ -179,6 +179,8 @@ expect_error "rejects log.format=xml (schema)" "/log/format" \
   "$HELM" template "$RELEASE" "$CHART_DIR" --set log.format=xml
 expect_error "rejects a malformed serviceAccount.roleArn (schema)" "/serviceAccount/roleArn" \
   "$HELM" template "$RELEASE" "$CHART_DIR" --set serviceAccount.roleArn=my-role
+expect_error "rejects an invalid aws.eksClusterName (schema)" "/aws/eksClusterName" \
+  "$HELM" template "$RELEASE" "$CHART_DIR" --set 'aws.eksClusterName=ml cluster'
 expect_error "rejects a privileged httpPort (schema)" "/httpPort" \
   "$HELM" template "$RELEASE" "$CHART_DIR" --set httpPort=80
 expect_error "rejects an invalid namespace name (schema)" "/watchNamespaces" \
