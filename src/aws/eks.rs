@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::failure::{CallError, Failure};
+use super::iam;
 use super::ratelimit::RateLimiter;
 use crate::reason::Reason;
 
@@ -108,33 +107,14 @@ impl PodIdentity {
 /// principal `pods.eks.amazonaws.com` with both `sts:AssumeRole` and `sts:TagSession`. The error
 /// says what is missing.
 pub fn check_trust_policy(document: &str) -> Result<(), String> {
-    let policy: Value =
-        serde_json::from_str(document).map_err(|e| format!("the role's trust policy is not valid JSON ({e})"))?;
-    let statements = match policy.get("Statement") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    let strings = |value: Option<&Value>| -> Vec<String> {
-        match value {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            _ => Vec::new(),
-        }
-    };
     let mut trusts_the_principal = false;
-    for statement in statements {
-        if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
-            continue;
-        }
-        let services = strings(statement.get("Principal").and_then(|p| p.get("Service")));
-        if !services.iter().any(|s| s == POD_IDENTITY_PRINCIPAL) {
+    for statement in iam::allow_statements(document)? {
+        let services = iam::as_strings(statement.get("Principal").and_then(|p| p.get("Service")));
+        if !services.contains(&POD_IDENTITY_PRINCIPAL) {
             continue;
         }
         trusts_the_principal = true;
-        let actions = strings(statement.get("Action"));
-        let allows = |wanted: &str| actions.iter().any(|a| a == wanted || a == "sts:*" || a == "*");
-        if allows("sts:AssumeRole") && allows("sts:TagSession") {
+        if iam::allows_action(&statement, "sts:AssumeRole") && iam::allows_action(&statement, "sts:TagSession") {
             return Ok(());
         }
     }
@@ -213,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_trust_policy_must_let_pod_identity_assume_and_tag() {
-        let policy = |actions: Value, service: &str| {
+        let policy = |actions: serde_json::Value, service: &str| {
             serde_json::json!({"Version": "2012-10-17", "Statement": [
                 {"Effect": "Allow", "Principal": {"Service": service}, "Action": actions}
             ]})

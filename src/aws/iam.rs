@@ -71,12 +71,30 @@ pub fn issuer_host_path(issuer: &str) -> &str {
     rest.trim_end_matches('/')
 }
 
-fn as_strings(value: Option<&Value>) -> Vec<&str> {
+/// A policy field that holds one string or a list of them.
+pub(crate) fn as_strings(value: Option<&Value>) -> Vec<&str> {
     match value {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     }
+}
+
+/// The Allow statements of a role's trust policy (JSON), one statement or a list of them.
+pub(crate) fn allow_statements(document: &str) -> Result<Vec<Value>, String> {
+    let policy: Value =
+        serde_json::from_str(document).map_err(|e| format!("the role's trust policy is not valid JSON ({e})"))?;
+    let statements = match policy.get("Statement") {
+        Some(Value::Array(items)) => items.clone(),
+        Some(single @ Value::Object(_)) => vec![single.clone()],
+        _ => Vec::new(),
+    };
+    Ok(statements.into_iter().filter(|s| s.get("Effect").and_then(Value::as_str) == Some("Allow")).collect())
+}
+
+/// Whether a statement's actions include `wanted` (itself, `sts:*` or `*`).
+pub(crate) fn allows_action(statement: &Value, wanted: &str) -> bool {
+    as_strings(statement.get("Action")).iter().any(|a| *a == wanted || *a == "sts:*" || *a == "*")
 }
 
 /// IAM's StringLike: `*` matches any run of characters, `?` one character.
@@ -104,22 +122,11 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
 
 /// Checks a role's trust policy (JSON) for IRSA. The error says what the trust policy lacks.
 pub fn check_trust_policy(document: &str, issuer: &str, namespace: &str, service_account: &str) -> Result<(), String> {
-    let policy: Value =
-        serde_json::from_str(document).map_err(|e| format!("the role's trust policy is not valid JSON ({e})"))?;
     let provider = issuer_host_path(issuer);
     let subject = format!("system:serviceaccount:{namespace}:{service_account}");
-    let statements = match policy.get("Statement") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
     let mut federates_issuer = false;
-    for statement in statements {
-        if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
-            continue;
-        }
-        let actions = as_strings(statement.get("Action"));
-        if !actions.iter().any(|a| matches!(*a, "sts:AssumeRoleWithWebIdentity" | "sts:*" | "*")) {
+    for statement in allow_statements(document)? {
+        if !allows_action(&statement, "sts:AssumeRoleWithWebIdentity") {
             continue;
         }
         let federated = as_strings(statement.get("Principal").and_then(|p| p.get("Federated")));

@@ -376,13 +376,28 @@ fn strip_object<K: Resource<DynamicType = ()>>(object: &mut K) {
     }
 }
 
-/// Tells `health` of an error of the watch of `kind`, and logs it. The watch goes on (with
-/// backoff): the error is the apiserver's, never the input's.
-fn watch_failed(health: &Health, kind: &str, error: &watcher::Error) {
-    if health::is_unreachable_watch(error) {
-        health.apiserver_unreachable(error);
-    }
-    tracing::warn!(%error, kind = %kind, "watch failed");
+/// The events of the watch of `kind`, started with backoff; its errors are told to `health` and
+/// logged, and the watch goes on (an error is the apiserver's, never the input's).
+fn watch_events<K>(
+    api: kube::Api<K>,
+    health: Arc<Health>,
+    kind: String,
+) -> futures::stream::BoxStream<'static, watcher::Event<K>>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let event = event.map_err(|error| {
+                if health::is_unreachable_watch(&error) {
+                    health.apiserver_unreachable(&error);
+                }
+                tracing::warn!(%error, kind = %kind, "watch failed");
+            });
+            futures::future::ready(event.ok())
+        })
+        .boxed()
 }
 
 /// Runs the watch of one kind the caches hold whole in the background: its cache (objects
@@ -398,23 +413,14 @@ fn spawn_watch<K>(
 ) where
     K: Watched,
 {
-    let api = scoped_api::<K>(client, namespace);
     let health = health.clone();
-    let kind = K::kind(&());
     let reader = writer.as_reader();
-    let mut events =
-        watcher(api, watcher::Config::default().any_semantic()).modify(strip_object).default_backoff().boxed();
+    let mut events = watch_events(scoped_api::<K>(client, namespace), health.clone(), K::kind(&()).to_string());
     tokio::spawn(async move {
         let mut synced = false;
         let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
         while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    watch_failed(&health, &kind, &error);
-                    continue;
-                }
-            };
+            let event = event.modify(strip_object);
             let is_new = |object: &K| {
                 reader.get(&ObjectRef::from_obj(object)).map(|cached| cached.resource_version())
                     != Some(object.resource_version())
@@ -466,22 +472,14 @@ fn spawn_version_watch<K>(
 ) where
     K: super::reads::Cached,
 {
+    let health = health.clone();
     // An Api of PartialObjectMeta asks the apiserver for metadata only.
     let api = scoped_api::<PartialObjectMeta<K>>(client, namespace);
-    let health = health.clone();
-    let kind = K::kind(&()).to_string();
-    let mut events = watcher(api, watcher::Config::default().any_semantic()).default_backoff().boxed();
+    let mut events = watch_events(api, health.clone(), K::kind(&()).to_string());
     tokio::spawn(async move {
         let mut synced = false;
         let mut listed: HashSet<Target> = HashSet::new();
         while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    watch_failed(&health, &kind, &error);
-                    continue;
-                }
-            };
             let target_of = |object: &PartialObjectMeta<K>| {
                 target(K::KIND, object.metadata.namespace.as_deref().unwrap_or_default(), &object.name_any())
             };
