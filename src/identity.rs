@@ -2,15 +2,20 @@
 //! can use a store through IRSA (annotation, role, trust policy, permissions). Both reconcilers
 //! use it: the store for its own identity, the Stack for its orchestrator's.
 
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 
+use crate::aws::clients::S3Connection;
 use crate::aws::eks::{self, Association, PodIdentity};
-use crate::aws::failure::{CallError, source_chain};
+use crate::aws::failure::{CallError, Target, classify_s3, source_chain};
 use crate::aws::iam::{self, Iam, Permission, ROLE_ARN_ANNOTATION};
+use crate::aws::s3::Bucket;
 use crate::aws::{Failure, StaticKeys};
 use crate::controller::Context;
 use crate::reason::Reason;
+use crate::s3path::S3Path;
 
 /// Whose access a store's consumers use, and what was proven of it.
 #[derive(Debug, Clone, Default)]
@@ -96,19 +101,213 @@ enum Wiring {
     },
 }
 
+/// Where the pods will work, for the proof by assuming the role: the store's S3 connection
+/// (without keys: the role's are used), its path, and whether the write probe is asked for.
+pub struct Probe<'a> {
+    pub connection: S3Connection,
+    pub path: &'a S3Path,
+    pub write: bool,
+}
+
 /// The workload-identity checks for a ServiceAccount: its IRSA annotation or, when the operator
 /// knows the EKS cluster, its Pod Identity association; the role that gives and its trust policy;
-/// and the `permissions` the pods need (see [`iam::required_permissions`]).
+/// the `permissions` the pods need (see [`iam::required_permissions`]); and, for IRSA, the proof:
+/// the role assumed with a token of the ServiceAccount, and `probe` performed with its credentials.
 pub async fn check_workload_identity(
     ctx: &Context,
     namespace: &str,
     account: &ServiceAccount,
     expected_role: Option<&str>,
     permissions: &[Permission],
+    probe: Probe<'_>,
 ) -> Result<Identity, Failure> {
     let iam = Iam::new(ctx.aws.iam(), ctx.aws.iam_limiter.clone());
     let wiring = Wired { namespace, account, expected_role, permissions };
-    wiring.prove(&iam, ctx.pod_identity().as_ref(), async || ctx.oidc_issuer().await).await
+    let name = account.name_any();
+    let assume = async |role_arn: &str, simulated: bool| {
+        let proof = Proof { namespace, account: &name, role_arn, simulated };
+        proof.run(ctx, &probe).await
+    };
+    wiring.prove(&iam, ctx.pod_identity().as_ref(), async || ctx.oidc_issuer().await, assume).await
+}
+
+/// The audience of the tokens IRSA's pods present to STS.
+pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
+/// How long the token and the role's session last: the least each allows.
+const TOKEN_SECONDS: i64 = 600;
+const SESSION_SECONDS: i32 = 900;
+
+/// The proof that a ServiceAccount's pods can use the store through IRSA: what the pods do
+/// themselves, done by the operator. It covers what IAM's simulation cannot see (bucket policies,
+/// permissions boundaries, service control policies, the S3 server's own view of the credentials).
+struct Proof<'a> {
+    namespace: &'a str,
+    account: &'a str,
+    role_arn: &'a str,
+    /// Whether IAM simulated the role's policies (and allowed every action) before the proof.
+    simulated: bool,
+}
+
+impl Proof<'_> {
+    /// Requests a token for the ServiceAccount, assumes the role with it, and performs `probe`
+    /// with the role's credentials. Returns what was proven, for the summary.
+    async fn run(&self, ctx: &Context, probe: &Probe<'_>) -> Result<String, Failure> {
+        let Some(token) = self.token(ctx).await? else {
+            return Ok(" (the operator may not request ServiceAccount tokens, so it did not assume the role to prove access: grant it create on serviceaccounts/token)".to_owned());
+        };
+        let keys = self.assume(ctx, &token).await?;
+        let connection = S3Connection { keys: Some(keys), ..probe.connection.clone() };
+        let client =
+            ctx.aws.s3_once(&connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
+        // Rate-limited with the role's account, not per session: each proof has new keys.
+        let account = format!("role:{}", account_of(self.role_arn).unwrap_or("unknown"));
+        let bucket = Bucket::new(client, ctx.aws.s3_limiter.clone(), account, probe.path.clone());
+        let endpoint = connection.endpoint_display();
+        let listing = format!("list {}", probe.path);
+        bucket.read_probe().await.map_err(|error| self.probe_failure(&error, &listing, probe, &endpoint))?;
+        if !probe.write {
+            return Ok(format!("; assuming it with the ServiceAccount's token, the operator listed {}", probe.path));
+        }
+        let writing = format!("write and delete a probe object under {}", probe.path);
+        bucket.write_probe().await.map_err(|error| self.probe_failure(&error, &writing, probe, &endpoint))?;
+        Ok(format!(
+            "; assuming it with the ServiceAccount's token, the operator listed, wrote and deleted under {}",
+            probe.path
+        ))
+    }
+
+    /// A short-lived token for the ServiceAccount with STS's audience, as its pods get. None when
+    /// the operator may not request one (its RBAC leaves the proof out).
+    async fn token(&self, ctx: &Context) -> Result<Option<String>, Failure> {
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), self.namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![STS_AUDIENCE.to_owned()],
+                expiration_seconds: Some(TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        match api.create_token_request(self.account, &PostParams::default(), &request).await {
+            Ok(answer) => Ok(answer.status.map(|status| status.token).filter(|token| !token.is_empty())),
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(Failure::new(
+                Reason::ServiceAccountNotFound,
+                format!("ServiceAccount {} does not exist in namespace {}", self.account, self.namespace),
+            )),
+            Err(error) => Err(Failure::new(
+                Reason::TokenRequestFailed,
+                format!("the apiserver did not issue a token for ServiceAccount {}: {error}", self.account),
+            )),
+        }
+    }
+
+    /// The role's session credentials for `token`, from STS (AssumeRoleWithWebIdentity, which
+    /// needs no credentials of the operator's).
+    async fn assume(&self, ctx: &Context, token: &str) -> Result<StaticKeys, Failure> {
+        ctx.aws.iam_limiter.acquire(&format!("role:{}", account_of(self.role_arn).unwrap_or("unknown"))).await;
+        let answer = ctx
+            .aws
+            .sts(None)
+            .assume_role_with_web_identity()
+            .role_arn(self.role_arn)
+            .role_session_name(session_name(self.namespace, self.account))
+            .web_identity_token(token)
+            .duration_seconds(SESSION_SECONDS)
+            .send()
+            .await;
+        match answer {
+            Ok(output) => output
+                .credentials()
+                .map(|c| StaticKeys {
+                    access_key_id: c.access_key_id().to_owned(),
+                    secret_access_key: c.secret_access_key().to_owned(),
+                    session_token: Some(c.session_token().to_owned()),
+                })
+                .ok_or_else(|| Failure::new(Reason::StsError, "STS AssumeRoleWithWebIdentity returned no credentials")),
+            Err(err) => {
+                let mut error = CallError::from_sdk(&err);
+                // STS does not echo the token, but a message never carries it, whatever answers.
+                error.aws_message = error.aws_message.map(|m| m.replace(token, "<token>"));
+                Err(self.assume_failure(&error))
+            }
+        }
+    }
+
+    /// Why STS would not let the ServiceAccount assume the role. Pure.
+    fn assume_failure(&self, error: &CallError) -> Failure {
+        let (account, role_arn, namespace) = (self.account, self.role_arn, self.namespace);
+        let said = format!(
+            "{}{}",
+            error.code.as_deref().unwrap_or("no error code"),
+            error.aws_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        );
+        match error.code.as_deref() {
+            _ if error.dispatch.is_some() => Failure::new(
+                Reason::StsUnreachable,
+                format!(
+                    "could not reach AWS STS to assume role {role_arn}: {}",
+                    error.dispatch.as_deref().unwrap_or_default()
+                ),
+            ),
+            Some("AccessDenied") => Failure::new(
+                Reason::TrustPolicyMismatch,
+                format!(
+                    "STS refused to let ServiceAccount {account} assume role {role_arn} with its token ({said}); the role's trust policy must admit system:serviceaccount:{namespace}:{account} with audience {STS_AUDIENCE}"
+                ),
+            ),
+            Some("InvalidIdentityToken" | "IDPRejectedClaim" | "IDPCommunicationError") => Failure::new(
+                Reason::IdentityTokenRejected,
+                format!(
+                    "STS did not accept ServiceAccount {account}'s token for role {role_arn} ({said}); register this cluster's OIDC issuer as an IAM OIDC identity provider of the role's account, with audience {STS_AUDIENCE}"
+                ),
+            ),
+            _ => Failure::new(
+                Reason::StsError,
+                format!("STS AssumeRoleWithWebIdentity for role {role_arn} failed ({said})"),
+            ),
+        }
+    }
+
+    /// Why the role's own credentials could not do what the pods will do. Pure.
+    fn probe_failure(&self, error: &CallError, action: &str, probe: &Probe<'_>, endpoint: &str) -> Failure {
+        let role = format!("role {}, assumed with ServiceAccount {}'s token,", self.role_arn, self.account);
+        let code = error.code.as_deref().unwrap_or_default();
+        if matches!(code, "AccessDenied" | "AllAccessDisabled") || (code.is_empty() && error.http_status == Some(403)) {
+            let simulation = if self.simulated {
+                "although IAM's simulation of its policies allows every action the store needs"
+            } else {
+                "and IAM cannot simulate its policies here"
+            };
+            return Failure::new(
+                Reason::PermissionsDenied,
+                format!(
+                    "{role} may not {action} ({}), {simulation}: a bucket policy, a permissions boundary, a service control policy or a VPC endpoint policy denies it; allow the role there",
+                    error.code.as_deref().unwrap_or("HTTP 403")
+                ),
+            );
+        }
+        if matches!(code, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "InvalidClientTokenId") {
+            return Failure::new(
+                Reason::RoleCredentialsRejected,
+                format!(
+                    "{endpoint} does not accept the temporary credentials STS issued for {role} ({code}): pods with IRSA credentials can use only AWS S3 or a server that trusts AWS STS; use spec.auth.secretRef with keys this server knows"
+                ),
+            );
+        }
+        let target = Target { action, bucket: &probe.path.bucket, region: &probe.connection.region, endpoint };
+        classify_s3(error, &target)
+    }
+}
+
+/// The session name STS records for the proof (CloudTrail shows it): `ao-proof-NAMESPACE-NAME`,
+/// cut to STS's 64 characters of `[\w+=,.@-]`.
+fn session_name(namespace: &str, account: &str) -> String {
+    format!("ao-proof-{namespace}-{account}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
+        .take(64)
+        .collect()
 }
 
 /// One ServiceAccount's wiring, and what the store needs of it.
@@ -125,6 +324,7 @@ impl Wired<'_> {
         iam: &Iam,
         pod_identity: Option<&PodIdentity>,
         issuer: impl AsyncFnOnce() -> Result<String, String>,
+        assume: impl AsyncFnOnce(&str, bool) -> Result<String, Failure>,
     ) -> Result<Identity, Failure> {
         let name = self.account.name_any();
         let wiring = match self.account.annotations().get(ROLE_ARN_ANNOTATION) {
@@ -170,9 +370,9 @@ impl Wired<'_> {
                 format!("whose role {} trusts {}", association.role_arn, eks::POD_IDENTITY_PRINCIPAL)
             }
         };
-        let permissions = match iam.denied(role_arn, self.permissions).await? {
-            None => " (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(),
-            Some(denied) if denied.is_empty() => String::new(),
+        let (permissions, simulated) = match iam.denied(role_arn, self.permissions).await? {
+            None => (" (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(), false),
+            Some(denied) if denied.is_empty() => (String::new(), true),
             Some(denied) => {
                 return Err(Failure::new(
                     Reason::PermissionsDenied,
@@ -180,8 +380,14 @@ impl Wired<'_> {
                 ));
             }
         };
+        // The simulation names what the policies deny; the proof finds what it cannot see. Pod
+        // Identity's credentials come from the EKS Auth API, which only a pod can call.
+        let proven = match &wiring {
+            Wiring::Irsa(_) => assume(role_arn, simulated).await?,
+            Wiring::PodIdentity { .. } => String::new(),
+        };
         let summary = match &wiring {
-            Wiring::Irsa(_) => format!("ServiceAccount {name} assumes role {role_arn}, {trusted}{permissions}"),
+            Wiring::Irsa(_) => format!("ServiceAccount {name} assumes role {role_arn}, {trusted}{permissions}{proven}"),
             Wiring::PodIdentity { cluster, association } => format!(
                 "ServiceAccount {name} gets role {role_arn} from Pod Identity association {} of EKS cluster {cluster}, {trusted}{permissions}",
                 association.id
@@ -295,7 +501,91 @@ mod tests {
                 .unwrap();
         let permissions = iam::required_permissions(&spec, &path);
         let wired = Wired { namespace, account, expected_role: expected, permissions: &permissions };
-        wired.prove(iam, eks, async || Err("no issuer in this test".to_owned())).await
+        let never = async |_: &str, _: bool| -> Result<String, Failure> { panic!("only IRSA assumes the role") };
+        wired.prove(iam, eks, async || Err("no issuer in this test".to_owned()), never).await
+    }
+
+    const ISSUER: &str = "https://oidc.example.test/cluster";
+
+    fn irsa_trust(subject: &str) -> serde_json::Value {
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": "arn:aws:iam::111122223333:oidc-provider/oidc.example.test/cluster"},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {"oidc.example.test/cluster:sub": subject}}
+        }]})
+    }
+
+    #[tokio::test]
+    async fn irsa_is_proven_by_assuming_the_role_after_the_simulation_allows() {
+        let (iam, _) = iam(irsa_trust("system:serviceaccount:team:runner"));
+        let account = account(Some(ROLE));
+        let spec =
+            serde_json::from_value(serde_json::json!({"path": "s3://ml-bucket/p", "auth": {"implicit": {}}})).unwrap();
+        let permissions = iam::required_permissions(&spec, &crate::s3path::S3Path::parse("s3://ml-bucket/p").unwrap());
+        let wired = Wired { namespace: "team", account: &account, expected_role: None, permissions: &permissions };
+        let seen = std::sync::Mutex::new(None);
+        let assume = async |role: &str, simulated: bool| {
+            *seen.lock().unwrap() = Some((role.to_owned(), simulated));
+            Ok("; proven".to_owned())
+        };
+        let identity = wired.prove(&iam, None, async || Ok(ISSUER.to_owned()), assume).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some((ROLE.to_owned(), true)), "assumed once the simulation allowed all");
+        assert!(identity.summary.ends_with("; proven"), "{}", identity.summary);
+
+        let refused =
+            async |_: &str, _: bool| Err(Failure::new(Reason::PermissionsDenied, "denied by a bucket policy"));
+        let failure = wired.prove(&iam, None, async || Ok(ISSUER.to_owned()), refused).await.unwrap_err();
+        assert_eq!(failure.reason, Reason::PermissionsDenied, "the proof's failure is the answer");
+    }
+
+    fn proof() -> Proof<'static> {
+        Proof { namespace: "team", account: "runner", role_arn: ROLE, simulated: true }
+    }
+
+    fn error(code: &str, status: u16) -> CallError {
+        CallError { http_status: Some(status), code: Some(code.to_owned()), ..CallError::default() }
+    }
+
+    #[test]
+    fn sts_refusals_say_what_to_fix() {
+        let failure = proof().assume_failure(&error("AccessDenied", 403));
+        assert_eq!(failure.reason, Reason::TrustPolicyMismatch);
+        assert!(failure.message.contains("system:serviceaccount:team:runner"), "{}", failure.message);
+        let failure = proof().assume_failure(&error("InvalidIdentityToken", 400));
+        assert_eq!(failure.reason, Reason::IdentityTokenRejected);
+        assert!(failure.message.contains("OIDC identity provider"), "{}", failure.message);
+        let unreachable = CallError { dispatch: Some("connection refused".into()), ..CallError::default() };
+        assert_eq!(proof().assume_failure(&unreachable).reason, Reason::StsUnreachable);
+        assert!(proof().assume_failure(&error("Throttling", 400)).is_transient());
+    }
+
+    #[test]
+    fn a_denial_the_simulation_did_not_see_names_the_policies_it_cannot_read() {
+        let path = crate::s3path::S3Path::parse("s3://ml-bucket/p").unwrap();
+        let connection =
+            S3Connection { region: "us-east-1".into(), endpoint: None, path_style: false, ca_pem: None, keys: None };
+        let probe = Probe { connection, path: &path, write: false };
+        let failure = proof().probe_failure(&error("AccessDenied", 403), "list s3://ml-bucket/p", &probe, "AWS S3");
+        assert_eq!(failure.reason, Reason::PermissionsDenied);
+        assert!(
+            failure.message.contains("bucket policy") && failure.message.contains("simulation of its policies allows"),
+            "{}",
+            failure.message
+        );
+        let failure =
+            proof().probe_failure(&error("InvalidAccessKeyId", 403), "list s3://ml-bucket/p", &probe, "MinIO");
+        assert_eq!(failure.reason, Reason::RoleCredentialsRejected);
+        assert!(failure.message.contains("spec.auth.secretRef"), "{}", failure.message);
+        let failure = proof().probe_failure(&error("NoSuchBucket", 404), "list s3://ml-bucket/p", &probe, "AWS S3");
+        assert_eq!(failure.reason, Reason::BucketNotFound, "what is not about the credentials is S3's usual answer");
+    }
+
+    #[test]
+    fn the_session_name_is_one_sts_takes() {
+        assert_eq!(session_name("team", "runner"), "ao-proof-team-runner");
+        let long = session_name(&"n".repeat(63), "runner");
+        assert_eq!(long.len(), 64);
     }
 
     #[tokio::test]

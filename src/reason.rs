@@ -160,11 +160,11 @@ reasons! {
     /// Recording the coming CreateBucket in the status failed; no bucket was created.
     StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
     /// No response from AWS STS.
-    StsUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if the outage passes; otherwise check the network path to STS";
+    StsUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the outage passes; otherwise check the network path to STS";
     /// The operator itself has no AWS credentials (implicit auth on AWS needs its own identity).
     OperatorCredentialsMissing: Action, &[STORE_CREDENTIALS, STORE_READY], "give the operator's ServiceAccount an IAM role (IRSA or Pod Identity), or its pod AWS access keys";
-    /// STS GetCallerIdentity failed otherwise.
-    StsError: Transient, &[STORE_CREDENTIALS, STORE_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
+    /// STS GetCallerIdentity or AssumeRoleWithWebIdentity failed otherwise.
+    StsError: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
     /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation (IRSA) and, where the
     /// operator knows the EKS cluster, no Pod Identity association either.
     IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume (IRSA), or associate one through EKS Pod Identity (the operator finds it with --eks-cluster-name)";
@@ -188,8 +188,17 @@ reasons! {
     OidcIssuerUnknown: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the apiserver answers again; otherwise give the operator --oidc-issuer";
     /// The role's trust policy does not admit the ServiceAccount (IRSA) or EKS Pod Identity.
     TrustPolicyMismatch: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "let the role's trust policy admit system:serviceaccount:NAMESPACE:NAME from this cluster's OIDC issuer (IRSA), or pods.eks.amazonaws.com with sts:AssumeRole and sts:TagSession (Pod Identity)";
-    /// The role's policies do not allow the named actions on the path.
-    PermissionsDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "allow the named actions in the role's policy";
+    /// The role's policies do not allow the named actions on the path, or S3 refused the role's
+    /// own credentials what the policy simulation allowed (a bucket policy, a boundary, an SCP).
+    PermissionsDenied: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "allow the named actions in the role's policy, or where the message says they are denied";
+    /// The apiserver would not issue a token for the ServiceAccount (other than for lack of
+    /// permission, which only skips the proof by assuming the role).
+    TokenRequestFailed: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing: the operator retries with backoff";
+    /// STS did not accept the ServiceAccount's token: the cluster's OIDC issuer is not an IAM
+    /// identity provider of the role's account, or the token's claims are refused.
+    IdentityTokenRejected: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "register the cluster's OIDC issuer as an IAM OIDC identity provider with audience sts.amazonaws.com";
+    /// The S3 endpoint does not accept the temporary credentials STS issued for the role.
+    RoleCredentialsRejected: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "use a Secret's keys (spec.auth.secretRef) for an S3 server that does not trust AWS STS";
     /// A ConfigMap or Secret the operator would publish exists and is not its own.
     NameConflict: Action, &[STORE_READY, STACK_READY], "rename or delete that object, or rename the ArtifactStore or Stack";
     /// The store is being deleted, and its bucket cannot be deleted yet.
@@ -260,7 +269,8 @@ mod tests {
         assert!(Reason::Throttled.appears_on(Kind::Stack, WORKLOAD_ACCESS_VERIFIED), "the in-pod check meets S3 too");
         assert!(Reason::Throttled.is_transient());
         assert!(Reason::ServiceAccountNotFound.appears_on(Kind::Stack, READY));
-        assert!(!Reason::StsUnreachable.appears_on(Kind::Stack, READY));
+        assert!(Reason::StsUnreachable.appears_on(Kind::Stack, READY), "a Stack's role is assumed through STS");
+        assert!(!Reason::OperatorCredentialsMissing.appears_on(Kind::Stack, READY));
         assert_eq!(Reason::parse("KfpLauncherTaken"), Some(Reason::KfpLauncherTaken));
         assert_eq!(Reason::parse("Reconciling"), None);
     }

@@ -286,10 +286,16 @@ async fn service_account(client: &Client, ns: &str, name: &str, role_arn: Option
     Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &account).await.unwrap();
 }
 
+/// IRSA end to end against moto's IAM, STS and S3 and the real apiserver's tokens: the trust
+/// policy is read, then the operator requests a token of the ServiceAccount (audience
+/// sts.amazonaws.com), assumes the role with it and lists the prefix with the role's credentials.
+/// MinIO, which does not trust AWS STS, refuses those credentials, though it takes the operator's
+/// own: the listing is done with the role's.
 #[tokio::test]
-async fn irsa_wiring_is_checked_against_iam() {
+async fn irsa_wiring_is_checked_against_iam_and_proven_by_assuming_the_role() {
     let (client, ns) = setup("ast-irsa").await;
     let bucket = limited_bucket("irsa");
+    moto_s3().create_bucket().bucket(&bucket).send().await.unwrap();
     common::s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
     let good = moto_role(&format!("good-{ns}"), trust_policy(&format!("system:serviceaccount:{ns}:runner"))).await;
     let wrong =
@@ -298,18 +304,35 @@ async fn irsa_wiring_is_checked_against_iam() {
     service_account(&client, &ns, "other", Some(&wrong)).await;
     service_account(&client, &ns, "plain", None).await;
     let _operator = Operator::start(&ns, "10m");
-    let spec = |account: &str| {
+    let spec = |account: &str, endpoint: &str| {
         json!({
             "path": format!("s3://{bucket}/irsa"),
-            "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
+            "endpoint": {"url": test_env().var(endpoint), "addressingStyle": "Path"},
             "auth": {"implicit": {"serviceAccountName": account}},
+            "verification": {"writeProbe": true},
         })
     };
-    apply_store(&client, &ns, "good", spec("runner")).await;
-    apply_store(&client, &ns, "wrong-subject", spec("other")).await;
-    apply_store(&client, &ns, "no-annotation", spec("plain")).await;
+    apply_store(&client, &ns, "good", spec("runner", "AO_MOTO_ENDPOINT")).await;
+    apply_store(&client, &ns, "minio", spec("runner", "AO_S3_ENDPOINT")).await;
+    apply_store(&client, &ns, "wrong-subject", spec("other", "AO_MOTO_ENDPOINT")).await;
+    apply_store(&client, &ns, "no-annotation", spec("plain", "AO_MOTO_ENDPOINT")).await;
     let store = wait_for(&client, &ns, "good", "CredentialsValid", "True", "Verified").await;
+    let message = condition(&store, "CredentialsValid").message.clone();
+    assert!(
+        message.contains(&format!(
+            "assuming it with the ServiceAccount's token, the operator listed, wrote and deleted under s3://{bucket}/irsa"
+        )),
+        "{message}"
+    );
     assert_eq!(store.status.unwrap().identity_arn.as_deref(), Some(good.as_str()));
+    let listed = moto_s3().list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(0), "the write probe deleted what it wrote");
+
+    let store = wait_for(&client, &ns, "minio", "CredentialsValid", "False", "RoleCredentialsRejected").await;
+    let message = condition(&store, "CredentialsValid").message.clone();
+    assert!(message.contains(&good) && message.contains("spec.auth.secretRef"), "{message}");
+    assert_eq!(condition(&store, "BucketReady").status, "True", "the operator's own keys reach the bucket");
+
     let store = wait_for(&client, &ns, "wrong-subject", "CredentialsValid", "False", "TrustPolicyMismatch").await;
     assert!(condition(&store, "CredentialsValid").message.contains(&format!("system:serviceaccount:{ns}:other")));
     let store = wait_for(&client, &ns, "no-annotation", "CredentialsValid", "False", "IrsaAnnotationMissing").await;

@@ -23,6 +23,7 @@ local TRANSIENT = {
   IamUnreachable = true,
   IamError = true,
   OidcIssuerUnknown = true,
+  TokenRequestFailed = true,
 }
 
 local hs = {}

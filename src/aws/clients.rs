@@ -252,6 +252,12 @@ impl AwsEdge {
         self.s3_clients.get_or_build(connection, || self.build_s3(connection))
     }
 
+    /// A client for `connection` that is not kept: for credentials used once, such as the
+    /// session credentials of a role assumed to prove access.
+    pub fn s3_once(&self, connection: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
+        self.build_s3(connection)
+    }
+
     fn build_s3(&self, connection: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
         let mut builder = aws_sdk_s3::config::Builder::from(&self.ambient)
             .region(Region::new(connection.region.clone()))

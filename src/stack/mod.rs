@@ -18,12 +18,13 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{OutputFormat, StackStatus};
 use crate::api::{ArtifactStore, Stack};
-use crate::aws::Failure;
+use crate::aws::{Failure, S3Connection};
 use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, object_key};
+use crate::identity::Probe;
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
@@ -277,8 +278,21 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             };
             let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
             let permissions = crate::aws::iam::required_permissions(&store.spec, &path);
+            let ca_pem = match outputs::store_ca_bundle(ctx, stack, &resolved).await? {
+                Ok(pem) => pem,
+                Err(failure) => return Ok(Err(failure)),
+            };
+            let connection = S3Connection {
+                region: resolved.region.clone(),
+                endpoint: resolved.endpoint.clone(),
+                path_style: resolved.path_style(),
+                ca_pem,
+                keys: None,
+            };
+            let write = store.spec.verification.as_ref().is_some_and(|v| v.write_probe);
+            let probe = Probe { connection, path: &path, write };
             if let Err(failure) =
-                crate::identity::check_workload_identity(ctx, &namespace, &account, role, &permissions).await
+                crate::identity::check_workload_identity(ctx, &namespace, &account, role, &permissions, probe).await
             {
                 return Ok(Err(failure));
             }

@@ -11,7 +11,7 @@ use crate::aws::failure::{CallError, Target, classify_s3};
 use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
 use crate::aws::{Failure, S3Connection};
 use crate::controller::Context;
-use crate::identity::{Identity, account_of, caller_identity, check_workload_identity};
+use crate::identity::{Identity, Probe, account_of, caller_identity, check_workload_identity};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
 use crate::s3path::S3Path;
@@ -144,8 +144,7 @@ pub async fn verify(
             return Outcome { region, bucket: Err(failure), credentials: Err(credentials), create_requested };
         }
     };
-    let classify = |error: &CallError, action: &str| found.classify(error, action);
-    let credentials = prove_access(ctx, store, inputs, path, &found.bucket, identity, classify).await;
+    let credentials = prove_access(ctx, &found, inputs, identity).await;
     Outcome { region: Some(found.region.clone()), bucket: Ok(state), credentials, create_requested }
 }
 
@@ -374,21 +373,20 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
 /// and delete there), then whose access the pods will use.
 async fn prove_access(
     ctx: &Context,
-    store: &ArtifactStore,
+    found: &Found<'_>,
     inputs: &Inputs,
-    path: &S3Path,
-    bucket: &Bucket,
     identity: Option<String>,
-    classify: impl Fn(&CallError, &str) -> Failure,
 ) -> Result<Identity, Failure> {
-    bucket.read_probe().await.map_err(|error| classify(&error, &format!("list {path}")))?;
+    let (store, path) = (found.store, found.path);
+    found.bucket.read_probe().await.map_err(|error| found.classify(&error, &format!("list {path}")))?;
     if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) {
-        bucket
+        found
+            .bucket
             .write_probe()
             .await
-            .map_err(|error| classify(&error, &format!("write and delete a probe object under {path}")))?;
+            .map_err(|error| found.classify(&error, &format!("write and delete a probe object under {path}")))?;
     }
-    pod_identity(ctx, store, inputs, path, identity).await
+    pod_identity(ctx, store, inputs, path, &found.region, identity).await
 }
 
 /// Whether this store created the bucket: its creator tag names the store, or it has no creator
@@ -460,6 +458,7 @@ async fn pod_identity(
     store: &ArtifactStore,
     inputs: &Inputs,
     path: &S3Path,
+    region: &str,
     caller: Option<String>,
 ) -> Result<Identity, Failure> {
     if inputs.keys.is_some() {
@@ -472,7 +471,10 @@ async fn pod_identity(
         Some(account) => {
             let namespace = store.namespace().unwrap_or_default();
             let permissions = crate::aws::iam::required_permissions(&store.spec, path);
-            check_workload_identity(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions).await
+            let write = store.spec.verification.as_ref().is_some_and(|v| v.write_probe);
+            let connection = S3Connection { keys: None, ..connection(store, inputs, region) };
+            let probe = Probe { connection, path, write };
+            check_workload_identity(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions, probe).await
         }
         None => Ok(Identity {
             summary: format!(

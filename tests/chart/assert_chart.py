@@ -22,6 +22,8 @@ WATCHED_NAMESPACE_RULES = {
     ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "secrets"): {"get", "list", "watch"},
     ("", "serviceaccounts"): {"get", "list", "watch"},
+    # A token of an IRSA store's ServiceAccount, to assume its role (aws.proveIrsaByAssumingRole).
+    ("", "serviceaccounts/token"): {"create"},
     ("events.k8s.io", "events"): {"create", "patch"},
     # A Stack's in-pod check (verification.inPod): its Job, and the termination message of its pod.
     ("batch", "jobs"): {"get", "create", "delete"},
@@ -228,6 +230,13 @@ def no_cluster_secret_writes(docs):
                    f"ClusterRole {role['metadata']['name']} grants secrets {sorted(writes)}")
 
 
+def no_token_requests(docs):
+    for role in objects(docs, "ClusterRole") + objects(docs, "Role"):
+        for rule in role["rules"]:
+            expect("serviceaccounts/token" not in rule.get("resources", []),
+                   f"{role['kind']} {role['metadata']['name']} grants ServiceAccount tokens")
+
+
 def no_wildcards(docs):
     for role in objects(docs, "ClusterRole") + objects(docs, "Role"):
         for rule in role["rules"]:
@@ -345,7 +354,7 @@ def manifest_order(docs, crd_count):
 
 CHECKS = {f.__name__: f for f in (
     kinds, restricted, probes, pod_namespace_env, args, env, no_env, deployment_fields, cluster_rbac,
-    no_cluster_rbac, no_cluster_secret_writes, no_wildcards, namespaced_rbac, secret_writer_roles,
+    no_cluster_rbac, no_cluster_secret_writes, no_token_requests, no_wildcards, namespaced_rbac, secret_writer_roles,
     lease_role, no_lease_role, role_arn, metrics_service, service_monitor, crds, manifest_order,
 )}
 

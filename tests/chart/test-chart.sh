@@ -139,6 +139,9 @@ check "cluster mode + secretWriteNamespaces: Secret create/patch only through Ro
   secret_writer_roles secret-writers ml-team-a ml-team-b
 check "cluster mode + secretWriteNamespaces: ClusterRole unchanged" cluster_rbac secret-writers
 check "cluster mode + secretWriteNamespaces: no Secret writes in any ClusterRole" no_cluster_secret_writes secret-writers
+render no-irsa-proof --set aws.proveIrsaByAssumingRole=false
+check "aws.proveIrsaByAssumingRole=false: no ServiceAccount tokens in any role" no_token_requests no-irsa-proof
+
 render no-leader-election --set replicas=1 --set leaderElection.enabled=false --set httpPort=9090
 check "leader election off: no lease Role" no_lease_role no-leader-election
 check "leader election off: AO_LEADER_ELECTION=false" env no-leader-election AO_LEADER_ELECTION=false

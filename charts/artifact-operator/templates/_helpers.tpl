@@ -67,7 +67,8 @@ Deployment so that it runs on every install and render.
 {{/*
 Rules every watched namespace needs, shared by the ClusterRole (cluster mode) and the per-namespace
 Role (namespaced mode). Argument: a dict with "secretWrite" (bool): whether Secret create/patch is
-part of this rule set. Cluster mode passes false: Secret writes are never granted cluster-wide.
+part of this rule set (cluster mode passes false: Secret writes are never granted cluster-wide), and
+"proveIrsa" (bool): whether the operator may request ServiceAccount tokens to assume IRSA roles.
 */}}
 {{- define "artifact-operator.namespaceRules" -}}
 - apiGroups: ["artifacts.dev"]
@@ -100,6 +101,13 @@ part of this rule set. Cluster mode passes false: Secret writes are never grante
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "list", "watch"]
+{{- if .proveIrsa }}
+# A short-lived token (audience sts.amazonaws.com) of the ServiceAccount an IRSA store or Stack
+# names, to assume its role and prove access as its pods will; never stored or logged.
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
