@@ -9,7 +9,7 @@ use std::time::Duration;
 use artifact_operator::api::{ArtifactStore, Stack};
 use aws_sdk_s3::primitives::ByteStream;
 use common::store::{TIMEOUT, apply_store, condition, minio_spec, wait_for};
-use common::{Operator, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
+use common::{Operator, S3Server, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -82,12 +82,35 @@ async fn create_provisions_the_bucket_with_its_settings() {
     let tags: BTreeMap<_, _> = tags.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
     assert_eq!(tags.get("team").map(String::as_str), Some("a"));
     assert_eq!(tags.get("artifacts.dev/created-by"), store.metadata.uid.as_ref());
-    let lifecycle = s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await.unwrap();
-    let rules: Vec<_> = lifecycle.rules().iter().filter_map(|r| r.id()).collect();
-    assert!(
-        rules.contains(&"artifact-operator-noncurrent-versions") && rules.contains(&"artifact-operator-expire-objects"),
-        "{rules:?}"
-    );
+    let lifecycle = s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await;
+    let bucket_ready = condition(&store, "BucketReady").message.clone();
+    match common::s3_server() {
+        S3Server::MinIO => {
+            let lifecycle = lifecycle.unwrap();
+            let rules: Vec<_> = lifecycle.rules().iter().filter_map(|r| r.id()).collect();
+            assert!(
+                rules.contains(&"artifact-operator-noncurrent-versions")
+                    && rules.contains(&"artifact-operator-expire-objects"),
+                "{rules:?}"
+            );
+            // MinIO (without a KMS) has no default encryption or public access block API.
+            assert!(
+                bucket_ready.ends_with("the endpoint does not implement: default encryption, public access block"),
+                "{bucket_ready}"
+            );
+        }
+        S3Server::Versitygw => {
+            // versitygw has no lifecycle, default encryption or public access block API: the store
+            // is Ready and says which settings the server lacks.
+            let code = lifecycle.unwrap_err().into_service_error().meta().code().map(str::to_owned);
+            assert_eq!(code.as_deref(), Some("NotImplemented"));
+            assert!(
+                bucket_ready
+                    .ends_with("the endpoint does not implement: default encryption, public access block, lifecycle"),
+                "{bucket_ready}"
+            );
+        }
+    }
 }
 
 /// moto's S3, which implements S3's Object Ownership (MinIO does not), with moto's any-key identity.
@@ -184,6 +207,21 @@ async fn wrong_keys_are_reported_without_the_key() {
     let store = wait_for(&client, &ns, "ml", "CredentialsValid", "False", "SignatureDoesNotMatch").await;
     assert!(!serde_json::to_string(&store).unwrap().contains("canary-wrong-secret-value"));
     assert!(!operator.log_text().contains("canary-wrong-secret-value"));
+
+    // An access key the server does not know is named as such, not as a missing bucket.
+    secret(
+        &client,
+        &ns,
+        "unknown-keys",
+        &[("aws_access_key_id", "aounknownkey0000"), ("aws_secret_access_key", "canary-unknown-secret-value")],
+    )
+    .await;
+    let mut spec = minio_spec(&bucket, json!({}));
+    spec["auth"] = json!({"secretRef": {"name": "unknown-keys"}});
+    apply_store(&client, &ns, "unknown", spec).await;
+    let store = wait_for(&client, &ns, "unknown", "CredentialsValid", "False", "InvalidAccessKeyId").await;
+    assert_eq!(condition(&store, "BucketReady").reason, "InvalidAccessKeyId");
+    assert!(!serde_json::to_string(&store).unwrap().contains("canary-unknown-secret-value"));
 }
 
 #[tokio::test]

@@ -29,3 +29,5 @@ trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test"
 # Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart.
 cargo test --locked --lib --bins --tests -- --test-threads 4
+step "the store and stack suites again, against versitygw (the second S3 implementation)"
+AO_S3_SERVER=versitygw cargo test --locked --test artifact_store --test stack -- --test-threads 4

@@ -124,7 +124,8 @@ pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
             Reason::BucketNotFound,
             format!("bucket {bucket} does not exist at {endpoint}; create it, fix the bucket in spec.path, or set provisioning to Create"),
         ),
-        ("InvalidAccessKeyId", _) => Failure::new(
+        // versitygw names an unknown access key XAdminUserNotFound.
+        ("InvalidAccessKeyId" | "XAdminUserNotFound", _) => Failure::new(
             Reason::InvalidAccessKeyId,
             format!("{endpoint} does not know the access key id in the referenced Secret; put a valid key in the Secret"),
         ),
@@ -183,6 +184,7 @@ mod tests {
             (status(Some("PermanentRedirect"), 301), Reason::RegionMismatch, false),
             (status(Some("ExpiredToken"), 400), Reason::ExpiredToken, false),
             (status(Some("InvalidAccessKeyId"), 403), Reason::InvalidAccessKeyId, false),
+            (status(Some("XAdminUserNotFound"), 404), Reason::InvalidAccessKeyId, false),
             (status(Some("SignatureDoesNotMatch"), 403), Reason::SignatureDoesNotMatch, false),
             (status(Some("SlowDown"), 503), Reason::Throttled, true),
             (status(Some("InternalError"), 500), Reason::S3Unavailable, true),

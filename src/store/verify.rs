@@ -350,7 +350,10 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
     }
     // HEAD answers carry no error body: ask again where the answer names the problem.
     if let Err(error) = &head {
-        if error.code.is_none() && error.http_status == Some(403) {
+        // 403: which refusal; 404 (the SDK's bare "NotFound"): a missing bucket, or (versitygw)
+        // an unknown access key.
+        let bare = error.code.is_none() || error.code.as_deref() == Some("NotFound");
+        if bare && matches!(error.http_status, Some(403 | 404)) {
             if let Err(detailed) = bucket.read_probe().await {
                 head = Err(detailed);
             }

@@ -1,5 +1,5 @@
 //! Shared scaffolding for the integration tests: the real local environment started by
-//! `tests/env/up.sh` (kube-apiserver, etcd, kube-controller-manager, MinIO, moto).
+//! `tests/env/up.sh` (kube-apiserver, etcd, kube-controller-manager, MinIO, versitygw, moto).
 #![allow(dead_code)]
 
 pub mod chart;
@@ -44,14 +44,47 @@ pub fn test_env() -> &'static TestEnv {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("cannot read {} ({e}); start the environment with tests/env/up.sh", path.display())
         });
-        let vars = text
+        let mut vars: HashMap<String, String> = text
             .lines()
             .filter_map(|line| line.strip_prefix("export "))
             .filter_map(|line| line.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.trim_matches(|c| c == '\'' || c == '"').to_owned()))
             .collect();
+        if s3_server() == S3Server::Versitygw {
+            // The suites' S3 (plain, HTTPS, and both pairs of keys) is versitygw's root account.
+            for (suite, versitygw) in [
+                ("AO_S3_ENDPOINT", "AO_VGW_ENDPOINT"),
+                ("AO_S3_TLS_ENDPOINT", "AO_VGW_TLS_ENDPOINT"),
+                ("AO_S3_ROOT_ACCESS_KEY", "AO_VGW_ACCESS_KEY"),
+                ("AO_S3_ROOT_SECRET_KEY", "AO_VGW_SECRET_KEY"),
+                ("AO_S3_USER_ACCESS_KEY", "AO_VGW_ACCESS_KEY"),
+                ("AO_S3_USER_SECRET_KEY", "AO_VGW_SECRET_KEY"),
+            ] {
+                let value =
+                    vars.get(versitygw).unwrap_or_else(|| panic!("{versitygw} missing from {}", path.display()));
+                vars.insert(suite.to_owned(), value.clone());
+            }
+        }
         TestEnv { vars }
     })
+}
+
+/// The S3 implementation behind the suites' `AO_S3_*` variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Server {
+    MinIO,
+    /// The Versity S3 Gateway on a plain directory; chosen with `AO_S3_SERVER=versitygw`.
+    Versitygw,
+}
+
+/// The server the store and stack suites run against this time (tests/run-all.sh runs them once
+/// per server): MinIO unless `AO_S3_SERVER=versitygw`.
+pub fn s3_server() -> S3Server {
+    match std::env::var("AO_S3_SERVER").as_deref() {
+        Ok("versitygw") => S3Server::Versitygw,
+        Ok("minio") | Err(_) => S3Server::MinIO,
+        Ok(other) => panic!("AO_S3_SERVER={other}: the suites run against minio or versitygw"),
+    }
 }
 
 /// An admin client for the local apiserver.

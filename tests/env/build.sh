@@ -86,6 +86,7 @@ case "$what" in
       build_tool k8s "$component" "k8s.io/kubernetes/cmd/$component" "$stamp"
     done
     build_tool minio minio github.com/minio/minio
+    build_tool versitygw versitygw github.com/versity/versitygw/cmd/versitygw
     # Argo Workflows' own packages (v3 and v4 modules), for the consumer test of Stacks.
     build_tool argo-consumer argo-consumer .
     ;;&

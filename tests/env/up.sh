@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the real local test environment the integration tests run against, all on 127.0.0.1:
 #   etcd + kube-apiserver + kube-controller-manager (RBAC, TokenRequest, a fake EKS-like OIDC issuer),
-#   MinIO over plain HTTP and a second MinIO over HTTPS (own CA), and moto in server mode (IAM, STS).
+#   MinIO over plain HTTP and a second MinIO over HTTPS (own CA), the Versity S3 Gateway (versitygw,
+#   the second S3 implementation) the same two ways, and moto in server mode (IAM, STS).
 # The binaries come from tests/env/build.sh (run it first). Idempotent: when the environment recorded
 # in $STATE_DIR is running and healthy this only prints the env file's path. The last line on stdout
 # is always the path of the env file (mode 0600, `export` lines) that tells tests where everything is.
@@ -31,7 +32,7 @@ export AO_TESTENV_STATE="$STATE_DIR"
 # lib.sh's pass-through redact).
 redact() {
   local args=() s
-  for s in "${ROOT_SECRET_KEY:-}" "${USER_SECRET_KEY:-}"; do
+  for s in "${ROOT_SECRET_KEY:-}" "${USER_SECRET_KEY:-}" "${VGW_SECRET_KEY:-}"; do
     [[ -n "$s" ]] && args+=(-e "s/$s/<redacted>/g")
   done
   if ((${#args[@]})); then sed "${args[@]}"; else cat; fi
@@ -50,7 +51,15 @@ healthy() {
     curl -fsS --max-time 2 "http://127.0.0.1:$S3_PORT/minio/health/ready" >/dev/null 2>&1 &&
     curl -fsS --max-time 2 --cacert "$PKI/s3-ca.crt" \
       "https://127.0.0.1:$S3_TLS_PORT/minio/health/ready" >/dev/null 2>&1 &&
-    curl -fsS --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1
+    curl -fsS --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1 &&
+    vgw_answers "http://127.0.0.1:$VGW_PORT" && vgw_answers "https://127.0.0.1:$VGW_TLS_PORT"
+}
+
+# versitygw has no health endpoint: any S3 answer (an anonymous request is refused) means it serves.
+vgw_answers() {
+  local code
+  code=$(curl -sS --max-time 2 --cacert "$PKI/s3-ca.crt" -o /dev/null -w '%{http_code}' "$1/" 2>/dev/null) &&
+    [[ "$code" =~ ^[2-5][0-9][0-9]$ ]]
 }
 
 # --- certificates --------------------------------------------------------------------------------
@@ -82,14 +91,17 @@ start_all() {
   mkdir -p "$PKI" "$LOGS" "$PIDS"
 
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT S3_PORT S3_CONSOLE_PORT S3_TLS_PORT \
-    S3_TLS_CONSOLE_PORT MOTO_PORT < <(free_ports 9)
-  declare -p ETCD_PORT API_PORT KCM_PORT S3_PORT S3_TLS_PORT MOTO_PORT | sed 's/^declare -- //' >"$PORTS_FILE"
+    S3_TLS_CONSOLE_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT < <(free_ports 11)
+  declare -p ETCD_PORT API_PORT KCM_PORT S3_PORT S3_TLS_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT |
+    sed 's/^declare -- //' >"$PORTS_FILE"
 
   # Random credentials, hex so they are safe in URLs, sed and MinIO's key alphabet.
   ROOT_ACCESS_KEY="aoroot$(openssl rand -hex 6)"
   ROOT_SECRET_KEY=$(openssl rand -hex 20)
   USER_ACCESS_KEY="aolimited$(openssl rand -hex 6)"
   USER_SECRET_KEY=$(openssl rand -hex 20)
+  VGW_ACCESS_KEY="aovgw$(openssl rand -hex 6)"
+  VGW_SECRET_KEY=$(openssl rand -hex 20)
 
   make_pki
 
@@ -118,6 +130,19 @@ start_all() {
     --address "127.0.0.1:$S3_TLS_PORT" --console-address "127.0.0.1:$S3_TLS_CONSOLE_PORT" \
     --certs-dir "$STATE_DIR/minio-tls/certs" "$STATE_DIR/minio-tls/data"
   start moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  # versitygw on plain directories (its posix backend keeps metadata in extended attributes),
+  # versioning enabled, over HTTP and, with the same certificate as the HTTPS MinIO, over HTTPS.
+  # Its root account's keys go through the environment.
+  local vgw_env=(env ROOT_ACCESS_KEY="$VGW_ACCESS_KEY" ROOT_SECRET_KEY="$VGW_SECRET_KEY" VGW_REGION="$S3_REGION")
+  local vgw
+  for vgw in versitygw versitygw-tls; do
+    mkdir -p "$STATE_DIR/$vgw/data" "$STATE_DIR/$vgw/versions"
+  done
+  start versitygw "${vgw_env[@]}" "$BIN/versitygw" --port "127.0.0.1:$VGW_PORT" --quiet \
+    posix --versioning-dir "$STATE_DIR/versitygw/versions" "$STATE_DIR/versitygw/data"
+  start versitygw-tls "${vgw_env[@]}" "$BIN/versitygw" --port "127.0.0.1:$VGW_TLS_PORT" --quiet \
+    --cert "$PKI/s3.crt" --key "$PKI/s3.key" \
+    posix --versioning-dir "$STATE_DIR/versitygw-tls/versions" "$STATE_DIR/versitygw-tls/data"
 
   wait_for etcd "healthy etcd" curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
@@ -173,6 +198,8 @@ start_all() {
   done
 
   wait_for moto "moto answering" curl -fsS --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/"
+  wait_for versitygw "versitygw answering" vgw_answers "http://127.0.0.1:$VGW_PORT"
+  wait_for versitygw-tls "HTTPS versitygw answering" vgw_answers "https://127.0.0.1:$VGW_TLS_PORT"
   wait_for kube-controller-manager "ok /healthz" \
     curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   # The controllers really work once the serviceaccount controller has filled in "default".
@@ -196,6 +223,10 @@ export AO_S3_ROOT_SECRET_KEY='$ROOT_SECRET_KEY'
 export AO_S3_USER_ACCESS_KEY='$USER_ACCESS_KEY'
 export AO_S3_USER_SECRET_KEY='$USER_SECRET_KEY'
 export AO_MOTO_ENDPOINT='http://127.0.0.1:$MOTO_PORT'
+export AO_VGW_ENDPOINT='http://127.0.0.1:$VGW_PORT'
+export AO_VGW_TLS_ENDPOINT='https://127.0.0.1:$VGW_TLS_PORT'
+export AO_VGW_ACCESS_KEY='$VGW_ACCESS_KEY'
+export AO_VGW_SECRET_KEY='$VGW_SECRET_KEY'
 export AO_VENV='$VENV'
 export AO_CACHE_DIR='$CACHE_DIR'
 EOF
@@ -205,7 +236,7 @@ EOF
 
 # --- main -----------------------------------------------------------------------------------------
 
-for b in etcd kube-apiserver kube-controller-manager minio; do
+for b in etcd kube-apiserver kube-controller-manager minio versitygw; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run tests/env/build.sh first"
 done
 [[ -x "$VENV/bin/moto_server" && -x "$VENV/bin/python" ]] ||
