@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::aws::AwsEdge;
 use crate::conditions::Transition;
@@ -105,6 +105,21 @@ impl Context {
     /// verified by an earlier one spreads these re-verifications).
     pub fn verification_due_in(&self, uid: &str, inputs: &str, wait: Duration) {
         self.memory.mark_verified(uid, inputs, Instant::now() + wait);
+    }
+
+    /// The digest of `status` when it is to be written for `object`; None when this process
+    /// already wrote it and the cache has not caught up with that write yet (see
+    /// [`Context::wrote_status`]).
+    pub fn status_to_write(&self, object: &ObjectMeta, status: &impl serde::Serialize) -> Option<u64> {
+        let digest = super::digest(serde_json::to_string(status).unwrap_or_default());
+        let (uid, version) = uid_and_version(object);
+        (!self.memory.status_written(uid, version, digest)).then_some(digest)
+    }
+
+    /// Records that the status of digest `status` was written for `object` as the cache holds it.
+    pub fn wrote_status(&self, object: &ObjectMeta, status: u64) {
+        let (uid, version) = uid_and_version(object);
+        self.memory.wrote_status(uid, version, status);
     }
 
     /// Records what a full pass of `uid` read, at the caches' `watermark` before it read.
@@ -217,4 +232,8 @@ impl Context {
             tracing::warn!(%error, "failed to publish an event");
         }
     }
+}
+
+fn uid_and_version(object: &ObjectMeta) -> (&str, &str) {
+    (object.uid.as_deref().unwrap_or_default(), object.resource_version.as_deref().unwrap_or_default())
 }

@@ -1,6 +1,7 @@
 //! What the process remembers per object between reconciles: consecutive failures (for backoff),
 //! when each object was last verified with which inputs and when it is due again (to verify once
-//! per resync), and what its last full pass read (so that an unchanged object costs no read).
+//! per resync), what its last full pass read (so that an unchanged object costs no read), and the
+//! status it last wrote until the watch brings it back (so that a stale cache costs no write).
 //! Objects deleted without a final reconcile would stay here forever, so stale entries are pruned.
 
 use std::any::Any;
@@ -25,6 +26,10 @@ pub struct Memory {
     /// Per object (by the digest of its UID): when it was last touched, and what its last full
     /// pass read at which watermark.
     settled: Mutex<HashMap<u64, Settled>>,
+    /// Per object (by the digest of its UID): the status this process wrote last, as the digests
+    /// of the resourceVersion it was computed from and of the status, until the cache moves past
+    /// that resourceVersion.
+    written: Mutex<HashMap<u64, (Instant, u64, u64)>>,
     /// When stale entries were last pruned.
     pruned: Mutex<Instant>,
 }
@@ -40,6 +45,7 @@ impl Memory {
             failures: Mutex::default(),
             verified: Mutex::default(),
             settled: Mutex::default(),
+            written: Mutex::default(),
             pruned: Mutex::new(Instant::now()),
         }
     }
@@ -85,10 +91,35 @@ impl Memory {
         Some(read.clone())
     }
 
+    /// Records that `status` was written for `uid`, computed from the object at `version`.
+    pub fn wrote_status(&self, uid: &str, version: &str, status: u64) {
+        let now = Instant::now();
+        self.prune_stale(now);
+        lock(&self.written).insert(digest(uid), (now, digest(version), status));
+    }
+
+    /// Whether this process already wrote `status` for `uid` from the object at `version`, which
+    /// the cache still holds: the watch has not brought the write back yet, and writing the same
+    /// again would be a second write (and a second Event) for nothing. Once the cache holds a
+    /// newer version, the entry goes and the cached status is the one to compare with.
+    pub fn status_written(&self, uid: &str, version: &str, status: u64) -> bool {
+        let mut written = lock(&self.written);
+        let key = digest(uid);
+        match written.get(&key) {
+            Some((_, from, wrote)) if *from == digest(version) => *wrote == status,
+            Some(_) => {
+                written.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Drops what is known about a deleted object.
     pub fn forget(&self, uid: &str, key: &str) {
         lock(&self.verified).remove(&digest(uid));
         lock(&self.settled).remove(&digest(uid));
+        lock(&self.written).remove(&digest(uid));
         self.record_success(key);
     }
 
@@ -115,6 +146,7 @@ impl Memory {
         lock(&self.verified).retain(|_, (_, due, _)| now.saturating_duration_since(*due) < self.interval);
         lock(&self.failures).retain(|_, (_, at)| fresh(at));
         lock(&self.settled).retain(|_, (touched, _, _)| now.saturating_duration_since(*touched) < self.interval * 3);
+        lock(&self.written).retain(|_, (at, _, _)| fresh(at));
     }
 }
 
@@ -144,6 +176,17 @@ mod tests {
         assert!(memory.settled("uid-1", "5/8/-").is_none(), "a referenced object changed");
         memory.forget("uid-1", "ns/one");
         assert!(memory.settled("uid-1", "5/7/-").is_none());
+    }
+
+    #[test]
+    fn a_written_status_is_not_written_again_until_the_cache_moves_on() {
+        let memory = Memory::new(INTERVAL);
+        memory.wrote_status("uid-1", "41", 7);
+        assert!(memory.status_written("uid-1", "41", 7), "the cache still holds 41: the same status is written");
+        assert!(!memory.status_written("uid-1", "41", 8), "another status is a new write");
+        assert!(!memory.status_written("uid-2", "41", 7), "another object");
+        assert!(!memory.status_written("uid-1", "42", 7), "the cache moved on: compare with what it holds");
+        assert!(!memory.status_written("uid-1", "41", 7), "and the entry is gone");
     }
 
     #[test]

@@ -420,6 +420,7 @@ async fn run(args: Args) {
         (0..stores).map(|i| (names[i % namespaces].clone(), store_object(&run, &bucket, endpoint, i))).collect();
     let perf = profiled.then(|| profile(pid, 60));
     let cpu_before = cpu();
+    let requests_before = apiserver_requests(&client).await;
     let started = Instant::now();
     let applied = apply_all(&client, store_objects).await;
     let applied_in = started.elapsed();
@@ -439,6 +440,12 @@ async fn run(args: Args) {
         cpu_after.0 - cpu_before.0,
         cpu_after.1 - cpu_before.1,
         cpu_after.2 - cpu_before.2
+    );
+    let requests = difference(&apiserver_requests(&client).await, &requests_before);
+    let (reads, writes) = reads_and_writes(&requests);
+    println!(
+        "apiserver requests until all stores were Ready: {reads} reads, {writes} writes = {:.2} writes per store besides its own apply (the floor makes 3) {requests:?}",
+        (writes - stores as f64) / stores as f64
     );
     if let Some(mut perf) = perf {
         let _ = perf.wait();
