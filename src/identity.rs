@@ -1,6 +1,7 @@
 //! Identity: who the operator or a store's keys are (STS), and whether a ServiceAccount's pods
-//! can use a store through IRSA (annotation, role, trust policy, permissions). Both reconcilers
-//! use it: the store for its own identity, the Stack for its orchestrator's.
+//! can use a store through IRSA or EKS Pod Identity (annotation or association, role, trust
+//! policy, permissions, and for IRSA the proof by assuming the role). Both reconcilers use it: the
+//! store for its own identity, the Stack for its orchestrator's.
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
