@@ -52,6 +52,7 @@ healthy() {
     curl -fsS --max-time 2 --cacert "$PKI/s3-ca.crt" \
       "https://127.0.0.1:$S3_TLS_PORT/minio/health/ready" >/dev/null 2>&1 &&
     curl -fsS --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1 &&
+    [[ -n "${VGW_PORT:-}" && -n "${VGW_TLS_PORT:-}" ]] && # (absent: recorded by an older up.sh)
     vgw_answers "http://127.0.0.1:$VGW_PORT" && vgw_answers "https://127.0.0.1:$VGW_TLS_PORT"
 }
 
