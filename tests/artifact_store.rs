@@ -341,7 +341,7 @@ async fn irsa_wiring_is_checked_against_iam_and_proven_by_assuming_the_role() {
     service_account(&client, &ns, "runner", Some(&good)).await;
     service_account(&client, &ns, "other", Some(&wrong)).await;
     service_account(&client, &ns, "plain", None).await;
-    let _operator = Operator::start(&ns, "10m");
+    let operator = Operator::start(&ns, "10m");
     let spec = |account: &str, endpoint: &str| {
         json!({
             "path": format!("s3://{bucket}/irsa"),
@@ -375,6 +375,13 @@ async fn irsa_wiring_is_checked_against_iam_and_proven_by_assuming_the_role() {
     assert!(condition(&store, "CredentialsValid").message.contains(&format!("system:serviceaccount:{ns}:other")));
     let store = wait_for(&client, &ns, "no-annotation", "CredentialsValid", "False", "IrsaAnnotationMissing").await;
     assert!(condition(&store, "CredentialsValid").message.contains("eks.amazonaws.com/role-arn"));
+
+    // The ServiceAccount tokens (JWTs, "eyJ..." when encoded) went to STS only: not to the log,
+    // which the tests write at trace level, nor to a status or an Event.
+    assert!(!operator.log_text().contains("eyJ"), "a token reached the operator's log");
+    let stores = Api::<ArtifactStore>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    let events = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    assert!(!serde_json::to_string(&(stores, events)).unwrap().contains("eyJ"), "a token reached a status or Event");
 }
 
 async fn delete_store(client: &Client, ns: &str, name: &str) {
