@@ -20,6 +20,10 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo run --quiet --locked -- crd --check
 cargo run --quiet --locked -- generate --check
 tests/chart/render.sh --check
+step "the oldest Rust that Cargo.toml's rust-version promises still builds everything"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal >&2
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --quiet --locked --all-targets
 step "chart and Argo CD health checks"
 tests/chart/test-chart.sh
 tests/chart/test-argocd-health.sh
