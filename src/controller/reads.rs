@@ -128,10 +128,10 @@ impl Context {
     /// behind an object just created).
     pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         let key = key::<K>(namespace, name);
-        if let Some(Some(version)) = self.cached_version::<K>(namespace, name) {
-            if let Some(object) = self.known.read::<K>(&key, version) {
-                return Ok(Some(object));
-            }
+        if let Some(Some(version)) = self.cached_version::<K>(namespace, name)
+            && let Some(object) = self.known.read::<K>(&key, version)
+        {
+            return Ok(Some(object));
         }
         let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(Arc::new);
         if let Some(object) = &found {

@@ -99,10 +99,10 @@ pub async fn kfp_launcher(
     let api = config_maps(ctx, stack);
     let desired = build::kfp_launcher(stack, store);
     if !wants(stack, OutputFormat::Kfp) {
-        if let Some(current) = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)? {
-            if apply::is_ours(&current.metadata, &desired.metadata) {
-                delete_exact(&api, &current.metadata).await?;
-            }
+        if let Some(current) = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?
+            && apply::is_ours(&current.metadata, &desired.metadata)
+        {
+            delete_exact(&api, &current.metadata).await?;
         }
         return Ok(None);
     }
@@ -161,11 +161,11 @@ pub async fn argo_repository(
         return set_finalizer(ctx, stack, false).await.map(|()| None);
     }
     set_finalizer(ctx, stack, true).await?;
-    if let (Some(pem), true) = (ca_pem, from_config_map) {
-        if apply::publish(ctx, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs {
-            let name = build::ca_secret_name(&stack.name_any());
-            return Ok(Some(apply::name_conflict("Secret", &name, stack)));
-        }
+    if let (Some(pem), true) = (ca_pem, from_config_map)
+        && apply::publish(ctx, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs
+    {
+        let name = build::ca_secret_name(&stack.name_any());
+        return Ok(Some(apply::name_conflict("Secret", &name, stack)));
     }
 
     let name = stack.name_any();

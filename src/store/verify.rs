@@ -340,13 +340,13 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
         spec_region.clone().or_else(|| ctx.aws.ambient_region()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
     let mut bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
     let mut head = bucket.head(None).await;
-    if let Err(error) = &head {
-        if let (Some(actual), None) = (&error.bucket_region, spec_region) {
-            // The bucket lives elsewhere and the user let us discover the region: follow it.
-            region = actual.clone();
-            bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
-            head = bucket.head(None).await;
-        }
+    if let Err(error) = &head
+        && let (Some(actual), None) = (&error.bucket_region, spec_region)
+    {
+        // The bucket lives elsewhere and the user let us discover the region: follow it.
+        region = actual.clone();
+        bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
+        head = bucket.head(None).await;
     }
     // HEAD answers carry no error body: ask again where the answer names the problem.
     if let Err(error) = &head {
@@ -360,12 +360,12 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
         } else if error.code.is_none() && error.http_status == Some(400) && error.bucket_region.is_none() {
             // Signed for the wrong region: GetBucketLocation from the default region names the right one.
             let probe = self::connection(store, inputs, DEFAULT_REGION);
-            if let Ok(located) = bucket_client(ctx, &probe, path) {
-                if let Ok(Some(actual)) = located.location().await {
-                    let mut located_error = error.clone();
-                    located_error.bucket_region = Some(actual);
-                    head = Err(located_error);
-                }
+            if let Ok(located) = bucket_client(ctx, &probe, path)
+                && let Ok(Some(actual)) = located.location().await
+            {
+                let mut located_error = error.clone();
+                located_error.bucket_region = Some(actual);
+                head = Err(located_error);
             }
         }
     }
