@@ -1,7 +1,8 @@
 //! The Stack reconciler end to end, and the consumer contract: what a pod gets from a Stack works
 //! with each consumer's own code: boto3, ZenML's CLI and a ZenML pipeline, Argo Workflows' own Go
 //! packages (repository types, namespace-default resolution, S3 driver) and the KFP launcher's
-//! configuration, against the plain MinIO and the HTTPS one with its private CA.
+//! configuration, against the plain MinIO and the HTTPS one with its private CA (and against
+//! versitygw's two, with `AO_S3_SERVER=versitygw`).
 
 mod common;
 
