@@ -160,21 +160,20 @@ impl Proof<'_> {
         let connection = S3Connection { keys: Some(keys), ..probe.connection.clone() };
         let client =
             ctx.aws.s3_once(&connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
-        // Rate-limited with the role's account, not per session: each proof has new keys.
-        let account = format!("role:{}", account_of(self.role_arn).unwrap_or("unknown"));
-        let bucket = Bucket::new(client, ctx.aws.s3_limiter.clone(), account, probe.path.clone());
+        let bucket = Bucket::new(client, ctx.aws.s3_limiter.clone(), self.rate_limit_key(), probe.path.clone());
         let endpoint = connection.endpoint_display();
-        let listing = format!("list {}", probe.path);
-        bucket.read_probe().await.map_err(|error| self.probe_failure(&error, &listing, probe, &endpoint))?;
-        if !probe.write {
-            return Ok(format!("; assuming it with the ServiceAccount's token, the operator listed {}", probe.path));
-        }
-        let writing = format!("write and delete a probe object under {}", probe.path);
-        bucket.write_probe().await.map_err(|error| self.probe_failure(&error, &writing, probe, &endpoint))?;
-        Ok(format!(
-            "; assuming it with the ServiceAccount's token, the operator listed, wrote and deleted under {}",
-            probe.path
-        ))
+        bucket
+            .prove_access(probe.write)
+            .await
+            .map_err(|(step, error)| self.probe_failure(&error, &step, probe, &endpoint))?;
+        let done = if probe.write { "listed, wrote and deleted under" } else { "listed" };
+        Ok(format!("; assuming it with the ServiceAccount's token, the operator {done} {}", probe.path))
+    }
+
+    /// The rate-limiting key of the role's calls: its account, not its session (each proof has
+    /// new keys).
+    fn rate_limit_key(&self) -> String {
+        format!("role:{}", account_of(self.role_arn).unwrap_or("unknown"))
     }
 
     /// A short-lived token for the ServiceAccount with STS's audience, as its pods get. None when
@@ -206,7 +205,7 @@ impl Proof<'_> {
     /// The role's session credentials for `token`, from STS (AssumeRoleWithWebIdentity, which
     /// needs no credentials of the operator's).
     async fn assume(&self, ctx: &Context, token: &str) -> Result<StaticKeys, Failure> {
-        ctx.aws.iam_limiter.acquire(&format!("role:{}", account_of(self.role_arn).unwrap_or("unknown"))).await;
+        ctx.aws.iam_limiter.acquire(&self.rate_limit_key()).await;
         let answer = ctx
             .aws
             .sts(None)

@@ -342,6 +342,19 @@ impl Bucket {
         }
     }
 
+    /// Proves access where the pods will work: a listing under the prefix and, with `write`, a
+    /// probe object written and deleted there. On failure, the step that failed (for messages:
+    /// "list s3://b/p", "write and delete a probe object under s3://b/p") and its error.
+    pub async fn prove_access(&self, write: bool) -> Result<(), (String, CallError)> {
+        let path = &self.path;
+        self.read_probe().await.map_err(|error| (format!("list {path}"), error))?;
+        if write {
+            let step = || format!("write and delete a probe object under {path}");
+            self.write_probe().await.map_err(|error| (step(), error))?;
+        }
+        Ok(())
+    }
+
     /// Lists at most one key under the prefix: proves read access where the pods will read.
     pub async fn read_probe(&self) -> Result<(), CallError> {
         self.permit().await;

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{OutputFormat, StackStatus};
 use crate::api::{ArtifactStore, Stack};
-use crate::aws::{Failure, S3Connection};
+use crate::aws::Failure;
 use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
@@ -282,15 +282,11 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
                 Ok(pem) => pem,
                 Err(failure) => return Ok(Err(failure)),
             };
-            let connection = S3Connection {
-                region: resolved.region.clone(),
-                endpoint: resolved.endpoint.clone(),
-                path_style: resolved.path_style(),
-                ca_pem,
-                keys: None,
+            let probe = Probe {
+                connection: resolved.connection(ca_pem, None),
+                path: &path,
+                write: store.spec.wants_write_probe(),
             };
-            let write = store.spec.verification.as_ref().is_some_and(|v| v.write_probe);
-            let probe = Probe { connection, path: &path, write };
             if let Err(failure) =
                 crate::identity::check_workload_identity(ctx, &namespace, &account, role, &permissions, probe).await
             {

@@ -58,13 +58,11 @@ pub struct BucketState {
 }
 
 fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connection {
-    let resolved = ResolvedStore::new(store, region, false).ok();
-    S3Connection {
-        region: region.to_owned(),
-        endpoint: resolved.as_ref().and_then(|r| r.endpoint.clone()),
-        path_style: resolved.as_ref().is_some_and(ResolvedStore::path_style),
-        ca_pem: inputs.ca_pem.clone(),
-        keys: inputs.keys.clone(),
+    let (ca_pem, keys) = (inputs.ca_pem.clone(), inputs.keys.clone());
+    match ResolvedStore::new(store, region, false) {
+        Ok(resolved) => resolved.connection(ca_pem, keys),
+        // An invalid path never gets this far; were it to, AWS's own endpoint is asked.
+        Err(_) => S3Connection { region: region.to_owned(), endpoint: None, path_style: false, ca_pem, keys },
     }
 }
 
@@ -380,16 +378,13 @@ async fn prove_access(
     inputs: &Inputs,
     identity: Option<String>,
 ) -> Result<Identity, Failure> {
-    let (store, path) = (found.store, found.path);
-    found.bucket.read_probe().await.map_err(|error| found.classify(&error, &format!("list {path}")))?;
-    if store.spec.verification.as_ref().is_some_and(|v| v.write_probe) {
-        found
-            .bucket
-            .write_probe()
-            .await
-            .map_err(|error| found.classify(&error, &format!("write and delete a probe object under {path}")))?;
-    }
-    pod_identity(ctx, store, inputs, path, &found.region, identity).await
+    let store = found.store;
+    found
+        .bucket
+        .prove_access(store.spec.wants_write_probe())
+        .await
+        .map_err(|(step, error)| found.classify(&error, &step))?;
+    pod_identity(ctx, store, inputs, found.path, &found.region, identity).await
 }
 
 /// Whether this store created the bucket: its creator tag names the store, or it has no creator
@@ -474,9 +469,8 @@ async fn pod_identity(
         Some(account) => {
             let namespace = store.namespace().unwrap_or_default();
             let permissions = crate::aws::iam::required_permissions(&store.spec, path);
-            let write = store.spec.verification.as_ref().is_some_and(|v| v.write_probe);
             let connection = S3Connection { keys: None, ..connection(store, inputs, region) };
-            let probe = Probe { connection, path, write };
+            let probe = Probe { connection, path, write: store.spec.wants_write_probe() };
             check_workload_identity(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions, probe).await
         }
         None => Ok(Identity {
