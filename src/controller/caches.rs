@@ -366,14 +366,24 @@ enum Change {
     Deleted,
 }
 
-/// Leaves only what the reconcilers read of a custom resource: no managedFields, and no copy of
-/// the whole object in kubectl's last-applied annotation.
+/// Leaves only the metadata the reconcilers read of a custom resource: who it is (name,
+/// namespace, UID, resourceVersion, generation), when it was created and whether it is going
+/// (with its finalizers). Its labels, annotations (kubectl's last-applied copy of the whole object
+/// among them), owners and managedFields are read by no reconcile, and at ten thousands of objects
+/// they would be most of the cache: a one-label map alone takes half a kilobyte.
 fn strip_object<K: Resource<DynamicType = ()>>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
+    let meta = std::mem::take(object.meta_mut());
+    *object.meta_mut() = kube::core::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        finalizers: meta.finalizers,
+        ..kube::core::ObjectMeta::default()
+    };
 }
 
 /// The events of the watch of `kind`, started with backoff; its errors are told to `health` and
@@ -542,6 +552,37 @@ mod tests {
         index.remove(&b);
         let inner = index.lock();
         assert!(inner.targets.is_empty() && inner.referrers.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn cached_objects_keep_only_the_metadata_the_reconcilers_read() {
+        let mut store: ArtifactStore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+            "metadata": {
+                "name": "s", "namespace": "ns", "uid": "u-1", "resourceVersion": "7", "generation": 2,
+                "creationTimestamp": "2026-11-28T23:11:31Z", "deletionTimestamp": "2026-11-28T23:12:31Z",
+                "finalizers": ["artifacts.dev/bucket"], "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-0"}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {"path": "s3://bucket/prefix", "auth": {"secretRef": {"name": "keys"}}}
+        }))
+        .unwrap();
+        let before = store.metadata.clone();
+        strip_object(&mut store);
+        let meta = &store.metadata;
+        assert_eq!(
+            (meta.name.as_deref(), meta.namespace.as_deref(), meta.uid.as_deref()),
+            (Some("s"), Some("ns"), Some("u-1"))
+        );
+        assert_eq!((meta.resource_version.as_deref(), meta.generation), (Some("7"), Some(2)));
+        assert_eq!(meta.creation_timestamp, before.creation_timestamp);
+        assert_eq!(meta.deletion_timestamp, before.deletion_timestamp);
+        assert_eq!(meta.finalizers, before.finalizers);
+        assert!(meta.labels.is_none() && meta.annotations.is_none());
+        assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
+        assert_eq!(store.spec.path, "s3://bucket/prefix", "the spec is untouched");
     }
 
     #[tokio::test]
