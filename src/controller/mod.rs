@@ -9,9 +9,11 @@ pub mod fixtures;
 pub mod health;
 pub mod memory;
 pub mod reads;
+pub mod timetable;
 pub mod timing;
 
 pub use context::Context;
+pub use timetable::{Next, Timetable};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::DeserializeGuard;
@@ -47,13 +49,13 @@ pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>
 }
 
 /// The controller for `K` objects: it reconciles what `queue` names (see [`caches::watch`]: the
-/// object itself changed, or something it names did), reading the objects from `cache`. Objects
-/// come guarded: one that does not deserialize into `K` (stored under an older schema, or written
-/// past the apiserver's validation) reaches the reconciler as such, see [`deserialized`], instead
-/// of breaking the watch for all the others.
+/// object itself changed, something it names did, or its time came), reading the objects from
+/// `cache`. Objects come guarded: one that does not deserialize into `K` (stored under an older
+/// schema, or written past the apiserver's validation) reaches the reconciler as such, see
+/// [`deserialized`], instead of breaking the watch for all the others.
 pub fn controller<K>(
     cache: kube::runtime::reflector::Store<DeserializeGuard<K>>,
-    queue: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>>,
+    queue: impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>> + Send + 'static,
     concurrency: u16,
 ) -> kube::runtime::Controller<DeserializeGuard<K>>
 where
@@ -66,25 +68,42 @@ where
 }
 
 /// Runs the controller of `K` (see [`controller`]) until shutdown, with its reconciler and error
-/// policy.
+/// policy. When a reconcile asks to run again later, the object's time goes to a [`Timetable`]
+/// (lean at ten thousands of objects), which queues it when due; the error policy's backoff stays
+/// with kube-runtime's scheduler, for the few objects that fail.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<K, F>(
+pub async fn run<K, F, E>(
     kind: &'static str,
     ctx: std::sync::Arc<Context>,
     cache: kube::runtime::reflector::Store<DeserializeGuard<K>>,
     queue: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>>,
     concurrency: u16,
-    reconcile: impl FnMut(std::sync::Arc<DeserializeGuard<K>>, std::sync::Arc<Context>) -> F,
+    mut reconcile: impl FnMut(std::sync::Arc<DeserializeGuard<K>>, std::sync::Arc<Context>) -> F,
     error_policy: impl Fn(
         std::sync::Arc<DeserializeGuard<K>>,
-        &F::Error,
+        &E,
         std::sync::Arc<Context>,
     ) -> kube::runtime::controller::Action,
 ) where
     K: caches::Watched,
-    F: futures::TryFuture<Ok = kube::runtime::controller::Action> + Send + 'static,
-    F::Error: std::error::Error + Send + 'static,
+    F: std::future::Future<Output = Result<Next, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
+    let timetable = std::sync::Arc::new(Timetable::default());
+    let queue = futures::stream::select(queue, timetable.clone().due());
+    let reconcile = move |object: std::sync::Arc<DeserializeGuard<K>>, ctx| {
+        use kube::ResourceExt;
+        let key = kube::runtime::reflector::ObjectRef::new(&object.name_any())
+            .within(&object.namespace().unwrap_or_default());
+        let pass = reconcile(object, ctx);
+        let timetable = timetable.clone();
+        async move {
+            let outcome = pass.await;
+            let next = outcome.as_ref().ok().copied().unwrap_or_else(Next::await_change);
+            let action = timetable.enter(key, next, tokio::time::Instant::now());
+            outcome.map(|_| action)
+        }
+    };
     let results = controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
     drive(results, kind).await;
 }
@@ -117,10 +136,7 @@ pub async fn drive<K, E>(
 
 /// The object of a guarded watch event; or, when it did not deserialize, a Warning Event on it
 /// naming the error, and the action to wait for it to change.
-pub async fn deserialized<'a, K>(
-    ctx: &Context,
-    guarded: &'a DeserializeGuard<K>,
-) -> Result<&'a K, kube::runtime::controller::Action>
+pub async fn deserialized<'a, K>(ctx: &Context, guarded: &'a DeserializeGuard<K>) -> Result<&'a K, Next>
 where
     K: Resource<DynamicType = ()>,
 {
@@ -133,7 +149,7 @@ where
     let note = format!("the operator cannot read this {}: {}", K::kind(&()), invalid.error);
     let reason = crate::reason::Reason::InvalidObject;
     ctx.publish_event(&guarded.object_ref(&()), context::EventType::Warning, reason, note, "Reconcile").await;
-    Err(kube::runtime::controller::Action::await_change())
+    Err(Next::await_change())
 }
 
 /// The requeue after a reconcile error: counted by category, logged with its source, backed off.

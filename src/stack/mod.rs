@@ -23,7 +23,7 @@ use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::timing::{backoff, jittered};
-use crate::controller::{Context, object_key};
+use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
@@ -82,7 +82,7 @@ pub fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc
     crate::controller::error_action(&ctx, "Stack", &object_key(&*stack), error.category(), error)
 }
 
-pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Next, Error> {
     let stack = match crate::controller::deserialized(&ctx, &guarded).await {
         Ok(stack) => stack,
         Err(action) => return Ok(action),
@@ -103,17 +103,17 @@ struct Usable {
     fingerprint: String,
 }
 
-async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
         outputs::cleanup(ctx, stack).await?;
         ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let uid = stack.uid().unwrap_or_default();
     // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
     let watermark = ctx.caches(&stack.namespace().unwrap_or_default()).map(|c| c.watermark(stack));
     if watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
-        return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+        return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
     }
     let (failure, published, check) = match usable(stack, ctx).await? {
         Err(failure) => (failure, None, None),
@@ -132,12 +132,12 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Action, Error> 
                         ctx.mark_verified(&uid, &usable.fingerprint);
                         ctx.record_success(&object_key(stack));
                         ctx.settle(&uid, watermark, Arc::new(()));
-                        return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+                        return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
                     }
                     Some(Verdict::Running(message)) => {
                         let ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message.clone());
                         write_status(stack, ctx, ready, published, check).await?;
-                        return Ok(Action::requeue(CHECK_POLL));
+                        return Ok(Next::requeue(CHECK_POLL));
                     }
                     Some(Verdict::Failed(failure)) => failure.clone(),
                 };
@@ -170,18 +170,18 @@ async fn workload_check(
 
 /// The requeue after a failure: backoff while it may pass by itself, else the resync (settled
 /// when only a change of the objects the Stack names can fix it).
-fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Option<String>) -> Action {
+fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Option<String>) -> Next {
     let uid = stack.uid().unwrap_or_default();
     if failure.is_transient() {
         let failures = ctx.record_failure(&object_key(stack));
-        Action::requeue(backoff(failures, ctx.settings.resync_interval))
+        Next::requeue(backoff(failures, ctx.settings.resync_interval))
     } else {
         // A reason in the objects the Stack names: the watches bring the fix at once, and until
         // then another pass would find the same. (IAM's answers are checked again each resync.)
         if waits_for_a_change(failure.reason) {
             ctx.settle(&uid, watermark, Arc::new(()));
         }
-        Action::requeue(jittered(ctx.settings.resync_interval))
+        Next::requeue(jittered(ctx.settings.resync_interval))
     }
 }
 

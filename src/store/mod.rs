@@ -26,7 +26,7 @@ use crate::controller::apply::{self, Applied};
 use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered, spread};
-use crate::controller::{Context, object_key};
+use crate::controller::{Context, Next, object_key};
 use crate::reason::Reason;
 use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
@@ -97,7 +97,7 @@ pub fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, 
     crate::controller::error_action(&ctx, "ArtifactStore", &object_key(&*store), error.category(), error)
 }
 
-pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<Context>) -> Result<Next, Error> {
     let store = match crate::controller::deserialized(&ctx, &guarded).await {
         Ok(store) => store,
         Err(action) => return Ok(action),
@@ -113,7 +113,7 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
 
 /// dereference → (steady: nothing changed) → parse → resolve the inputs → (recheck: verified
 /// with these inputs) → verify → publish → status.
-async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     if store.metadata.deletion_timestamp.is_some() {
         return cleanup(store, ctx).await;
     }
@@ -131,7 +131,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         Err(error) => {
             let failure = Failure::new(Reason::InvalidPath, error.to_string());
             write_status(store, ctx, &status::unresolved(&failure), |_| {}).await?;
-            return Ok(Action::await_change());
+            return Ok(Next::await_change());
         }
     };
     let inputs = match dereference(ctx, store).await {
@@ -144,7 +144,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
             .await?;
             // Only a change to what the store names fixes this, and the watches bring it at once.
             ctx.settle(&uid, watermark, Arc::new(Pass::Waiting));
-            return Ok(Action::requeue(jittered(ctx.settings.resync_interval)));
+            return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
         }
         Err(error) => return Err(Error::Dereference(error)),
     };
@@ -157,11 +157,11 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Action,
         Some(wait) => {
             ctx.record_success(&object_key(store));
             ctx.settle(&uid, watermark, Arc::new(Pass::Ready(Box::new(inputs))));
-            Ok(Action::requeue(wait))
+            Ok(Next::requeue(wait))
         }
         None => {
             let failures = ctx.record_failure(&object_key(store));
-            Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+            Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
         }
     }
 }
@@ -178,23 +178,23 @@ enum Pass {
 /// The steady state: nothing the store reads or publishes changed since a full pass found it
 /// Ready (or waiting for such a change), so nothing is read from the apiserver; S3 is called
 /// once, when the re-verification of a Ready store is due. None when a full pass is needed.
-async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -> Option<Action> {
+async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
     let uid = store.uid()?;
     let pass = ctx.settled::<Pass>(&uid, watermark?)?;
     let inputs = match &*pass {
-        Pass::Waiting => return Some(Action::requeue(jittered(ctx.settings.resync_interval))),
+        Pass::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
         Pass::Ready(inputs) => inputs,
     };
     let due = ctx.verification_due(&uid, &inputs.fingerprint)?;
     let now = Instant::now();
     if due > now {
-        return Some(Action::requeue(due - now));
+        return Some(Next::requeue(due - now));
     }
     let path = S3Path::parse(&store.spec.path).ok()?;
     let region = store.status.as_ref().and_then(|s| s.region.clone()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
     verify::quick_check(ctx, store, inputs, &path, &region).await.ok()?;
     ctx.metrics.verified();
-    Some(Action::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
+    Some(Next::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
 }
 
 /// A store already Ready with these inputs needs no full verification: only the cheap check when
@@ -488,10 +488,10 @@ where
     }
 }
 
-async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     ctx.forget(&store.uid().unwrap_or_default(), &object_key(store));
     if !has_finalizer(store) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let status = store.status.clone().unwrap_or_default();
     let bucket_name = status.bucket.clone().unwrap_or_else(|| store.spec.path.clone());
@@ -500,7 +500,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
             store.status.as_ref().and_then(|s| s.bucket.clone()).unwrap_or_else(|| store.spec.path.clone());
         event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket_name} is kept: {why}"))
             .await;
-        set_finalizer(store, ctx, false).await.map(|()| Action::await_change())
+        set_finalizer(store, ctx, false).await.map(|()| Next::await_change())
     };
     if store.spec.deletion_policy == DeletionPolicy::Retain {
         return retain("deletionPolicy is Retain".into()).await;
@@ -515,7 +515,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
         write_ready_only(store, ctx, conditions::Observed::failed(READY, failure.reason, failure.message.clone()))
             .await?;
         let failures = ctx.record_failure(&object_key(store));
-        Ok(Action::requeue(backoff(failures, ctx.settings.resync_interval)))
+        Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
     let inputs = match dereference(ctx, store).await {
         Ok(inputs) => inputs,
@@ -550,7 +550,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Action, Error> 
             )
             .await;
             set_finalizer(store, ctx, false).await?;
-            Ok(Action::await_change())
+            Ok(Next::await_change())
         }
         Ok(verify::Deletion::NotOurs) => retain("its creator tag does not name this ArtifactStore".into()).await,
         Err(failure) => blocked(failure).await,

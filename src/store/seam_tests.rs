@@ -32,10 +32,7 @@ fn store(deletion_policy: &str, finalizers: &[&str]) -> ArtifactStore {
     store
 }
 
-async fn run(
-    store: ArtifactStore,
-    verify: impl AsyncFnOnce(&mut ApiServerVerifier),
-) -> kube::runtime::controller::Action {
+async fn run(store: ArtifactStore, verify: impl AsyncFnOnce(&mut ApiServerVerifier)) -> crate::controller::Next {
     let (ctx, mut verifier) = test_context();
     let reconciled = tokio::spawn(reconcile(Arc::new(DeserializeGuard(Ok(store))), ctx));
     verify(&mut verifier).await;
@@ -100,5 +97,5 @@ async fn retain_deletion_keeps_the_bucket_and_only_removes_the_finalizer() {
         assert_eq!(patch, json!({"metadata": {"finalizers": ["example.com/other"], "resourceVersion": "7"}}));
     })
     .await;
-    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert_eq!(action, crate::controller::Next::await_change());
 }
