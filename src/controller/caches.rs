@@ -323,7 +323,7 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
 
     let f = fanout.clone();
     spawn_watch(client, namespace, health, stores_writer, move |store, change| {
-        let reference = ObjectRef::from_obj(store);
+        let reference = lean_ref(store);
         let namespace = store.namespace().unwrap_or_default();
         match change {
             Change::Updated => {
@@ -336,7 +336,7 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
     });
     let f = fanout.clone();
     spawn_watch(client, namespace, health, stacks_writer, move |stack, change| {
-        let reference = ObjectRef::from_obj(stack);
+        let reference = lean_ref(stack);
         match change {
             Change::Updated => {
                 f.stack_index.set(reference.clone(), &stack.namespace().unwrap_or_default(), references_of(stack));
@@ -351,6 +351,13 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
     spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, move |t| f.referrers_of(t));
     spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, move |t| fanout.referrers_of(t));
     (caches, Queues { stores: store_queue, stacks: stack_queue })
+}
+
+/// A reference to `object` by namespace and name only: what the index and the queues hold of each
+/// object, without the resourceVersion and UID that `ObjectRef::from_obj` copies along (and
+/// that equality ignores).
+pub fn lean_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    ObjectRef::new(&object.name_any()).within(&object.namespace().unwrap_or_default())
 }
 
 /// What a guarded object names: nothing when it did not deserialize.

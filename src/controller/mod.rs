@@ -92,9 +92,7 @@ pub async fn run<K, F, E>(
     let timetable = std::sync::Arc::new(Timetable::default());
     let queue = futures::stream::select(queue, timetable.clone().due());
     let reconcile = move |object: std::sync::Arc<DeserializeGuard<K>>, ctx| {
-        use kube::ResourceExt;
-        let key = kube::runtime::reflector::ObjectRef::new(&object.name_any())
-            .within(&object.namespace().unwrap_or_default());
+        let key = caches::lean_ref(&*object);
         let pass = reconcile(object, ctx);
         let timetable = timetable.clone();
         async move {
