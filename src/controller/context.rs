@@ -169,8 +169,23 @@ impl Context {
             .cloned()
     }
 
+    /// What follows a status write with `transitions`: the time to Ready when they turned the
+    /// object Ready, and their Event. Called only once the write is done, so a pass on a cache that
+    /// has not caught up with this process's last write (which writes nothing) counts and
+    /// announces nothing a second time.
+    pub async fn announce_transitions(
+        &self,
+        kind: &'static str,
+        meta: &kube::core::ObjectMeta,
+        reference: &ObjectReference,
+        transitions: &[Transition],
+    ) {
+        self.observe_readiness(kind, meta, transitions);
+        self.publish_transitions(reference, transitions).await;
+    }
+
     /// Records the time to Ready when `transitions` turn the object Ready.
-    pub fn observe_readiness(&self, kind: &'static str, meta: &kube::core::ObjectMeta, transitions: &[Transition]) {
+    fn observe_readiness(&self, kind: &'static str, meta: &kube::core::ObjectMeta, transitions: &[Transition]) {
         let became_ready = transitions.iter().any(|t| {
             t.observed.type_ == crate::conditions::READY && t.observed.status == crate::conditions::Status::True
         });
@@ -182,7 +197,7 @@ impl Context {
 
     /// Publishes one Event for a reconcile's condition transitions: the Ready condition's, or the
     /// first other one. Failing to publish is logged, not fatal.
-    pub async fn publish_transitions(&self, reference: &ObjectReference, transitions: &[Transition]) {
+    async fn publish_transitions(&self, reference: &ObjectReference, transitions: &[Transition]) {
         let Some(transition) =
             transitions.iter().find(|t| t.observed.type_ == crate::conditions::READY).or(transitions.first())
         else {

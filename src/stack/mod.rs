@@ -355,7 +355,6 @@ async fn write_status(
         content_hash,
         workload_check,
     };
-    ctx.observe_readiness("Stack", &stack.metadata, &transitions);
     if next == previous {
         return Ok(());
     }
@@ -363,6 +362,6 @@ async fn write_status(
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     apply::status(&api, &stack.name_any(), &next).await.map_err(Error::Status)?;
     ctx.wrote_status(&stack.metadata, written);
-    ctx.publish_transitions(&stack.object_ref(&()), &transitions).await;
+    ctx.announce_transitions("Stack", &stack.metadata, &stack.object_ref(&()), &transitions).await;
     Ok(())
 }

@@ -373,7 +373,6 @@ async fn write_status(
         ..ArtifactStoreStatus::default()
     };
     fill(&mut next);
-    ctx.observe_readiness("ArtifactStore", &store.metadata, &transitions);
     if next == previous {
         return Ok(());
     }
@@ -384,7 +383,7 @@ async fn write_status(
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     apply::status(&api, &store.name_any(), &next).await.map_err(Error::Status)?;
     ctx.wrote_status(&store.metadata, written);
-    ctx.publish_transitions(&store.object_ref(&()), &transitions).await;
+    ctx.announce_transitions("ArtifactStore", &store.metadata, &store.object_ref(&()), &transitions).await;
     Ok(())
 }
 
