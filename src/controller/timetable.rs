@@ -39,6 +39,9 @@ impl Next {
 /// wake-ups a second rather than one each.
 pub const GATHER: Duration = Duration::from_millis(250);
 
+/// The longest an object waits: longer than any resync interval (at most a day, and 10% jitter).
+const LONGEST_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub struct Timetable<K: kube::Resource<DynamicType = ()>> {
     inner: Mutex<Inner<K>>,
     /// Wakes the sleeper when an object is due before the instant it sleeps until.
@@ -66,7 +69,8 @@ impl<K: kube::Resource<DynamicType = ()>> Timetable<K> {
     /// action: always to wait for a change, as the timetable keeps the time.
     pub fn enter(&self, object: ObjectRef<K>, next: Next, now: Instant) -> Action {
         match next.after() {
-            Some(after) => self.set(object, now + after),
+            // Clamped: an instant past what the clock can hold would panic.
+            Some(after) => self.set(object, now + after.min(LONGEST_WAIT)),
             None => self.clear(&object),
         }
         Action::await_change()
