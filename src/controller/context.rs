@@ -107,19 +107,20 @@ impl Context {
         self.memory.mark_verified(uid, inputs, Instant::now() + wait);
     }
 
-    /// The digest of `status` when it is to be written for `object`; None when this process
-    /// already wrote it and the cache has not caught up with that write yet (see
-    /// [`Context::wrote_status`]).
-    pub fn status_to_write(&self, object: &ObjectMeta, status: &impl serde::Serialize) -> Option<u64> {
-        let digest = super::digest(serde_json::to_string(status).unwrap_or_default());
+    /// Whether a status computed from `object` as cached may be written: not while the cache
+    /// still holds the version this process's last status write was computed from. That write
+    /// supersedes anything computed from the same version: a pass woken by the objects the first
+    /// one published sees the world it changed (the bucket it created, as one that exists) but not
+    /// its status, and would overwrite it. The write's watch event wakes the next pass.
+    pub fn may_write_status(&self, object: &ObjectMeta) -> bool {
         let (uid, version) = uid_and_version(object);
-        (!self.memory.status_written(uid, version, digest)).then_some(digest)
+        !self.memory.status_pending(uid, version)
     }
 
-    /// Records that the status of digest `status` was written for `object` as the cache holds it.
-    pub fn wrote_status(&self, object: &ObjectMeta, status: u64) {
+    /// Records that a status was written for `object` as the cache holds it.
+    pub fn wrote_status(&self, object: &ObjectMeta) {
         let (uid, version) = uid_and_version(object);
-        self.memory.wrote_status(uid, version, status);
+        self.memory.wrote_status(uid, version);
     }
 
     /// Records what a full pass of `uid` read, at the caches' `watermark` before it read.

@@ -26,10 +26,9 @@ pub struct Memory {
     /// Per object (by the digest of its UID): when it was last touched, and what its last full
     /// pass read at which watermark.
     settled: Mutex<HashMap<u64, Settled>>,
-    /// Per object (by the digest of its UID): the status this process wrote last, as the digests
-    /// of the resourceVersion it was computed from and of the status, until the cache moves past
-    /// that resourceVersion.
-    written: Mutex<HashMap<u64, (Instant, u64, u64)>>,
+    /// Per object (by the digest of its UID): the digest of the resourceVersion this process's
+    /// last status write was computed from, until the cache moves past that resourceVersion.
+    written: Mutex<HashMap<u64, (Instant, u64)>>,
     /// When stale entries were last pruned.
     pruned: Mutex<Instant>,
 }
@@ -91,22 +90,23 @@ impl Memory {
         Some(read.clone())
     }
 
-    /// Records that `status` was written for `uid`, computed from the object at `version`.
-    pub fn wrote_status(&self, uid: &str, version: &str, status: u64) {
+    /// Records that a status was written for `uid`, computed from the object at `version`.
+    pub fn wrote_status(&self, uid: &str, version: &str) {
         let now = Instant::now();
         self.prune_stale(now);
-        lock(&self.written).insert(digest(uid), (now, digest(version), status));
+        lock(&self.written).insert(digest(uid), (now, digest(version)));
     }
 
-    /// Whether this process already wrote `status` for `uid` from the object at `version`, which
-    /// the cache still holds: the watch has not brought the write back yet, and writing the same
-    /// again would be a second write (and a second Event) for nothing. Once the cache holds a
-    /// newer version, the entry goes and the cached status is the one to compare with.
-    pub fn status_written(&self, uid: &str, version: &str, status: u64) -> bool {
+    /// Whether this process wrote a status for `uid` computed from the object at `version`, which
+    /// the cache still holds: the watch has not brought the write back yet. Whatever another pass
+    /// computes from that version is older than the write (it sees the world the write changed,
+    /// not the write), so it writes nothing; the write's watch event wakes the next pass. Once
+    /// the cache holds a newer version, the entry goes.
+    pub fn status_pending(&self, uid: &str, version: &str) -> bool {
         let mut written = lock(&self.written);
         let key = digest(uid);
         match written.get(&key) {
-            Some((_, from, wrote)) if *from == digest(version) => *wrote == status,
+            Some((_, from)) if *from == digest(version) => true,
             Some(_) => {
                 written.remove(&key);
                 false
@@ -146,7 +146,7 @@ impl Memory {
         lock(&self.verified).retain(|_, (_, due, _)| now.saturating_duration_since(*due) < self.interval);
         lock(&self.failures).retain(|_, (_, at)| fresh(at));
         lock(&self.settled).retain(|_, (touched, _, _)| now.saturating_duration_since(*touched) < self.interval * 3);
-        lock(&self.written).retain(|_, (at, _, _)| fresh(at));
+        lock(&self.written).retain(|_, (at, _)| fresh(at));
     }
 }
 
@@ -179,14 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn a_written_status_is_not_written_again_until_the_cache_moves_on() {
+    fn no_status_is_written_from_a_version_a_write_superseded_until_the_cache_moves_on() {
         let memory = Memory::new(INTERVAL);
-        memory.wrote_status("uid-1", "41", 7);
-        assert!(memory.status_written("uid-1", "41", 7), "the cache still holds 41: the same status is written");
-        assert!(!memory.status_written("uid-1", "41", 8), "another status is a new write");
-        assert!(!memory.status_written("uid-2", "41", 7), "another object");
-        assert!(!memory.status_written("uid-1", "42", 7), "the cache moved on: compare with what it holds");
-        assert!(!memory.status_written("uid-1", "41", 7), "and the entry is gone");
+        memory.wrote_status("uid-1", "41");
+        assert!(memory.status_pending("uid-1", "41"), "the cache still holds 41, which the write superseded");
+        assert!(!memory.status_pending("uid-2", "41"), "another object");
+        assert!(!memory.status_pending("uid-1", "42"), "the cache moved on: the status it holds is current");
+        assert!(!memory.status_pending("uid-1", "41"), "and the entry is gone");
     }
 
     #[test]

@@ -358,10 +358,12 @@ async fn write_status(
     if next == previous {
         return Ok(());
     }
-    let Some(written) = ctx.status_to_write(&stack.metadata, &next) else { return Ok(()) };
+    if !ctx.may_write_status(&stack.metadata) {
+        return Ok(());
+    }
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     apply::status(&api, &stack.name_any(), &next).await.map_err(Error::Status)?;
-    ctx.wrote_status(&stack.metadata, written);
+    ctx.wrote_status(&stack.metadata);
     ctx.announce_transitions("Stack", &stack.metadata, &stack.object_ref(&()), &transitions).await;
     Ok(())
 }

@@ -376,13 +376,15 @@ async fn write_status(
     if next == previous {
         return Ok(());
     }
-    // A cache that has not caught up with this process's last write would have it write (and
-    // announce) the same again.
-    let Some(written) = ctx.status_to_write(&store.metadata, &next) else { return Ok(()) };
+    // A cache that has not caught up with this process's last write would have it overwrite
+    // (and announce again) what that write said.
+    if !ctx.may_write_status(&store.metadata) {
+        return Ok(());
+    }
     next.last_verified_time = Some(now);
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     apply::status(&api, &store.name_any(), &next).await.map_err(Error::Status)?;
-    ctx.wrote_status(&store.metadata, written);
+    ctx.wrote_status(&store.metadata);
     ctx.announce_transitions("ArtifactStore", &store.metadata, &store.object_ref(&()), &transitions).await;
     Ok(())
 }
