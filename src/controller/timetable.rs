@@ -77,7 +77,7 @@ impl<K: kube::Resource<DynamicType = ()>> Timetable<K> {
     }
 
     /// `object` is due at `at`, and not before.
-    pub fn set(&self, object: ObjectRef<K>, at: Instant) {
+    fn set(&self, object: ObjectRef<K>, at: Instant) {
         let mut inner = self.lock();
         inner.due.insert(object, at);
         if inner.earliest.is_none_or(|earliest| at < earliest) {
@@ -87,7 +87,7 @@ impl<K: kube::Resource<DynamicType = ()>> Timetable<K> {
     }
 
     /// `object` is due only when something changes.
-    pub fn clear(&self, object: &ObjectRef<K>) {
+    fn clear(&self, object: &ObjectRef<K>) {
         self.lock().due.remove(object);
     }
 
