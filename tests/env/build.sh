@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
-# checker built from Argo Workflows' own packages, and moto (IAM/STS), ZenML and boto3 in a virtual
-# environment; and installs the Debian packages the node of node-up.sh needs (containerd, ...).
+# checker built from Argo Workflows' own packages, and moto (IAM/STS), ZenML (client and server) and
+# boto3 in a virtual environment; and installs the Debian packages the node of node-up.sh needs
+# (containerd, ...).
 # Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
 # One part only: build.sh go|python|helm|node.
 set -euo pipefail
@@ -43,7 +44,7 @@ build_python_tools() {
   # The venv is built in place (a venv records its own path in its scripts, so it cannot be moved
   # after the fact) and marked complete only once pip has succeeded: a half-built one is redone.
   if [[ ! -f "$venv/.complete" ]]; then
-    log "creating the Python environment (requirements.txt: moto, boto3, s3fs, minio) at $venv"
+    log "creating the Python environment (requirements.txt: moto, boto3, s3fs, minio, zenml) at $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ENV_DIR/requirements.txt"

@@ -2,7 +2,8 @@
 # Starts the real local test environment the integration tests run against, all on 127.0.0.1:
 #   etcd + kube-apiserver + kube-controller-manager (RBAC, TokenRequest, a fake EKS-like OIDC issuer),
 #   MinIO over plain HTTP and a second MinIO over HTTPS (own CA), the Versity S3 Gateway (versitygw,
-#   the second S3 implementation) the same two ways, and moto in server mode (IAM, STS).
+#   the second S3 implementation) the same two ways, moto in server mode (IAM, STS), and a ZenML
+#   server (uvicorn, SQLite) with two service accounts and their API keys.
 # The binaries come from tests/env/build.sh (run it first). Idempotent: when the environment recorded
 # in $STATE_DIR is running and healthy this only prints the env file's path. The last line on stdout
 # is always the path of the env file (mode 0600, `export` lines) that tells tests where everything is.
@@ -29,11 +30,14 @@ export AO_TESTENV_STATE="$STATE_DIR"
 # --- helpers (die, start, wait_for, new_cert, kubeconfig and the others are in lib.sh) ----------
 
 # Secrets never reach stdout/stderr: everything we show from a log goes through this (it replaces
-# lib.sh's pass-through redact).
+# lib.sh's pass-through redact). The delimiter "|" is in neither alphabet of our secrets: hex, and
+# the base64 of ZenML's API keys, whose alphabet has "/" (and "+", a plain character in sed's basic
+# regular expressions).
 redact() {
   local args=() s
-  for s in "${ROOT_SECRET_KEY:-}" "${USER_SECRET_KEY:-}" "${VGW_SECRET_KEY:-}"; do
-    [[ -n "$s" ]] && args+=(-e "s/$s/<redacted>/g")
+  for s in "${ROOT_SECRET_KEY:-}" "${USER_SECRET_KEY:-}" "${VGW_SECRET_KEY:-}" \
+    "${ZENML_ADMIN_PASSWORD:-}" "${ZENML_JWT_SECRET:-}" "${ZENML_API_KEY:-}" "${ZENML_OTHER_API_KEY:-}"; do
+    [[ -n "$s" ]] && args+=(-e "s|$s|<redacted>|g")
   done
   if ((${#args[@]})); then sed "${args[@]}"; else cat; fi
 }
@@ -53,7 +57,9 @@ healthy() {
       "https://127.0.0.1:$S3_TLS_PORT/minio/health/ready" >/dev/null 2>&1 &&
     curl -fsS --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1 &&
     [[ -n "${VGW_PORT:-}" && -n "${VGW_TLS_PORT:-}" ]] && # (absent: recorded by an older up.sh)
-    vgw_answers "http://127.0.0.1:$VGW_PORT" && vgw_answers "https://127.0.0.1:$VGW_TLS_PORT"
+    vgw_answers "http://127.0.0.1:$VGW_PORT" && vgw_answers "https://127.0.0.1:$VGW_TLS_PORT" &&
+    [[ -n "${ZENML_PORT:-}" ]] && # (absent: recorded by an older up.sh)
+    curl -fsS --max-time 2 "http://127.0.0.1:$ZENML_PORT/health" >/dev/null 2>&1
 }
 
 # versitygw has no health endpoint: any S3 answer (an anonymous request is refused) means it serves.
@@ -92,8 +98,8 @@ start_all() {
   mkdir -p "$PKI" "$LOGS" "$PIDS"
 
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT S3_PORT S3_CONSOLE_PORT S3_TLS_PORT \
-    S3_TLS_CONSOLE_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT < <(free_ports 11)
-  declare -p ETCD_PORT API_PORT KCM_PORT S3_PORT S3_TLS_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT |
+    S3_TLS_CONSOLE_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT ZENML_PORT < <(free_ports 12)
+  declare -p ETCD_PORT API_PORT KCM_PORT S3_PORT S3_TLS_PORT MOTO_PORT VGW_PORT VGW_TLS_PORT ZENML_PORT |
     sed 's/^declare -- //' >"$PORTS_FILE"
 
   # Random credentials, hex so they are safe in URLs, sed and MinIO's key alphabet.
@@ -103,6 +109,22 @@ start_all() {
   USER_SECRET_KEY=$(openssl rand -hex 20)
   VGW_ACCESS_KEY="aovgw$(openssl rand -hex 6)"
   VGW_SECRET_KEY=$(openssl rand -hex 20)
+  ZENML_ADMIN_PASSWORD=$(openssl rand -hex 20)
+  ZENML_JWT_SECRET=$(openssl rand -hex 32)
+
+  # The ZenML server goes first: it needs none of the rest, and its imports and database setup
+  # (5-10 s) take longest of all, so they overlap with everything below. Its SQLite database,
+  # configuration and local stores are in a directory of its own ($STATE_DIR is absolute, so the
+  # URL has the four slashes of an absolute path). Auto-activation creates the default user, admin
+  # with our password; the JWT key is ours too, and the secrets go through the environment.
+  local zenml_dir="$STATE_DIR/zenml"
+  mkdir -p "$zenml_dir"
+  start zenml env ZENML_STORE_URL="sqlite:///$zenml_dir/zenml.db" \
+    ZENML_CONFIG_PATH="$zenml_dir/config" ZENML_LOCAL_STORES_PATH="$zenml_dir/stores" \
+    ZENML_ANALYTICS_OPT_IN=false ZENML_LOGGING_COLORS_DISABLED=true \
+    ZENML_SERVER_AUTO_ACTIVATE=true ZENML_DEFAULT_USER_NAME=admin \
+    ZENML_DEFAULT_USER_PASSWORD="$ZENML_ADMIN_PASSWORD" ZENML_SERVER_JWT_SECRET_KEY="$ZENML_JWT_SECRET" \
+    "$VENV/bin/python" -m uvicorn zenml.zen_server.zen_server_api:app --host 127.0.0.1 --port "$ZENML_PORT"
 
   make_pki
 
@@ -207,6 +229,17 @@ start_all() {
   wait_for kube-controller-manager "ServiceAccount default/default" \
     kube_curl /api/v1/namespaces/default/serviceaccounts/default
 
+  wait_for zenml "healthy ZenML server" curl -fsS --max-time 2 "http://127.0.0.1:$ZENML_PORT/health"
+  # The operator's service account and another team's, each with an API key, through the REST API
+  # as admin. Secrets go by environment, the keys come back in files.
+  AO_ZENML_URL="http://127.0.0.1:$ZENML_PORT" AO_ZENML_ADMIN_PASSWORD="$ZENML_ADMIN_PASSWORD" \
+    AO_ZENML_API_KEY_FILE="$zenml_dir/artifact-operator.key" \
+    AO_ZENML_OTHER_API_KEY_FILE="$zenml_dir/other-team.key" \
+    "$VENV/bin/python" "$ENV_DIR/zenml-service-account.py" >>"$LOGS/zenml-admin.log" 2>&1 ||
+    { log "ERROR: creating the ZenML service accounts failed:"; tail -n 20 "$LOGS/zenml-admin.log" | redact >&2; exit 1; }
+  ZENML_API_KEY=$(<"$zenml_dir/artifact-operator.key")
+  ZENML_OTHER_API_KEY=$(<"$zenml_dir/other-team.key")
+
   # The env file is written last and atomically: its presence means a complete environment.
   (
     umask 077
@@ -228,6 +261,10 @@ export AO_VGW_ENDPOINT='http://127.0.0.1:$VGW_PORT'
 export AO_VGW_TLS_ENDPOINT='https://127.0.0.1:$VGW_TLS_PORT'
 export AO_VGW_ACCESS_KEY='$VGW_ACCESS_KEY'
 export AO_VGW_SECRET_KEY='$VGW_SECRET_KEY'
+export AO_ZENML_URL='http://127.0.0.1:$ZENML_PORT'
+export AO_ZENML_API_KEY='$ZENML_API_KEY'
+export AO_ZENML_OTHER_API_KEY='$ZENML_OTHER_API_KEY'
+export AO_ZENML_ADMIN_PASSWORD='$ZENML_ADMIN_PASSWORD'
 export AO_VENV='$VENV'
 export AO_CACHE_DIR='$CACHE_DIR'
 EOF
@@ -240,8 +277,8 @@ EOF
 for b in etcd kube-apiserver kube-controller-manager minio versitygw; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run tests/env/build.sh first"
 done
-[[ -x "$VENV/bin/moto_server" && -x "$VENV/bin/python" ]] ||
-  die "$VENV has no moto_server: run tests/env/build.sh python first"
+[[ -x "$VENV/bin/moto_server" && -x "$VENV/bin/uvicorn" && -x "$VENV/bin/python" ]] ||
+  die "$VENV has no moto_server or no uvicorn (ZenML's server): run tests/env/build.sh python first"
 
 # The controllers the tests rely on (names as in kube-controller-manager --help of v1.33).
 # root-ca-certificate-publisher puts kube-root-ca.crt into every namespace, as on a real cluster.
