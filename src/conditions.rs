@@ -9,6 +9,8 @@ pub const BUCKET_READY: &str = "BucketReady";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 /// A Stack's: `artifact-operator check` passed in a pod running as the Stack's ServiceAccount.
 pub const WORKLOAD_ACCESS_VERIFIED: &str = "WorkloadAccessVerified";
+/// A Stack's, with `spec.zenml`: the ZenML server holds the stack as declared.
+pub const ZENML_SYNCED: &str = "ZenmlSynced";
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

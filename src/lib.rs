@@ -2,7 +2,7 @@
 //!
 //! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
 //! [`conditions`] are pure; [`reason`] lists every condition and Event reason; [`aws`] is the AWS
-//! edge (S3, IAM, STS); [`identity`] proves who the operator, a store's keys or a ServiceAccount
+//! edge (S3, IAM, STS); [`zenml`] the edge to ZenML servers' REST API; [`identity`] proves who the operator, a store's keys or a ServiceAccount
 //! are; [`check`] proves a workload pod's own access from inside it; [`store`] and [`stack`] are the two reconcilers; [`controller`] what they share (the
 //! caches and their index, apply helpers, per-object memory); [`operator`] the process.
 
@@ -23,3 +23,4 @@ pub mod resolve;
 pub mod s3path;
 pub mod stack;
 pub mod store;
+pub mod zenml;

@@ -57,6 +57,13 @@ pub fn count_kube_request(method: &http::Method, query: Option<&str>) {
     KUBE_REQUESTS.get_or_create(&VerbLabel { verb }).inc();
 }
 
+static ZENML_REQUESTS: std::sync::LazyLock<Family<VerbLabel, Counter>> = std::sync::LazyLock::new(Family::default);
+
+/// Counts one request to a ZenML server: `get`, `create`, `update`, `delete` or `login`.
+pub fn count_zenml_request(verb: &'static str) {
+    ZENML_REQUESTS.get_or_create(&VerbLabel { verb }).inc();
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     kind: &'static str,
@@ -102,6 +109,7 @@ impl Default for Metrics {
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
         registry.register("aws_calls", "Calls made to AWS services (S3, STS, IAM)", AWS_CALLS.clone());
         registry.register("kube_requests", "Requests made to the Kubernetes apiserver, by verb", KUBE_REQUESTS.clone());
+        registry.register("zenml_requests", "Requests made to ZenML servers, by verb", ZENML_REQUESTS.clone());
         registry.register("store_verifications", "Successful store verifications", verifications.clone());
         Self {
             registry: Arc::new(registry),

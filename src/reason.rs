@@ -2,7 +2,7 @@
 //! without anyone acting, and what to fix. Conditions, Events, the README's table and the Argo CD
 //! health scripts (`artifact-operator generate`) all derive from this one table.
 
-use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY, WORKLOAD_ACCESS_VERIFIED};
+use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 
 /// What a reason tells whoever watches the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,9 @@ const STORE_EVENT: Place = Place::Event(Kind::ArtifactStore);
 const STACK_READY: Place = Place::Condition(Kind::Stack, READY);
 const STACK_EVENT: Place = Place::Event(Kind::Stack);
 const STACK_WORKLOAD: Place = Place::Condition(Kind::Stack, WORKLOAD_ACCESS_VERIFIED);
+const STACK_ZENML: Place = Place::Condition(Kind::Stack, ZENML_SYNCED);
+/// What the ZenML sync meets: the Stack is Ready only once its ZenML stack is as declared.
+const STACK_ZENML_AND_READY: &[Place] = &[STACK_ZENML, STACK_READY];
 
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $name:ident: $meaning:ident, $places:expr, $fix:literal;)*) => {
@@ -224,6 +227,31 @@ reasons! {
     WorkloadCheckRunning: Transient, &[STACK_WORKLOAD, STACK_READY], "nothing: the check's Job runs";
     /// The in-pod check's Job ended without an outcome (image, scheduling, deadline).
     WorkloadCheckFailed: Action, &[STACK_WORKLOAD, STACK_READY], "read the message and the check pod's events: the image, the ServiceAccount, the volumes";
+    /// The ZenML server holds the stack, its components and secret as the Stack declares them.
+    ZenmlSynced: Fine, &[STACK_ZENML], "nothing to fix";
+    /// The ZenML objects the operator made for the Stack are removed (the Stack or its zenml
+    /// field went).
+    ZenmlRemoved: Fine, &[STACK_EVENT], "nothing to fix";
+    /// The Secret of spec.zenml.apiKeySecretRef, or its key, is missing.
+    ZenmlApiKeyNotFound: Action, STACK_ZENML_AND_READY, "create the Secret named in spec.zenml.apiKeySecretRef with the service account's API key under the named key";
+    /// No answer from the ZenML server (DNS, connection, TLS, timeout).
+    ZenmlUnreachable: Transient, STACK_ZENML_AND_READY, "nothing, if the outage passes; otherwise check spec.zenml.url and the network path to the server";
+    /// The ZenML server refused the API key.
+    ZenmlUnauthorized: Action, STACK_ZENML_AND_READY, "put a valid API key of an active ZenML service account in the Secret (zenml service-account api-key NAME create)";
+    /// The server runs a ZenML release whose REST API the operator does not speak.
+    ZenmlVersionUnsupported: Action, STACK_ZENML_AND_READY, "run ZenML 0.90 or later (0.x) on the server";
+    /// spec.zenml.project does not exist on the server.
+    ZenmlProjectNotFound: Action, STACK_ZENML_AND_READY, "create the project (zenml project register NAME) or fix spec.zenml.project";
+    /// A ZenML stack, component or secret of the name the operator would use exists and is not
+    /// this Stack's.
+    ZenmlNameConflict: Action, STACK_ZENML_AND_READY, "rename or delete that ZenML object, or set spec.zenml.stackName";
+    /// The ZenML server refused a request (the message quotes its answer).
+    ZenmlRejected: Action, STACK_ZENML_AND_READY, "read the server's answer in the message and fix what it names";
+    /// The ZenML server answered with a server error.
+    ZenmlUnavailable: Transient, STACK_ZENML_AND_READY, "nothing: the operator retries with backoff";
+    /// The Stack went while its ZenML objects could not be removed (the API key is gone or the
+    /// server refused); they are left in the server.
+    ZenmlObjectsLeft: Action, &[STACK_EVENT], "delete the ZenML stack, components and secret the Event names by hand";
     /// `artifact-operator check` found no credentials in the workload pod.
     NoCredentials: Action, &[STACK_WORKLOAD, STACK_READY], "give the pods the store's credentials Secret (envFrom) or an IAM role (IRSA, Pod Identity)";
 }

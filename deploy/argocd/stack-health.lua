@@ -26,6 +26,8 @@ local TRANSIENT = {
   ArtifactStoreNotReady = true,
   CredentialsSecretNotFound = true,
   WorkloadCheckRunning = true,
+  ZenmlUnreachable = true,
+  ZenmlUnavailable = true,
 }
 
 local hs = {}

@@ -30,6 +30,14 @@ use super::validation;
     validation = validation::name_length_rule()
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.zenml) || self.orchestrator.type == 'Kubernetes'",
+        "message": "zenml registers ZenML's kubernetes orchestrator: set orchestrator.type to Kubernetes, or remove zenml",
+        "fieldPath": ".zenml",
+        "reason": "FieldValueForbidden"
+    }
+]))]
 pub struct StackSpec {
     /// The ArtifactStore, in this namespace.
     pub artifact_store_ref: ArtifactStoreRef,
@@ -41,6 +49,54 @@ pub struct StackSpec {
     /// Extra proof that the orchestrator's pods can use the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// Register the stack in a ZenML server: its S3 artifact store (with the store's keys in a
+    /// ZenML secret, or none with implicit auth), its kubernetes orchestrator and the stack. The
+    /// operator keeps them as declared and removes them when the Stack goes or this field does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zenml: Option<Zenml>,
+}
+
+/// A ZenML server and the names the stack and its components get there.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Zenml {
+    /// The ZenML server's URL, for example `https://zenml.example.com`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^https?://[^/?#@ ]+(/[^?# ]*)?$')", "message": "zenml.url must be an http:// or https:// URL with a host and no query, for example https://zenml.example.com"}
+    ]))]
+    pub url: String,
+    /// The Secret, in this namespace, holding the API key of a ZenML service account
+    /// (`zenml service-account create`).
+    pub api_key_secret_ref: ApiKeySecretRef,
+    /// The ZenML project the stack's pipelines run in; it must exist. Defaults to `default`.
+    /// (ZenML 0.98 keeps stacks, components and secrets server-wide, not per project.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = validation::zenml_name)]
+    pub project: Option<String>,
+    /// The ZenML stack's name, and that of its artifact store and orchestrator components.
+    /// Defaults to `NAMESPACE-NAME` of this Stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = validation::zenml_name)]
+    pub stack_name: Option<String>,
+}
+
+/// A key of a Secret in the Stack's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ApiKeySecretRef {
+    /// Name of the Secret.
+    #[schemars(transform = validation::object_name)]
+    pub name: String,
+    /// The key holding the API key. Defaults to `api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = validation::data_key)]
+    pub key: Option<String>,
+}
+
+impl ApiKeySecretRef {
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("api-key")
+    }
 }
 
 /// How the operator proves that the orchestrator's pods can use the store.
@@ -153,4 +209,32 @@ pub struct StackStatus {
     /// runs again only when one of them changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_check: Option<String>,
+    /// With `zenml`: what the operator made in the ZenML server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zenml: Option<ZenmlStatus>,
+}
+
+/// The ZenML objects the operator made for the Stack, and what it needs to remove them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZenmlStatus {
+    /// The server they are in.
+    pub url: String,
+    /// The ZenML stack's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    /// The stack's name in ZenML (`zenml stack set NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_name: Option<String>,
+    /// The S3 artifact store component's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_store_id: Option<String>,
+    /// The kubernetes orchestrator component's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator_id: Option<String>,
+    /// The ZenML secret holding the store's keys (key auth only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<String>,
+    /// The API key the objects were made with, to remove them once `spec.zenml` is gone.
+    pub api_key_secret_ref: ApiKeySecretRef,
 }

@@ -29,6 +29,17 @@ pub fn data_key(schema: &mut Schema) {
     );
 }
 
+/// A name in a ZenML server (a stack, a component, a project), kept to what its CLI takes as an
+/// argument without quoting.
+pub fn zenml_name(schema: &mut Schema) {
+    bounded(schema, 1, 128);
+    add_rule(
+        schema,
+        r"self.matches('^[A-Za-z0-9][-_.A-Za-z0-9]*$')",
+        "must be a ZenML name: letters, digits, '-', '_' and '.', starting with a letter or digit, for example team-a-prod",
+    );
+}
+
 /// A KMS key id, key ARN, alias name or alias ARN.
 pub fn kms_key_id(schema: &mut Schema) {
     bounded(schema, 1, 2048);

@@ -31,6 +31,8 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: crate::metrics::Metrics,
     pub health: std::sync::Arc<super::health::Health>,
+    /// Logins to ZenML servers, for Stacks with `spec.zenml`.
+    pub zenml: crate::zenml::Sessions,
     /// Per-object memory of this process: failures for backoff, verification times.
     memory: super::memory::Memory,
     /// What this process read whole or published, by resourceVersion (see [`super::reads`]).
@@ -59,6 +61,7 @@ impl Context {
             settings,
             metrics,
             health: std::sync::Arc::default(),
+            zenml: crate::zenml::Sessions::default(),
             memory,
             known: super::reads::Known::default(),
             issuer: tokio::sync::OnceCell::new(),

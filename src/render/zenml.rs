@@ -80,7 +80,13 @@ pub const ZENML_VERSION: &str = "0.98.0";
 /// stack's name and the ZenML release: the S3 artifact store and the kubernetes orchestrator.
 /// Credentials are not part of it: pods get them from the env keys (the published credentials
 /// Secret or the pod's own identity).
-pub fn stack_export(stack_name: &str, store: &ResolvedStore, namespace: &str, service_account: &str) -> Value {
+pub fn stack_export(
+    stack_name: &str,
+    store: &ResolvedStore,
+    namespace: &str,
+    service_account: &str,
+    pod_settings: &Value,
+) -> Value {
     let mut artifact_store = artifact_store_config(store);
     // The export holds only what was configured: empty settings are left out, as ZenML does.
     if let Some(fields) = artifact_store.as_object_mut() {
@@ -95,11 +101,7 @@ pub fn stack_export(stack_name: &str, store: &ResolvedStore, namespace: &str, se
                 "type": "artifact_store",
             }],
             "orchestrator": [{
-                "configuration": {
-                    "incluster": true,
-                    "kubernetes_namespace": namespace,
-                    "service_account_name": service_account,
-                },
+                "configuration": orchestrator_config(namespace, service_account, pod_settings),
                 "flavor": "kubernetes",
                 "name": format!("{stack_name}-orchestrator"),
                 "type": "orchestrator",
@@ -107,6 +109,18 @@ pub fn stack_export(stack_name: &str, store: &ResolvedStore, namespace: &str, se
         },
         "stack_name": stack_name,
         "zenml_version": ZENML_VERSION,
+    })
+}
+
+/// The `configuration` of ZenML's kubernetes orchestrator: it runs inside the cluster and starts
+/// the orchestrator and step pods in `namespace` as `service_account`, with `pod_settings`
+/// (`KubernetesPodSettings`: `env_from`, `volumes` and `volume_mounts` in Kubernetes' JSON).
+pub fn orchestrator_config(namespace: &str, service_account: &str, pod_settings: &Value) -> Value {
+    json!({
+        "incluster": true,
+        "kubernetes_namespace": namespace,
+        "service_account_name": service_account,
+        "pod_settings": pod_settings,
     })
 }
 
@@ -124,7 +138,14 @@ mod tests {
             "spec": {"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"}, "auth": {"secretRef": {"name": "keys"}}},
         }))
         .unwrap();
-        let export = stack_export("prod", &ResolvedStore::new(&store, "us-east-1", false).unwrap(), "team", "runner");
+        let pod_settings = json!({"env_from": [{"configMapRef": {"name": "prod-stack"}}]});
+        let export = stack_export(
+            "prod",
+            &ResolvedStore::new(&store, "us-east-1", false).unwrap(),
+            "team",
+            "runner",
+            &pod_settings,
+        );
         assert_eq!(export["zenml_version"], ZENML_VERSION);
         let artifact_store = &export["components"]["artifact_store"][0];
         assert_eq!(artifact_store["type"], "artifact_store");
@@ -134,6 +155,8 @@ mod tests {
         assert_eq!(config_kwargs["response_checksum_validation"], "when_required");
         assert!(artifact_store["configuration"].get("s3_additional_kwargs").is_none(), "nothing configured there");
         assert!(artifact_store.get("authentication_secret").is_none(), "a ZenML secret, not a Kubernetes one");
-        assert_eq!(export["components"]["orchestrator"][0]["configuration"]["service_account_name"], "runner");
+        let orchestrator = &export["components"]["orchestrator"][0]["configuration"];
+        assert_eq!(orchestrator["service_account_name"], "runner");
+        assert_eq!(orchestrator["pod_settings"], pod_settings);
     }
 }

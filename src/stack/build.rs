@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, Secret, SecretEnvSource, Volume, VolumeMount,
+};
 use kube::core::ObjectMeta;
 
 use crate::api::Stack;
@@ -17,7 +19,7 @@ use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::controller::apply;
 use crate::render::{self, argo, kfp};
-use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore};
+use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore};
 
 /// The annotation carrying the SHA-256 of the ConfigMap's data, so workloads can roll on change.
 pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
@@ -31,6 +33,56 @@ pub fn config_map_name(stack: &str) -> String {
 /// The Secret holding the CA bundle for Argo's `caSecret`, when the store's CA is in a ConfigMap.
 pub fn ca_secret_name(stack: &str) -> String {
     format!("{stack}-ca-bundle")
+}
+
+/// What a pod needs to use the stack: the env keys (the Stack's ConfigMap and, with key auth, the
+/// store's credentials Secret) and the ConfigMap as files where the env keys point (the CA file).
+/// The in-pod check's Job and ZenML's kubernetes orchestrator pods get the same.
+pub struct PodWiring {
+    pub env_from: Vec<EnvFromSource>,
+    pub volume: Volume,
+    pub volume_mount: VolumeMount,
+}
+
+/// The name of [`PodWiring`]'s volume.
+const WIRING_VOLUME: &str = "artifact-store";
+
+pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
+    let config_map = config_map_name(stack);
+    let mut env_from = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource { name: config_map.clone(), optional: Some(false) }),
+        ..EnvFromSource::default()
+    }];
+    if let ResolvedAuth::Keys(keys) = &store.auth {
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: keys.env_secret_name.clone(), optional: Some(false) }),
+            ..EnvFromSource::default()
+        });
+    }
+    PodWiring {
+        env_from,
+        volume: Volume {
+            name: WIRING_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource { name: config_map, ..ConfigMapVolumeSource::default() }),
+            ..Volume::default()
+        },
+        volume_mount: VolumeMount {
+            name: WIRING_VOLUME.to_owned(),
+            mount_path: CONFIG_MOUNT_PATH.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    }
+}
+
+/// ZenML's `KubernetesPodSettings` (`pod_settings` of the kubernetes orchestrator) that give its
+/// pods the [`PodWiring`], in Kubernetes' JSON as ZenML hands it on.
+pub fn zenml_pod_settings(wiring: &PodWiring) -> serde_json::Value {
+    serde_json::json!({
+        "env_from": wiring.env_from,
+        "volumes": [wiring.volume],
+        "volume_mounts": [wiring.volume_mount],
+    })
 }
 
 fn owned_meta(stack: &Stack, name: String) -> ObjectMeta {
@@ -54,7 +106,9 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
     if wants(stack, OutputFormat::ZenML) {
-        let export = render::zenml::stack_export(&name, store, &namespace, &orchestrator.service_account_name);
+        let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));
+        let export =
+            render::zenml::stack_export(&name, store, &namespace, &orchestrator.service_account_name, &pod_settings);
         data.insert(ZENML_STACK_KEY.into(), serde_yaml_ng::to_string(&export).expect("JSON values serialize to YAML"));
     }
     let hash = render::content_hash(&data);

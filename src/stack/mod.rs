@@ -5,6 +5,7 @@
 pub mod build;
 pub mod outputs;
 pub mod workload;
+pub mod zenml;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,12 +17,13 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use crate::api::stack::{OutputFormat, StackStatus};
+use crate::api::stack::{OutputFormat, StackStatus, ZenmlStatus};
 use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
-use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED};
+use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
+use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
@@ -67,6 +69,9 @@ impl Referrer for Stack {
             Reference::new(Kind::ConfigMap, build::config_map_name(&name)),
             Reference::new(Kind::Secret, build::ca_secret_name(&name)),
         ];
+        if let Some(zenml) = &self.spec.zenml {
+            references.push(Reference::new(Kind::Secret, &zenml.api_key_secret_ref.name));
+        }
         if self.spec.outputs.formats.contains(&OutputFormat::Kfp) {
             references.push(Reference::new(Kind::ConfigMap, crate::render::kfp::CONFIG_MAP));
         }
@@ -90,7 +95,9 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>)
     let started = Instant::now();
     let result = match crate::controller::contained(&object_key(stack), reconcile_inner(stack, &ctx)).await {
         Some(result) => result,
-        None => write_status(stack, &ctx, crate::controller::panicked(), None, None).await.and(Err(Error::Panicked)),
+        None => {
+            write_status(stack, &ctx, Report::failed(crate::controller::panicked())).await.and(Err(Error::Panicked))
+        }
     };
     ctx.metrics.reconciled("Stack", started.elapsed());
     result
@@ -105,16 +112,33 @@ struct Usable {
 
 async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
     if stack.metadata.deletion_timestamp.is_some() {
-        outputs::cleanup(ctx, stack).await?;
-        ctx.forget(&stack.uid().unwrap_or_default(), &object_key(stack));
-        return Ok(Next::await_change());
+        return finalize(ctx, stack).await;
     }
     let uid = stack.uid().unwrap_or_default();
+    // The finalizer goes on before anything is made in ZenML; its watch event brings the next pass.
+    if stack.spec.zenml.is_some() && !apply::has_finalizer(stack, zenml::FINALIZER) {
+        set_zenml_finalizer(ctx, stack, true).await?;
+        return Ok(Next::await_change());
+    }
+    let record = stack.status.as_ref().and_then(|s| s.zenml.as_ref());
+    let removal = match &stack.spec.zenml {
+        None => remove_zenml(ctx, stack).await?,
+        // Moved to another server: what the old one holds goes (or is left, with a Warning).
+        Some(spec) => {
+            if let Some(old) = record.filter(|r| r.url != spec.url) {
+                remove_record(ctx, stack, old, false).await?;
+            }
+            None
+        }
+    };
     // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
+    // (A Stack with ZenML looks at the server each resync: someone may have changed it there.)
     let watermark = ctx.caches(&stack.namespace().unwrap_or_default()).map(|c| c.watermark(stack));
-    if watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
+    let settles = stack.spec.zenml.is_none() && removal.is_none();
+    if settles && watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
         return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
     }
+    let zenml_report = || removal.clone().unwrap_or(ZenmlReport::Keep);
     let (failure, published, check) = match usable(stack, ctx).await? {
         Err(failure) => (failure, None, None),
         Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
@@ -124,19 +148,45 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
                 let published = Some((name.clone(), hash));
                 let failure = match check.as_ref().map(|(verdict, _)| verdict) {
                     None | Some(Verdict::Proven(_)) => {
-                        let message = format!(
+                        let mut message = format!(
                             "pods running as {} can use {}; configuration in ConfigMap {name}",
                             stack.spec.orchestrator.service_account_name, usable.resolved.path
                         );
-                        write_status(stack, ctx, Observed::ok(READY, Reason::Ready, message), published, check).await?;
+                        let zenml = match &stack.spec.zenml {
+                            None => zenml_report(),
+                            Some(spec) => match zenml::sync(ctx, stack, spec, &usable.resolved).await? {
+                                Ok(record) => {
+                                    message.push_str(&format!(
+                                        "; ZenML stack {} in {}",
+                                        record.stack_name.as_deref().unwrap_or_default(),
+                                        record.url
+                                    ));
+                                    ZenmlReport::Synced(record)
+                                }
+                                Err(failure) => {
+                                    let report = Report {
+                                        ready: Observed::failed(READY, failure.reason, failure.message.clone()),
+                                        published,
+                                        check,
+                                        zenml: ZenmlReport::Failed(failure.clone()),
+                                    };
+                                    write_status(stack, ctx, report).await?;
+                                    return Ok(after_failure(ctx, stack, &failure, None));
+                                }
+                            },
+                        };
+                        let ready = Observed::ok(READY, Reason::Ready, message);
+                        write_status(stack, ctx, Report { ready, published, check, zenml }).await?;
                         ctx.mark_verified(&uid, &usable.fingerprint);
                         ctx.record_success(&object_key(stack));
-                        ctx.settle(&uid, watermark, Arc::new(()));
+                        if settles {
+                            ctx.settle(&uid, watermark, Arc::new(()));
+                        }
                         return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
                     }
                     Some(Verdict::Running(message)) => {
                         let ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message.clone());
-                        write_status(stack, ctx, ready, published, check).await?;
+                        write_status(stack, ctx, Report { ready, published, check, zenml: zenml_report() }).await?;
                         return Ok(Next::requeue(CHECK_POLL));
                     }
                     Some(Verdict::Failed(failure)) => failure.clone(),
@@ -146,8 +196,82 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
         },
     };
     let ready = Observed::failed(READY, failure.reason, failure.message.clone());
-    write_status(stack, ctx, ready, published, check).await?;
-    Ok(after_failure(ctx, stack, &failure, watermark))
+    write_status(stack, ctx, Report { ready, published, check, zenml: zenml_report() }).await?;
+    Ok(after_failure(ctx, stack, &failure, if settles { watermark } else { None }))
+}
+
+/// On deletion: the Stack's key of `artifact-repositories`, then its ZenML objects, each followed
+/// by its finalizer (one at a time: each write brings the next pass, with the new version).
+async fn finalize(ctx: &Context, stack: &Stack) -> Result<Next, Error> {
+    let uid = stack.uid().unwrap_or_default();
+    if apply::has_finalizer(stack, outputs::FINALIZER) {
+        outputs::cleanup(ctx, stack).await?;
+        if apply::has_finalizer(stack, zenml::FINALIZER) {
+            return Ok(Next::await_change());
+        }
+    } else if let Some(ZenmlReport::Failed(failure)) = remove_zenml(ctx, stack).await? {
+        let ready = Observed::failed(
+            READY,
+            failure.reason,
+            format!("the Stack is being deleted, and its ZenML objects cannot be removed yet: {}", failure.message),
+        );
+        write_status(stack, ctx, Report { ready, published: None, check: None, zenml: ZenmlReport::Failed(failure) })
+            .await?;
+        let failures = ctx.record_failure(&object_key(stack));
+        return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
+    }
+    ctx.forget(&uid, &object_key(stack));
+    ctx.zenml.forget(&uid);
+    Ok(Next::await_change())
+}
+
+/// Removes what the Stack made in ZenML once it no longer asks for it (or goes), then drops the
+/// finalizer. None: there was nothing to remove; Failed: an outage, retried.
+async fn remove_zenml(ctx: &Context, stack: &Stack) -> Result<Option<ZenmlReport>, Error> {
+    let outcome = match stack.status.as_ref().and_then(|s| s.zenml.as_ref()) {
+        Some(record) => Some(remove_record(ctx, stack, record, true).await?),
+        None => None,
+    };
+    if matches!(outcome, Some(ZenmlReport::Failed(_))) {
+        return Ok(outcome);
+    }
+    if apply::has_finalizer(stack, zenml::FINALIZER) {
+        set_zenml_finalizer(ctx, stack, false).await?;
+    }
+    Ok(outcome)
+}
+
+/// Removes the objects `record` names, with an Event. What the operator cannot remove (the API
+/// key is gone, the server refuses; with `retry` false, an outage too) is left, and the Warning
+/// Event names it; with `retry`, an outage is reported as Failed, to try again.
+async fn remove_record(ctx: &Context, stack: &Stack, record: &ZenmlStatus, retry: bool) -> Result<ZenmlReport, Error> {
+    let left = match zenml::remove(ctx, stack, record).await? {
+        zenml::Removal::Retry(failure) if retry => return Ok(ZenmlReport::Failed(failure)),
+        zenml::Removal::Retry(failure) => format!("{}: {}", describe_record(record), failure.message),
+        zenml::Removal::Left(why) => why,
+        zenml::Removal::Done => {
+            let note = format!("removed the {} from ZenML", describe_record(record));
+            ctx.publish_event(&stack.object_ref(&()), EventType::Normal, Reason::ZenmlRemoved, note, "RemoveZenml")
+                .await;
+            return Ok(ZenmlReport::Gone);
+        }
+    };
+    let note = format!("left in ZenML, to delete by hand: {left}");
+    ctx.publish_event(&stack.object_ref(&()), EventType::Warning, Reason::ZenmlObjectsLeft, note, "RemoveZenml").await;
+    Ok(ZenmlReport::Gone)
+}
+
+fn describe_record(record: &ZenmlStatus) -> String {
+    format!(
+        "stack {} and its components in the server at {}",
+        record.stack_name.as_deref().unwrap_or_default(),
+        record.url
+    )
+}
+
+async fn set_zenml_finalizer(ctx: &Context, stack: &Stack, present: bool) -> Result<(), Error> {
+    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    apply::set_finalizer(&api, stack, zenml::FINALIZER, present).await.map_err(Error::Publish)
 }
 
 /// How often a Stack looks at its running in-pod check.
@@ -186,14 +310,17 @@ fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Opt
 }
 
 /// A condition read back from the status, as observed again (its reason still one we know).
-fn observed_again(condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> Option<Observed> {
+fn observed_again(
+    type_: &'static str,
+    condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> Option<Observed> {
     let reason = Reason::parse(&condition.reason)?;
     let status = match condition.status.as_str() {
         "True" => conditions::Status::True,
         "False" => conditions::Status::False,
         _ => conditions::Status::Unknown,
     };
-    Some(Observed { type_: WORKLOAD_ACCESS_VERIFIED, status, reason, message: condition.message.clone() })
+    Some(Observed { type_, status, reason, message: condition.message.clone() })
 }
 
 /// Whether a failure lies in the objects the Stack names (and so only their change fixes it),
@@ -309,15 +436,38 @@ async fn read_store(ctx: &Context, namespace: &str, name: &str) -> Result<Option
     }
 }
 
-/// Writes Ready, and the in-pod check's condition when it ran (`check`: its verdict and inputs;
-/// None keeps the last one while the Stack still asks for it, and drops it once it does not).
-async fn write_status(
-    stack: &Stack,
-    ctx: &Context,
+/// What a pass found, for the status.
+struct Report {
     ready: Observed,
+    /// The ConfigMap published and its content hash (None: the last ones stay).
     published: Option<(String, String)>,
+    /// The in-pod check's verdict and inputs, when it ran (None keeps the last one while the
+    /// Stack still asks for it, and drops it once it does not).
     check: Option<(Verdict, String)>,
-) -> Result<(), Error> {
+    zenml: ZenmlReport,
+}
+
+impl Report {
+    fn failed(ready: Observed) -> Self {
+        Self { ready, published: None, check: None, zenml: ZenmlReport::Keep }
+    }
+}
+
+/// The ZenML sync's part of the status.
+#[derive(Clone)]
+enum ZenmlReport {
+    /// Not reached in this pass: the last condition and record stay.
+    Keep,
+    Synced(ZenmlStatus),
+    /// The record stays (it names what to remove later).
+    Failed(Failure),
+    /// Removed: no condition, no record.
+    Gone,
+}
+
+/// Writes Ready, the in-pod check's condition and the ZenML sync's, when something changed.
+async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<(), Error> {
+    let Report { ready, published, check, zenml } = report;
     let previous = stack.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     let mut observed = vec![ready];
@@ -334,8 +484,8 @@ async fn write_status(
             workload_check = Some(inputs);
         }
         None if workload::wanted(stack) => {
-            if let Some(kept) =
-                conditions::find(&previous.conditions, WORKLOAD_ACCESS_VERIFIED).and_then(observed_again)
+            if let Some(kept) = conditions::find(&previous.conditions, WORKLOAD_ACCESS_VERIFIED)
+                .and_then(|c| observed_again(WORKLOAD_ACCESS_VERIFIED, c))
             {
                 observed.push(kept);
                 workload_check = previous.workload_check.clone();
@@ -343,6 +493,31 @@ async fn write_status(
         }
         None => {}
     }
+    let zenml = match zenml {
+        ZenmlReport::Synced(record) => {
+            let message = format!(
+                "ZenML stack {} (id {}) is as declared in the server at {}",
+                record.stack_name.as_deref().unwrap_or_default(),
+                record.stack_id.as_deref().unwrap_or_default(),
+                record.url
+            );
+            observed.push(Observed::ok(ZENML_SYNCED, Reason::ZenmlSynced, message));
+            Some(record)
+        }
+        ZenmlReport::Failed(failure) => {
+            observed.push(Observed::failed(ZENML_SYNCED, failure.reason, failure.message));
+            previous.zenml.clone()
+        }
+        ZenmlReport::Keep => {
+            if let Some(kept) =
+                conditions::find(&previous.conditions, ZENML_SYNCED).and_then(|c| observed_again(ZENML_SYNCED, c))
+            {
+                observed.push(kept);
+            }
+            previous.zenml.clone()
+        }
+        ZenmlReport::Gone => None,
+    };
     let (conditions, transitions) = conditions::merge(&previous.conditions, &observed, stack.metadata.generation, &now);
     let (config_map_name, content_hash) = match published {
         Some((name, hash)) => (Some(name), Some(hash)),
@@ -354,6 +529,7 @@ async fn write_status(
         config_map_name,
         content_hash,
         workload_check,
+        zenml,
     };
     if next == previous {
         return Ok(());

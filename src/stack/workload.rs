@@ -10,23 +10,22 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapEnvSource, ConfigMapVolumeSource, Container, EnvFromSource, Pod, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, PropagationPolicy};
 
 use super::Error;
-use super::build::config_map_name;
+use super::build::pod_wiring;
 use crate::api::Stack;
 use crate::aws::Failure;
 use crate::check::{Outcome, Step};
 use crate::conditions::{self, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::{Context, apply};
 use crate::reason::Reason;
-use crate::resolve::{CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore};
+use crate::resolve::{ResolvedAuth, ResolvedStore};
 
 /// How long the check's pod may take, from scheduling to exit (an image that cannot be pulled
 /// fails the Job after this).
@@ -79,28 +78,13 @@ pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> J
     let name = stack.name_any();
     let mut meta = apply::owned_meta(stack, "stack", job_name(&name, inputs));
     meta.labels.get_or_insert_with(BTreeMap::new).insert(CHECK_LABEL.to_owned(), name.clone());
-    let config_map = config_map_name(&name);
-    let mut env_from = vec![EnvFromSource {
-        config_map_ref: Some(ConfigMapEnvSource { name: config_map.clone(), optional: Some(false) }),
-        ..EnvFromSource::default()
-    }];
-    if let ResolvedAuth::Keys(keys) = &store.auth {
-        env_from.push(EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: keys.env_secret_name.clone(), optional: Some(false) }),
-            ..EnvFromSource::default()
-        });
-    }
+    let wiring = pod_wiring(&name, store);
     let container = Container {
         name: "check".to_owned(),
         image: Some(image.to_owned()),
         args: Some(vec!["check".to_owned()]),
-        env_from: Some(env_from),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "artifact-store".to_owned(),
-            mount_path: CONFIG_MOUNT_PATH.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        env_from: Some(wiring.env_from),
+        volume_mounts: Some(vec![wiring.volume_mount]),
         termination_message_policy: Some("File".to_owned()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
@@ -122,11 +106,7 @@ pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> J
         service_account_name: Some(stack.spec.orchestrator.service_account_name.clone()),
         restart_policy: Some("Never".to_owned()),
         containers: vec![container],
-        volumes: Some(vec![Volume {
-            name: "artifact-store".to_owned(),
-            config_map: Some(ConfigMapVolumeSource { name: config_map, ..ConfigMapVolumeSource::default() }),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![wiring.volume]),
         // Pod Security Standard "restricted", as the operator's own pod.
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -263,6 +243,7 @@ pub async fn verify(ctx: &Context, stack: &Stack, store: &ResolvedStore, inputs:
 
 #[cfg(test)]
 mod tests {
+    use crate::resolve::CONFIG_MOUNT_PATH;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
