@@ -236,3 +236,51 @@ async fn stack_rejects_unknown_orchestrator_and_missing_reference() {
     let err = create(&stacks, base(json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "a"}, "outputs": {"formats": ["Parquet"]}}))).await.unwrap_err();
     assert!(err.contains("spec.outputs.formats[0]: Unsupported value"), "{err}");
 }
+
+#[tokio::test]
+async fn stack_zenml_is_checked_at_admission() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-zenml").await;
+    let stacks = dynamic_api(&client, &ns, "Stack");
+    let with = |orchestrator: &str, zenml: Value| {
+        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": {
+            "artifactStoreRef": {"name": "x"}, "orchestrator": {"type": orchestrator, "serviceAccountName": "a"},
+            "zenml": zenml}})
+    };
+    let good = json!({"url": "https://zenml.example.com", "apiKeySecretRef": {"name": "zenml-key"}, "stackName": "team-a.prod"});
+    let cases = [
+        ("ArgoWorkflows", good.clone(), "spec.zenml: Forbidden: zenml registers ZenML's kubernetes orchestrator"),
+        (
+            "Kubernetes",
+            json!({"url": "zenml.example.com", "apiKeySecretRef": {"name": "k"}}),
+            "zenml.url must be an http:// or https:// URL",
+        ),
+        (
+            "Kubernetes",
+            json!({"url": "https://zenml.example.com?x=1", "apiKeySecretRef": {"name": "k"}}),
+            "zenml.url must be",
+        ),
+        ("Kubernetes", json!({"url": "https://zenml.example.com"}), "spec.zenml.apiKeySecretRef: Required value"),
+        (
+            "Kubernetes",
+            json!({"url": "https://zenml.example.com", "apiKeySecretRef": {"name": "K"}}),
+            "must be a Kubernetes object name",
+        ),
+        (
+            "Kubernetes",
+            json!({"url": "https://zenml.example.com", "apiKeySecretRef": {"name": "k"}, "stackName": "my stack"}),
+            "must be a ZenML name",
+        ),
+        (
+            "Kubernetes",
+            json!({"url": "https://zenml.example.com", "apiKeySecretRef": {"name": "k", "key": "a/b"}}),
+            "must be a Secret or ConfigMap key",
+        ),
+    ];
+    for (orchestrator, zenml, expected) in cases {
+        let err = create(&stacks, with(orchestrator, zenml.clone())).await.unwrap_err();
+        assert!(err.contains(expected), "{zenml}: {err}");
+    }
+    create(&stacks, with("Kubernetes", good)).await.expect("a valid zenml is accepted");
+}

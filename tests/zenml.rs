@@ -280,3 +280,27 @@ async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_t
     .await;
     assert!(stack.status.unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
 }
+
+#[tokio::test]
+async fn deleting_the_namespace_removes_the_stack_s_zenml_objects_though_its_api_key_goes_too() {
+    let (client, ns, bucket) = setup_with_bucket("zenml-ns").await;
+    let key = test_env().var("AO_ZENML_API_KEY");
+    secret(&client, &ns, "zenml-api-key", &[("api-key", key)]).await;
+    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
+    store_at(&client, &ns, &bucket, "runs").await;
+    let _operator = Operator::start(&ns, "10m");
+    apply(&client, &ns, stack("prod", &format!("ns-{ns}"), "zenml-api-key")).await;
+    let stack = wait_for(&client, &ns, "prod", "ZenmlSynced", "True", "ZenmlSynced").await;
+    let record = stack.status.unwrap().zenml.unwrap();
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    let stack_path = format!("/api/v1/stacks/{}", record.stack_id.as_deref().unwrap());
+    eventually(TIMEOUT, "the ZenML stack to be removed", || async {
+        (zenml_get(key, &stack_path).await.err() == Some(ZenmlError::NotFound)).then_some(())
+    })
+    .await;
+    for id in [&record.artifact_store_id, &record.orchestrator_id] {
+        assert_eq!(component(id.as_deref().unwrap()).await.err(), Some(ZenmlError::NotFound));
+    }
+}

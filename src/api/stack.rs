@@ -26,6 +26,7 @@ use super::validation;
     printcolumn(name = "Store", type_ = "string", json_path = ".spec.artifactStoreRef.name"),
     printcolumn(name = "Orchestrator", type_ = "string", json_path = ".spec.orchestrator.type"),
     printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMapName", priority = "1"),
+    printcolumn(name = "ZenML", type_ = "string", json_path = ".status.zenml.stackName", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = validation::name_length_rule()
 )]
