@@ -11,6 +11,8 @@ pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 pub const WORKLOAD_ACCESS_VERIFIED: &str = "WorkloadAccessVerified";
 /// A Stack's, with `spec.zenml`: the ZenML server holds the stack as declared.
 pub const ZENML_SYNCED: &str = "ZenmlSynced";
+/// A Stack's, with `credentials.mode: Scoped`: its pods have valid session credentials.
+pub const SCOPED_CREDENTIALS: &str = "ScopedCredentials";
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! without anyone acting, and what to fix. Conditions, Events, the README's table and the Argo CD
 //! health scripts (`artifact-operator generate`) all derive from this one table.
 
-use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, READY, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
+use crate::conditions::{
+    BUCKET_READY, CREDENTIALS_VALID, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED,
+};
 
 /// What a reason tells whoever watches the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,11 @@ const STACK_WORKLOAD: Place = Place::Condition(Kind::Stack, WORKLOAD_ACCESS_VERI
 const STACK_ZENML: Place = Place::Condition(Kind::Stack, ZENML_SYNCED);
 /// What the ZenML sync meets: the Stack is Ready only once its ZenML stack is as declared.
 const STACK_ZENML_AND_READY: &[Place] = &[STACK_ZENML, STACK_READY];
+const STACK_SCOPED: Place = Place::Condition(Kind::Stack, SCOPED_CREDENTIALS);
+/// What issuing scoped credentials meets: without them the pods cannot use the store.
+const STACK_SCOPED_AND_READY: &[Place] = &[STACK_SCOPED, STACK_READY];
+/// What STS answers the store's check, and a Stack's scoped credentials.
+const STS_ALL: &[Place] = &[STORE_CREDENTIALS, STORE_READY, STACK_READY, STACK_SCOPED];
 
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $name:ident: $meaning:ident, $places:expr, $fix:literal;)*) => {
@@ -163,11 +170,11 @@ reasons! {
     /// Recording the coming CreateBucket in the status failed; no bucket was created.
     StatusWriteFailed: Transient, STORE_ALL, "nothing: the operator retries with backoff";
     /// No response from AWS STS.
-    StsUnreachable: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if the outage passes; otherwise check the network path to STS";
+    StsUnreachable: Transient, STS_ALL, "nothing, if the outage passes; otherwise check the network path to STS";
     /// The operator itself has no AWS credentials (implicit auth on AWS needs its own identity).
     OperatorCredentialsMissing: Action, &[STORE_CREDENTIALS, STORE_READY], "give the operator's ServiceAccount an IAM role (IRSA or Pod Identity), or its pod AWS access keys";
     /// STS GetCallerIdentity or AssumeRoleWithWebIdentity failed otherwise.
-    StsError: Transient, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "nothing, if it passes; otherwise give the operator credentials STS accepts";
+    StsError: Transient, STS_ALL, "nothing, if it passes; otherwise give the operator credentials STS accepts";
     /// The ServiceAccount has no eks.amazonaws.com/role-arn annotation (IRSA) and, where the
     /// operator knows the EKS cluster, no Pod Identity association either.
     IrsaAnnotationMissing: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "annotate the ServiceAccount with the IAM role its pods should assume (IRSA), or associate one through EKS Pod Identity (the operator finds it with --eks-cluster-name)";
@@ -203,7 +210,7 @@ reasons! {
     /// The S3 endpoint does not accept the temporary credentials STS issued for the role.
     RoleCredentialsRejected: Action, &[STORE_CREDENTIALS, STORE_READY, STACK_READY], "use a Secret's keys (spec.auth.secretRef) for an S3 server that does not trust AWS STS";
     /// A ConfigMap or Secret the operator would publish exists and is not its own.
-    NameConflict: Action, &[STORE_READY, STACK_READY], "rename or delete that object, or rename the ArtifactStore or Stack";
+    NameConflict: Action, &[STORE_READY, STACK_READY, STACK_SCOPED], "rename or delete that object, or rename the ArtifactStore or Stack";
     /// The store is being deleted, and its bucket cannot be deleted yet.
     DeletionBlocked: Action, &[STORE_READY], "fix what the message names so the operator can reach the bucket";
     /// The bucket to delete still holds objects or old versions.
@@ -218,7 +225,7 @@ reasons! {
     /// The Stack waits for its ArtifactStore, whose own conditions say whether someone must act.
     ArtifactStoreNotReady: Transient, &[STACK_READY], "nothing on the Stack: fix what the ArtifactStore's conditions say";
     /// The Stack waits for the Secret its ArtifactStore publishes.
-    CredentialsSecretNotFound: Transient, &[STACK_READY], "nothing: the ArtifactStore publishes it";
+    CredentialsSecretNotFound: Transient, STACK_SCOPED_AND_READY, "nothing: the ArtifactStore publishes it";
     /// Another Stack provides the namespace's kfp-launcher.
     KfpLauncherTaken: Action, &[STACK_READY], "remove KFP from one of the two Stacks";
     /// Another Stack holds the namespace's default Argo artifact repository.
@@ -252,6 +259,15 @@ reasons! {
     /// The Stack went while its ZenML objects could not be removed (the API key is gone or the
     /// server refused); they are left in the server.
     ZenmlObjectsLeft: Action, &[STACK_EVENT], "delete the ZenML stack, components and secret the Event names by hand";
+    /// The Stack's pods have session credentials limited to its prefix (credentials.mode Scoped).
+    CredentialsIssued: Fine, &[STACK_SCOPED], "nothing to fix";
+    /// Renewing the scoped credentials failed; the current ones stay valid until they expire,
+    /// and the operator retries with backoff.
+    CredentialsRenewalFailed: Transient, &[STACK_SCOPED], "nothing, if it passes before the current credentials expire; otherwise fix what the message names";
+    /// Scoped credentials cannot be issued for this store (implicit auth; on AWS, no role).
+    ScopedCredentialsUnsupported: Action, STACK_SCOPED_AND_READY, "use a store with key auth (spec.auth.secretRef), set spec.credentials.roleArn on AWS, or set spec.credentials.mode to Shared";
+    /// STS refused AssumeRole with the store's keys.
+    AssumeRoleDenied: Action, STACK_SCOPED_AND_READY, "let the store's keys assume the role (sts:AssumeRole in their policy and the role's trust policy) or fix spec.credentials.roleArn; the role (or, on MinIO, the store's user) must allow what the scope asks for";
     /// `artifact-operator check` found no credentials in the workload pod.
     NoCredentials: Action, &[STACK_WORKLOAD, STACK_READY], "give the pods the store's credentials Secret (envFrom) or an IAM role (IRSA, Pod Identity)";
 }

@@ -11,6 +11,11 @@ use crate::s3path::{PathError, S3Path};
 /// as a volume at [`CONFIG_MOUNT_PATH`].
 pub const CONFIG_MOUNT_PATH: &str = "/etc/artifact-store";
 pub const CA_BUNDLE_KEY: &str = "ca-bundle.pem";
+/// Where pods mount a Stack's Secret of scoped session credentials, and its keys: the output of
+/// the credentials process (AWS's JSON) and the AWS config file that runs it.
+pub const SESSION_MOUNT_PATH: &str = "/etc/artifact-store-credentials";
+pub const SESSION_PROCESS_KEY: &str = "credentials.json";
+pub const SESSION_CONFIG_KEY: &str = "config";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedStore {
@@ -40,8 +45,21 @@ impl ResolvedEndpoint {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResolvedAuth {
-    Implicit { service_account: Option<String>, role_arn: Option<String> },
+    Implicit {
+        service_account: Option<String>,
+        role_arn: Option<String>,
+    },
     Keys(KeyRefs),
+    /// A Stack's scoped session credentials (`credentials.mode: Scoped`), in its own Secret.
+    Session(SessionRefs),
+}
+
+/// Where a Stack's scoped session credentials live: a Secret with the credentials process's
+/// output and config (mounted at [`SESSION_MOUNT_PATH`]) and the keys under AWS environment
+/// variable names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRefs {
+    pub secret_name: String,
 }
 
 /// Where access keys live: the user's Secret and its key names, and the Secret the operator

@@ -27,11 +27,24 @@ use super::validation;
     printcolumn(name = "Orchestrator", type_ = "string", json_path = ".spec.orchestrator.type"),
     printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMapName", priority = "1"),
     printcolumn(name = "ZenML", type_ = "string", json_path = ".status.zenml.stackName", priority = "1"),
+    printcolumn(name = "Credentials", type_ = "string", json_path = ".status.credentials.expiresAt", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = validation::name_length_rule()
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.credentials) || self.credentials.mode != 'Scoped' || !has(self.outputs) || !has(self.outputs.formats) || !('KFP' in self.outputs.formats)",
+        "message": "Kubeflow Pipelines' launcher takes no session token: remove KFP from outputs.formats, or use credentials.mode Shared",
+        "fieldPath": ".credentials.mode",
+        "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": "!has(self.credentials) || self.credentials.mode != 'Scoped' || !has(self.verification) || !has(self.verification.inPod) || !self.verification.inPod",
+        "message": "the in-pod check's image has no shell to run the credentials process of Scoped credentials: remove verification.inPod, or use credentials.mode Shared",
+        "fieldPath": ".credentials.mode",
+        "reason": "FieldValueForbidden"
+    },
     {
         "rule": "!has(self.zenml) || self.orchestrator.type == 'Kubernetes'",
         "message": "zenml registers ZenML's kubernetes orchestrator: set orchestrator.type to Kubernetes, or remove zenml",
@@ -55,6 +68,67 @@ pub struct StackSpec {
     /// operator keeps them as declared and removes them when the Stack goes or this field does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zenml: Option<Zenml>,
+    /// Which credentials the orchestrator's pods get: the store's own (`Shared`, the default) or
+    /// short-lived ones of their own, limited to a prefix (`Scoped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<ScopedCredentials>,
+}
+
+/// The credentials the Stack's pods get.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopedCredentials {
+    /// `Shared` (default): the store's own keys (or identity). `Scoped`: session credentials from
+    /// STS AssumeRole with the store's keys, limited by a session policy to `prefix` and `access`,
+    /// in Secret `<stack>-scoped-credentials`, renewed at two thirds of `duration`. Pods read them
+    /// through a `credential_process` file that their SDK runs again before they expire.
+    #[serde(default)]
+    pub mode: CredentialsMode,
+    /// `ReadWrite` (default): list, read, write and delete under the prefix. `ReadOnly`: list and
+    /// read.
+    #[serde(default)]
+    pub access: Access,
+    /// The credentials' lifetime, from `15m` to `12h`. Defaults to `1h`. Argo steps read them when
+    /// they start: keep it at least three times the longest step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^([0-9]{1,3}h)?([0-9]{1,4}m)?([0-9]{1,6}s)?$') && self != '' && duration(self) >= duration('15m') && duration(self) <= duration('12h')", "message": "duration must be like 15m, 1h or 2h30m, from 15m to 12h"}
+    ]))]
+    pub duration: Option<String>,
+    /// The prefix below the store's path that the credentials reach, for example `team-a`.
+    /// Defaults to the store's path itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": r"self.matches('^[A-Za-z0-9!_.*()-]+(/[A-Za-z0-9!_.*()-]+)*$') && !self.split('/').exists(p, p == '.' || p == '..')", "message": "prefix must be key parts of letters, digits and ! _ . * ( ) - joined by /, without . or .. parts or a leading or trailing /"}
+    ]))]
+    pub prefix: Option<String>,
+    /// On AWS: the IAM role the store's keys assume (its policies, cut down by the session
+    /// policy). Unset against an S3-compatible server whose STS issues sessions of the store's own
+    /// user (MinIO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 20, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": r"self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\\w+=,.@/-]+$')", "message": "roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/ml-pipelines"}
+    ]))]
+    pub role_arn: Option<String>,
+}
+
+/// Whose credentials the Stack's pods use.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CredentialsMode {
+    #[default]
+    Shared,
+    Scoped,
+}
+
+/// What scoped credentials may do under their prefix.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Access {
+    #[default]
+    ReadWrite,
+    ReadOnly,
 }
 
 /// A ZenML server and the names the stack and its components get there.
@@ -213,6 +287,30 @@ pub struct StackStatus {
     /// With `zenml`: what the operator made in the ZenML server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zenml: Option<ZenmlStatus>,
+    /// With `credentials.mode: Scoped`: the session credentials the pods have, and when they are
+    /// renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
+}
+
+/// The Stack's session credentials (never their secret parts).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsStatus {
+    /// The Secret that holds them.
+    pub secret_name: String,
+    /// The path they reach.
+    pub path: String,
+    pub access: Access,
+    /// Their access key id (not a secret), to find them in the S3 server's logs.
+    pub access_key_id: String,
+    /// When they expire (RFC 3339).
+    pub expires_at: String,
+    /// When the operator renews them (RFC 3339).
+    pub renew_at: String,
+    /// What they were issued for (a digest of the path, access, duration and role): another
+    /// scope issues new ones at once.
+    pub scope: String,
 }
 
 /// The ZenML objects the operator made for the Stack, and what it needs to remove them.

@@ -298,6 +298,29 @@ impl AwsEdge {
         aws_sdk_sts::Client::from_conf(builder.build())
     }
 
+    /// STS where `connection`'s S3 is: an S3-compatible server's own STS at its endpoint (MinIO
+    /// has one), or AWS's in its region; signing with its keys and trusting its CA, as the S3
+    /// client does.
+    pub fn sts_at(&self, connection: &S3Connection) -> Result<aws_sdk_sts::Client, ConnectError> {
+        let mut builder = aws_sdk_sts::config::Builder::from(&self.ambient)
+            .region(Region::new(connection.region.clone()))
+            .interceptor(CountCalls("sts"));
+        if let Some(keys) = &connection.keys {
+            builder = builder.credentials_provider(keys.credentials());
+        }
+        if let Some(endpoint) = &connection.endpoint {
+            builder = builder.endpoint_url(&endpoint.url);
+            if endpoint.insecure_skip_verify && endpoint.is_https() {
+                let builder = builder.http_client(super::insecure::insecure_https_client());
+                return Ok(aws_sdk_sts::Client::from_conf(builder.build()));
+            }
+        }
+        if let Some(pem) = &connection.ca_pem {
+            builder = builder.http_client(https_client_trusting(pem)?);
+        }
+        Ok(aws_sdk_sts::Client::from_conf(builder.build()))
+    }
+
     /// EKS with the ambient identity, in the operator's region (Pod Identity lookups).
     pub fn eks(&self) -> aws_sdk_eks::Client {
         let mut builder = aws_sdk_eks::config::Builder::from(&self.ambient).interceptor(CountCalls("eks"));

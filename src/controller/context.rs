@@ -147,6 +147,17 @@ impl Context {
         self.memory.forget(uid, key);
     }
 
+    /// Records what this process issued for `uid` (see [`Context::issued`]).
+    pub fn remember_issued<T: std::any::Any + Send + Sync>(&self, uid: &str, issued: std::sync::Arc<T>) {
+        self.memory.remember_issued(uid, issued);
+    }
+
+    /// What this process last issued for `uid`: newer than what a cache that has not caught up
+    /// with the write shows.
+    pub fn issued<T: std::any::Any + Send + Sync>(&self, uid: &str) -> Option<std::sync::Arc<T>> {
+        self.memory.issued(uid)?.downcast::<T>().ok()
+    }
+
     /// The Pod Identity associations of the cluster, when the operator knows its name.
     pub fn pod_identity(&self) -> Option<crate::aws::eks::PodIdentity> {
         let cluster = self.settings.eks_cluster.as_deref()?;

@@ -15,6 +15,9 @@ use super::digest;
 /// them at, and what it read.
 type Settled = (Instant, u64, Arc<dyn Any + Send + Sync>);
 
+/// When it was issued, and what.
+type Issued = (Instant, Arc<dyn Any + Send + Sync>);
+
 pub struct Memory {
     /// The resync interval: every live object is reconciled at least this often.
     interval: Duration,
@@ -29,6 +32,9 @@ pub struct Memory {
     /// Per object (by the digest of its UID): the digest of the resourceVersion this process's
     /// last status write was computed from, until the cache moves past that resourceVersion.
     written: Mutex<HashMap<u64, (Instant, u64)>>,
+    /// Per object (by the digest of its UID): what this process last issued for it (a Stack's
+    /// session credentials) and when, which a stale cache may not show yet.
+    issued: Mutex<HashMap<u64, Issued>>,
     /// When stale entries were last pruned.
     pruned: Mutex<Instant>,
 }
@@ -45,6 +51,7 @@ impl Memory {
             verified: Mutex::default(),
             settled: Mutex::default(),
             written: Mutex::default(),
+            issued: Mutex::default(),
             pruned: Mutex::new(Instant::now()),
         }
     }
@@ -115,8 +122,21 @@ impl Memory {
         }
     }
 
+    /// Records what this process issued for `uid`.
+    pub fn remember_issued(&self, uid: &str, issued: Arc<dyn Any + Send + Sync>) {
+        let now = Instant::now();
+        self.prune_stale(now);
+        lock(&self.issued).insert(digest(uid), (now, issued));
+    }
+
+    /// What this process last issued for `uid`.
+    pub fn issued(&self, uid: &str) -> Option<Arc<dyn Any + Send + Sync>> {
+        lock(&self.issued).get(&digest(uid)).map(|(_, issued)| issued.clone())
+    }
+
     /// Drops what is known about a deleted object.
     pub fn forget(&self, uid: &str, key: &str) {
+        lock(&self.issued).remove(&digest(uid));
         lock(&self.verified).remove(&digest(uid));
         lock(&self.settled).remove(&digest(uid));
         lock(&self.written).remove(&digest(uid));
@@ -147,6 +167,8 @@ impl Memory {
         lock(&self.failures).retain(|_, (_, at)| fresh(at));
         lock(&self.settled).retain(|_, (touched, _, _)| now.saturating_duration_since(*touched) < self.interval * 3);
         lock(&self.written).retain(|_, (at, _)| fresh(at));
+        // Once the caches show it (seconds), the object itself says what was issued.
+        lock(&self.issued).retain(|_, (at, _)| fresh(at));
     }
 }
 

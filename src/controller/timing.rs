@@ -22,6 +22,56 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     bounded / 2 + (bounded / 2).mul_f64(fastrand::f64())
 }
 
+/// Parses a duration such as `90s`, `10m`, `1h30m`, `1500ms` or plain seconds (`90`), from `min`
+/// to `max`. Never overflows: a number too large for the arithmetic is above any maximum.
+pub fn parse_duration(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let too_long = || format!("longer than the maximum of {}", describe(max));
+    let malformed = || "not a duration such as 90s, 10m, 1h30m or 1500ms".to_owned();
+    let whole = text.trim();
+    if whole.is_empty() {
+        return Err(malformed());
+    }
+    let mut rest = whole;
+    let mut millis: u64 = 0;
+    while !rest.is_empty() {
+        let (number, after) = rest.split_at(rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len()));
+        let (unit, after) = after.split_at(after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len()));
+        let unit_millis: u64 = match unit {
+            _ if number.is_empty() => return Err(malformed()),
+            // Plain seconds only on their own, not as in `1m30`.
+            "" if number == whole => 1000,
+            "" => return Err(malformed()),
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+        };
+        // Only a run of digits too long for u64 fails to parse.
+        let value: u64 = number.parse().map_err(|_| too_long())?;
+        millis = value.checked_mul(unit_millis).and_then(|part| millis.checked_add(part)).ok_or_else(too_long)?;
+        rest = after;
+    }
+    let duration = Duration::from_millis(millis);
+    if duration > max {
+        return Err(too_long());
+    }
+    if duration < min {
+        return Err(format!("shorter than the minimum of {}", describe(min)));
+    }
+    Ok(duration)
+}
+
+/// A whole duration as its largest exact unit, e.g. `24h`, `90s`.
+fn describe(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

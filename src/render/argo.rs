@@ -55,6 +55,13 @@ pub fn artifact_repository(store: &ResolvedStore, options: &Options) -> Value {
                 s3["sessionTokenSecret"] = json!({"name": keys.secret_name, "key": token});
             }
         }
+        // Argo's executor reads them when a step starts; they stay valid for a third of their
+        // lifetime at least.
+        ResolvedAuth::Session(session) => {
+            s3["accessKeySecret"] = json!({"name": session.secret_name, "key": "AWS_ACCESS_KEY_ID"});
+            s3["secretKeySecret"] = json!({"name": session.secret_name, "key": "AWS_SECRET_ACCESS_KEY"});
+            s3["sessionTokenSecret"] = json!({"name": session.secret_name, "key": "AWS_SESSION_TOKEN"});
+        }
         ResolvedAuth::Implicit { .. } => s3["useSDKCreds"] = json!(true),
     }
     if let Some(ca) = &options.ca_secret {

@@ -20,7 +20,9 @@ pub fn providers(store: &ResolvedStore) -> Value {
             "accessKeyKey": keys.access_key_id_key,
             "secretKeyKey": keys.secret_access_key_key,
         }}),
-        ResolvedAuth::Implicit { .. } => json!({"fromEnv": true}),
+        // Admission refuses KFP with scoped credentials (the launcher takes no session token);
+        // the pod's environment is the nearest it can get.
+        ResolvedAuth::Implicit { .. } | ResolvedAuth::Session(_) => json!({"fromEnv": true}),
     };
     // The launcher defaults forcePathStyle to true when it is absent: always say it.
     let mut default = json!({"region": store.region, "credentials": credentials, "forcePathStyle": store.path_style()});

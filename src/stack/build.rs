@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, Secret, SecretEnvSource, Volume, VolumeMount,
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, Secret, SecretEnvSource, SecretVolumeSource,
+    Volume, VolumeMount,
 };
 use kube::core::ObjectMeta;
 
@@ -19,7 +20,7 @@ use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::controller::apply;
 use crate::render::{self, argo, kfp};
-use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore};
+use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore, SESSION_MOUNT_PATH};
 
 /// The annotation carrying the SHA-256 of the ConfigMap's data, so workloads can roll on change.
 pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
@@ -40,12 +41,13 @@ pub fn ca_secret_name(stack: &str) -> String {
 /// The in-pod check's Job and ZenML's kubernetes orchestrator pods get the same.
 pub struct PodWiring {
     pub env_from: Vec<EnvFromSource>,
-    pub volume: Volume,
-    pub volume_mount: VolumeMount,
+    pub volumes: Vec<Volume>,
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
-/// The name of [`PodWiring`]'s volume.
+/// The names of [`PodWiring`]'s volumes: the Stack's ConfigMap, and its scoped credentials.
 const WIRING_VOLUME: &str = "artifact-store";
+const SESSION_VOLUME: &str = "artifact-store-credentials";
 
 pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
     let config_map = config_map_name(stack);
@@ -53,26 +55,42 @@ pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
         config_map_ref: Some(ConfigMapEnvSource { name: config_map.clone(), optional: Some(false) }),
         ..EnvFromSource::default()
     }];
-    if let ResolvedAuth::Keys(keys) = &store.auth {
-        env_from.push(EnvFromSource {
+    let mut volumes = vec![Volume {
+        name: WIRING_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource { name: config_map, ..ConfigMapVolumeSource::default() }),
+        ..Volume::default()
+    }];
+    let mut volume_mounts = vec![VolumeMount {
+        name: WIRING_VOLUME.to_owned(),
+        mount_path: CONFIG_MOUNT_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    match &store.auth {
+        ResolvedAuth::Keys(keys) => env_from.push(EnvFromSource {
             secret_ref: Some(SecretEnvSource { name: keys.env_secret_name.clone(), optional: Some(false) }),
             ..EnvFromSource::default()
-        });
+        }),
+        // Not as environment: a file the kubelet refreshes, which the SDKs read again.
+        ResolvedAuth::Session(session) => {
+            volumes.push(Volume {
+                name: SESSION_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(session.secret_name.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            volume_mounts.push(VolumeMount {
+                name: SESSION_VOLUME.to_owned(),
+                mount_path: SESSION_MOUNT_PATH.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        ResolvedAuth::Implicit { .. } => {}
     }
-    PodWiring {
-        env_from,
-        volume: Volume {
-            name: WIRING_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource { name: config_map, ..ConfigMapVolumeSource::default() }),
-            ..Volume::default()
-        },
-        volume_mount: VolumeMount {
-            name: WIRING_VOLUME.to_owned(),
-            mount_path: CONFIG_MOUNT_PATH.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        },
-    }
+    PodWiring { env_from, volumes, volume_mounts }
 }
 
 /// ZenML's `KubernetesPodSettings` (`pod_settings` of the kubernetes orchestrator) that give its
@@ -80,8 +98,8 @@ pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
 pub fn zenml_pod_settings(wiring: &PodWiring) -> serde_json::Value {
     serde_json::json!({
         "env_from": wiring.env_from,
-        "volumes": [wiring.volume],
-        "volume_mounts": [wiring.volume_mount],
+        "volumes": wiring.volumes,
+        "volume_mounts": wiring.volume_mounts,
     })
 }
 

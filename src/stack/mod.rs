@@ -3,6 +3,7 @@
 //! `verification.inPod`, prove it from a pod ([`workload`]) → status.
 
 pub mod build;
+pub mod credentials;
 pub mod outputs;
 pub mod workload;
 pub mod zenml;
@@ -17,10 +18,11 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use crate::api::stack::{OutputFormat, StackStatus, ZenmlStatus};
+use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
 use crate::api::{ArtifactStore, Stack};
 use crate::aws::Failure;
-use crate::conditions::{self, Observed, READY, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
+use crate::aws::clients::StaticKeys;
+use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Reference, Referrer};
 use crate::controller::context::EventType;
@@ -28,7 +30,7 @@ use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::Reason;
-use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{DEFAULT_REGION, ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use workload::Verdict;
 
@@ -68,6 +70,7 @@ impl Referrer for Stack {
             Reference::new(Kind::ServiceAccount, &self.spec.orchestrator.service_account_name),
             Reference::new(Kind::ConfigMap, build::config_map_name(&name)),
             Reference::new(Kind::Secret, build::ca_secret_name(&name)),
+            Reference::new(Kind::Secret, credentials::secret_name(&name)),
         ];
         if let Some(zenml) = &self.spec.zenml {
             references.push(Reference::new(Kind::Secret, &zenml.api_key_secret_ref.name));
@@ -132,72 +135,189 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
         }
     };
     // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
-    // (A Stack with ZenML looks at the server each resync: someone may have changed it there.)
+    // (A Stack with ZenML looks at the server each resync: someone may have changed it there. One
+    // whose scoped credentials are due renews them.)
     let watermark = ctx.caches(&stack.namespace().unwrap_or_default()).map(|c| c.watermark(stack));
     let settles = stack.spec.zenml.is_none() && removal.is_none();
-    if settles && watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
-        return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
+    let renewal_due = credentials::until_renewal(stack).is_some_and(|left| left.is_zero());
+    if settles && !renewal_due && watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
+        return Ok(Next::requeue(next_pass(ctx, stack, None)));
     }
-    let zenml_report = || removal.clone().unwrap_or(ZenmlReport::Keep);
-    let (failure, published, check) = match usable(stack, ctx).await? {
-        Err(failure) => (failure, None, None),
-        Ok(usable) => match outputs::publish(ctx, stack, &usable.resolved).await? {
-            Err(failure) => (failure, None, None),
-            Ok((name, hash)) => {
-                let check = workload_check(ctx, stack, &usable.resolved, &hash).await?;
-                let published = Some((name.clone(), hash));
-                let failure = match check.as_ref().map(|(verdict, _)| verdict) {
-                    None | Some(Verdict::Proven(_)) => {
-                        let mut message = format!(
-                            "pods running as {} can use {}; configuration in ConfigMap {name}",
-                            stack.spec.orchestrator.service_account_name, usable.resolved.path
-                        );
-                        let zenml = match &stack.spec.zenml {
-                            None => zenml_report(),
-                            Some(spec) => match zenml::sync(ctx, stack, spec, &usable.resolved).await? {
-                                Ok(record) => {
-                                    message.push_str(&format!(
-                                        "; ZenML stack {} in {}",
-                                        record.stack_name.as_deref().unwrap_or_default(),
-                                        record.url
-                                    ));
-                                    ZenmlReport::Synced(record)
-                                }
-                                Err(failure) => {
-                                    let report = Report {
-                                        ready: Observed::failed(READY, failure.reason, failure.message.clone()),
-                                        published,
-                                        check,
-                                        zenml: ZenmlReport::Failed(failure.clone()),
-                                    };
-                                    write_status(stack, ctx, report).await?;
-                                    return Ok(after_failure(ctx, stack, &failure, None));
-                                }
-                            },
-                        };
-                        let ready = Observed::ok(READY, Reason::Ready, message);
-                        write_status(stack, ctx, Report { ready, published, check, zenml }).await?;
-                        ctx.mark_verified(&uid, &usable.fingerprint);
-                        ctx.record_success(&object_key(stack));
-                        if settles {
-                            ctx.settle(&uid, watermark, Arc::new(()));
-                        }
-                        return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
-                    }
-                    Some(Verdict::Running(message)) => {
-                        let ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message.clone());
-                        write_status(stack, ctx, Report { ready, published, check, zenml: zenml_report() }).await?;
-                        return Ok(Next::requeue(CHECK_POLL));
-                    }
-                    Some(Verdict::Failed(failure)) => failure.clone(),
-                };
-                (failure, published, check)
-            }
-        },
+    let mut report = Report {
+        ready: Observed::unknown(READY, Reason::Ready, String::new()),
+        published: None,
+        check: None,
+        zenml: removal.unwrap_or(ZenmlReport::Keep),
+        credentials: CredentialsReport::Keep,
     };
-    let ready = Observed::failed(READY, failure.reason, failure.message.clone());
-    write_status(stack, ctx, Report { ready, published, check, zenml: zenml_report() }).await?;
-    Ok(after_failure(ctx, stack, &failure, if settles { watermark } else { None }))
+    match full_pass(ctx, stack, &mut report).await? {
+        Pass::Ready { fingerprint, message } => {
+            report.ready = Observed::ok(READY, Reason::Ready, message);
+            let renewed = report.credentials.record().cloned();
+            let renewal_failed = report.credentials.renewal_failed();
+            write_status(stack, ctx, report).await?;
+            ctx.mark_verified(&uid, &fingerprint);
+            if renewal_failed {
+                let failures = ctx.record_failure(&object_key(stack));
+                return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
+            }
+            ctx.record_success(&object_key(stack));
+            if settles {
+                ctx.settle(&uid, watermark, Arc::new(()));
+            }
+            Ok(Next::requeue(next_pass(ctx, stack, renewed.as_ref())))
+        }
+        Pass::Running(message) => {
+            report.ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message);
+            write_status(stack, ctx, report).await?;
+            Ok(Next::requeue(CHECK_POLL))
+        }
+        Pass::Failed(failure) => {
+            report.ready = Observed::failed(READY, failure.reason, failure.message.clone());
+            write_status(stack, ctx, report).await?;
+            Ok(after_failure(ctx, stack, &failure, if settles { watermark } else { None }))
+        }
+    }
+}
+
+/// What a full pass came to.
+enum Pass {
+    /// The pods can use the store: what the check ran with, and Ready's message.
+    Ready {
+        fingerprint: String,
+        message: String,
+    },
+    /// The in-pod check runs.
+    Running(String),
+    Failed(Failure),
+}
+
+/// The steps of a full pass, each filling in its part of `report`: the store and identity are
+/// usable → the pods' credentials (scoped ones when asked for) → publish → the in-pod check →
+/// ZenML.
+async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<Pass, Error> {
+    let usable = match usable(stack, ctx).await? {
+        Ok(usable) => usable,
+        Err(failure) => return Ok(Pass::Failed(failure)),
+    };
+    let store = match pods_store(ctx, stack, &usable.resolved, report).await? {
+        Ok(store) => store,
+        Err(failure) => return Ok(Pass::Failed(failure)),
+    };
+    let (name, hash) = match outputs::publish(ctx, stack, &store).await? {
+        Ok(published) => published,
+        Err(failure) => return Ok(Pass::Failed(failure)),
+    };
+    report.published = Some((name.clone(), hash.clone()));
+    let check = workload_check(ctx, stack, &store, &hash).await?;
+    let verdict = check.as_ref().map(|(verdict, _)| verdict.clone());
+    report.check = check;
+    match verdict {
+        Some(Verdict::Running(message)) => return Ok(Pass::Running(message)),
+        Some(Verdict::Failed(failure)) => return Ok(Pass::Failed(failure)),
+        None | Some(Verdict::Proven(_)) => {}
+    }
+    let mut message = format!(
+        "pods running as {} can use {}; configuration in ConfigMap {name}",
+        stack.spec.orchestrator.service_account_name, store.path
+    );
+    if let Some(record) = report.credentials.record() {
+        message.push_str(&format!("; scoped credentials in Secret {} until {}", record.secret_name, record.expires_at));
+    }
+    if let Some(spec) = &stack.spec.zenml {
+        match zenml::sync(ctx, stack, spec, &store).await? {
+            Ok(record) => {
+                message.push_str(&format!(
+                    "; ZenML stack {} in {}",
+                    record.stack_name.as_deref().unwrap_or_default(),
+                    record.url
+                ));
+                report.zenml = ZenmlReport::Synced(record);
+            }
+            Err(failure) => {
+                report.zenml = ZenmlReport::Failed(failure.clone());
+                return Ok(Pass::Failed(failure));
+            }
+        }
+    }
+    Ok(Pass::Ready { fingerprint: usable.fingerprint, message })
+}
+
+/// The store as the Stack's pods use it: as it is (`Shared`), or through session credentials of
+/// their own, issued or renewed when due (`Scoped`).
+async fn pods_store(
+    ctx: &Context,
+    stack: &Stack,
+    store: &ResolvedStore,
+    report: &mut Report,
+) -> Result<Result<ResolvedStore, Failure>, Error> {
+    let Some(spec) = stack.spec.credentials.as_ref().filter(|_| credentials::wanted(stack)) else {
+        credentials::retire(ctx, stack).await?;
+        report.credentials = CredentialsReport::Shared;
+        return Ok(Ok(store.clone()));
+    };
+    let ca_pem = match outputs::store_ca_bundle(ctx, stack, store).await? {
+        Ok(pem) => pem,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let keys = match consumer_keys(ctx, &stack.namespace().unwrap_or_default(), store).await? {
+        Ok(keys) => keys,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    match credentials::ensure(ctx, stack, spec, store, ca_pem, keys).await? {
+        credentials::Outcome::Scoped { record, store, renewal } => {
+            report.credentials = CredentialsReport::Issued(record, renewal);
+            Ok(Ok(*store))
+        }
+        credentials::Outcome::Failed(failure) => {
+            report.credentials = CredentialsReport::Failed(failure.clone());
+            Ok(Err(failure))
+        }
+    }
+}
+
+/// The keys the Stack's consumers get, read from the Secret that holds them under AWS
+/// environment variable names: the one the store publishes, or the Stack's session credentials.
+/// None with implicit auth.
+pub(crate) async fn consumer_keys(
+    ctx: &Context,
+    namespace: &str,
+    store: &ResolvedStore,
+) -> Result<Result<Option<StaticKeys>, Failure>, Error> {
+    let name = match &store.auth {
+        ResolvedAuth::Keys(refs) => &refs.env_secret_name,
+        ResolvedAuth::Session(session) => &session.secret_name,
+        ResolvedAuth::Implicit { .. } => return Ok(Ok(None)),
+    };
+    let secret = ctx.read::<Secret>(namespace, name).await.map_err(Error::Dereference)?;
+    let data = secret.as_ref().and_then(|s| s.data.as_ref());
+    let value = |key: &str| {
+        data.and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty())
+    };
+    match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Ok(Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") })))
+        }
+        _ => Ok(Err(Failure::new(
+            Reason::CredentialsSecretNotFound,
+            format!("Secret {name}, which holds the keys for the Stack's pods, is not complete yet"),
+        ))),
+    }
+}
+
+/// When the next pass is due: the resync, or the renewal of the scoped credentials if sooner
+/// (`renewed`: what this pass issued, newer than the status the cache holds).
+fn next_pass(ctx: &Context, stack: &Stack, renewed: Option<&CredentialsStatus>) -> std::time::Duration {
+    let resync = jittered(ctx.settings.resync_interval);
+    let renewal = match renewed {
+        Some(record) => record
+            .renew_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|at| std::time::Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok()),
+        None => credentials::until_renewal(stack),
+    };
+    renewal.map_or(resync, |left| resync.min(left))
 }
 
 /// On deletion: the Stack's key of `artifact-repositories`, then its ZenML objects, each followed
@@ -215,8 +335,8 @@ async fn finalize(ctx: &Context, stack: &Stack) -> Result<Next, Error> {
             failure.reason,
             format!("the Stack is being deleted, and its ZenML objects cannot be removed yet: {}", failure.message),
         );
-        write_status(stack, ctx, Report { ready, published: None, check: None, zenml: ZenmlReport::Failed(failure) })
-            .await?;
+        let report = Report { zenml: ZenmlReport::Failed(failure), ..Report::failed(ready) };
+        write_status(stack, ctx, report).await?;
         let failures = ctx.record_failure(&object_key(stack));
         return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
     }
@@ -445,11 +565,37 @@ struct Report {
     /// Stack still asks for it, and drops it once it does not).
     check: Option<(Verdict, String)>,
     zenml: ZenmlReport,
+    credentials: CredentialsReport,
 }
 
 impl Report {
     fn failed(ready: Observed) -> Self {
-        Self { ready, published: None, check: None, zenml: ZenmlReport::Keep }
+        Self { ready, published: None, check: None, zenml: ZenmlReport::Keep, credentials: CredentialsReport::Keep }
+    }
+}
+
+/// The scoped credentials' part of the status.
+enum CredentialsReport {
+    /// Not reached in this pass: the last condition and record stay while the Stack asks for them.
+    Keep,
+    /// The store's own credentials: no condition, no record.
+    Shared,
+    /// Valid credentials, and why their due renewal failed.
+    Issued(CredentialsStatus, Option<Failure>),
+    /// None valid; the record stays.
+    Failed(Failure),
+}
+
+impl CredentialsReport {
+    fn record(&self) -> Option<&CredentialsStatus> {
+        match self {
+            Self::Issued(record, _) => Some(record),
+            _ => None,
+        }
+    }
+
+    fn renewal_failed(&self) -> bool {
+        matches!(self, Self::Issued(_, Some(_)))
     }
 }
 
@@ -467,7 +613,7 @@ enum ZenmlReport {
 
 /// Writes Ready, the in-pod check's condition and the ZenML sync's, when something changed.
 async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<(), Error> {
-    let Report { ready, published, check, zenml } = report;
+    let Report { ready, published, check, zenml, credentials } = report;
     let previous = stack.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     let mut observed = vec![ready];
@@ -518,6 +664,38 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
         }
         ZenmlReport::Gone => None,
     };
+    let credentials = match credentials {
+        CredentialsReport::Issued(record, None) => {
+            let message = format!(
+                "session credentials for {} ({:?}) in Secret {}, key {}: expire at {}, renewed at {}",
+                record.path,
+                record.access,
+                record.secret_name,
+                record.access_key_id,
+                record.expires_at,
+                record.renew_at
+            );
+            observed.push(Observed::ok(SCOPED_CREDENTIALS, Reason::CredentialsIssued, message));
+            Some(record)
+        }
+        CredentialsReport::Issued(record, Some(failure)) => {
+            observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));
+            Some(record)
+        }
+        CredentialsReport::Failed(failure) => {
+            observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));
+            previous.credentials.clone()
+        }
+        CredentialsReport::Keep if credentials::wanted(stack) => {
+            if let Some(kept) = conditions::find(&previous.conditions, SCOPED_CREDENTIALS)
+                .and_then(|c| observed_again(SCOPED_CREDENTIALS, c))
+            {
+                observed.push(kept);
+            }
+            previous.credentials.clone()
+        }
+        CredentialsReport::Keep | CredentialsReport::Shared => None,
+    };
     let (conditions, transitions) = conditions::merge(&previous.conditions, &observed, stack.metadata.generation, &now);
     let (config_map_name, content_hash) = match published {
         Some((name, hash)) => (Some(name), Some(hash)),
@@ -530,6 +708,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
         content_hash,
         workload_check,
         zenml,
+        credentials,
     };
     if next == previous {
         return Ok(());

@@ -54,6 +54,7 @@ pub fn wanted(stack: &Stack) -> bool {
 pub fn inputs(stack: &Stack, store: &ResolvedStore, config_map_hash: &str, image: &str) -> String {
     let credentials = match &store.auth {
         ResolvedAuth::Keys(keys) => keys.env_secret_name.as_str(),
+        ResolvedAuth::Session(session) => session.secret_name.as_str(),
         ResolvedAuth::Implicit { .. } => "",
     };
     let parts = BTreeMap::from([
@@ -84,7 +85,7 @@ pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> J
         image: Some(image.to_owned()),
         args: Some(vec!["check".to_owned()]),
         env_from: Some(wiring.env_from),
-        volume_mounts: Some(vec![wiring.volume_mount]),
+        volume_mounts: Some(wiring.volume_mounts),
         termination_message_policy: Some("File".to_owned()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
@@ -106,7 +107,7 @@ pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> J
         service_account_name: Some(stack.spec.orchestrator.service_account_name.clone()),
         restart_policy: Some("Never".to_owned()),
         containers: vec![container],
-        volumes: Some(vec![wiring.volume]),
+        volumes: Some(wiring.volumes),
         // Pod Security Standard "restricted", as the operator's own pod.
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),

@@ -20,9 +20,10 @@ use super::build::{pod_wiring, zenml_pod_settings};
 use crate::api::Stack;
 use crate::api::stack::{ApiKeySecretRef, Zenml, ZenmlStatus};
 use crate::aws::Failure;
+use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
 use crate::reason::Reason;
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::ResolvedStore;
 use crate::zenml::{Server, ZenmlError};
 
 /// Held while the ZenML server may hold objects the Stack made.
@@ -45,13 +46,6 @@ pub struct Declared {
     pub orchestrator: Value,
 }
 
-/// The store's keys, from the Secret the store publishes.
-pub struct Keys {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
 /// The ZenML stack's name: `spec.zenml.stackName`, or `NAMESPACE-NAME`.
 pub fn stack_name(stack: &Stack, spec: &Zenml) -> String {
     spec.stack_name.clone().unwrap_or_else(|| format!("{}-{}", stack.namespace().unwrap_or_default(), stack.name_any()))
@@ -63,7 +57,7 @@ pub fn secret_name(name: &str) -> String {
 }
 
 /// What the Stack declares in ZenML. Pure.
-pub fn declare(stack: &Stack, spec: &Zenml, store: &ResolvedStore, keys: Option<&Keys>) -> Declared {
+pub fn declare(stack: &Stack, spec: &Zenml, store: &ResolvedStore, keys: Option<&StaticKeys>) -> Declared {
     let name = stack_name(stack, spec);
     let uid = stack.uid().unwrap_or_default();
     let labels = json!({
@@ -406,32 +400,6 @@ async fn api_key(
     Ok(Ok(key.to_owned()))
 }
 
-/// The store's keys from the Secret it publishes (key auth), None with implicit auth.
-async fn store_keys(
-    ctx: &Context,
-    namespace: &str,
-    store: &ResolvedStore,
-) -> Result<Result<Option<Keys>, Failure>, Error> {
-    let ResolvedAuth::Keys(refs) = &store.auth else { return Ok(Ok(None)) };
-    let secret = ctx.read::<Secret>(namespace, &refs.env_secret_name).await.map_err(Error::Dereference)?;
-    let data = secret.as_ref().and_then(|s| s.data.as_ref());
-    let value = |key: &str| {
-        data.and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty())
-    };
-    match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
-        (Some(access_key_id), Some(secret_access_key)) => {
-            Ok(Ok(Some(Keys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") })))
-        }
-        _ => Ok(Err(Failure::new(
-            Reason::CredentialsSecretNotFound,
-            format!(
-                "Secret {}, which the ArtifactStore publishes with its keys, is not complete yet",
-                refs.env_secret_name
-            ),
-        ))),
-    }
-}
-
 /// Makes the ZenML server hold what the Stack declares; returns what to record in the status.
 pub async fn sync(
     ctx: &Context,
@@ -445,7 +413,7 @@ pub async fn sync(
         Ok(key) => key,
         Err(failure) => return Ok(Err(failure)),
     };
-    let keys = match store_keys(ctx, &namespace, store).await? {
+    let keys = match super::consumer_keys(ctx, &namespace, store).await? {
         Ok(keys) => keys,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -563,8 +531,8 @@ mod tests {
         ResolvedStore::new(&store, "us-east-1", false).unwrap()
     }
 
-    fn keys() -> Keys {
-        Keys { access_key_id: "AKID".into(), secret_access_key: "SECRET".into(), session_token: None }
+    fn keys() -> StaticKeys {
+        StaticKeys { access_key_id: "AKID".into(), secret_access_key: "SECRET".into(), session_token: None }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod scoped;
 pub mod store;
 
 use std::collections::HashMap;

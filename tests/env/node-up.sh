@@ -66,6 +66,7 @@ sys.exit(not ready or tainted)'
 
 node_healthy() {
   [[ -f "$NODE_ENV_FILE" && -f "$NODE_PORTS_FILE" && -d "$PIDS" ]] || return 1
+  grep -q "^export AO_KUBELET_DIR=" "$NODE_ENV_FILE" || return 1 # (absent: written by an older node-up.sh)
   all_alive "$PIDS" || return 1
   # shellcheck source=/dev/null
   source "$NODE_PORTS_FILE"
@@ -342,6 +343,7 @@ export AO_CONTAINERD_ADDRESS='$NODE_CONTAINERD_SOCK'
 export AO_CONTAINERD_NAMESPACE='k8s.io'
 export AO_CONTAINERD_SNAPSHOTTER='$SNAPSHOTTER'
 export AO_PAUSE_IMAGE='$PAUSE_IMAGE'
+export AO_KUBELET_DIR='$KUBELET_DIR'
 EOF
     mv "$NODE_ENV_FILE.tmp" "$NODE_ENV_FILE"
   )

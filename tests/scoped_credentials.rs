@@ -1,0 +1,108 @@
+//! `Stack.spec.credentials.mode: Scoped` against the real MinIO and its STS: the session
+//! credentials reach the Stack's prefix and nothing else (AccessDenied one prefix over and in
+//! another bucket, no writes when ReadOnly), pods get them as a `credential_process` file and no
+//! long-lived key, boto3 uses that file, the steady state writes nothing, and back to Shared the
+//! Secret goes. (Renewal over a real lifetime: tests/credential_renewal.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use artifact_operator::api::Stack;
+use common::scoped::{TIMEOUT, boto3, list, prepare, put, ready, s3_with, scoped_secret, stack, sts_calls, text};
+use common::{Operator, apply, eventually, limited_bucket, s3_root, test_env};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn scoped_credentials_reach_their_prefix_and_nothing_else() {
+    let (client, ns, bucket) = prepare("scoped").await;
+    let other = limited_bucket("scoped-other");
+    s3_root().create_bucket().bucket(&other).send().await.unwrap();
+    let operator = Operator::start(&ns, "3s");
+    apply(&client, &ns, stack("rw", json!({"mode": "Scoped", "prefix": "a", "duration": "15m"}))).await;
+    apply(&client, &ns, stack("ro", json!({"mode": "Scoped", "access": "ReadOnly"}))).await;
+    let rw = ready(&client, &ns, "rw").await;
+    ready(&client, &ns, "ro").await;
+
+    let record = rw.status.as_ref().unwrap().credentials.clone().expect("the status says what the pods have");
+    assert_eq!(record.path, format!("s3://{bucket}/team/a"));
+    let secret = scoped_secret(&client, &ns, "rw").await;
+    let key_id = text(&secret, "AWS_ACCESS_KEY_ID");
+    assert_ne!(key_id, test_env().var("AO_S3_USER_ACCESS_KEY"), "not the store's own key");
+    assert_eq!(record.access_key_id, key_id);
+    let lifetime = record.expires_at.parse::<jiff::Timestamp>().unwrap().duration_since(jiff::Timestamp::now());
+    assert!(lifetime.as_secs() > 800 && lifetime.as_secs() <= 900, "15 minutes: {lifetime:?}");
+    let annotations = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["artifacts.dev/renew-at"], record.renew_at);
+    println!("issued {key_id}: expires at {}, renewed at {}", record.expires_at, record.renew_at);
+
+    // What the pods get: the narrowed path, a config file with the credentials process, no keys.
+    let config_map =
+        Api::<ConfigMap>::namespaced(client.clone(), &ns).get("rw-stack").await.unwrap().data.unwrap_or_default();
+    assert_eq!(config_map["ARTIFACT_STORE_PATH"], format!("s3://{bucket}/team/a"));
+    assert_eq!(config_map["AWS_CONFIG_FILE"], "/etc/artifact-store-credentials/config");
+    assert!(!config_map.values().any(|v| v.contains(&key_id)), "no key in the ConfigMap");
+    let export: Value = serde_yaml_ng::from_str(&config_map["zenml-stack.yaml"]).unwrap();
+    let pod_settings = &export["components"]["orchestrator"][0]["configuration"]["pod_settings"];
+    assert_eq!(pod_settings["env_from"].as_array().unwrap().len(), 1, "the ConfigMap only, no key Secret");
+    assert_eq!(pod_settings["volumes"][1]["secret"]["secretName"], "rw-scoped-credentials");
+
+    // The session policy, enforced by MinIO: the prefix, and nothing one prefix over or elsewhere.
+    let s3 = s3_with(&secret);
+    let evidence = [
+        ("put team/a/x", put(&s3, &bucket, "team/a/x").await, "ok"),
+        ("list team/a/", list(&s3, &bucket, "team/a/").await, "ok"),
+        ("put team/b/x", put(&s3, &bucket, "team/b/x").await, "AccessDenied"),
+        ("put team/x", put(&s3, &bucket, "team/x").await, "AccessDenied"),
+        ("list team/", list(&s3, &bucket, "team/").await, "AccessDenied"),
+        ("put in another bucket", put(&s3, &other, "team/a/x").await, "AccessDenied"),
+    ];
+    let read_only = s3_with(&scoped_secret(&client, &ns, "ro").await);
+    let read = read_only.get_object().bucket(&bucket).key("team/a/x").send().await.map(|_| "ok").unwrap_or("failed");
+    let evidence = evidence.into_iter().chain([
+        ("ReadOnly get team/a/x", read.to_owned(), "ok"),
+        ("ReadOnly put team/a/y", put(&read_only, &bucket, "team/a/y").await, "AccessDenied"),
+    ]);
+    for (what, got, expected) in evidence {
+        println!("{what}: {got}");
+        assert_eq!(got, expected, "{what}");
+    }
+    // The store's own user may write one prefix over: the session policy is what stops it.
+    let user = common::s3_client(test_env().var("AO_S3_USER_ACCESS_KEY"), test_env().var("AO_S3_USER_SECRET_KEY"));
+    assert_eq!(put(&user, &bucket, "team/b/x").await, "ok");
+
+    // boto3 with nothing but the config file (its credential_process reads the Secret's JSON).
+    let files = tempfile::tempdir().unwrap();
+    let process = files.path().join("credentials.json");
+    std::fs::write(&process, text(&secret, "credentials.json")).unwrap();
+    let config = files.path().join("config");
+    std::fs::write(&config, format!("[default]\ncredential_process = cat {}\n", process.display())).unwrap();
+    let said = boto3(&config, &bucket, "team/a/boto3", &[]);
+    assert!(said.contains(&format!("wrote team/a/boto3 as {key_id}")), "{said}");
+
+    // Steady state: resyncs every 3 s write nothing and call STS no more.
+    let api: Api<Stack> = Api::namespaced(client.clone(), &ns);
+    let (calls, stack_version, secret_version) = (
+        sts_calls(&operator).await,
+        api.get("rw").await.unwrap().metadata.resource_version,
+        secret.metadata.resource_version.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sts_calls(&operator).await, calls, "no STS call between renewals");
+    assert_eq!(api.get("rw").await.unwrap().metadata.resource_version, stack_version);
+    assert_eq!(scoped_secret(&client, &ns, "rw").await.metadata.resource_version, secret_version);
+
+    // Back to Shared: the Secret goes, and the pods get the store's keys again.
+    let mut shared = stack("rw", json!({"mode": "Shared"}));
+    shared["spec"].as_object_mut().unwrap().remove("credentials");
+    apply(&client, &ns, shared).await;
+    eventually(TIMEOUT, "the scoped Secret to go", || async {
+        let gone =
+            Api::<Secret>::namespaced(client.clone(), &ns).get_opt("rw-scoped-credentials").await.unwrap().is_none();
+        let stack = api.get("rw").await.unwrap();
+        (gone && stack.status.as_ref()?.credentials.is_none()).then_some(())
+    })
+    .await;
+}
