@@ -284,3 +284,50 @@ async fn stack_zenml_is_checked_at_admission() {
     }
     create(&stacks, with("Kubernetes", good)).await.expect("a valid zenml is accepted");
 }
+
+#[tokio::test]
+async fn stack_credentials_are_checked_at_admission() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-scoped").await;
+    let stacks = dynamic_api(&client, &ns, "Stack");
+    let with = |extra: Value| {
+        let mut spec = json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "a"}});
+        for (key, value) in extra.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": spec})
+    };
+    let scoped = |fields: Value| {
+        let mut credentials = json!({"mode": "Scoped"});
+        for (key, value) in fields.as_object().unwrap() {
+            credentials[key] = value.clone();
+        }
+        json!({"credentials": credentials})
+    };
+    let cases = [
+        (scoped(json!({"duration": "5m"})), "duration must be like 15m, 1h or 2h30m, from 15m to 12h"),
+        (scoped(json!({"duration": "13h"})), "from 15m to 12h"),
+        (scoped(json!({"duration": "1 hour"})), "duration must be like"),
+        (scoped(json!({"prefix": "../other"})), "without . or .. parts"),
+        (scoped(json!({"prefix": "/a"})), "prefix must be key parts"),
+        (scoped(json!({"prefix": "a//b"})), "prefix must be key parts"),
+        (scoped(json!({"access": "Admin"})), "Unsupported value: \"Admin\""),
+        (scoped(json!({"roleArn": "arn:aws:iam::12:role/x"})), "roleArn must be an IAM role ARN"),
+        (
+            json!({"credentials": {"mode": "Scoped"}, "outputs": {"formats": ["KFP"]}}),
+            "Kubeflow Pipelines' launcher takes no session token",
+        ),
+        (
+            json!({"credentials": {"mode": "Scoped"}, "verification": {"inPod": true}}),
+            "the in-pod check's image has no shell",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let err = create(&stacks, with(extra.clone())).await.unwrap_err();
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+    let good = scoped(json!({"duration": "2h30m", "prefix": "team-a/runs", "access": "ReadOnly",
+                              "roleArn": "arn:aws:iam::123456789012:role/ml"}));
+    create(&stacks, with(good)).await.expect("valid scoped credentials are accepted");
+}

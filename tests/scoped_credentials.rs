@@ -94,15 +94,17 @@ async fn scoped_credentials_reach_their_prefix_and_nothing_else() {
     assert_eq!(api.get("rw").await.unwrap().metadata.resource_version, stack_version);
     assert_eq!(scoped_secret(&client, &ns, "rw").await.metadata.resource_version, secret_version);
 
-    // Back to Shared: the Secret goes, and the pods get the store's keys again.
+    // Back to Shared: no key stays in the Secret, and the status forgets it.
     let mut shared = stack("rw", json!({"mode": "Shared"}));
     shared["spec"].as_object_mut().unwrap().remove("credentials");
     apply(&client, &ns, shared).await;
-    eventually(TIMEOUT, "the scoped Secret to go", || async {
-        let gone =
-            Api::<Secret>::namespaced(client.clone(), &ns).get_opt("rw-scoped-credentials").await.unwrap().is_none();
+    eventually(TIMEOUT, "the scoped Secret to be emptied", || async {
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns).get("rw-scoped-credentials").await.unwrap();
+        let empty = secret.data.unwrap_or_default().is_empty();
         let stack = api.get("rw").await.unwrap();
-        (gone && stack.status.as_ref()?.credentials.is_none()).then_some(())
+        (empty && stack.status.as_ref()?.credentials.is_none()).then_some(())
     })
     .await;
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("rw-stack").await.unwrap().data.unwrap();
+    assert!(!config_map.contains_key("AWS_CONFIG_FILE"), "the env keys are the store's again");
 }

@@ -363,24 +363,16 @@ pub async fn ensure(
     Ok(Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal: None })
 }
 
-/// Deletes the Stack's scoped credentials once it no longer asks for them (`Shared`).
+/// Empties the Stack's Secret of scoped credentials once it no longer asks for them (`Shared`):
+/// no key stays behind. (The operator may not delete Secrets; the empty one goes with the Stack.)
 pub async fn retire(ctx: &Context, stack: &Stack) -> Result<(), Error> {
     if stack.status.as_ref().and_then(|s| s.credentials.as_ref()).is_none() {
         return Ok(());
     }
-    let name = secret_name(&stack.name_any());
-    let uid = stack.uid().unwrap_or_default();
-    let api: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    let Some(secret) = api.get_opt(&name).await.map_err(Error::Dereference)? else { return Ok(()) };
-    if secret.metadata.owner_references.iter().flatten().any(|o| o.uid == uid) {
-        let precondition = kube::api::Preconditions { uid: secret.metadata.uid.clone(), resource_version: None };
-        let params = kube::api::DeleteParams { preconditions: Some(precondition), ..Default::default() };
-        match api.delete(&name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(Error::Publish(error)),
-        }
-    }
+    let meta = apply::owned_meta(stack, "stack", secret_name(&stack.name_any()));
+    let empty = Secret { metadata: meta, data: Some(BTreeMap::new()), ..Secret::default() };
+    // Another's Secret of that name (NotOurs) is never touched.
+    apply::publish(ctx, &empty).await.map_err(Error::Publish)?;
     Ok(())
 }
 
