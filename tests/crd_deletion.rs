@@ -1,7 +1,8 @@
 //! Deleting the ArtifactStore CRD deletes every ArtifactStore, but no bucket: neither under an
 //! operator with cluster RBAC (which reads the CRD) nor under one with the chart's namespaced RBAC
-//! (which cannot, and asks with a dry-run create). A test binary of its own: cargo runs test
-//! binaries one at a time, so no other test loses its CRD meanwhile.
+//! (which cannot, and asks with a dry-run create). A test binary of its own that the test command
+//! runs alone, before any other (`test = false` keeps it out of a plain `cargo test`), so no other
+//! test loses its CRD meanwhile.
 
 mod common;
 

@@ -17,14 +17,14 @@ export AO_STATIC_BINARY
 step "format, lints and generated files"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo clippy --test credential_renewal --locked -- -D warnings
+cargo clippy --test crd_deletion --test credential_renewal --locked -- -D warnings
 cargo run --quiet --locked -- crd --check
 cargo run --quiet --locked -- generate --check
 tests/chart/render.sh --check
 step "the oldest Rust that Cargo.toml's rust-version promises still builds everything"
 msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal >&2
-CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --quiet --locked --all-targets --test credential_renewal
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --quiet --locked --all-targets --test crd_deletion --test credential_renewal
 step "chart and Argo CD health checks"
 tests/chart/test-chart.sh
 tests/chart/test-argocd-health.sh
@@ -32,9 +32,12 @@ step "starting the local environment"
 tests/env/up.sh >/dev/null
 trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test"
-# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart. The
-# renewal of scoped credentials waits through a real 15-minute lifetime, so its binary runs beside
-# the others (by itself: cargo would hold the build directory's lock while it runs).
+# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart. All
+# are built first. Deleting the ArtifactStore CRD deletes every store in the cluster: that suite
+# runs alone. The renewal of scoped credentials waits through a real 15-minute lifetime: its
+# binary runs beside the others (by itself, as cargo would hold the build directory's lock).
+cargo test --locked --lib --bins --tests --test crd_deletion --test credential_renewal --no-run
+cargo test --locked --test crd_deletion
 renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
   sed -n 's/.*(\(target\/debug\/deps\/credential_renewal-[0-9a-f]*\)).*/\1/p')
 [[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }

@@ -1,8 +1,9 @@
 //! `Stack.spec.credentials.mode: Scoped` against the real MinIO and its STS: the session
 //! credentials reach the Stack's prefix and nothing else (AccessDenied one prefix over and in
 //! another bucket, no writes when ReadOnly), pods get them as a `credential_process` file and no
-//! long-lived key, boto3 uses that file, the steady state writes nothing, and back to Shared the
-//! Secret goes. (Renewal over a real lifetime: tests/credential_renewal.rs.)
+//! long-lived key, boto3 uses that file, the steady state writes nothing, back to Shared the
+//! Secret is emptied, and a renewal STS refuses is a condition while the current credentials last.
+//! (Renewal over a real lifetime: tests/credential_renewal.rs.)
 
 mod common;
 
@@ -107,4 +108,102 @@ async fn scoped_credentials_reach_their_prefix_and_nothing_else() {
     .await;
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("rw-stack").await.unwrap().data.unwrap();
     assert!(!config_map.contains_key("AWS_CONFIG_FILE"), "the env keys are the store's again");
+}
+
+/// Switches the MinIO user `access_key` on or off through MinIO's admin API.
+fn set_minio_user(access_key: &str, status: &str) {
+    let env = test_env();
+    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/minio-limited-user.py"))
+        .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
+        .env("AO_S3_CA_FILE", env.var("AO_S3_CA_FILE"))
+        .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
+        .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
+        .env("AO_S3_USER_ACCESS_KEY", access_key)
+        .env("AO_S3_USER_SECRET_KEY", "unused-when-switching")
+        .env("AO_S3_USER_STATUS", status)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Adds a MinIO user of its own (the limited-buckets policy) and returns its keys.
+fn new_minio_user() -> (String, String) {
+    let env = test_env();
+    let (access_key, secret_key) = (format!("aofail{}", fastrand::u32(..)), format!("{:032x}", fastrand::u128(..)));
+    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/minio-limited-user.py"))
+        .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
+        .env("AO_S3_CA_FILE", env.var("AO_S3_CA_FILE"))
+        .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
+        .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
+        .env("AO_S3_USER_ACCESS_KEY", &access_key)
+        .env("AO_S3_USER_SECRET_KEY", &secret_key)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (access_key, secret_key)
+}
+
+/// The Stack's ScopedCredentials condition: (status, reason, message).
+async fn scoped_condition(api: &Api<Stack>, name: &str) -> Option<(String, String, String)> {
+    let stack = api.get(name).await.unwrap();
+    let condition = stack.status?.conditions.into_iter().find(|c| c.type_ == "ScopedCredentials")?;
+    Some((condition.status, condition.reason, condition.message))
+}
+
+#[tokio::test]
+async fn a_failed_renewal_is_a_condition_while_the_current_credentials_last() {
+    // A MinIO user of this test's own, which the test switches off: the store keeps its Ready
+    // (verified once per 10 minutes), while STS refuses to renew.
+    let (client, ns) = common::setup("scoped-fail").await;
+    let bucket = limited_bucket("scoped-fail");
+    s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
+    let (access_key, secret_key) = new_minio_user();
+    common::secret(
+        &client,
+        &ns,
+        "minio-keys",
+        &[("aws_access_key_id", &access_key), ("aws_secret_access_key", &secret_key)],
+    )
+    .await;
+    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
+    let mut spec = common::store::minio_spec(&bucket, json!({}));
+    spec["path"] = json!(format!("s3://{bucket}/team"));
+    common::store::apply_store(&client, &ns, "ml", spec).await;
+    let mut operator = Operator::start(&ns, "10m");
+    apply(&client, &ns, stack("prod", json!({"mode": "Scoped", "duration": "15m"}))).await;
+    let first = ready(&client, &ns, "prod").await.status.unwrap().credentials.unwrap();
+    // A new process, which knows only what the Secret says, and a renewal made due at once.
+    operator.kill();
+    let _operator = Operator::start(&ns, "10m");
+    set_minio_user(&access_key, "disabled");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let due_now = json!({"metadata": {"annotations": {"artifacts.dev/renew-at": "2026-01-01T00:00:00Z"}}});
+    secrets
+        .patch("prod-scoped-credentials", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&due_now))
+        .await
+        .unwrap();
+
+    let api: Api<Stack> = Api::namespaced(client.clone(), &ns);
+    let (_, _, message) = eventually(TIMEOUT, "CredentialsRenewalFailed", || async {
+        scoped_condition(&api, "prod")
+            .await
+            .filter(|(status, reason, _)| status == "False" && reason == "CredentialsRenewalFailed")
+    })
+    .await;
+    println!("{message}");
+    assert!(message.contains(&first.expires_at), "says when the current ones expire: {message}");
+    let stack = api.get("prod").await.unwrap();
+    let ready = stack.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True", "the current credentials still work: {}", ready.message);
+
+    // STS answers again: the retry renews.
+    set_minio_user(&access_key, "enabled");
+    let (_, _, message) = eventually(TIMEOUT, "the renewal after the outage", || async {
+        scoped_condition(&api, "prod").await.filter(|(status, _, _)| status == "True")
+    })
+    .await;
+    let renewed = api.get("prod").await.unwrap().status.unwrap().credentials.unwrap();
+    assert_ne!(renewed.access_key_id, first.access_key_id, "{message}");
 }

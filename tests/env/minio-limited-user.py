@@ -4,7 +4,8 @@ Run by up.sh with the environment's Python. Everything comes from environment va
 secret appears on a command line: AO_S3_ADMIN_ENDPOINT (http(s)://host:port), AO_S3_CA_FILE (for
 https), AO_S3_ROOT_ACCESS_KEY/AO_S3_ROOT_SECRET_KEY, AO_S3_USER_ACCESS_KEY/AO_S3_USER_SECRET_KEY.
 The user may do anything (s3:*) to buckets named limited-* and their objects, and nothing else;
-tests add users of their own with AO_S3_USER_POLICY_NAME and AO_S3_USER_POLICY (a JSON policy).
+tests add users of their own with AO_S3_USER_POLICY_NAME and AO_S3_USER_POLICY (a JSON policy),
+and with AO_S3_USER_STATUS (enabled or disabled) only switch an existing user on or off.
 Idempotent: adding an existing policy or user replaces it.
 """
 
@@ -46,6 +47,11 @@ def main() -> None:
         http_client=http_client,
     )
     user = os.environ["AO_S3_USER_ACCESS_KEY"]
+    status = os.environ.get("AO_S3_USER_STATUS")
+    if status is not None:
+        {"enabled": admin.user_enable, "disabled": admin.user_disable}[status](user)
+        print(f"{url.geturl()}: user {user} is {status}")
+        return
     name = os.environ.get("AO_S3_USER_POLICY_NAME", POLICY_NAME)
     policy = json.loads(os.environ["AO_S3_USER_POLICY"]) if "AO_S3_USER_POLICY" in os.environ else POLICY
     admin.policy_add(name, policy=policy)
