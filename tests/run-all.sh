@@ -43,6 +43,7 @@ renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
 [[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }
 "$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
 renewal=$!
+trap 'kill "$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 cargo test --locked --lib --bins --tests -- --test-threads 4
 step "the store and stack suites again, against versitygw (the second S3 implementation)"
 AO_S3_SERVER=versitygw cargo test --locked --test artifact_store --test stack -- --test-threads 4

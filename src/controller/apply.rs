@@ -190,7 +190,8 @@ where
 }
 
 /// Writes a custom resource's status by server-side apply with the operator's field manager.
-pub async fn status<K>(api: &Api<K>, name: &str, status: &impl serde::Serialize) -> Result<(), kube::Error>
+/// Returns the resourceVersion the write produced.
+pub async fn status<K>(api: &Api<K>, name: &str, status: &impl serde::Serialize) -> Result<Option<String>, kube::Error>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -199,7 +200,8 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(|_| ())
+    let written = api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(written.meta().resource_version.clone())
 }
 
 #[cfg(test)]

@@ -120,6 +120,12 @@ impl Context {
         !self.memory.status_pending(uid, version)
     }
 
+    /// Records that a pass wrote a status of `object` that produced `version`, ahead of its last
+    /// write (which then supersedes that version too).
+    pub fn wrote_intermediate_status(&self, object: &ObjectMeta, version: &str) {
+        self.memory.wrote_intermediate_status(object.uid.as_deref().unwrap_or_default(), version);
+    }
+
     /// Records that a status was written for `object` as the cache holds it.
     pub fn wrote_status(&self, object: &ObjectMeta) {
         let (uid, version) = uid_and_version(object);

@@ -29,9 +29,13 @@ pub struct Memory {
     /// Per object (by the digest of its UID): when it was last touched, and what its last full
     /// pass read at which watermark.
     settled: Mutex<HashMap<u64, Settled>>,
-    /// Per object (by the digest of its UID): the digest of the resourceVersion this process's
-    /// last status write was computed from, until the cache moves past that resourceVersion.
-    written: Mutex<HashMap<u64, (Instant, u64)>>,
+    /// Per object (by the digest of its UID): the digests of the resourceVersions this process's
+    /// last status write superseded (the one it was computed from, and those of the same pass's
+    /// earlier writes), until the cache holds another.
+    written: Mutex<HashMap<u64, (Instant, Vec<u64>)>>,
+    /// Per object: the resourceVersions a pass's earlier status writes produced (a bucket's
+    /// creation recorded before it is sent), which its last write supersedes too.
+    intermediate: Mutex<HashMap<u64, Vec<u64>>>,
     /// Per object (by the digest of its UID): what this process last issued for it (a Stack's
     /// session credentials) and when, which a stale cache may not show yet.
     issued: Mutex<HashMap<u64, Issued>>,
@@ -51,6 +55,7 @@ impl Memory {
             verified: Mutex::default(),
             settled: Mutex::default(),
             written: Mutex::default(),
+            intermediate: Mutex::default(),
             issued: Mutex::default(),
             pruned: Mutex::new(Instant::now()),
         }
@@ -97,23 +102,31 @@ impl Memory {
         Some(read.clone())
     }
 
-    /// Records that a status was written for `uid`, computed from the object at `version`.
+    /// Records that a status was written for `uid`, computed from the object at `version`: that
+    /// version and those the same pass's earlier writes produced are superseded.
     pub fn wrote_status(&self, uid: &str, version: &str) {
         let now = Instant::now();
         self.prune_stale(now);
-        lock(&self.written).insert(digest(uid), (now, digest(version)));
+        let mut superseded = lock(&self.intermediate).remove(&digest(uid)).unwrap_or_default();
+        superseded.push(digest(version));
+        lock(&self.written).insert(digest(uid), (now, superseded));
     }
 
-    /// Whether this process wrote a status for `uid` computed from the object at `version`, which
-    /// the cache still holds: the watch has not brought the write back yet. Whatever another pass
-    /// computes from that version is older than the write (it sees the world the write changed,
-    /// not the write), so it writes nothing; the write's watch event wakes the next pass. Once
-    /// the cache holds a newer version, the entry goes.
+    /// Records that a pass wrote a status of `uid` that produced `version`, before its last write.
+    pub fn wrote_intermediate_status(&self, uid: &str, version: &str) {
+        lock(&self.intermediate).entry(digest(uid)).or_default().push(digest(version));
+    }
+
+    /// Whether the cache holds a version of `uid` that this process's last status write
+    /// superseded: the watch has not brought the write back yet. Whatever another pass computes
+    /// from that version is older than the write (it sees the world the write changed, not the
+    /// write), so it writes nothing; the write's watch event wakes the next pass. Once the cache
+    /// holds another version, the entry goes.
     pub fn status_pending(&self, uid: &str, version: &str) -> bool {
         let mut written = lock(&self.written);
         let key = digest(uid);
         match written.get(&key) {
-            Some((_, from)) if *from == digest(version) => true,
+            Some((_, superseded)) if superseded.contains(&digest(version)) => true,
             Some(_) => {
                 written.remove(&key);
                 false
@@ -140,6 +153,7 @@ impl Memory {
         lock(&self.verified).remove(&digest(uid));
         lock(&self.settled).remove(&digest(uid));
         lock(&self.written).remove(&digest(uid));
+        lock(&self.intermediate).remove(&digest(uid));
         self.record_success(key);
     }
 
@@ -187,6 +201,20 @@ mod tests {
         assert_eq!(memory.verification_due("uid-1", "inputs-b"), None, "changed inputs need a new verification");
         memory.forget("uid-1", "ns/one");
         assert_eq!(memory.verification_due("uid-1", "inputs-a"), None);
+    }
+
+    #[test]
+    fn a_status_write_supersedes_the_versions_its_pass_wrote_before() {
+        let memory = Memory::new(INTERVAL);
+        // A pass computed from version 5 records a bucket's coming creation (version 6), then
+        // writes its outcome (version 7).
+        memory.wrote_intermediate_status("uid-1", "6");
+        assert!(!memory.status_pending("uid-1", "5"), "its own last write is not held back");
+        memory.wrote_status("uid-1", "5");
+        assert!(memory.status_pending("uid-1", "5"));
+        assert!(memory.status_pending("uid-1", "6"), "a pass that sees the intermediate write writes nothing");
+        assert!(!memory.status_pending("uid-1", "7"), "the cache caught up");
+        assert!(!memory.status_pending("uid-1", "6"), "and the entry went");
     }
 
     #[test]

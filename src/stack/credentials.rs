@@ -157,7 +157,7 @@ pub fn session_policy(scope: &Scope, region: &str) -> Value {
 /// renew together.
 pub fn renew_at(issued: Timestamp, lifetime: Duration, jitter: f64) -> Timestamp {
     let seconds = lifetime.as_secs_f64() * (2.0 / 3.0 + jitter.clamp(-1.0, 1.0) / 30.0);
-    let at = issued + Duration::from_secs_f64(seconds.max(0.0));
+    let at = issued.checked_add(Duration::from_secs_f64(seconds.clamp(0.0, 1e9))).unwrap_or(issued);
     // Whole seconds, as the annotations and the status show it.
     Timestamp::from_second(at.as_second()).unwrap_or(at)
 }
@@ -416,6 +416,14 @@ async fn assume(
         return Err(Failure::new(Reason::StsError, "STS AssumeRole answered without credentials"));
     };
     let expires_at = Timestamp::from_second(credentials.expiration().secs()).unwrap_or_else(|_| Timestamp::now());
+    // Credentials that are gone before a pod could use them would be issued again at once, again
+    // and again: a failure instead.
+    if expires_at.duration_since(Timestamp::now()) < jiff::SignedDuration::from_mins(5) {
+        return Err(Failure::new(
+            Reason::StsError,
+            format!("STS issued credentials that expire at {expires_at}, less than 5 minutes from now"),
+        ));
+    }
     Ok(Issued {
         keys: StaticKeys {
             access_key_id: credentials.access_key_id().to_owned(),
@@ -520,6 +528,8 @@ mod tests {
         assert_eq!(renew_at(issued, hour, 1.0).to_string(), "2026-11-29T10:42:00Z");
         assert_eq!(renew_at(issued, hour, -1.0).to_string(), "2026-11-29T10:38:00Z");
         assert_eq!(renew_at(issued, hour, 7.0), renew_at(issued, hour, 1.0), "clamped");
+        let forever = Duration::from_secs(u64::MAX / 4);
+        assert!(renew_at(issued, forever, 0.0) >= issued, "a lifetime past the calendar does not overflow");
     }
 
     #[test]

@@ -345,12 +345,15 @@ async fn record_create_request(store: &ArtifactStore, ctx: &Context) -> Result<T
     let now = Time(jiff::Timestamp::now());
     status.bucket_create_requested = Some(now.clone());
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    apply::status(&api, &store.name_any(), &status).await.map_err(|error| {
+    let version = apply::status(&api, &store.name_any(), &status).await.map_err(|error| {
         Failure::new(
             Reason::StatusWriteFailed,
             format!("the bucket was not created, because recording that it is about to be failed: {error}"),
         )
     })?;
+    // A pass woken meanwhile would compute from this version, which the pass's last write
+    // supersedes: without this it would see the bucket just created as one that exists.
+    ctx.wrote_intermediate_status(&store.metadata, &version.unwrap_or_default());
     Ok(now)
 }
 
