@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::scoped::{TIMEOUT, boto3_command, node, prepare, ready, scoped_secret, stack, sts_calls, text};
-use common::{Operator, apply, eventually};
+use common::scoped::{TIMEOUT, boto3_command, prepare, ready, scoped_secret, stack, sts_calls, text};
+use common::{Operator, apply, eventually, node};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};

@@ -78,15 +78,7 @@ fn run(command: &mut Command, what: &str) -> String {
 
 /// Starts the node (a no-op when it runs) and returns its env file's variables.
 fn node() -> BTreeMap<String, String> {
-    let stdout = run(&mut Command::new(repo().join("tests/env/node-up.sh")), "tests/env/node-up.sh");
-    let file = stdout.lines().last().expect("node-up.sh prints its env file");
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.strip_prefix("export "))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
+    common::node()
 }
 
 fn static_binary() -> PathBuf {
@@ -297,7 +289,6 @@ fn operator_process_uids() -> Vec<u32> {
 
 /// A MinIO user (made through MinIO's admin API) that may list and read `bucket`, not write it.
 fn read_only_user(bucket: &str) -> (String, String) {
-    let env = test_env();
     let user = format!("aoreadonly{}", fastrand::u32(..));
     let secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let policy = json!({"Version": "2012-10-17", "Statement": [{
@@ -305,18 +296,12 @@ fn read_only_user(bucket: &str) -> (String, String) {
         "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject"],
         "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
     }]});
-    run(
-        Command::new(format!("{}/bin/python", env.var("AO_VENV")))
-            .arg(repo().join("tests/env/minio-limited-user.py"))
-            .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
-            .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
-            .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
-            .env("AO_S3_USER_ACCESS_KEY", &user)
-            .env("AO_S3_USER_SECRET_KEY", &secret)
-            .env("AO_S3_USER_POLICY_NAME", format!("read-{bucket}"))
-            .env("AO_S3_USER_POLICY", policy.to_string()),
-        "creating the read-only MinIO user",
-    );
+    common::minio_admin(&[
+        ("AO_S3_USER_ACCESS_KEY", &user),
+        ("AO_S3_USER_SECRET_KEY", &secret),
+        ("AO_S3_USER_POLICY_NAME", &format!("read-{bucket}")),
+        ("AO_S3_USER_POLICY", &policy.to_string()),
+    ]);
     (user, secret)
 }
 

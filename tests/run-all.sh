@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one: builds (or reuses from the cache) the
-# real control plane, S3, moto and helm; checks formatting, lints and generated files; starts the
-# local environment; runs every test; stops the environment.
+# real control plane, S3, moto, ZenML and helm; starts the local environment; checks formatting,
+# lints and generated files; runs every test; stops the environment.
+#
+# The renewal of scoped credentials (tests/credential_renewal.rs) waits through a real 15-minute
+# credential lifetime, so it starts as soon as the environment is up and runs beside everything
+# else: the static binary, the lints, the older Rust and the other suites. Deleting the
+# ArtifactStore CRD deletes every store in the cluster, so that suite runs alone before it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
@@ -11,6 +16,21 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
 step "building the test environment (cached under ~/.cache/artifact-operator)"
 tests/env/build.sh
+step "building the operator and every test"
+cargo test --locked --lib --bins --tests --test crd_deletion --test credential_renewal --no-run
+step "starting the local environment"
+tests/env/up.sh >/dev/null
+trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
+step "deleting the ArtifactStore CRD, alone"
+cargo test --locked --test crd_deletion
+step "the renewal of scoped credentials starts, beside what follows"
+# Its binary runs by itself: cargo would hold the build directory's lock while it runs.
+renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
+  sed -n 's/.*(\(target\/debug\/deps\/credential_renewal-[0-9a-f]*\)).*/\1/p')
+[[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }
+"$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
+renewal=$!
+trap 'kill "$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "building the static binary the image carries (the node test installs it with the chart)"
 AO_STATIC_BINARY=$(tests/env/build-static.sh | tail -n 1)
 export AO_STATIC_BINARY
@@ -28,26 +48,12 @@ CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --quiet --locked --all-targets
 step "chart and Argo CD health checks"
 tests/chart/test-chart.sh
 tests/chart/test-argocd-health.sh
-step "starting the local environment"
-tests/env/up.sh >/dev/null
-trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test"
-# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart. All
-# are built first. Deleting the ArtifactStore CRD deletes every store in the cluster: that suite
-# runs alone. The renewal of scoped credentials waits through a real 15-minute lifetime: its
-# binary runs beside the others (by itself, as cargo would hold the build directory's lock).
-cargo test --locked --lib --bins --tests --test crd_deletion --test credential_renewal --no-run
-cargo test --locked --test crd_deletion
-renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
-  sed -n 's/.*(\(target\/debug\/deps\/credential_renewal-[0-9a-f]*\)).*/\1/p')
-[[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }
-"$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
-renewal=$!
-trap 'kill "$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
+# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart.
 cargo test --locked --lib --bins --tests -- --test-threads 4
 step "the store and stack suites again, against versitygw (the second S3 implementation)"
 AO_S3_SERVER=versitygw cargo test --locked --test artifact_store --test stack -- --test-threads 4
-step "the renewal of scoped credentials, started beside the suites"
+step "the renewal of scoped credentials, started after the environment"
 renewal_status=0
 wait "$renewal" || renewal_status=$?
 cat target/credential-renewal.log

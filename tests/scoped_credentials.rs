@@ -110,39 +110,20 @@ async fn scoped_credentials_reach_their_prefix_and_nothing_else() {
     assert!(!config_map.contains_key("AWS_CONFIG_FILE"), "the env keys are the store's again");
 }
 
-/// Switches the MinIO user `access_key` on or off through MinIO's admin API.
-fn set_minio_user(access_key: &str, status: &str) {
-    let env = test_env();
-    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/minio-limited-user.py"))
-        .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
-        .env("AO_S3_CA_FILE", env.var("AO_S3_CA_FILE"))
-        .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
-        .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
-        .env("AO_S3_USER_ACCESS_KEY", access_key)
-        .env("AO_S3_USER_SECRET_KEY", "unused-when-switching")
-        .env("AO_S3_USER_STATUS", status)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
 /// Adds a MinIO user of its own (the limited-buckets policy) and returns its keys.
 fn new_minio_user() -> (String, String) {
-    let env = test_env();
     let (access_key, secret_key) = (format!("aofail{}", fastrand::u32(..)), format!("{:032x}", fastrand::u128(..)));
-    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/minio-limited-user.py"))
-        .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
-        .env("AO_S3_CA_FILE", env.var("AO_S3_CA_FILE"))
-        .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
-        .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
-        .env("AO_S3_USER_ACCESS_KEY", &access_key)
-        .env("AO_S3_USER_SECRET_KEY", &secret_key)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    common::minio_admin(&[("AO_S3_USER_ACCESS_KEY", &access_key), ("AO_S3_USER_SECRET_KEY", &secret_key)]);
     (access_key, secret_key)
+}
+
+/// Switches the MinIO user `access_key` on or off.
+fn set_minio_user(access_key: &str, status: &str) {
+    common::minio_admin(&[
+        ("AO_S3_USER_ACCESS_KEY", access_key),
+        ("AO_S3_USER_SECRET_KEY", "unused-when-switching"),
+        ("AO_S3_USER_STATUS", status),
+    ]);
 }
 
 /// The Stack's ScopedCredentials condition: (status, reason, message).

@@ -38,6 +38,16 @@ async fn store_at(client: &Client, ns: &str, bucket: &str, prefix: &str) {
     apply_store(client, ns, "ml", spec).await;
 }
 
+/// A namespace for `test` with the API key `key` in Secret `zenml-api-key`, ServiceAccount `runner`
+/// and store `ml` at `s3://BUCKET/runs`; returns the client, the namespace and the bucket.
+async fn prepare(test: &str, key: &str) -> (Client, String, String) {
+    let (client, ns, bucket) = setup_with_bucket(test).await;
+    secret(&client, &ns, "zenml-api-key", &[("api-key", key)]).await;
+    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
+    store_at(&client, &ns, &bucket, "runs").await;
+    (client, ns, bucket)
+}
+
 /// Waits for the Stack's condition `type_` to have `status` and `reason` for its generation.
 async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> Stack {
     let api: Api<Stack> = Api::namespaced(client.clone(), ns);
@@ -99,11 +109,8 @@ async fn zenml_writes(operator: &Operator) -> f64 {
 
 #[tokio::test]
 async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_credentials() {
-    let (client, ns, bucket) = setup_with_bucket("zenml-sync").await;
     let key = test_env().var("AO_ZENML_API_KEY");
-    secret(&client, &ns, "zenml-api-key", &[("api-key", key)]).await;
-    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
-    store_at(&client, &ns, &bucket, "runs").await;
+    let (client, ns, bucket) = prepare("zenml-sync", key).await;
     let zenml_stack = format!("ao-{ns}");
     let operator = Operator::start(&ns, "3s");
     apply(&client, &ns, stack("prod", &zenml_stack, "zenml-api-key")).await;
@@ -186,11 +193,8 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
 
 #[tokio::test]
 async fn a_user_s_same_named_component_is_a_conflict_and_survives_the_stack() {
-    let (client, ns, bucket) = setup_with_bucket("zenml-clash").await;
     let key = test_env().var("AO_ZENML_API_KEY");
-    secret(&client, &ns, "zenml-api-key", &[("api-key", key)]).await;
-    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
-    store_at(&client, &ns, &bucket, "runs").await;
+    let (client, ns, bucket) = prepare("zenml-clash", key).await;
     // Another team made an artifact store component by hand, under the name the Stack would use.
     let zenml_stack = format!("hand-{ns}");
     let other = Sessions::default();
@@ -226,11 +230,8 @@ async fn a_user_s_same_named_component_is_a_conflict_and_survives_the_stack() {
 
 #[tokio::test]
 async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_to_fix() {
-    let (client, ns, bucket) = setup_with_bucket("zenml-key").await;
     let wrong = "ZENKEY_eyJpZCI6ICI1YjBkMmYwZS02ZjZiLTRjNTktOWE0My0xZjFkMWE3YjJjM2QiLCAia2V5IjogIm5vdC10aGUta2V5In0=";
-    secret(&client, &ns, "zenml-api-key", &[("api-key", wrong)]).await;
-    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
-    store_at(&client, &ns, &bucket, "runs").await;
+    let (client, ns, _) = prepare("zenml-key", wrong).await;
     let operator = Operator::start(&ns, "10m");
     let zenml_stack = format!("key-{ns}");
 
@@ -283,11 +284,8 @@ async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_t
 
 #[tokio::test]
 async fn deleting_the_namespace_removes_the_stack_s_zenml_objects_though_its_api_key_goes_too() {
-    let (client, ns, bucket) = setup_with_bucket("zenml-ns").await;
     let key = test_env().var("AO_ZENML_API_KEY");
-    secret(&client, &ns, "zenml-api-key", &[("api-key", key)]).await;
-    apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
-    store_at(&client, &ns, &bucket, "runs").await;
+    let (client, ns, _) = prepare("zenml-ns", key).await;
     let _operator = Operator::start(&ns, "10m");
     apply(&client, &ns, stack("prod", &format!("ns-{ns}"), "zenml-api-key")).await;
     let stack = wait_for(&client, &ns, "prod", "ZenmlSynced", "True", "ZenmlSynced").await;

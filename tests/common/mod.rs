@@ -535,3 +535,36 @@ pub async fn apply(client: &Client, ns: &str, object: serde_json::Value) {
         .await
         .unwrap_or_else(|e| panic!("applying {} {name}: {e}", object["kind"]));
 }
+
+/// Runs `tests/env/minio-limited-user.py` against the plain MinIO as its root user, with `vars`
+/// (the user's keys, a policy, a status: see the script) on top.
+pub fn minio_admin(vars: &[(&str, &str)]) {
+    let env = test_env();
+    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/minio-limited-user.py"))
+        .env("AO_S3_ADMIN_ENDPOINT", env.var("AO_S3_ENDPOINT"))
+        .env("AO_S3_ROOT_ACCESS_KEY", env.var("AO_S3_ROOT_ACCESS_KEY"))
+        .env("AO_S3_ROOT_SECRET_KEY", env.var("AO_S3_ROOT_SECRET_KEY"))
+        .envs(vars.iter().copied())
+        .output()
+        .expect("the environment's Python runs");
+    assert!(output.status.success(), "minio-limited-user.py failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Starts the node (tests/env/node-up.sh; a no-op when it runs) and returns its env file's
+/// variables.
+pub fn node() -> std::collections::BTreeMap<String, String> {
+    let up = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/node-up.sh"))
+        .output()
+        .expect("node-up.sh runs");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(up.status.success(), "node-up.sh failed:\n{stdout}\n{}", String::from_utf8_lossy(&up.stderr));
+    let file = stdout.lines().last().expect("node-up.sh prints its env file");
+    std::fs::read_to_string(file)
+        .expect("the node's env file")
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}

@@ -2,7 +2,6 @@
 //! that use the session credentials (the SDK with the Secret's keys, boto3 through the
 //! credentials process).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -126,19 +125,4 @@ pub fn boto3_command(config: &Path, bucket: &str, key: &str, extra: &[&str]) -> 
         .env("AWS_REGION", env.var("AO_S3_REGION"))
         .env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
     command
-}
-
-/// The node's env file's variables (tests/env/node-up.sh starts it, or finds it running).
-pub fn node() -> BTreeMap<String, String> {
-    let up = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/node-up.sh")).output().unwrap();
-    let stdout = String::from_utf8_lossy(&up.stdout);
-    assert!(up.status.success(), "node-up.sh failed:\n{stdout}\n{}", String::from_utf8_lossy(&up.stderr));
-    let file = stdout.lines().last().expect("node-up.sh prints its env file");
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.strip_prefix("export "))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
 }

@@ -72,25 +72,9 @@ print(f"zenml: stack import {os.path.basename(export)} succeeded; stack describe
 
 # A real two-step pipeline on the local orchestrator, with the imported S3 artifact store.
 cli("stack", "register", "local-run", "-a", components["artifact_store"]["name"], "-o", "default", "--set")
-from zenml import pipeline, step  # noqa: E402
+from two_steps import two_steps  # noqa: E402
 
-
-@step
-def produce() -> str:
-    return payload.decode()
-
-
-@step
-def consume(text: str) -> int:
-    return len(text)
-
-
-@pipeline(enable_cache=False)
-def two_steps():
-    consume(produce())
-
-
-run = two_steps()
+run = two_steps(payload.decode())
 assert run.status.value == "completed", run.status
 uris = [artifact.uri for step_run in run.steps.values() for artifacts in step_run.outputs.values() for artifact in artifacts]
 store_path = os.environ["ARTIFACT_STORE_PATH"]

@@ -36,28 +36,11 @@ print(f"zenml: stack {stack.name} ({stack.id}) has artifact_store {store.name} (
 run_stack = f"run-{uuid.uuid4().hex[:8]}"
 cli("stack", "register", run_stack, "-a", store.name, "-o", "default")
 client.activate_stack(run_stack)
-from zenml import pipeline, step  # noqa: E402
+from two_steps import two_steps  # noqa: E402
 
 payload = uuid.uuid4().hex
-
-
-@step
-def produce() -> str:
-    return payload
-
-
-@step
-def consume(text: str) -> int:
-    return len(text)
-
-
-@pipeline(enable_cache=False)
-def two_steps():
-    consume(produce())
-
-
 try:
-    run = two_steps()
+    run = two_steps(payload)
     assert run.status.value == "completed", run.status
     run = client.get_pipeline_run(run.id)
     uris = sorted(a.uri for s in run.steps.values() for listed in s.outputs.values() for a in listed)
