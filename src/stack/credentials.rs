@@ -268,8 +268,12 @@ pub fn due(held: Option<&Held>, digest: &str, now: Timestamp) -> Due {
 /// How long until the Stack's credentials are due for renewal, as its status says (None: it has
 /// none). The status may lag behind a renewal: the pass it brings finds nothing due.
 pub fn until_renewal(stack: &Stack) -> Option<Duration> {
-    let status = stack.status.as_ref()?.credentials.as_ref()?;
-    let renew = status.renew_at.parse::<Timestamp>().ok()?;
+    until(&stack.status.as_ref()?.credentials.as_ref()?.renew_at)
+}
+
+/// How long until `renew_at` (RFC 3339), zero once it is past (None: not a time).
+pub fn until(renew_at: &str) -> Option<Duration> {
+    let renew = renew_at.parse::<Timestamp>().ok()?;
     Some(Duration::try_from(renew.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
 }
 
@@ -314,7 +318,8 @@ pub async fn ensure(
     let uid = stack.uid().unwrap_or_default();
     let now = Timestamp::now();
     let current = ctx.read::<Secret>(&namespace, &name).await.map_err(Error::Dereference)?;
-    let ours = current.as_deref().filter(|s| s.metadata.owner_references.iter().flatten().any(|o| o.uid == uid));
+    let owned = apply::owned_meta(stack, "stack", name.clone());
+    let ours = current.as_deref().filter(|s| apply::is_ours(&s.metadata, &owned));
     if current.is_some() && ours.is_none() {
         return Ok(Outcome::Failed(apply::name_conflict("Secret", &name, stack)));
     }

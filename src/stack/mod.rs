@@ -310,11 +310,7 @@ pub(crate) async fn consumer_keys(
 fn next_pass(ctx: &Context, stack: &Stack, renewed: Option<&CredentialsStatus>) -> std::time::Duration {
     let resync = jittered(ctx.settings.resync_interval);
     let renewal = match renewed {
-        Some(record) => record
-            .renew_at
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .and_then(|at| std::time::Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok()),
+        Some(record) => credentials::until(&record.renew_at),
         None => credentials::until_renewal(stack),
     };
     renewal.map_or(resync, |left| resync.min(left))
@@ -429,11 +425,13 @@ fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Opt
     }
 }
 
-/// A condition read back from the status, as observed again (its reason still one we know).
+/// The condition `type_` of `previous`, as observed again (its reason still one we know): what a
+/// pass that did not reach its step keeps.
 fn observed_again(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     type_: &'static str,
-    condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
 ) -> Option<Observed> {
+    let condition = conditions::find(previous, type_)?;
     let reason = Reason::parse(&condition.reason)?;
     let status = match condition.status.as_str() {
         "True" => conditions::Status::True,
@@ -630,9 +628,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
             workload_check = Some(inputs);
         }
         None if workload::wanted(stack) => {
-            if let Some(kept) = conditions::find(&previous.conditions, WORKLOAD_ACCESS_VERIFIED)
-                .and_then(|c| observed_again(WORKLOAD_ACCESS_VERIFIED, c))
-            {
+            if let Some(kept) = observed_again(&previous.conditions, WORKLOAD_ACCESS_VERIFIED) {
                 observed.push(kept);
                 workload_check = previous.workload_check.clone();
             }
@@ -655,11 +651,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
             previous.zenml.clone()
         }
         ZenmlReport::Keep => {
-            if let Some(kept) =
-                conditions::find(&previous.conditions, ZENML_SYNCED).and_then(|c| observed_again(ZENML_SYNCED, c))
-            {
-                observed.push(kept);
-            }
+            observed.extend(observed_again(&previous.conditions, ZENML_SYNCED));
             previous.zenml.clone()
         }
         ZenmlReport::Gone => None,
@@ -687,11 +679,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
             previous.credentials.clone()
         }
         CredentialsReport::Keep if credentials::wanted(stack) => {
-            if let Some(kept) = conditions::find(&previous.conditions, SCOPED_CREDENTIALS)
-                .and_then(|c| observed_again(SCOPED_CREDENTIALS, c))
-            {
-                observed.push(kept);
-            }
+            observed.extend(observed_again(&previous.conditions, SCOPED_CREDENTIALS));
             previous.credentials.clone()
         }
         CredentialsReport::Keep | CredentialsReport::Shared => None,

@@ -389,8 +389,8 @@ async fn api_key(
     };
     let value = secret.data.as_ref().and_then(|data| data.get(reference.key()));
     let key = value.and_then(|v| std::str::from_utf8(&v.0).ok()).map(str::trim).unwrap_or_default();
-    // An HTTP header carries it: visible ASCII only, as http would refuse anything else.
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    // An HTTP header carries it, as a store's keys do.
+    if key.is_empty() || !crate::store::dereference::is_header_safe(key) {
         return Ok(Err(missing(&format!(
             "Secret {} holds no usable API key under {}",
             reference.name,
