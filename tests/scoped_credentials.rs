@@ -188,3 +188,22 @@ async fn a_failed_renewal_is_a_condition_while_the_current_credentials_last() {
     let renewed = api.get("prod").await.unwrap().status.unwrap().credentials.unwrap();
     assert_ne!(renewed.access_key_id, first.access_key_id, "{message}");
 }
+
+#[tokio::test]
+async fn argo_s_own_code_saves_and_loads_with_the_scoped_session_credentials() {
+    let (client, ns, bucket) = prepare("scoped-argo").await;
+    let operator = Operator::start(&ns, "10m");
+    let mut argo = stack("prod", json!({"mode": "Scoped", "prefix": "argo", "duration": "15m"}));
+    argo["spec"]["outputs"] = json!({"formats": ["Argo"], "argoDefaultRepository": true});
+    apply(&client, &ns, argo).await;
+    ready(&client, &ns, "prod").await;
+    let repositories =
+        Api::<ConfigMap>::namespaced(client.clone(), &ns).get("artifact-repositories").await.unwrap().data.unwrap();
+    let repository: Value = serde_yaml_ng::from_str(&repositories["prod"]).unwrap();
+    assert_eq!(repository["s3"]["sessionTokenSecret"]["name"], "prod-scoped-credentials");
+    assert_eq!(repository["s3"]["keyFormat"], "team/argo/{{workflow.name}}/{{pod.name}}");
+    // Argo's S3 driver signs with the session keys the Secret holds, under the Stack's prefix.
+    let stdout = common::argo_uses_the_namespace_default(&ns, "prod");
+    assert!(stdout.contains(&format!("s3://{bucket}/team/argo/")), "{stdout}");
+    drop(operator);
+}

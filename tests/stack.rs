@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use artifact_operator::api::Stack;
-use common::{Operator, apply, eventually, limited_bucket, setup, test_env, user_keys_secret};
+use common::{
+    Operator, apply, argo_uses_the_namespace_default, eventually, limited_bucket, setup, test_env, user_keys_secret,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -279,16 +281,6 @@ fn assert_check_proves_access(pod: &Pod) {
         !stdout.contains(test_env().var("AO_S3_USER_SECRET_KEY")) && !stdout.contains("not-the-secret-key"),
         "{stdout}"
     );
-}
-
-/// Argo's own code resolves the namespace default and saves and loads an artifact with it.
-fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
-    let mut command = std::process::Command::new(argo_consumer());
-    // Nothing from this process's environment (system CA settings among it): only the kubeconfig.
-    command.args(["use", ns, key]).env_clear().env("KUBECONFIG", test_env().var("KUBECONFIG"));
-    let stdout = run(command, "argo-consumer use");
-    assert_eq!(stdout.matches("resolved the namespace default").count(), 2, "{stdout}");
-    stdout
 }
 
 /// The objects the pod's consumers left under the store's prefix, as consume.py lists them last.

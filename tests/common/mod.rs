@@ -568,3 +568,25 @@ pub fn node() -> std::collections::BTreeMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect()
 }
+
+/// Argo's own code (`argo-consumer use`, Argo 3.7 and 4.0) resolves the namespace default of `ns`
+/// to the key `key` of `artifact-repositories` and saves and loads an artifact with it; returns what
+/// it printed.
+pub fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
+    let output = std::process::Command::new(PathBuf::from(test_env().var("AO_CACHE_DIR")).join("bin/argo-consumer"))
+        .args(["use", ns, key])
+        // Nothing from this process's environment (system CA settings among it): only the kubeconfig.
+        .env_clear()
+        .env("KUBECONFIG", test_env().var("KUBECONFIG"))
+        .output()
+        .expect("argo-consumer runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "argo-consumer use failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("resolved the namespace default").count(), 2, "{stdout}");
+    stdout
+}

@@ -58,7 +58,7 @@ var v4Release = release{
 }
 
 // v4Driver builds the S3 driver from a repository's bucket as the v4 executor's newDriver does:
-// keys and CA from the Secrets the repository names, TLS unless insecure.
+// keys (with a session token) and CA from the Secrets the repository names, TLS unless insecure.
 func v4Driver(ctx context.Context, bucket *wfv1.S3Bucket, secrets secretReader) (*s3.ArtifactDriver, error) {
 	driver := &s3.ArtifactDriver{
 		Endpoint:    bucket.Endpoint,
@@ -74,6 +74,11 @@ func v4Driver(ctx context.Context, bucket *wfv1.S3Bucket, secrets secretReader) 
 		}
 		if driver.SecretKey, err = secrets(ctx, bucket.SecretKeySecret.Name, bucket.SecretKeySecret.Key); err != nil {
 			return nil, err
+		}
+		if bucket.SessionTokenSecret != nil && bucket.SessionTokenSecret.Name != "" {
+			if driver.SessionToken, err = secrets(ctx, bucket.SessionTokenSecret.Name, bucket.SessionTokenSecret.Key); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if bucket.CASecret != nil && bucket.CASecret.Name != "" {
