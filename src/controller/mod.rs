@@ -6,6 +6,7 @@ pub mod caches;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
+pub mod gate;
 pub mod health;
 pub mod memory;
 pub mod reads;
@@ -90,7 +91,8 @@ pub async fn run<K, F, E>(
     E: std::error::Error + Send + 'static,
 {
     let timetable = std::sync::Arc::new(Timetable::default());
-    let queue = futures::stream::select(queue, timetable.clone().due());
+    let gate = std::sync::Arc::new(gate::Gate::new(usize::from(concurrency) * gate::PER_SLOT));
+    let queue = gate.clone().pass(futures::stream::select(queue, timetable.clone().due()));
     let reconcile = move |object: std::sync::Arc<DeserializeGuard<K>>, ctx| {
         let key = caches::lean_ref(&*object);
         let pass = reconcile(object, ctx);
@@ -103,13 +105,14 @@ pub async fn run<K, F, E>(
         }
     };
     let results = controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
-    drive(results, kind).await;
+    drive(results, kind, &gate).await;
 }
 
-/// Consumes a controller's results. Reconcile failures are logged by the reconcilers' error
+/// Consumes a controller's results: each one ends a pass (or finds its object gone), which frees
+/// the object's place in the `gate`. Reconcile failures are logged by the reconcilers' error
 /// policies and the watches report to health themselves (see [`caches::watch`]), so here they
 /// are only traced.
-pub async fn drive<K, E>(
+async fn drive<K, E>(
     results: impl futures::Stream<
         Item = Result<
             (kube::runtime::reflector::ObjectRef<K>, kube::runtime::controller::Action),
@@ -117,13 +120,22 @@ pub async fn drive<K, E>(
         >,
     >,
     kind: &'static str,
+    gate: &gate::Gate<K>,
 ) where
-    K: Resource,
+    K: Resource<DynamicType = ()>,
     E: std::error::Error + 'static,
 {
     use futures::StreamExt;
+    use kube::runtime::controller::Error;
     results
         .for_each(|result| {
+            match &result {
+                Ok((object, _)) => gate.finished(object.namespace.as_deref(), &object.name),
+                Err(Error::ReconcilerFailed(_, object) | Error::ObjectNotFound(object)) => {
+                    gate.finished(object.namespace.as_deref(), &object.name);
+                }
+                Err(_) => {}
+            }
             if let Err(error) = &result {
                 tracing::debug!(%error, kind, "reconcile did not complete");
             }
