@@ -84,7 +84,7 @@ pub struct ArtifactStoreSpec {
 
     /// How to reach an S3-compatible service (MinIO, Ceph RGW, ...). Omit for AWS S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<Endpoint>,
+    pub endpoint: Option<Box<Endpoint>>,
 
     /// How pods (and the operator, to verify access) authenticate: exactly one of `implicit` or
     /// `secretRef`.
@@ -105,7 +105,7 @@ pub struct ArtifactStoreSpec {
 
     /// Settings applied to a bucket the operator creates (`provisioning: Create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bucket: Option<BucketSettings>,
+    pub bucket: Option<Box<BucketSettings>>,
 
     /// What happens to the bucket when this ArtifactStore is deleted. `Retain` (default) keeps it.
     /// `Delete` removes it only if the operator created it and it is empty; otherwise deletion waits
@@ -259,11 +259,11 @@ pub struct Auth {
     /// Use the ambient AWS identity of the pod: IRSA (a ServiceAccount annotated with
     /// `eks.amazonaws.com/role-arn`), EKS Pod Identity, or the node's instance role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub implicit: Option<ImplicitAuth>,
+    pub implicit: Option<Box<ImplicitAuth>>,
 
     /// Use access keys from a Secret in this namespace (ZenML's `authentication_secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<SecretAuth>,
+    pub secret_ref: Option<Box<SecretAuth>>,
 }
 
 /// The ambient AWS identity.

@@ -67,11 +67,11 @@ pub struct StackSpec {
     /// ZenML secret, or none with implicit auth), its kubernetes orchestrator and the stack. The
     /// operator keeps them as declared and removes them when the Stack goes or this field does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zenml: Option<Zenml>,
+    pub zenml: Option<Box<Zenml>>,
     /// Which credentials the orchestrator's pods get: the store's own (`Shared`, the default) or
     /// short-lived ones of their own, limited to a prefix (`Scoped`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<ScopedCredentials>,
+    pub credentials: Option<Box<ScopedCredentials>>,
 }
 
 /// The credentials the Stack's pods get.
@@ -286,11 +286,11 @@ pub struct StackStatus {
     pub workload_check: Option<String>,
     /// With `zenml`: what the operator made in the ZenML server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zenml: Option<ZenmlStatus>,
+    pub zenml: Option<Box<ZenmlStatus>>,
     /// With `credentials.mode: Scoped`: the session credentials the pods have, and when they are
     /// renewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<CredentialsStatus>,
+    pub credentials: Option<Box<CredentialsStatus>>,
 }
 
 /// The Stack's session credentials (never their secret parts).

@@ -644,7 +644,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
                 record.url
             );
             observed.push(Observed::ok(ZENML_SYNCED, Reason::ZenmlSynced, message));
-            Some(record)
+            Some(Box::new(record))
         }
         ZenmlReport::Failed(failure) => {
             observed.push(Observed::failed(ZENML_SYNCED, failure.reason, failure.message));
@@ -668,11 +668,11 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
                 record.renew_at
             );
             observed.push(Observed::ok(SCOPED_CREDENTIALS, Reason::CredentialsIssued, message));
-            Some(record)
+            Some(Box::new(record))
         }
         CredentialsReport::Issued(record, Some(failure)) => {
             observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));
-            Some(record)
+            Some(Box::new(record))
         }
         CredentialsReport::Failed(failure) => {
             observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));

@@ -429,7 +429,7 @@ pub async fn sync(
                 format!("the ZenML server at {} has no project {project} (spec.zenml.project)", server.url()),
             )));
         }
-        let mut ids = Ids::of(previous);
+        let mut ids = Ids::of(previous.map(|p| &**p));
         let name = &declared.stack_name;
         let secret = declared.secret.as_ref().map(|(name, _)| name.clone());
         let mut steps =
