@@ -255,13 +255,34 @@ fn store_object(label: &str, bucket: &str, endpoint: &str, i: usize) -> serde_js
 
 /// What the apiserver does on this machine with no operator running.
 struct Floor {
-    /// A plain client making, per store, the writes the operator makes (create a ConfigMap and a
-    /// Secret of the same size, and one more write to an existing object in place of the status),
-    /// `IN_FLIGHT` at a time, in namespaces of their own.
+    /// A plain client making, per store, the writes the operator makes: create a ConfigMap and a
+    /// Secret of the same size, and write a Ready status of the same shape to the store by
+    /// server-side apply, `IN_FLIGHT` at a time, in namespaces of their own.
     writes: Duration,
     /// Applying the stores themselves, as the ramp does, with nobody reconciling them: no ramp can
     /// end before its own applies do.
     applies: Duration,
+}
+
+/// The status the operator writes to a Ready store, for the floor's client to write alike.
+fn ready_status(bucket: &str, endpoint: &str, i: usize) -> serde_json::Value {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let condition = |type_: &str, reason: &str, message: String| {
+        json!({"type": type_, "status": "True", "reason": reason, "message": message,
+               "lastTransitionTime": now, "observedGeneration": 1})
+    };
+    json!({
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Ready", "Ready", format!("s3://{bucket}/team-{i} is ready; pods use ConfigMap store-{i}-artifact-store")),
+            condition("BucketReady", "BucketExists", "bucket exists in us-east-1".to_owned()),
+            condition("CredentialsValid", "Verified", format!("the Secret's keys can list s3://{bucket}/team-{i}")),
+        ],
+        "bucket": bucket, "prefix": format!("team-{i}"), "region": "us-east-1", "endpoint": endpoint,
+        "bucketCreated": false, "configMapName": format!("store-{i}-artifact-store"),
+        "credentialsSecretName": format!("store-{i}-aws-credentials"), "lastVerifiedTime": now,
+        "verifiedInputs": "1/1234567",
+    })
 }
 
 /// Measures the [`Floor`], then deletes what it made and waits until the namespace controller has
@@ -271,29 +292,6 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
     for name in &names {
         create_namespace(client, name).await;
     }
-    let data: BTreeMap<String, String> = (0..8).map(|k| (format!("KEY_{k}"), "x".repeat(60))).collect();
-    let started = Instant::now();
-    futures::stream::iter(0..stores)
-        .map(|i| {
-            let ns = names[i % namespaces].clone();
-            let data = data.clone();
-            async move {
-                let name = format!("floor-{i}");
-                let meta = ObjectMeta { name: Some(name.clone()), ..Default::default() };
-                let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-                let config_map = ConfigMap { metadata: meta.clone(), data: Some(data.clone()), ..Default::default() };
-                config_maps.create(&PostParams::default(), &config_map).await.unwrap();
-                let secret = Secret { metadata: meta, string_data: Some(data), ..Default::default() };
-                Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &secret).await.unwrap();
-                let patch = json!({"metadata": {"annotations": {"status": "Ready"}}});
-                config_maps.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<()>>()
-        .await;
-    let writes = started.elapsed();
-
     let endpoint = test_env().var("AO_S3_ENDPOINT");
     let objects = (0..stores)
         .map(|i| (names[i % namespaces].clone(), store_object(&format!("floor-{run}"), "floor", endpoint, i)))
@@ -302,6 +300,36 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
     let applied = apply_all(client, objects).await;
     let applies = started.elapsed();
     assert_eq!(applied.len(), stores, "every store applied");
+
+    let data: BTreeMap<String, String> = (0..8).map(|k| (format!("KEY_{k}"), "x".repeat(60))).collect();
+    let started = Instant::now();
+    futures::stream::iter(0..stores)
+        .map(|i| {
+            let ns = names[i % namespaces].clone();
+            let data = data.clone();
+            async move {
+                let meta = ObjectMeta { name: Some(format!("store-{i}-artifact-store")), ..Default::default() };
+                let config_map = ConfigMap { metadata: meta, data: Some(data.clone()), ..Default::default() };
+                Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &config_map)
+                    .await
+                    .unwrap();
+                let meta = ObjectMeta { name: Some(format!("store-{i}-aws-credentials")), ..Default::default() };
+                let secret = Secret { metadata: meta, string_data: Some(data), ..Default::default() };
+                Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &secret).await.unwrap();
+                let status = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+                    "status": ready_status("floor", endpoint, i)});
+                let params = PatchParams::apply("artifact-operator").force();
+                Api::<ArtifactStore>::namespaced(client.clone(), &ns)
+                    .patch_status(&format!("store-{i}"), &params, &Patch::Apply(&status))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
+    let writes = started.elapsed();
 
     let namespaces_api = Api::<Namespace>::all(client.clone());
     for name in &names {
@@ -382,7 +410,7 @@ async fn run(args: Args) {
 
     let Floor { writes: floor, applies } = floor(&client, &run, stores, namespaces).await;
     println!(
-        "raw write floor, a plain client, {} writes ({IN_FLIGHT} in flight): {:.1} s ({:.0} writes/s)",
+        "raw write floor, a plain client, {} writes (per store a ConfigMap, a Secret and its Ready status; {IN_FLIGHT} in flight): {:.1} s ({:.0} writes/s)",
         stores * 3,
         floor.as_secs_f64(),
         (stores * 3) as f64 / floor.as_secs_f64()
