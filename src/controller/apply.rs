@@ -99,7 +99,7 @@ impl Owned for Secret {
 /// change fails the write instead of being overwritten unseen.
 pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Applied, kube::Error> {
     let hash = super::reads::content_hash(desired);
-    if ctx.published_unchanged(desired, &hash) {
+    if ctx.published_unchanged(desired, hash) {
         return Ok(Applied::Unchanged);
     }
     let name = desired.meta().name.clone().unwrap_or_default();

@@ -36,9 +36,9 @@ impl Cached for ServiceAccount {
 type Key = u64;
 /// An object read whole: when last used, the digest of its resourceVersion, and the object.
 type Read = (Instant, Version, Arc<dyn Any + Send + Sync>);
-/// An object published: when last used, the digest of the resourceVersion of the write, and a
-/// hash of what was written.
-type Published = (Instant, Version, [u8; 32]);
+/// An object published: when last used, the digest of the resourceVersion of the write, and the
+/// digest of what was written.
+type Published = (Instant, Version, u64);
 
 /// What the process read or wrote, by object and resourceVersion. Entries not used for a day are
 /// dropped, so objects deleted meanwhile do not accumulate.
@@ -85,10 +85,10 @@ impl Known {
         lock(&self.read).insert(key, (now, version, object));
     }
 
-    fn published(&self, key: &Key, version: Version, hash: &[u8; 32]) -> bool {
+    fn published(&self, key: &Key, version: Version, hash: u64) -> bool {
         let mut published = lock(&self.published);
         match published.get_mut(key) {
-            Some((used, at, wrote)) if *at == version && wrote == hash => {
+            Some((used, at, wrote)) if *at == version && *wrote == hash => {
                 *used = Instant::now();
                 true
             }
@@ -96,7 +96,7 @@ impl Known {
         }
     }
 
-    fn remember_published(&self, key: Key, version: Option<String>, hash: [u8; 32]) {
+    fn remember_published(&self, key: Key, version: Option<String>, hash: u64) {
         let now = Instant::now();
         self.prune(now);
         match version {
@@ -110,10 +110,11 @@ fn key<K: Cached>(namespace: &str, name: &str) -> Key {
     super::caches::target(K::KIND, namespace, name)
 }
 
-/// A hash of everything `object` says, to tell whether the same object is wanted again.
-pub(super) fn content_hash(object: &impl serde::Serialize) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into()
+/// A 64-bit digest of everything `object` says, to tell whether the same object is wanted again
+/// (two contents that digest alike, with the same resourceVersion, would skip one write once in
+/// 2^64).
+pub(super) fn content_hash(object: &impl serde::Serialize) -> u64 {
+    super::digest(serde_json::to_vec(object).unwrap_or_default())
 }
 
 impl Context {
@@ -142,7 +143,7 @@ impl Context {
 
     /// Whether `desired` (whose [`content_hash`] is `hash`) is what this process last published
     /// under that name, and nobody has changed it since (the caches hold the version of that write).
-    pub(super) fn published_unchanged<K: Cached>(&self, desired: &K, hash: &[u8; 32]) -> bool {
+    pub(super) fn published_unchanged<K: Cached>(&self, desired: &K, hash: u64) -> bool {
         let (namespace, name) = namespace_and_name(desired);
         match self.cached_version::<K>(&namespace, &name) {
             Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), version, hash),
@@ -167,7 +168,7 @@ impl Context {
 
     /// Records that `desired` (whose [`content_hash`] is `hash`) is there as wanted, at `version`
     /// (None: forget it).
-    pub(super) fn remember_published<K: Cached>(&self, desired: &K, hash: [u8; 32], version: Option<String>) {
+    pub(super) fn remember_published<K: Cached>(&self, desired: &K, hash: u64, version: Option<String>) {
         let (namespace, name) = namespace_and_name(desired);
         self.known.remember_published(key::<K>(&namespace, &name), version, hash);
     }
@@ -203,10 +204,10 @@ mod tests {
         let key = key::<ConfigMap>("ns", "ml-artifact-store");
         let hash = content_hash(&"wanted");
         known.remember_published(key, Some("7".into()), hash);
-        assert!(known.published(&key, version_of("7"), &hash));
-        assert!(!known.published(&key, version_of("8"), &hash), "someone changed it since");
-        assert!(!known.published(&key, version_of("7"), &content_hash(&"other")), "something else is wanted now");
+        assert!(known.published(&key, version_of("7"), hash));
+        assert!(!known.published(&key, version_of("8"), hash), "someone changed it since");
+        assert!(!known.published(&key, version_of("7"), content_hash(&"other")), "something else is wanted now");
         known.remember_published(key, None, hash);
-        assert!(!known.published(&key, version_of("7"), &hash));
+        assert!(!known.published(&key, version_of("7"), hash));
     }
 }

@@ -1,5 +1,7 @@
 //! Dereference: everything the store points at, from its own namespace only.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 
@@ -14,7 +16,7 @@ pub struct Inputs {
     pub keys: Option<StaticKeys>,
     pub has_session_token: bool,
     pub ca_pem: Option<String>,
-    pub service_account: Option<ServiceAccount>,
+    pub service_account: Option<Arc<ServiceAccount>>,
     /// Identifies this combination of spec and referenced objects (generation and resource
     /// versions, never content), so unchanged inputs need no full re-verification.
     pub fingerprint: String,
@@ -150,7 +152,7 @@ pub async fn dereference(ctx: &Context, store: &ArtifactStore) -> Result<Inputs,
             ))
         })?;
         versions.push(account.resource_version().unwrap_or_default());
-        service_account = Some((*account).clone());
+        service_account = Some(account);
     }
 
     Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })
