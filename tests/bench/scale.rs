@@ -545,6 +545,7 @@ async fn run(args: Args) {
     operator.terminate();
     let requests_before = apiserver_requests(&client).await;
     let operator = start_operator(&resync_flag);
+    let restart_peak = PeakMemory::watch(operator.pid());
     let readyz = ready_in(&operator).await;
     tokio::time::sleep(resync.saturating_sub(readyz)).await;
     let requests = difference(&apiserver_requests(&client).await, &requests_before);
@@ -558,7 +559,12 @@ async fn run(args: Args) {
         restarted_s3 / stores as f64 * 100.0
     );
     println!("restart, the operator's own count of its requests: {own:?} {requests:?}");
-    println!("operator memory after the restart, Ready: {}", mib(rss(operator.pid())));
+    println!(
+        "operator memory after the restart, Ready: {}, peak {} ({:.2}x steady)",
+        mib(rss(operator.pid())),
+        mib(restart_peak.peak()),
+        restart_peak.peak() as f64 / steady as f64
+    );
     let errors: f64 = operator
         .metrics()
         .await
