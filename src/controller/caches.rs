@@ -303,12 +303,6 @@ pub struct Queues {
     pub stacks: UnboundedReceiver<ObjectRef<DeserializeGuard<Stack>>>,
 }
 
-/// Whose turn it is to make its first list: one watch at a time. A first list comes whole from the
-/// apiserver's watch cache, one response held (and copied twice on its way in) while it is
-/// decoded: 10,000 stores are some 26 MB of JSON. The five lists at once took a restart's peak
-/// memory to 2.2 times the steady state's.
-type ListingTurn = Arc<tokio::sync::Semaphore>;
-
 /// How many watches [`watch`] runs per scope, each reporting to [`Health::cache_synced`] once.
 pub const WATCHES_PER_SCOPE: usize = 5;
 
@@ -326,10 +320,9 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
     let (stores, store_queue) = unbounded();
     let (stacks, stack_queue) = unbounded();
     let fanout = Arc::new(Fanout { stores, stacks, store_index: Index::default(), stack_index: Index::default() });
-    let turn: ListingTurn = Arc::new(tokio::sync::Semaphore::new(1));
 
     let f = fanout.clone();
-    spawn_watch(client, namespace, health, &turn, stores_writer, move |store, change| {
+    spawn_watch(client, namespace, health, stores_writer, move |store, change| {
         let reference = lean_ref(store);
         let namespace = store.namespace().unwrap_or_default();
         match change {
@@ -342,7 +335,7 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         f.referrers_of(target(Kind::ArtifactStore, &namespace, &store.name_any()));
     });
     let f = fanout.clone();
-    spawn_watch(client, namespace, health, &turn, stacks_writer, move |stack, change| {
+    spawn_watch(client, namespace, health, stacks_writer, move |stack, change| {
         let reference = lean_ref(stack);
         match change {
             Change::Updated => {
@@ -353,12 +346,10 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         }
     });
     let f = fanout.clone();
-    spawn_version_watch::<ConfigMap>(client, namespace, health, &turn, config_maps_writer, move |t| f.referrers_of(t));
+    spawn_version_watch::<ConfigMap>(client, namespace, health, config_maps_writer, move |t| f.referrers_of(t));
     let f = fanout.clone();
-    spawn_version_watch::<Secret>(client, namespace, health, &turn, secrets_writer, move |t| f.referrers_of(t));
-    spawn_version_watch::<ServiceAccount>(client, namespace, health, &turn, accounts_writer, move |t| {
-        fanout.referrers_of(t)
-    });
+    spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, move |t| f.referrers_of(t));
+    spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, move |t| fanout.referrers_of(t));
     (caches, Queues { stores: store_queue, stacks: stack_queue })
 }
 
@@ -430,15 +421,14 @@ where
         .boxed()
 }
 
-/// Runs the watch of one kind the caches hold whole in the background, its first list in its
-/// `turn`: its cache (objects stripped by [`strip_object`]), `changed` for each object created,
-/// changed or deleted (including those that changed or went while the watch re-listed), and
-/// `health` told of the first complete list and of an apiserver that does not answer.
+/// Runs the watch of one kind the caches hold whole in the background: its cache (objects
+/// stripped by [`strip_object`]), `changed` for each object created, changed or deleted
+/// (including those that changed or went while the watch re-listed), and `health` told of the
+/// first complete list and of an apiserver that does not answer.
 fn spawn_watch<K>(
     client: &Client,
     namespace: &Option<String>,
     health: &Arc<Health>,
-    turn: &ListingTurn,
     mut writer: reflector::store::Writer<K>,
     mut changed: impl FnMut(&K, Change) + Send + 'static,
 ) where
@@ -447,10 +437,7 @@ fn spawn_watch<K>(
     let health = health.clone();
     let reader = writer.as_reader();
     let mut events = watch_events(scoped_api::<K>(client, namespace), health.clone(), K::kind(&()).to_string());
-    let turn = turn.clone();
     tokio::spawn(async move {
-        // The watch lists when first polled: it waits for its turn.
-        let mut turn = turn.acquire_owned().await.ok();
         let mut synced = false;
         let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
         while let Some(event) = events.next().await {
@@ -484,7 +471,6 @@ fn spawn_watch<K>(
                         changed(&object, Change::Deleted);
                     }
                     listed = HashSet::new();
-                    drop(turn.take());
                     if !std::mem::replace(&mut synced, true) {
                         health.cache_synced();
                     }
@@ -502,7 +488,6 @@ fn spawn_version_watch<K>(
     client: &Client,
     namespace: &Option<String>,
     health: &Arc<Health>,
-    turn: &ListingTurn,
     versions: VersionsWriter,
     mut changed: impl FnMut(Target) + Send + 'static,
 ) where
@@ -512,10 +497,7 @@ fn spawn_version_watch<K>(
     // An Api of PartialObjectMeta asks the apiserver for metadata only.
     let api = scoped_api::<PartialObjectMeta<K>>(client, namespace);
     let mut events = watch_events(api, health.clone(), K::kind(&()).to_string());
-    let turn = turn.clone();
     tokio::spawn(async move {
-        // The watch lists when first polled: it waits for its turn.
-        let mut turn = turn.acquire_owned().await.ok();
         let mut synced = false;
         let mut listed: HashSet<Target> = HashSet::new();
         while let Some(event) = events.next().await {
@@ -547,7 +529,6 @@ fn spawn_version_watch<K>(
                     }
                     listed = HashSet::new();
                     versions.complete();
-                    drop(turn.take());
                     if !std::mem::replace(&mut synced, true) {
                         health.cache_synced();
                     }
