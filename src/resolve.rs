@@ -141,8 +141,8 @@ impl ResolvedStore {
                 checksums: e.checksums,
             }),
             auth,
-            client: spec.client.clone().unwrap_or_default(),
-            object_defaults: spec.object_defaults.clone().unwrap_or_default(),
+            client: spec.client.as_deref().cloned().unwrap_or_default(),
+            object_defaults: spec.object_defaults.as_deref().cloned().unwrap_or_default(),
             name,
         })
     }

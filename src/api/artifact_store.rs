@@ -92,11 +92,11 @@ pub struct ArtifactStoreSpec {
 
     /// S3 client settings, rendered as ZenML's `config_kwargs` (botocore Config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ClientSettings>,
+    pub client: Option<Box<ClientSettings>>,
 
     /// Options applied to every object written, rendered as ZenML's `s3_additional_kwargs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object_defaults: Option<ObjectDefaults>,
+    pub object_defaults: Option<Box<ObjectDefaults>>,
 
     /// `Adopt` (default): the bucket must already exist and is never created or deleted. `Create`:
     /// the operator creates the bucket when it is missing (ZenML's deploy path).
