@@ -134,7 +134,10 @@ impl Context {
         {
             return Ok(Some(object));
         }
-        let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(Arc::new);
+        let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(|mut object| {
+            slim(&mut object);
+            Arc::new(object)
+        });
         if let Some(object) = &found {
             self.known.remember_read(key, object.clone());
         }
@@ -174,6 +177,20 @@ impl Context {
     }
 }
 
+/// Drops what no reconcile reads of an object kept whole, and what makes most of its size:
+/// the apiserver's record of field managers (kept decoded as a tree of JSON maps) and kubectl's
+/// copy of the whole object in an annotation.
+fn slim<K: Cached>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 fn namespace_and_name<K: Cached>(object: &K) -> (String, String) {
     (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
 }
@@ -196,6 +213,32 @@ mod tests {
         assert!(known.read::<Secret>(&key, version_of("5")).is_some());
         assert!(known.read::<Secret>(&key, version_of("6")).is_none(), "changed since: read again");
         assert!(known.read::<ConfigMap>(&key, version_of("5")).is_none(), "never another type");
+    }
+
+    #[test]
+    fn a_read_keeps_what_reconciles_read_and_drops_the_rest() {
+        let mut account: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "runner", "namespace": "ns", "resourceVersion": "3",
+                "labels": {"team": "a"},
+                "annotations": {
+                    "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/runner",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"ServiceAccount\"}"
+                },
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-0"}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}]
+            }
+        }))
+        .unwrap();
+        slim(&mut account);
+        let meta = &account.metadata;
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["eks.amazonaws.com/role-arn"]);
+        assert_eq!(meta.labels.as_ref().unwrap()["team"], "a");
+        assert_eq!(meta.owner_references.as_ref().unwrap()[0].name, "o");
+        assert_eq!(meta.resource_version.as_deref(), Some("3"));
     }
 
     #[test]
