@@ -1,7 +1,8 @@
 //! Kubernetes conditions: `lastTransitionTime` moves only when a condition's status changes.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::api::{Condition, Word};
 use crate::reason::Reason;
 
 pub const READY: &str = "Ready";
@@ -84,10 +85,10 @@ pub fn merge(
                 transitions.push(Transition { observed: o.clone() });
             }
             Condition {
-                type_: o.type_.to_owned(),
-                status: status.to_owned(),
-                reason: o.reason.as_str().to_owned(),
-                message: o.message.clone(),
+                type_: Word::new(o.type_),
+                status: Word::new(status),
+                reason: Word::new(o.reason.as_str()),
+                message: Word::new(&o.message),
                 observed_generation: generation,
                 last_transition_time,
             }

@@ -1,10 +1,10 @@
 //! Files derived from [`crate::reason`]: the Argo CD health scripts, their test fixtures and the
 //! README's table of reasons. Pure; `artifact-operator generate` writes or checks them.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 
-use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack, StackStatus};
+use crate::api::{ArtifactStore, ArtifactStoreStatus, Condition, Stack, StackStatus};
 use crate::conditions::READY;
 use crate::reason::{Kind, Meaning, Place, Reason};
 
@@ -105,10 +105,10 @@ fn time() -> Time {
 fn ready_condition(reason: Reason, message: &str, generation: i64) -> Condition {
     let status = if reason.meaning() == Meaning::Fine { "True" } else { "False" };
     Condition {
-        type_: READY.to_owned(),
-        status: status.to_owned(),
-        reason: reason.as_str().to_owned(),
-        message: message.to_owned(),
+        type_: READY.into(),
+        status: status.into(),
+        reason: reason.as_str().into(),
+        message: message.into(),
         observed_generation: Some(generation),
         last_transition_time: time(),
     }

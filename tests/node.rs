@@ -142,7 +142,7 @@ async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, sta
         if reached && type_ == "Ready" {
             common::capture_health_fixture(&stack, ns);
         }
-        reached.then_some(condition.message)
+        reached.then(|| condition.message.to_string())
     })
     .await
 }

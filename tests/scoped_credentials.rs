@@ -130,7 +130,7 @@ fn set_minio_user(access_key: &str, status: &str) {
 async fn scoped_condition(api: &Api<Stack>, name: &str) -> Option<(String, String, String)> {
     let stack = api.get(name).await.unwrap();
     let condition = stack.status?.conditions.into_iter().find(|c| c.type_ == "ScopedCredentials")?;
-    Some((condition.status, condition.reason, condition.message))
+    Some((condition.status.to_string(), condition.reason.to_string(), condition.message.to_string()))
 }
 
 #[tokio::test]

@@ -60,7 +60,7 @@ async fn wait_for(client: &Client, ns: &str, name: &str, status: &str, reason: &
 }
 
 fn message(stack: &Stack) -> String {
-    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone()
+    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.to_string()
 }
 
 async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {

@@ -63,7 +63,7 @@ async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status: &s
 }
 
 fn condition_message(stack: &Stack, type_: &str) -> String {
-    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap().message.clone()
+    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap().message.to_string()
 }
 
 /// GET `path` on the ZenML server as the service account of `key`.

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::validation;
+use super::{Condition, validation};
 
 /// ZenML's default Secret key names for access keys.
 pub const DEFAULT_ACCESS_KEY_ID_KEY: &str = "aws_access_key_id";

@@ -1,6 +1,7 @@
 //! The custom resources, as Rust types. No controller logic lives here.
 
 pub mod artifact_store;
+pub mod condition;
 pub mod stack;
 pub mod validation;
 
@@ -8,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use artifact_store::{ArtifactStore, ArtifactStoreSpec, ArtifactStoreStatus};
+pub use condition::{Condition, Word};
 pub use stack::{Stack, StackSpec, StackStatus};
 
 /// The API group of every kind this operator serves.

@@ -1,12 +1,11 @@
 //! The `Stack` custom resource: an ArtifactStore combined with an orchestrator, rendered into one
 //! ConfigMap that the orchestrator's pods consume.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::validation;
+use super::{Condition, validation};
 
 /// An artifact store combined with an orchestrator, as ZenML's stacks are.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column

@@ -427,10 +427,7 @@ fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Opt
 
 /// The condition `type_` of `previous`, as observed again (its reason still one we know): what a
 /// pass that did not reach its step keeps.
-fn observed_again(
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    type_: &'static str,
-) -> Option<Observed> {
+fn observed_again(previous: &[crate::api::Condition], type_: &'static str) -> Option<Observed> {
     let condition = conditions::find(previous, type_)?;
     let reason = Reason::parse(&condition.reason)?;
     let status = match condition.status.as_str() {
@@ -438,7 +435,7 @@ fn observed_again(
         "False" => conditions::Status::False,
         _ => conditions::Status::Unknown,
     };
-    Some(Observed { type_, status, reason, message: condition.message.clone() })
+    Some(Observed { type_, status, reason, message: condition.message.to_string() })
 }
 
 /// Whether a failure lies in the objects the Stack names (and so only their change fixes it),

@@ -192,8 +192,8 @@ fn recorded(stack: &Stack, inputs: &str) -> Option<Verdict> {
     let condition = conditions::find(&status.conditions, WORKLOAD_ACCESS_VERIFIED)?;
     let reason = Reason::parse(&condition.reason)?;
     match condition.status.as_str() {
-        "True" => Some(Verdict::Proven(condition.message.clone())),
-        "False" if !reason.is_transient() => Some(Verdict::Failed(Failure::new(reason, condition.message.clone()))),
+        "True" => Some(Verdict::Proven(condition.message.to_string())),
+        "False" if !reason.is_transient() => Some(Verdict::Failed(Failure::new(reason, condition.message.to_string()))),
         _ => None,
     }
 }
@@ -367,7 +367,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_recorded_outcome_asks_nothing_of_the_apiserver() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        use crate::api::Condition;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
         let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
         let mut stack = stack();
         let inputs = inputs(&stack, &keys_store(), "hash", "image:1");

@@ -54,9 +54,6 @@ pub async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status
     found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last seen {last}"))
 }
 
-pub fn condition<'a>(
-    store: &'a ArtifactStore,
-    type_: &str,
-) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+pub fn condition<'a>(store: &'a ArtifactStore, type_: &str) -> &'a artifact_operator::api::Condition {
     store.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
