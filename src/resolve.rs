@@ -73,14 +73,19 @@ pub struct KeyRefs {
     pub env_secret_name: String,
 }
 
+/// What ends the name of the ConfigMap an ArtifactStore publishes.
+pub const STORE_CONFIG_MAP_SUFFIX: &str = "-artifact-store";
+/// What ends the name of the Secret with AWS environment variable names an ArtifactStore publishes.
+pub const STORE_ENV_SECRET_SUFFIX: &str = "-aws-credentials";
+
 /// The name of the ConfigMap an ArtifactStore publishes.
 pub fn store_config_map_name(store: &str) -> String {
-    format!("{store}-artifact-store")
+    format!("{store}{STORE_CONFIG_MAP_SUFFIX}")
 }
 
 /// The name of the Secret with AWS environment variable names an ArtifactStore publishes.
 pub fn store_env_secret_name(store: &str) -> String {
-    format!("{store}-aws-credentials")
+    format!("{store}{STORE_ENV_SECRET_SUFFIX}")
 }
 
 /// Whether clients put the bucket in the path, given the addressing style of a custom endpoint

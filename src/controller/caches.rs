@@ -1,7 +1,8 @@
 //! The operator's view of the cluster, one per watched scope. Each kind the reconcilers read is
 //! watched once, stripped to the fields they read, and shared by both controllers. A change
-//! reaches exactly the objects that name the changed one, through an index kept up to date from
-//! the watches, never by scanning every object; and only a real change (a new resourceVersion,
+//! reaches exactly the objects it concerns, never by scanning every object: the one that
+//! publishes the changed object under its own name, found by that name, and those that name it,
+//! through an index kept up to date from the watches. Only a real change (a new resourceVersion,
 //! or a deletion) reaches them.
 
 use std::collections::{HashMap, HashSet};
@@ -66,9 +67,36 @@ impl Reference {
     }
 }
 
+/// Objects of one kind that a store or a Stack publishes under a name made from its own:
+/// `{publisher}{suffix}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub kind: Kind,
+    pub suffix: &'static str,
+}
+
+impl Published {
+    /// The name of what `publisher` publishes.
+    pub fn name(&self, publisher: &str) -> String {
+        format!("{publisher}{}", self.suffix)
+    }
+
+    /// Whose it would be, by its name, when `kind` `name` is such an object.
+    pub fn publisher<'a>(&self, kind: Kind, name: &'a str) -> Option<&'a str> {
+        if kind != self.kind {
+            return None;
+        }
+        name.strip_suffix(self.suffix).filter(|publisher| !publisher.is_empty())
+    }
+}
+
 /// A reconciled kind, and every object whose change can change its outcome: what it reads, and
 /// what it publishes (a clashing object's removal lets it publish at once).
 pub trait Referrer {
+    /// What it publishes under its own name. A change to one of these reaches it by that name
+    /// (and, for a store's, the Stacks that name the store), not through the index.
+    const PUBLISHES: &'static [Published];
+
     fn references(&self) -> Vec<Reference>;
 }
 
@@ -276,23 +304,82 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Where a change is sent: the two controllers' reconcile queues, and the indexes that say which
-/// of their objects a change concerns.
+/// Where a change is sent: the two controllers' reconcile queues, and what says which of their
+/// objects a change concerns: the indexes, and the cached stores and Stacks, whose publications
+/// are known by their names.
 struct Fanout {
     stores: UnboundedSender<ObjectRef<DeserializeGuard<ArtifactStore>>>,
     stacks: UnboundedSender<ObjectRef<DeserializeGuard<Stack>>>,
     store_index: Index<DeserializeGuard<ArtifactStore>>,
     stack_index: Index<DeserializeGuard<Stack>>,
+    cached_stores: Store<DeserializeGuard<ArtifactStore>>,
+    cached_stacks: Store<DeserializeGuard<Stack>>,
 }
 
 impl Fanout {
-    /// Queues every store and Stack that names `target`.
+    /// Queues every store and Stack that names `target`, as the indexes say.
     fn referrers_of(&self, target: Target) {
         for store in self.store_index.referencing(target) {
             let _ = self.stores.unbounded_send(store);
         }
         for stack in self.stack_index.referencing(target) {
             let _ = self.stacks.unbounded_send(stack);
+        }
+    }
+
+    /// Queues every store and Stack that `kind` `name` in `namespace` concerns: those that name
+    /// it, and the one whose publication it is by its name, with the Stacks of a store.
+    fn changed(&self, kind: Kind, namespace: &str, name: &str) {
+        self.referrers_of(target(kind, namespace, name));
+        for published in ArtifactStore::PUBLISHES {
+            if let Some(store) = published.publisher(kind, name) {
+                self.store_publication_changed(namespace, store);
+            }
+        }
+        for published in Stack::PUBLISHES {
+            if let Some(stack) = published.publisher(kind, name) {
+                let stack = ObjectRef::new(stack).within(namespace);
+                if self.cached_stacks.get(&stack).is_some() {
+                    let _ = self.stacks.unbounded_send(stack);
+                }
+            }
+        }
+    }
+
+    /// Queues `store` when it exists, and the Stacks that name it.
+    fn store_publication_changed(&self, namespace: &str, store: &str) {
+        let reference = ObjectRef::new(store).within(namespace);
+        if self.cached_stores.get(&reference).is_some() {
+            let _ = self.stores.unbounded_send(reference);
+        }
+        self.referrers_of(target(Kind::ArtifactStore, namespace, store));
+    }
+
+    /// Queues every store and Stack concerned by objects that went while a watch re-listed, of
+    /// which only their [`Target`]s are known: the indexes say who names them, and what each
+    /// cached store and Stack publishes is compared with them (once per re-list that finds
+    /// objects gone).
+    fn gone(&self, gone: &[Target]) {
+        if gone.is_empty() {
+            return;
+        }
+        for target in gone {
+            self.referrers_of(*target);
+        }
+        let gone: HashSet<Target> = gone.iter().copied().collect();
+        let publishes_one = |published: &[Published], namespace: &str, name: &str| {
+            published.iter().any(|p| gone.contains(&target(p.kind, namespace, &p.name(name))))
+        };
+        for store in self.cached_stores.state() {
+            let (namespace, name) = (store.namespace().unwrap_or_default(), store.name_any());
+            if publishes_one(ArtifactStore::PUBLISHES, &namespace, &name) {
+                self.store_publication_changed(&namespace, &name);
+            }
+        }
+        for stack in self.cached_stacks.state() {
+            if publishes_one(Stack::PUBLISHES, &stack.namespace().unwrap_or_default(), &stack.name_any()) {
+                let _ = self.stacks.unbounded_send(lean_ref(&*stack));
+            }
         }
     }
 }
@@ -319,7 +406,14 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         Caches { stores: stores_writer.as_reader(), stacks: stacks_writer.as_reader(), config_maps, secrets, accounts };
     let (stores, store_queue) = unbounded();
     let (stacks, stack_queue) = unbounded();
-    let fanout = Arc::new(Fanout { stores, stacks, store_index: Index::default(), stack_index: Index::default() });
+    let fanout = Arc::new(Fanout {
+        stores,
+        stacks,
+        store_index: Index::default(),
+        stack_index: Index::default(),
+        cached_stores: caches.stores.clone(),
+        cached_stacks: caches.stacks.clone(),
+    });
 
     let f = fanout.clone();
     spawn_watch(client, namespace, health, stores_writer, move |store, change| {
@@ -327,7 +421,7 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         let namespace = store.namespace().unwrap_or_default();
         match change {
             Change::Updated => {
-                f.store_index.set(reference.clone(), &namespace, references_of(store));
+                f.store_index.set(reference.clone(), &namespace, indexed_references(store));
                 let _ = f.stores.unbounded_send(reference);
             }
             Change::Deleted => f.store_index.remove(&reference),
@@ -339,17 +433,15 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         let reference = lean_ref(stack);
         match change {
             Change::Updated => {
-                f.stack_index.set(reference.clone(), &stack.namespace().unwrap_or_default(), references_of(stack));
+                f.stack_index.set(reference.clone(), &stack.namespace().unwrap_or_default(), indexed_references(stack));
                 let _ = f.stacks.unbounded_send(reference);
             }
             Change::Deleted => f.stack_index.remove(&reference),
         }
     });
-    let f = fanout.clone();
-    spawn_version_watch::<ConfigMap>(client, namespace, health, config_maps_writer, move |t| f.referrers_of(t));
-    let f = fanout.clone();
-    spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, move |t| f.referrers_of(t));
-    spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, move |t| fanout.referrers_of(t));
+    spawn_version_watch::<ConfigMap>(client, namespace, health, config_maps_writer, fanout.clone());
+    spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, fanout.clone());
+    spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, fanout);
     (caches, Queues { stores: store_queue, stacks: stack_queue })
 }
 
@@ -360,9 +452,24 @@ pub fn lean_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
     ObjectRef::new(&object.name_any()).within(&object.namespace().unwrap_or_default())
 }
 
-/// What a guarded object names: nothing when it did not deserialize.
-fn references_of<K: Resource + Referrer>(guarded: &DeserializeGuard<K>) -> Vec<Reference> {
-    guarded.0.as_ref().map(Referrer::references).unwrap_or_default()
+/// What the index keeps of what a guarded object names (nothing when it did not deserialize):
+/// not what the fanout finds by name, that is, what the object publishes under its own name and
+/// what the stores it names publish under theirs. Two thirds of what a Stack names are such.
+fn indexed_references<K: Resource + Referrer>(guarded: &DeserializeGuard<K>) -> Vec<Reference> {
+    let Ok(object) = &guarded.0 else {
+        return Vec::new();
+    };
+    let own = object.meta().name.as_deref().unwrap_or_default();
+    let references = object.references();
+    let stores: Vec<&str> =
+        references.iter().filter(|r| r.kind == Kind::ArtifactStore).map(|r| r.name.as_str()).collect();
+    let found_by_name = |reference: &Reference| {
+        K::PUBLISHES.iter().any(|p| p.publisher(reference.kind, &reference.name) == Some(own))
+            || ArtifactStore::PUBLISHES
+                .iter()
+                .any(|p| p.publisher(reference.kind, &reference.name).is_some_and(|store| stores.contains(&store)))
+    };
+    references.iter().filter(|r| !found_by_name(r)).cloned().collect()
 }
 
 /// What happened to a cached object.
@@ -481,15 +588,15 @@ fn spawn_watch<K>(
 }
 
 /// Runs the metadata-only watch of one kind the caches keep only the versions of, in the
-/// background: `versions`, `changed` with the [`Target`] of each object created, changed or
-/// deleted (including while the watch re-listed), and `health` as for [`spawn_watch`]. The
-/// apiserver sends metadata only: no Secret's data ever crosses this watch.
+/// background: `versions`, `fanout` told of each object created, changed or deleted (including
+/// while the watch re-listed), and `health` as for [`spawn_watch`]. The apiserver sends metadata
+/// only: no Secret's data ever crosses this watch.
 fn spawn_version_watch<K>(
     client: &Client,
     namespace: &Option<String>,
     health: &Arc<Health>,
     versions: VersionsWriter,
-    mut changed: impl FnMut(Target) + Send + 'static,
+    fanout: Arc<Fanout>,
 ) where
     K: super::reads::Cached,
 {
@@ -501,32 +608,32 @@ fn spawn_version_watch<K>(
         let mut synced = false;
         let mut listed: HashSet<Target> = HashSet::new();
         while let Some(event) = events.next().await {
-            let target_of = |object: &PartialObjectMeta<K>| {
-                target(K::KIND, object.metadata.namespace.as_deref().unwrap_or_default(), &object.name_any())
+            let named = |object: &PartialObjectMeta<K>| {
+                let namespace = object.metadata.namespace.clone().unwrap_or_default();
+                let name = object.name_any();
+                (target(K::KIND, &namespace, &name), namespace, name)
             };
             match &event {
                 watcher::Event::Init => listed.clear(),
                 watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                    let target = target_of(object);
+                    let (target, namespace, name) = named(object);
                     if matches!(event, watcher::Event::InitApply(_)) {
                         listed.insert(target);
                     }
                     let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
                     if versions.set(target, version) {
-                        changed(target);
+                        fanout.changed(K::KIND, &namespace, &name);
                     }
                 }
                 watcher::Event::Delete(object) => {
-                    let target = target_of(object);
+                    let (target, namespace, name) = named(object);
                     if versions.remove(target) {
-                        changed(target);
+                        fanout.changed(K::KIND, &namespace, &name);
                     }
                 }
                 watcher::Event::InitDone => {
                     // Objects that went while the watch was re-listing are no longer listed.
-                    for target in versions.keep_only(&listed) {
-                        changed(target);
-                    }
+                    fanout.gone(&versions.keep_only(&listed));
                     listed = HashSet::new();
                     versions.complete();
                     if !std::mem::replace(&mut synced, true) {
@@ -594,6 +701,103 @@ mod tests {
         assert!(meta.labels.is_none() && meta.annotations.is_none());
         assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
         assert_eq!(store.spec.path, "s3://bucket/prefix", "the spec is untouched");
+    }
+
+    fn guarded<K: Resource + serde::de::DeserializeOwned>(value: serde_json::Value) -> DeserializeGuard<K> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn store(name: &str, secret: &str) -> DeserializeGuard<ArtifactStore> {
+        guarded(serde_json::json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"path": "s3://bucket/prefix", "auth": {"secretRef": {"name": secret}}}
+        }))
+    }
+
+    fn stack(name: &str, store: &str) -> DeserializeGuard<Stack> {
+        guarded(serde_json::json!({
+            "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"artifactStoreRef": {"name": store},
+                     "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"}}
+        }))
+    }
+
+    #[test]
+    fn what_an_object_publishes_is_what_it_names_under_its_own_name() {
+        let (store, stack) = (store("a", "keys"), stack("s", "a"));
+        let store_references = store.0.as_ref().unwrap().references();
+        for published in ArtifactStore::PUBLISHES {
+            let name = published.name("a");
+            assert!(store_references.contains(&Reference::new(published.kind, &name)), "{name}");
+            assert_eq!(published.publisher(published.kind, &name), Some("a"));
+        }
+        let stack_references = stack.0.as_ref().unwrap().references();
+        for published in Stack::PUBLISHES {
+            let name = published.name("s");
+            assert!(stack_references.contains(&Reference::new(published.kind, &name)), "{name}");
+            assert_eq!(published.publisher(published.kind, &name), Some("s"));
+        }
+        let config_map = ArtifactStore::PUBLISHES[0];
+        assert_eq!(config_map.publisher(Kind::Secret, &config_map.name("a")), None, "kinds never mix");
+        assert_eq!(config_map.publisher(Kind::ConfigMap, config_map.suffix), None, "no publisher without a name");
+    }
+
+    #[test]
+    fn the_index_keeps_only_what_is_not_found_by_name() {
+        assert_eq!(indexed_references(&store("a", "keys")), vec![Reference::new(Kind::Secret, "keys")]);
+        assert_eq!(
+            indexed_references(&stack("s", "a")),
+            vec![Reference::new(Kind::ArtifactStore, "a"), Reference::new(Kind::ServiceAccount, "runner")]
+        );
+        // Another store's publication, named by this one: only the index finds this store.
+        let reads_another = store("b", &ArtifactStore::PUBLISHES[1].name("a"));
+        assert!(indexed_references(&reads_another).contains(&Reference::new(Kind::Secret, "a-aws-credentials")));
+    }
+
+    #[tokio::test]
+    async fn a_change_reaches_its_publisher_by_name_and_its_referrers_through_the_index() {
+        let (mut stores_writer, mut stacks_writer) =
+            (reflector::store::Writer::default(), reflector::store::Writer::default());
+        let (a, s) = (store("a", "keys"), stack("s", "a"));
+        stores_writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
+        stacks_writer.apply_watcher_event(&watcher::Event::Apply(s.clone()));
+        let ((stores, mut store_queue), (stacks, mut stack_queue)) = (unbounded(), unbounded());
+        let fanout = Fanout {
+            stores,
+            stacks,
+            store_index: Index::default(),
+            stack_index: Index::default(),
+            cached_stores: stores_writer.as_reader(),
+            cached_stacks: stacks_writer.as_reader(),
+        };
+        fanout.store_index.set(lean_ref(&a), "ns", indexed_references(&a));
+        fanout.stack_index.set(lean_ref(&s), "ns", indexed_references(&s));
+        fn names<K: Resource<DynamicType = ()>>(queue: &mut UnboundedReceiver<ObjectRef<K>>) -> Vec<String> {
+            std::iter::from_fn(|| queue.try_recv().ok().map(|r| r.name)).collect()
+        }
+        let mut queued = || (names(&mut store_queue), names(&mut stack_queue));
+
+        fanout.changed(Kind::ConfigMap, "ns", "a-artifact-store");
+        assert_eq!(queued(), (vec!["a".to_owned()], vec!["s".to_owned()]), "the store, and the Stack of the store");
+        fanout.changed(Kind::Secret, "ns", "s-scoped-credentials");
+        assert_eq!(queued(), (vec![], vec!["s".to_owned()]));
+        fanout.changed(Kind::Secret, "ns", "keys");
+        assert_eq!(queued(), (vec!["a".to_owned()], vec![]), "through the index");
+        fanout.changed(Kind::ServiceAccount, "ns", "runner");
+        assert_eq!(queued(), (vec![], vec!["s".to_owned()]), "through the index");
+        fanout.changed(Kind::ConfigMap, "other", "a-artifact-store");
+        fanout.changed(Kind::ConfigMap, "ns", "ghost-artifact-store");
+        fanout.changed(Kind::ConfigMap, "ns", "-stack");
+        assert_eq!(queued(), (vec![], vec![]), "nothing that is not cached, nor in another namespace");
+
+        // Gone while a watch re-listed: known by their targets only.
+        fanout.gone(&[target(Kind::Secret, "ns", "s-ca-bundle")]);
+        assert_eq!(queued(), (vec![], vec!["s".to_owned()]));
+        fanout.gone(&[target(Kind::Secret, "ns", "a-aws-credentials"), target(Kind::Secret, "ns", "keys")]);
+        let (stores, stacks) = queued();
+        assert!(stores.iter().all(|n| n == "a") && !stores.is_empty() && stacks == vec!["s".to_owned()]);
     }
 
     #[tokio::test]

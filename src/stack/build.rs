@@ -27,13 +27,18 @@ pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
 /// The ConfigMap key with the ZenML stack export.
 pub const ZENML_STACK_KEY: &str = "zenml-stack.yaml";
 
+/// What ends the name of the Stack's ConfigMap.
+pub const CONFIG_MAP_SUFFIX: &str = "-stack";
+/// What ends the name of the Stack's CA bundle Secret.
+pub const CA_SECRET_SUFFIX: &str = "-ca-bundle";
+
 pub fn config_map_name(stack: &str) -> String {
-    format!("{stack}-stack")
+    format!("{stack}{CONFIG_MAP_SUFFIX}")
 }
 
 /// The Secret holding the CA bundle for Argo's `caSecret`, when the store's CA is in a ConfigMap.
 pub fn ca_secret_name(stack: &str) -> String {
-    format!("{stack}-ca-bundle")
+    format!("{stack}{CA_SECRET_SUFFIX}")
 }
 
 /// What a pod needs to use the stack: the env keys (the Stack's ConfigMap and, with key auth, the

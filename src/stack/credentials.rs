@@ -47,9 +47,12 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 /// own user (MinIO takes and ignores it; the SDK requires one).
 const OWN_USER_ROLE: &str = "arn:aws:iam::000000000000:role/artifact-operator-own-user";
 
+/// What ends the name of the Secret with the Stack's session credentials.
+pub const SECRET_SUFFIX: &str = "-scoped-credentials";
+
 /// The Secret with the Stack's session credentials.
 pub fn secret_name(stack: &str) -> String {
-    format!("{stack}-scoped-credentials")
+    format!("{stack}{SECRET_SUFFIX}")
 }
 
 /// What the credentials are for. Its digest changes when they must be issued anew.

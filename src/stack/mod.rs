@@ -24,7 +24,7 @@ use crate::aws::Failure;
 use crate::aws::clients::StaticKeys;
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
-use crate::controller::caches::{Kind, Reference, Referrer};
+use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
@@ -58,6 +58,12 @@ impl Error {
 }
 
 impl Referrer for Stack {
+    const PUBLISHES: &'static [Published] = &[
+        Published { kind: Kind::ConfigMap, suffix: build::CONFIG_MAP_SUFFIX },
+        Published { kind: Kind::Secret, suffix: build::CA_SECRET_SUFFIX },
+        Published { kind: Kind::Secret, suffix: credentials::SECRET_SUFFIX },
+    ];
+
     /// The store and what it publishes, the orchestrator's ServiceAccount, and what the Stack
     /// publishes (its ConfigMap and CA Secret, and the shared ConfigMaps it asks for).
     fn references(&self) -> Vec<Reference> {

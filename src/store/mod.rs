@@ -23,12 +23,15 @@ use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPoli
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied};
-use crate::controller::caches::{Kind, Reference, Referrer};
+use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
 use crate::reason::Reason;
-use crate::resolve::{DEFAULT_REGION, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{
+    DEFAULT_REGION, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX, store_config_map_name,
+    store_env_secret_name,
+};
 use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
 
@@ -66,6 +69,11 @@ impl Error {
 }
 
 impl Referrer for ArtifactStore {
+    const PUBLISHES: &'static [Published] = &[
+        Published { kind: Kind::ConfigMap, suffix: STORE_CONFIG_MAP_SUFFIX },
+        Published { kind: Kind::Secret, suffix: STORE_ENV_SECRET_SUFFIX },
+    ];
+
     /// The Secret, CA bundle and ServiceAccount the store reads, and the ConfigMap and Secret it
     /// publishes (a clashing object's removal lets it publish at once).
     fn references(&self) -> Vec<Reference> {
