@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, validation};
+use super::{Condition, Word, validation};
 
 /// ZenML's default Secret key names for access keys.
 pub const DEFAULT_ACCESS_KEY_ID_KEY: &str = "aws_access_key_id";
@@ -582,16 +582,16 @@ pub struct ArtifactStoreStatus {
     pub conditions: Vec<Condition>,
     /// The bucket, from path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bucket: Option<String>,
+    pub bucket: Option<Word>,
     /// The key prefix, from path (empty for the whole bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// The bucket's region as resolved by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    pub region: Option<Word>,
     /// The S3 endpoint clients use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Word>,
     /// True when this operator created the bucket (and may delete it under deletionPolicy Delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_created: Option<bool>,
@@ -602,7 +602,7 @@ pub struct ArtifactStoreStatus {
     pub bucket_create_requested: Option<Time>,
     /// The ARN of the identity whose access was verified (never a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_arn: Option<String>,
+    pub identity_arn: Option<Word>,
     /// The ConfigMap holding the resolved configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_name: Option<String>,

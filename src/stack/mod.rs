@@ -493,7 +493,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             ),
         )));
     };
-    let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let region = status.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
     let Ok(resolved) = ResolvedStore::new(&store, &region, false) else {
         return Ok(Err(Failure::new(
             Reason::ArtifactStoreNotReady,

@@ -18,8 +18,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use crate::api::ArtifactStore;
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
+use crate::api::{ArtifactStore, Word};
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied};
@@ -146,7 +146,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             write_status(store, ctx, &status::unresolved(&failure), |s| {
-                s.bucket = Some(path.bucket.clone());
+                s.bucket = Some(Word::new(&path.bucket));
                 s.prefix = Some(path.prefix.clone());
             })
             .await?;
@@ -199,7 +199,7 @@ async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -
         return Some(Next::requeue(due - now));
     }
     let path = S3Path::parse(&store.spec.path).ok()?;
-    let region = store.status.as_ref().and_then(|s| s.region.clone()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let region = store.status.as_ref().and_then(|s| s.region.as_deref()).unwrap_or(DEFAULT_REGION).to_owned();
     verify::quick_check(ctx, store, inputs, &path, &region).await.ok()?;
     ctx.metrics.verified();
     Some(Next::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
@@ -222,7 +222,7 @@ async fn recheck(
         return Ok(None);
     }
     let uid = store.uid().unwrap_or_default();
-    let region = previous.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let region = previous.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
     let now = Instant::now();
     let wait = match ctx.verification_due(&uid, &inputs.fingerprint) {
         Some(due) if due > now => due - now,
@@ -261,7 +261,7 @@ async fn verify_and_publish(
     };
     let record = async || record_create_request(store, ctx).await;
     let outcome = verify::verify(ctx, store, inputs, path, &provenance, record).await;
-    let region = outcome.region.clone().or(previous.region.clone());
+    let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
     let config_map_name = store_config_map_name(&store.name_any());
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
@@ -282,10 +282,10 @@ async fn verify_and_publish(
         region.as_deref().unwrap_or(DEFAULT_REGION),
     );
     write_status(store, ctx, &observed, |s| {
-        s.bucket = Some(path.bucket.clone());
+        s.bucket = Some(Word::new(&path.bucket));
         s.prefix = Some(path.prefix.clone());
-        s.region = region.clone();
-        s.endpoint = Some(endpoint.clone());
+        s.region = region.as_deref().map(Word::new);
+        s.endpoint = Some(Word::new(&endpoint));
         if let Ok(bucket) = &outcome.bucket {
             s.bucket_created = Some(bucket.created_by_operator);
         } else {
@@ -294,7 +294,7 @@ async fn verify_and_publish(
         s.bucket_create_requested =
             outcome.create_requested.clone().or_else(|| previous.bucket_create_requested.clone());
         if let Ok(identity) = &outcome.credentials {
-            s.identity_arn = identity.arn.clone();
+            s.identity_arn = identity.arn.as_deref().map(Word::new);
         }
         if ready {
             s.config_map_name = Some(config_map_name.clone());
@@ -506,10 +506,13 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
         return Ok(Next::await_change());
     }
     let status = store.status.clone().unwrap_or_default();
-    let bucket_name = status.bucket.clone().unwrap_or_else(|| store.spec.path.clone());
+    let bucket_name = status.bucket.as_deref().map_or_else(|| store.spec.path.clone(), str::to_owned);
     let retain = |why: String| async move {
-        let bucket_name =
-            store.status.as_ref().and_then(|s| s.bucket.clone()).unwrap_or_else(|| store.spec.path.clone());
+        let bucket_name = store
+            .status
+            .as_ref()
+            .and_then(|s| s.bucket.as_deref())
+            .map_or_else(|| store.spec.path.clone(), str::to_owned);
         event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket_name} is kept: {why}"))
             .await;
         set_finalizer(store, ctx, false).await.map(|()| Next::await_change())
@@ -550,7 +553,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
             .await;
         }
     };
-    let region = status.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let region = status.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
     match verify::delete_created_bucket(ctx, store, &inputs, &path, &region).await {
         Ok(verify::Deletion::Deleted) => {
             event(
