@@ -571,7 +571,8 @@ async fn run(args: Args) {
         .lines()
         .filter(|l| l.starts_with("artifact_operator_reconcile_errors_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        // Not sum(): the sum of no floats is -0.
+        .fold(0.0, |total, count| total + count);
     println!("reconcile errors after the restart: {errors}");
 
     for name in &names {
