@@ -1,9 +1,10 @@
 //! The operator's view of the cluster, one per watched scope. Each kind the reconcilers read is
 //! watched once, stripped to the fields they read, and shared by both controllers. A change
-//! reaches exactly the objects it concerns, never by scanning every object: the one that
-//! publishes the changed object under its own name, found by that name, and those that name it,
-//! through an index kept up to date from the watches. Only a real change (a new resourceVersion,
-//! or a deletion) reaches them.
+//! reaches exactly the objects it concerns: the one that publishes the changed object under its
+//! own name, found by that name, and those that name it, through an index kept up to date from
+//! the watches. Only a real change (a new resourceVersion, or a deletion) reaches them, and only
+//! objects gone while a watch re-listed (known by their hashes alone) are looked for among every
+//! cached object.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
