@@ -97,18 +97,6 @@ impl std::ops::Deref for Word {
     }
 }
 
-impl AsRef<str> for Word {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for Word {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 impl std::fmt::Debug for Word {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&*self.0, f)
@@ -133,12 +121,6 @@ impl From<String> for Word {
     }
 }
 
-impl From<&String> for Word {
-    fn from(text: &String) -> Self {
-        Self::new(text)
-    }
-}
-
 impl PartialEq<str> for Word {
     fn eq(&self, other: &str) -> bool {
         *self.0 == *other
@@ -148,24 +130,6 @@ impl PartialEq<str> for Word {
 impl PartialEq<&str> for Word {
     fn eq(&self, other: &&str) -> bool {
         *self.0 == **other
-    }
-}
-
-impl PartialEq<String> for Word {
-    fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl PartialEq<Word> for str {
-    fn eq(&self, other: &Word) -> bool {
-        *self == *other.0
-    }
-}
-
-impl PartialEq<Word> for &str {
-    fn eq(&self, other: &Word) -> bool {
-        **self == *other.0
     }
 }
 

@@ -507,14 +507,9 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     }
     let status = store.status.clone().unwrap_or_default();
     let bucket_name = status.bucket.as_deref().map_or_else(|| store.spec.path.clone(), str::to_owned);
+    let bucket = &bucket_name;
     let retain = |why: String| async move {
-        let bucket_name = store
-            .status
-            .as_ref()
-            .and_then(|s| s.bucket.as_deref())
-            .map_or_else(|| store.spec.path.clone(), str::to_owned);
-        event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket_name} is kept: {why}"))
-            .await;
+        event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket} is kept: {why}")).await;
         set_finalizer(store, ctx, false).await.map(|()| Next::await_change())
     };
     if store.spec.deletion_policy == DeletionPolicy::Retain {
