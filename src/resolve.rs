@@ -2,7 +2,8 @@
 //! from an ArtifactStore's spec and the region the operator resolved; no I/O.
 
 use crate::api::artifact_store::{
-    AddressingStyle, ArtifactStore, CaBundleRef, Checksums, ClientSettings, ObjectDefaults, RetryMode,
+    AddressingStyle, ArtifactStore, ArtifactStoreStatus, CaBundleRef, Checksums, ClientSettings, ObjectDefaults,
+    RetryMode,
 };
 use crate::aws::{S3Connection, StaticKeys};
 use crate::s3path::{PathError, S3Path};
@@ -115,6 +116,11 @@ pub fn endpoint_url(url: &str) -> String {
 
 /// The region used when neither the spec nor the bucket gives one (S3's own default).
 pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The bucket's region as a store's status last gave it, or [`DEFAULT_REGION`] before any.
+pub fn status_region(status: Option<&ArtifactStoreStatus>) -> String {
+    status.and_then(|s| s.region.as_deref()).unwrap_or(DEFAULT_REGION).to_owned()
+}
 
 impl ResolvedStore {
     /// Resolves a store. `region` is what the operator found; `has_session_token` whether the

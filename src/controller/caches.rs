@@ -588,6 +588,13 @@ fn spawn_watch<K>(
     });
 }
 
+/// An object of a metadata watch as the fanout knows it: its [`Target`], namespace and name.
+fn named<K: super::reads::Cached>(object: &PartialObjectMeta<K>) -> (Target, &str, &str) {
+    let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    (target(K::KIND, namespace, name), namespace, name)
+}
+
 /// Runs the metadata-only watch of one kind the caches keep only the versions of, in the
 /// background: `versions`, `fanout` told of each object created, changed or deleted (including
 /// while the watch re-listed), and `health` as for [`spawn_watch`]. The apiserver sends metadata
@@ -609,11 +616,6 @@ fn spawn_version_watch<K>(
         let mut synced = false;
         let mut listed: HashSet<Target> = HashSet::new();
         while let Some(event) = events.next().await {
-            let named = |object: &PartialObjectMeta<K>| {
-                let namespace = object.metadata.namespace.clone().unwrap_or_default();
-                let name = object.name_any();
-                (target(K::KIND, &namespace, &name), namespace, name)
-            };
             match &event {
                 watcher::Event::Init => listed.clear(),
                 watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
@@ -623,13 +625,13 @@ fn spawn_version_watch<K>(
                     }
                     let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
                     if versions.set(target, version) {
-                        fanout.changed(K::KIND, &namespace, &name);
+                        fanout.changed(K::KIND, namespace, name);
                     }
                 }
                 watcher::Event::Delete(object) => {
                     let (target, namespace, name) = named(object);
                     if versions.remove(target) {
-                        fanout.changed(K::KIND, &namespace, &name);
+                        fanout.changed(K::KIND, namespace, name);
                     }
                 }
                 watcher::Event::InitDone => {

@@ -30,7 +30,7 @@ use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::Reason;
-use crate::resolve::{DEFAULT_REGION, ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{ResolvedAuth, ResolvedStore, status_region, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use workload::Verdict;
 
@@ -493,7 +493,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             ),
         )));
     };
-    let region = status.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
+    let region = status_region(Some(&status));
     let Ok(resolved) = ResolvedStore::new(&store, &region, false) else {
         return Ok(Err(Failure::new(
             Reason::ArtifactStoreNotReady,

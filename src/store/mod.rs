@@ -29,8 +29,8 @@ use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
 use crate::reason::Reason;
 use crate::resolve::{
-    DEFAULT_REGION, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX, store_config_map_name,
-    store_env_secret_name,
+    DEFAULT_REGION, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX, status_region,
+    store_config_map_name, store_env_secret_name,
 };
 use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
@@ -199,7 +199,7 @@ async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -
         return Some(Next::requeue(due - now));
     }
     let path = S3Path::parse(&store.spec.path).ok()?;
-    let region = store.status.as_ref().and_then(|s| s.region.as_deref()).unwrap_or(DEFAULT_REGION).to_owned();
+    let region = status_region(store.status.as_ref());
     verify::quick_check(ctx, store, inputs, &path, &region).await.ok()?;
     ctx.metrics.verified();
     Some(Next::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
@@ -222,7 +222,7 @@ async fn recheck(
         return Ok(None);
     }
     let uid = store.uid().unwrap_or_default();
-    let region = previous.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
+    let region = status_region(Some(&previous));
     let now = Instant::now();
     let wait = match ctx.verification_due(&uid, &inputs.fingerprint) {
         Some(due) if due > now => due - now,
@@ -548,7 +548,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
             .await;
         }
     };
-    let region = status.region.as_deref().unwrap_or(DEFAULT_REGION).to_owned();
+    let region = status_region(Some(&status));
     match verify::delete_created_bucket(ctx, store, &inputs, &path, &region).await {
         Ok(verify::Deletion::Deleted) => {
             event(
