@@ -10,7 +10,6 @@ use artifact_operator::api::{ArtifactStore, Stack};
 use aws_sdk_s3::primitives::ByteStream;
 use common::store::{TIMEOUT, apply_store, condition, minio_spec, wait_for};
 use common::{Operator, S3Server, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -395,17 +394,7 @@ async fn irsa_wiring_is_checked_against_iam_and_proven_by_assuming_the_role() {
 /// The two texts every STS token of `account` starts with, as the operator requests them: the
 /// encoded header (which names the apiserver's signing key) and the encoded audience claim.
 async fn token_markers(client: &Client, ns: &str, account: &str) -> [String; 2] {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec!["sts.amazonaws.com".to_owned()],
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let token =
-        accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let token = common::service_account_token(client, ns, account, &["sts.amazonaws.com"]).await;
     let mut parts = token.split('.');
     let header = parts.next().unwrap().to_owned();
     let payload = parts.next().unwrap();

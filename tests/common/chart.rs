@@ -1,10 +1,8 @@
 //! The chart as the tests install it: rendered by the real helm, applied to the real apiserver,
 //! and a kubeconfig with a token of the chart's ServiceAccount (TokenRequest).
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use serde_json::{Value, json};
 
@@ -72,13 +70,7 @@ pub async fn apply_all(client: &Client, objects: &[Value], release_namespace: &s
 
 /// A kubeconfig that authenticates with a fresh token of `namespace/account` (TokenRequest).
 pub async fn token_kubeconfig(client: &Client, namespace: &str, account: &str, path: &std::path::Path) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
-        ..Default::default()
-    };
-    let token =
-        accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let token = super::service_account_token(client, namespace, account, &[]).await;
     let admin: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(test_env().var("KUBECONFIG")).unwrap()).unwrap();
     let cluster = admin["clusters"][0]["cluster"].clone();

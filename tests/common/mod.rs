@@ -590,3 +590,18 @@ pub fn argo_uses_the_namespace_default(ns: &str, key: &str) -> String {
     assert_eq!(stdout.matches("resolved the namespace default").count(), 2, "{stdout}");
     stdout
 }
+
+/// A fresh token (TokenRequest, valid an hour) of ServiceAccount `namespace/account` for
+/// `audiences` (none: the apiserver's own).
+pub async fn service_account_token(client: &Client, namespace: &str, account: &str, audiences: &[&str]) -> String {
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap().status.unwrap().token
+}
