@@ -312,6 +312,11 @@ async fn stack_credentials_are_checked_at_admission() {
         (scoped(json!({"prefix": "../other"})), "without . or .. parts"),
         (scoped(json!({"prefix": "/a"})), "prefix must be key parts"),
         (scoped(json!({"prefix": "a//b"})), "prefix must be key parts"),
+        // IAM reads these as a wildcard, one character and a policy variable: never a scope.
+        (scoped(json!({"prefix": "t*"})), "IAM reads them as patterns"),
+        (scoped(json!({"prefix": "*"})), "IAM reads them as patterns"),
+        (scoped(json!({"prefix": "team-?"})), "IAM reads them as patterns"),
+        (scoped(json!({"prefix": "${aws:username}"})), "IAM reads them as patterns"),
         (scoped(json!({"access": "Admin"})), "Unsupported value: \"Admin\""),
         (scoped(json!({"roleArn": "arn:aws:iam::12:role/x"})), "roleArn must be an IAM role ARN"),
         (

@@ -95,12 +95,13 @@ pub struct ScopedCredentials {
         {"rule": "self.matches('^([0-9]{1,3}h)?([0-9]{1,4}m)?([0-9]{1,6}s)?$') && self != '' && duration(self) >= duration('15m') && duration(self) <= duration('12h')", "message": "duration must be like 15m, 1h or 2h30m, from 15m to 12h"}
     ]))]
     pub duration: Option<String>,
-    /// The prefix below the store's path that the credentials reach, for example `team-a`.
-    /// Defaults to the store's path itself.
+    /// The prefix below the store's path that the credentials reach, for example `team-a`: a
+    /// literal key prefix (no `*`, `?` or `$`, which IAM reads as patterns). Defaults to the
+    /// store's path itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": r"self.matches('^[A-Za-z0-9!_.*()-]+(/[A-Za-z0-9!_.*()-]+)*$') && !self.split('/').exists(p, p == '.' || p == '..')", "message": "prefix must be key parts of letters, digits and ! _ . * ( ) - joined by /, without . or .. parts or a leading or trailing /"}
+        {"rule": r"self.matches('^[A-Za-z0-9!_.()-]+(/[A-Za-z0-9!_.()-]+)*$') && !self.split('/').exists(p, p == '.' || p == '..')", "message": "prefix must be key parts of letters, digits and ! _ . ( ) - joined by /, without . or .. parts or a leading or trailing /; * ? and $ are refused because IAM reads them as patterns in the session policy"}
     ]))]
     pub prefix: Option<String>,
     /// On AWS: the IAM role the store's keys assume (its policies, cut down by the session

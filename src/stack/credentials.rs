@@ -97,7 +97,18 @@ impl Scope {
             if below.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
                 return Err(unsupported(format!("spec.credentials.prefix {below:?} is not a plain key prefix")));
             }
+            if let Some(pattern) = pattern_character(below) {
+                return Err(unsupported(format!(
+                    "spec.credentials.prefix {below:?} contains {pattern:?}, which IAM reads as a pattern or a variable in a policy: the credentials would reach more than the prefix; use a literal prefix"
+                )));
+            }
             path.prefix = if path.prefix.is_empty() { below.to_owned() } else { format!("{}/{below}", path.prefix) };
+        }
+        if let Some(pattern) = pattern_character(&path.prefix) {
+            return Err(unsupported(format!(
+                "the path of ArtifactStore {} ({}) contains {pattern:?}, which IAM reads as a pattern or a variable in a policy: scoped credentials need a literal key prefix; use a store whose path has none of * ? $, or set spec.credentials.mode to Shared",
+                store.name, store.path
+            )));
         }
         Ok(Self { path, access: spec.access, duration, role_arn: spec.role_arn.clone() })
     }
@@ -125,9 +136,30 @@ fn partition(region: &str) -> &'static str {
     }
 }
 
+/// The characters IAM reads as a pattern (`*` and `?` in a resource ARN and in `StringLike`) or
+/// as the start of a policy variable (`$`): none of them may reach a policy from a user's value.
+const PATTERN_CHARACTERS: [char; 3] = ['*', '?', '$'];
+
+/// The first character of `text` that IAM would not read literally in a policy.
+pub fn pattern_character(text: &str) -> Option<char> {
+    text.chars().find(|c| PATTERN_CHARACTERS.contains(c))
+}
+
 /// The session policy: listing only under the prefix, and reading (and with ReadWrite writing
-/// and deleting) only the objects under it.
-pub fn session_policy(scope: &Scope, region: &str) -> Value {
+/// and deleting) only the objects under it. A bucket or prefix IAM would read as a pattern is
+/// refused here too ([`Scope::of`] refuses it first, with the field to fix), so that nothing but
+/// a literal prefix ever reaches STS.
+pub fn session_policy(scope: &Scope, region: &str) -> Result<Value, Failure> {
+    let literal = [scope.path.bucket.as_str(), scope.path.prefix.as_str()];
+    if let Some(pattern) = literal.into_iter().find_map(pattern_character) {
+        return Err(Failure::new(
+            Reason::ScopedCredentialsUnsupported,
+            format!(
+                "the scoped path {} contains {pattern:?}, which a session policy would read as a pattern",
+                scope.path
+            ),
+        ));
+    }
     let arn = format!("arn:{}:s3:::{}", partition(region), scope.path.bucket);
     let prefix = &scope.path.prefix;
     let mut list = json!({"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [arn]});
@@ -145,14 +177,14 @@ pub fn session_policy(scope: &Scope, region: &str) -> Value {
             "s3:ListMultipartUploadParts"
         ]),
     };
-    json!({
+    Ok(json!({
         "Version": "2012-10-17",
         "Statement": [
             list,
             {"Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": [arn]},
             {"Effect": "Allow", "Action": actions, "Resource": [objects]},
         ],
-    })
+    }))
 }
 
 /// When credentials issued at `issued` for `lifetime` are renewed: at two thirds of the lifetime,
@@ -403,7 +435,7 @@ async fn assume(
 ) -> Result<Issued, Failure> {
     let connection = store.connection(ca_pem, Some(keys.clone()));
     let sts = ctx.aws.sts_at(&connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
-    let policy = session_policy(scope, &store.region).to_string();
+    let policy = session_policy(scope, &store.region)?.to_string();
     // At most 64 characters of [\w+=,.@-]: the namespace and name fit, cut if need be.
     let session: String =
         format!("ao.{}.{}", stack.namespace().unwrap_or_default(), stack.name_any()).chars().take(64).collect();
@@ -516,16 +548,36 @@ mod tests {
         let keys = json!({"secretRef": {"name": "k"}});
         let read_write =
             Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &store(keys.clone(), true)).unwrap();
-        let policy = session_policy(&read_write, "us-east-1");
+        let policy = session_policy(&read_write, "us-east-1").unwrap();
         let statements = policy["Statement"].as_array().unwrap();
         assert_eq!(statements[0]["Resource"][0], "arn:aws:s3:::bucket");
         assert_eq!(statements[0]["Condition"]["StringLike"]["s3:prefix"], json!(["team/a", "team/a/*"]));
         assert_eq!(statements[2]["Resource"][0], "arn:aws:s3:::bucket/team/a/*");
         assert!(statements[2]["Action"].as_array().unwrap().contains(&json!("s3:PutObject")));
         let read_only = Scope::of(&spec(json!({"mode": "Scoped", "access": "ReadOnly"})), &store(keys, true)).unwrap();
-        let policy = session_policy(&read_only, "cn-north-1");
+        let policy = session_policy(&read_only, "cn-north-1").unwrap();
         assert_eq!(policy["Statement"][2]["Action"], json!(["s3:GetObject"]));
         assert_eq!(policy["Statement"][2]["Resource"][0], "arn:aws-cn:s3:::bucket/team/*");
+    }
+
+    #[test]
+    fn no_pattern_or_variable_reaches_the_session_policy() {
+        let keys = json!({"secretRef": {"name": "k"}});
+        for prefix in ["t*", "*", "team-?", "${aws:username}", "a/b*c"] {
+            let scope = Scope::of(&spec(json!({"mode": "Scoped", "prefix": prefix})), &store(keys.clone(), true));
+            let failure = scope.unwrap_err();
+            assert_eq!(failure.reason, Reason::ScopedCredentialsUnsupported, "{prefix}");
+            assert!(failure.message.contains("spec.credentials.prefix"), "{}", failure.message);
+        }
+        // From the store's path, which admission lets carry any key character.
+        let mut wild = store(keys.clone(), true);
+        wild.path = S3Path::parse("s3://bucket/te*ms").unwrap();
+        let failure = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &wild).unwrap_err();
+        assert!(failure.message.contains("path of ArtifactStore ml"), "{}", failure.message);
+        // And again where the policy is built, whatever built the scope.
+        let mut scope = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &store(keys, true)).unwrap();
+        scope.path.prefix = "team/*".to_owned();
+        assert_eq!(session_policy(&scope, "us-east-1").unwrap_err().reason, Reason::ScopedCredentialsUnsupported);
     }
 
     #[test]
