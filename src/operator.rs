@@ -265,12 +265,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         // in the queues).
         let (ctx, concurrency, synced) = (ctx.clone(), args.concurrency, caches.clone());
         let (stores, stacks) = (caches.stores.clone(), caches.stacks.clone());
+        let sweep = crate::stack::sweep::run(ctx.clone(), scope.clone(), caches.clone(), queues.deleted_stacks);
         controllers.push(Box::pin(async move {
             tokio::select! {
                 () = synced.synced() => {}
                 () = terminated() => return,
             }
-            futures::join!(
+            // The sweep of what deleted Stacks left runs beside the controllers, and stops with them.
+            let controllers = futures::future::join(
                 crate::controller::run(
                     "ArtifactStore",
                     ctx.clone(),
@@ -290,6 +292,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                     crate::stack::error_policy,
                 ),
             );
+            tokio::select! {
+                _ = controllers => {}
+                () = sweep => {}
+            }
         }));
         all_caches.push((scope.clone(), caches));
     }

@@ -8,73 +8,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use artifact_operator::api::Stack;
+use common::stacks::{
+    DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, delete_stack, message, service_account, stack,
+    store, wait_for,
+};
 use common::{
     Operator, apply, argo_uses_the_namespace_default, eventually, limited_bucket, setup, test_env, user_keys_secret,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-const REPOSITORIES: &str = "artifact-repositories";
-const DEFAULT_ANNOTATION: &str = "workflows.argoproj.io/default-artifact-repository";
-
-fn store(name: &str, bucket: &str) -> Value {
-    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
-        "path": format!("s3://{bucket}/pipelines"),
-        "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
-        "auth": {"secretRef": {"name": "minio-keys"}},
-        "client": {"maxAttempts": 4},
-    }})
-}
-
-fn stack(name: &str, store: &str, formats: Value, default_repository: bool) -> Value {
-    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
-        "artifactStoreRef": {"name": store},
-        "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"},
-        "outputs": {"formats": formats, "argoDefaultRepository": default_repository},
-    }})
-}
-
-fn service_account(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
-}
-
-/// Waits for the Stack's Ready condition to have `status` and `reason` for its generation.
-async fn wait_for(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> Stack {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    eventually(TIMEOUT, &format!("stack {ns}/{name} Ready={status} ({reason})"), || async {
-        let stack = api.get_opt(name).await.unwrap()?;
-        let ready = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
-        if ready.status != status || ready.reason != reason || ready.observed_generation != stack.metadata.generation {
-            return None;
-        }
-        common::capture_health_fixture(&stack, ns);
-        Some(stack)
-    })
-    .await
-}
-
-fn message(stack: &Stack) -> String {
-    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.to_string()
-}
-
-async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
-}
-
-async fn delete_stack(client: &Client, ns: &str, name: &str) {
-    let api = Api::<Stack>::namespaced(client.clone(), ns);
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, &format!("stack {name} to be gone"), || async {
-        api.get_opt(name).await.unwrap().is_none().then_some(())
-    })
-    .await;
-}
 
 fn argo_consumer() -> PathBuf {
     PathBuf::from(test_env().var("AO_CACHE_DIR")).join("bin/argo-consumer")
@@ -446,13 +392,6 @@ fn every_argo_rendering_decodes_strictly_into_argo_types() {
     assert_eq!(stdout.matches("unknown field \"addressingStyle\"").count(), 2, "{stdout}");
 }
 
-async fn apply_as(client: &Client, ns: &str, manager: &str, object: Value) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-    let params = kube::api::PatchParams::apply(manager);
-    api.patch(&name, &params, &kube::api::Patch::Apply(&object)).await.unwrap();
-}
-
 #[tokio::test]
 async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_launcher() {
     let (client, ns, bucket) = common::setup_with_bucket("stk-shared").await;
@@ -467,6 +406,14 @@ async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_la
     apply(&client, &ns, stack("k", "ml", json!(["KFP"]), false)).await;
     let k = wait_for(&client, &ns, "k", "False", "KfpLauncherTaken").await;
     assert!(message(&k).contains("belongs to Stack a"), "{}", message(&k));
+    // A Stack that can take neither the launcher nor the default names both, and publishes
+    // neither half: no key of its own either.
+    apply(&client, &ns, stack("both", "ml", json!(["KFP", "Argo"]), true)).await;
+    let both = wait_for(&client, &ns, "both", "False", "KfpLauncherTaken").await;
+    for part in ["kfp-launcher", "belongs to Stack a", "default artifact repository is already Stack a's key a"] {
+        assert!(message(&both).contains(part), "{part}: {}", message(&both));
+    }
+    delete_stack(&client, &ns, "both").await;
 
     // The user's own key lives beside the stacks' keys.
     apply_as(
@@ -479,7 +426,8 @@ async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_la
     .await;
     let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
     let data = shared.data.clone().unwrap();
-    assert!(data.contains_key("a") && data.contains_key("b") && data.contains_key("mine"), "{data:?}");
+    assert!(data.contains_key("a") && data.contains_key("mine"), "{data:?}");
+    assert!(!data.contains_key("b") && !data.contains_key("both"), "a refused Stack takes no key: {data:?}");
     assert_eq!(shared.metadata.annotations.unwrap()[DEFAULT_ANNOTATION], "a");
 
     // The holder goes: its key and annotation go, the others' stay, and the next in line takes over.
@@ -525,7 +473,12 @@ async fn config_maps_the_user_made_are_never_taken_over() {
     assert_eq!(launcher.data.unwrap()["defaultPipelineRoot"], "s3://elsewhere");
     assert!(launcher.metadata.owner_references.is_none() && launcher.metadata.labels.is_none());
 
-    // The stack's key sits beside the user's, for workflows that name it; on deletion only it goes.
+    // Refused the default, the stack takes nothing of the user's ConfigMap, not even a key.
+    let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
+    assert_eq!(shared.data.unwrap().into_keys().collect::<Vec<_>>(), ["mine"]);
+    // Asking for no default, it writes its key beside the user's; on deletion only it goes.
+    apply(&client, &ns, stack("argo", "ml", json!(["Argo"]), false)).await;
+    wait_for(&client, &ns, "argo", "True", "Ready").await;
     let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
     assert!(shared.data.unwrap().contains_key("argo"));
     delete_stack(&client, &ns, "argo").await;

@@ -169,10 +169,20 @@ pub fn has_finalizer<K: kube::Resource>(object: &K, finalizer: &str) -> bool {
     object.meta().finalizers.iter().flatten().any(|f| f == finalizer)
 }
 
+/// Whether an object a write was meant for still exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Presence {
+    Exists,
+    /// Deleted (404): whoever wanted to hold it must write nothing more on its behalf.
+    Gone,
+}
+
 /// Adds or removes `finalizer`, keeping every other finalizer, with optimistic concurrency (the
-/// object's resourceVersion): a change made meanwhile fails the write rather than being lost. An
-/// object already gone needs no change.
-pub async fn set_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, present: bool) -> Result<(), kube::Error>
+/// object's resourceVersion): a change made meanwhile, a deletion among them, fails the write
+/// rather than being lost. An object already gone needs no change, and says so: a finalizer that
+/// could not be added holds nothing, so nothing it would clean up may be written.
+pub async fn set_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, present: bool) -> Result<Presence, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -183,8 +193,8 @@ where
     }
     let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}});
     match api.patch(meta.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Ok(_) => Ok(Presence::Exists),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Presence::Gone),
         Err(error) => Err(error),
     }
 }

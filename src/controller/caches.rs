@@ -389,6 +389,8 @@ impl Fanout {
 pub struct Queues {
     pub stores: UnboundedReceiver<ObjectRef<DeserializeGuard<ArtifactStore>>>,
     pub stacks: UnboundedReceiver<ObjectRef<DeserializeGuard<Stack>>>,
+    /// The namespaces in which a Stack was deleted, for the sweep of what it may have left.
+    pub deleted_stacks: UnboundedReceiver<String>,
 }
 
 /// How many watches [`watch`] runs per scope, each reporting to [`Health::cache_synced`] once.
@@ -407,6 +409,7 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
         Caches { stores: stores_writer.as_reader(), stacks: stacks_writer.as_reader(), config_maps, secrets, accounts };
     let (stores, store_queue) = unbounded();
     let (stacks, stack_queue) = unbounded();
+    let (deleted_stacks, deleted_stack_queue) = unbounded();
     let fanout = Arc::new(Fanout {
         stores,
         stacks,
@@ -437,13 +440,16 @@ pub fn watch(client: &Client, namespace: &Option<String>, health: &Arc<Health>) 
                 f.stack_index.set(reference.clone(), &stack.namespace().unwrap_or_default(), indexed_references(stack));
                 let _ = f.stacks.unbounded_send(reference);
             }
-            Change::Deleted => f.stack_index.remove(&reference),
+            Change::Deleted => {
+                f.stack_index.remove(&reference);
+                let _ = deleted_stacks.unbounded_send(stack.namespace().unwrap_or_default());
+            }
         }
     });
     spawn_version_watch::<ConfigMap>(client, namespace, health, config_maps_writer, fanout.clone());
     spawn_version_watch::<Secret>(client, namespace, health, secrets_writer, fanout.clone());
     spawn_version_watch::<ServiceAccount>(client, namespace, health, accounts_writer, fanout);
-    (caches, Queues { stores: store_queue, stacks: stack_queue })
+    (caches, Queues { stores: store_queue, stacks: stack_queue, deleted_stacks: deleted_stack_queue })
 }
 
 /// A reference to `object` by namespace and name only: what the index and the queues hold of each

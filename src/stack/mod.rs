@@ -5,6 +5,7 @@
 pub mod build;
 pub mod credentials;
 pub mod outputs;
+pub mod sweep;
 pub mod workload;
 pub mod zenml;
 
@@ -183,6 +184,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
             write_status(stack, ctx, report).await?;
             Ok(after_failure(ctx, stack, &failure, if settles { watermark } else { None }))
         }
+        Pass::Gone => Ok(Next::await_change()),
     }
 }
 
@@ -196,6 +198,8 @@ enum Pass {
     /// The in-pod check runs.
     Running(String),
     Failed(Failure),
+    /// The Stack was deleted during the pass: nothing more is written for it.
+    Gone,
 }
 
 /// The steps of a full pass, each filling in its part of `report`: the store and identity are
@@ -211,8 +215,9 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
         Err(failure) => return Ok(Pass::Failed(failure)),
     };
     let (name, hash) = match outputs::publish(ctx, stack, &store).await? {
-        Ok(published) => published,
-        Err(failure) => return Ok(Pass::Failed(failure)),
+        outputs::Publication::Done { name, hash } => (name, hash),
+        outputs::Publication::Refused(failure) => return Ok(Pass::Failed(failure)),
+        outputs::Publication::Gone => return Ok(Pass::Gone),
     };
     report.published = Some((name.clone(), hash.clone()));
     let check = workload_check(ctx, stack, &store, &hash).await?;
@@ -393,7 +398,9 @@ fn describe_record(record: &ZenmlStatus) -> String {
 
 async fn set_zenml_finalizer(ctx: &Context, stack: &Stack, present: bool) -> Result<(), Error> {
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    apply::set_finalizer(&api, stack, zenml::FINALIZER, present).await.map_err(Error::Publish)
+    // Either way the pass ends (adding) or the Stack is done with ZenML (removing): a Stack
+    // already gone needs nothing more.
+    apply::set_finalizer(&api, stack, zenml::FINALIZER, present).await.map(|_| ()).map_err(Error::Publish)
 }
 
 /// How often a Stack looks at its running in-pod check.

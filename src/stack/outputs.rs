@@ -22,7 +22,7 @@ use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::aws::Failure;
-use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY};
+use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Presence};
 use crate::reason::Reason;
 use crate::render::{argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
@@ -43,29 +43,74 @@ fn config_maps(ctx: &crate::controller::Context, stack: &Stack) -> Api<ConfigMap
     Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default())
 }
 
+/// What publishing a Stack came to.
+pub enum Publication {
+    /// Every consumer finds its configuration: the Stack's ConfigMap and its content hash.
+    Done { name: String, hash: String },
+    /// What the Stack could not take, every part of it named. Nothing shared was taken anew.
+    Refused(Failure),
+    /// The Stack was deleted meanwhile: nothing shared was written for it.
+    Gone,
+}
+
 /// Publishes everything the Stack renders: its ConfigMap, then `kfp-launcher` and its key of
-/// `artifact-repositories` as asked. Returns the ConfigMap's name and content hash, or the first
-/// reason a consumer cannot find its configuration.
+/// `artifact-repositories` as asked. The shared objects are taken all together or not at all:
+/// each is checked first, and while any is refused none is written anew (what the Stack already
+/// holds stays). The finalizer that removes the Stack's key goes on before the key is written.
 pub async fn publish(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
-) -> Result<Result<(String, String), Failure>, Error> {
+) -> Result<Publication, Error> {
     let ca_pem = match store_ca_bundle(ctx, stack, store).await? {
         Ok(pem) => pem,
-        Err(failure) => return Ok(Err(failure)),
+        Err(failure) => return Ok(Publication::Refused(failure)),
     };
     let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref());
     let name = build::config_map_name(&stack.name_any());
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
-        return Ok(Err(apply::name_conflict("ConfigMap", &name, stack)));
+        return Ok(Publication::Refused(apply::name_conflict("ConfigMap", &name, stack)));
     }
-    let kfp = kfp_launcher(ctx, stack, store).await?;
-    let argo = argo_repository(ctx, stack, store, ca_pem.as_deref()).await?;
-    Ok(match kfp.or(argo) {
-        Some(failure) => Err(failure),
-        None => Ok((name, hash)),
-    })
+    if wants(stack, OutputFormat::Argo) && set_finalizer(ctx, stack, true).await? == Presence::Gone {
+        return Ok(Publication::Gone);
+    }
+    let kfp = kfp_claim(ctx, stack, store).await?;
+    let argo = argo_claim(ctx, stack, store, ca_pem.as_deref()).await?;
+    let (kfp, argo) = match (kfp, argo) {
+        (Ok(kfp), Ok(argo)) => (kfp, argo),
+        (kfp, argo) => {
+            let refused = [kfp.err(), argo.err()].into_iter().flatten();
+            return Ok(Publication::Refused(refused_together(refused)));
+        }
+    };
+    if let Some(argo) = &argo
+        && let Some(refused) = argo.publish_ca_secret(ctx, stack).await?
+    {
+        return Ok(Publication::Refused(refused));
+    }
+    if let Some(launcher) = kfp
+        && let Some(refused) = publish_kfp_launcher(ctx, stack, &launcher).await?
+    {
+        return Ok(Publication::Refused(refused));
+    }
+    if let Some(argo) = argo {
+        argo.publish_key(ctx, stack).await?;
+    }
+    Ok(Publication::Done { name, hash })
+}
+
+/// One failure naming every shared object the Stack could not take (at least one), under the
+/// first one's reason.
+fn refused_together(refused: impl IntoIterator<Item = Failure>) -> Failure {
+    let mut refused = refused.into_iter();
+    let mut together = refused.next().unwrap_or_else(|| Failure::new(Reason::NameConflict, String::new()));
+    for other in refused {
+        together.message.push_str(&format!("; and {}", other.message));
+    }
+    together
+        .message
+        .push_str("; until it can take every one, the Stack writes nothing new into the namespace's shared objects");
+    together
 }
 
 /// The CA bundle (certificates only) the store publishes in its ConfigMap, when it has one.
@@ -89,36 +134,53 @@ pub async fn store_ca_bundle(
     }
 }
 
-/// Publishes the namespace's `kfp-launcher` when the Stack asks for KFP, and removes ours when it
-/// no longer does.
-pub async fn kfp_launcher(
+/// The namespace's `kfp-launcher` the Stack may publish, when it asks for KFP: refused when
+/// another Stack or the user holds it. Ours is removed when the Stack no longer asks for KFP.
+async fn kfp_claim(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
-) -> Result<Option<Failure>, Error> {
-    let api = config_maps(ctx, stack);
+) -> Result<Result<Option<ConfigMap>, Failure>, Error> {
     let desired = build::kfp_launcher(stack, store);
+    let namespace = stack.namespace().unwrap_or_default();
+    let current = ctx.read::<ConfigMap>(&namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    let ours = current.as_ref().is_some_and(|current| apply::is_ours(&current.metadata, &desired.metadata));
     if !wants(stack, OutputFormat::Kfp) {
-        if let Some(current) = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?
-            && apply::is_ours(&current.metadata, &desired.metadata)
-        {
-            delete_exact(&api, &current.metadata).await?;
+        if let Some(current) = current.filter(|_| ours) {
+            delete_exact(&config_maps(ctx, stack), &current.metadata).await?;
         }
+        return Ok(Ok(None));
+    }
+    Ok(match current {
+        Some(theirs) if !ours => Err(kfp_launcher_taken(&theirs.metadata, stack)),
+        _ => Ok(Some(desired)),
+    })
+}
+
+/// Publishes the launcher claimed; one taken meanwhile is refused as the claim would have been.
+async fn publish_kfp_launcher(
+    ctx: &crate::controller::Context,
+    stack: &Stack,
+    launcher: &ConfigMap,
+) -> Result<Option<Failure>, Error> {
+    if apply::publish(ctx, launcher).await.map_err(Error::Publish)? != Applied::NotOurs {
         return Ok(None);
     }
-    if apply::publish(ctx, &desired).await.map_err(Error::Publish)? != Applied::NotOurs {
-        return Ok(None);
-    }
-    let current = api.get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?.unwrap_or_default();
-    match holder(&current.metadata) {
-        Some(holder) => Ok(Some(Failure::new(
+    let current = config_maps(ctx, stack).get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    Ok(Some(kfp_launcher_taken(&current.unwrap_or_default().metadata, stack)))
+}
+
+/// Why `kfp-launcher` (as `meta` shows it) cannot be the Stack's.
+fn kfp_launcher_taken(meta: &ObjectMeta, stack: &Stack) -> Failure {
+    match holder(meta) {
+        Some(holder) => Failure::new(
             Reason::KfpLauncherTaken,
             format!(
                 "ConfigMap {} of this namespace, which Kubeflow Pipelines' launcher reads, belongs to Stack {holder}; only one Stack per namespace can provide it: remove KFP from one of them",
                 kfp::CONFIG_MAP
             ),
-        ))),
-        None => Ok(Some(apply::name_conflict("ConfigMap", kfp::CONFIG_MAP, stack))),
+        ),
+        None => apply::name_conflict("ConfigMap", kfp::CONFIG_MAP, stack),
     }
 }
 
@@ -129,7 +191,7 @@ fn holder(meta: &ObjectMeta) -> Option<String> {
 }
 
 /// Deletes exactly the version read, so a change made meanwhile is not deleted unseen.
-async fn delete_exact<K>(api: &Api<K>, meta: &ObjectMeta) -> Result<(), Error>
+pub(crate) async fn delete_exact<K>(api: &Api<K>, meta: &ObjectMeta) -> Result<(), Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -142,44 +204,54 @@ where
     }
 }
 
-/// Publishes the Stack's key of `artifact-repositories` (and the CA Secret it names), or removes
-/// it when the Stack no longer asks for Argo. Keeps the finalizer in step.
-pub async fn argo_repository(
+/// The Stack's part of Argo's configuration, checked and ready to write.
+struct ArgoPart {
+    /// The CA Secret the repository names, when the store's CA is in a ConfigMap.
+    ca_secret: Option<Secret>,
+    /// Whether `artifact-repositories` exists (else it is created, empty, first).
+    exists: bool,
+    /// The server-side apply of the Stack's key (and the default annotation), unless already so.
+    apply: Option<Value>,
+}
+
+/// The Stack's key of `artifact-repositories` (and the CA Secret it names) that it may write:
+/// refused when the key is someone else's, or when it asks for the namespace default another
+/// holds. When the Stack no longer asks for Argo, its key and CA Secret are removed here, and then
+/// the finalizer.
+async fn argo_claim(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
     ca_pem: Option<&str>,
-) -> Result<Option<Failure>, Error> {
+) -> Result<Result<Option<ArgoPart>, Failure>, Error> {
     let from_config_map =
         store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    let namespace = stack.namespace().unwrap_or_default();
     if !wants(stack, OutputFormat::Argo) {
         remove_argo_key(ctx, stack).await?;
         if from_config_map {
-            remove_ca_secret(&secrets, stack).await?;
+            remove_ca_secret(&Api::namespaced(ctx.client.clone(), &namespace), stack).await?;
         }
-        return set_finalizer(ctx, stack, false).await.map(|()| None);
+        return set_finalizer(ctx, stack, false).await.map(|_| Ok(None));
     }
-    set_finalizer(ctx, stack, true).await?;
-    if let (Some(pem), true) = (ca_pem, from_config_map)
-        && apply::publish(ctx, &build::ca_secret(stack, pem)).await.map_err(Error::Publish)? == Applied::NotOurs
-    {
+    let ca_secret = ca_pem.filter(|_| from_config_map).map(|pem| build::ca_secret(stack, pem));
+    if let Some(secret) = &ca_secret {
         let name = build::ca_secret_name(&stack.name_any());
-        return Ok(Some(apply::name_conflict("Secret", &name, stack)));
+        let current = ctx.read::<Secret>(&namespace, &name).await.map_err(Error::Dereference)?;
+        if current.is_some_and(|current| !apply::is_ours(&current.metadata, &secret.metadata)) {
+            return Ok(Err(apply::name_conflict("Secret", &name, stack)));
+        }
     }
 
     let name = stack.name_any();
-    let manager = field_manager(&name);
     let value = build::argo_repository(stack, store);
-    let api = config_maps(ctx, stack);
-    let current = match api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? {
-        Some(current) => current,
-        None => create_argo_config_map(&api).await?,
-    };
-    let owned = owned_fields(&current.metadata, &manager);
+    let current = config_maps(ctx, stack).get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    let exists = current.is_some();
+    let current = current.unwrap_or_default();
+    let owned = owned_fields(&current.metadata, &field_manager(&name));
     let data = current.data.clone().unwrap_or_default();
     if data.contains_key(&name) && !owned.key(&name) {
-        return Ok(Some(Failure::new(
+        return Ok(Err(Failure::new(
             Reason::NameConflict,
             format!(
                 "ConfigMap {} already has a key {name} that this Stack did not write; the operator never overwrites it: remove that key or rename the Stack",
@@ -187,37 +259,61 @@ pub async fn argo_repository(
             ),
         )));
     }
-    let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION).cloned();
-    let taken = match &annotation {
-        Some(key) if *key != name && stack.spec.outputs.argo_default_repository => Some(key.clone()),
-        _ => None,
-    };
-    let default = stack.spec.outputs.argo_default_repository && taken.is_none();
+    let default = stack.spec.outputs.argo_default_repository;
+    let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION);
+    if let Some(key) = annotation.filter(|key| default && **key != name) {
+        return Ok(Err(Failure::new(
+            Reason::DefaultRepositoryTaken,
+            format!(
+                "the namespace's default artifact repository is already {} (annotation {} of ConfigMap {}); only one Stack per namespace can be the default: set argoDefaultRepository on one Stack only",
+                holder_of_key(&current.metadata, key),
+                argo::DEFAULT_REPOSITORY_ANNOTATION,
+                argo::CONFIG_MAP
+            ),
+        )));
+    }
     let unchanged = data.get(&name) == Some(&value)
         && owned.key(&name)
         && owned.default_annotation == default
-        && (!default || annotation.as_deref() == Some(name.as_str()));
-    if !unchanged {
+        && (!default || annotation == Some(&name));
+    let apply = (!unchanged).then(|| {
         let mut metadata = json!({"name": argo::CONFIG_MAP});
         if default {
             metadata["annotations"] = json!({ (argo::DEFAULT_REPOSITORY_ANNOTATION): name });
         }
-        let patch = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { &name: value }});
-        api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&patch))
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { &name: value }})
+    });
+    Ok(Ok(Some(ArgoPart { ca_secret, exists, apply })))
+}
+
+impl ArgoPart {
+    /// Publishes the CA Secret; one taken meanwhile is refused as the claim would have been.
+    async fn publish_ca_secret(
+        &self,
+        ctx: &crate::controller::Context,
+        stack: &Stack,
+    ) -> Result<Option<Failure>, Error> {
+        let Some(secret) = &self.ca_secret else { return Ok(None) };
+        if apply::publish(ctx, secret).await.map_err(Error::Publish)? == Applied::NotOurs {
+            return Ok(Some(apply::name_conflict("Secret", &build::ca_secret_name(&stack.name_any()), stack)));
+        }
+        Ok(None)
+    }
+
+    /// Writes the Stack's key (and the default annotation) with its own field manager, creating
+    /// an empty `artifact-repositories` first if there is none.
+    async fn publish_key(self, ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+        let Some(apply) = self.apply else { return Ok(()) };
+        let api = config_maps(ctx, stack);
+        if !self.exists {
+            create_argo_config_map(&api).await?;
+        }
+        let manager = field_manager(&stack.name_any());
+        api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
             .await
             .map_err(Error::Publish)?;
+        Ok(())
     }
-    Ok(taken.map(|key| {
-        let holder = holder_of_key(&current.metadata, &key);
-        Failure::new(
-            Reason::DefaultRepositoryTaken,
-            format!(
-                "the namespace's default artifact repository is already {holder} (annotation {} of ConfigMap {}); this Stack's repository is key {name}, for workflows that name it in artifactRepositoryRef. Set argoDefaultRepository on one Stack only",
-                argo::DEFAULT_REPOSITORY_ANNOTATION,
-                argo::CONFIG_MAP
-            ),
-        )
-    }))
 }
 
 /// Deletes the Stack's CA Secret for Argo, if it is there and ours.
@@ -236,7 +332,7 @@ async fn remove_ca_secret(secrets: &Api<Secret>, stack: &Stack) -> Result<(), Er
 
 /// Creates an empty `artifact-repositories`, labelled as ours. Its label is owned by the create,
 /// not by any Stack's field manager, so it outlives each Stack's part and tells who created it.
-async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<ConfigMap, Error> {
+async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<(), Error> {
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some(argo::CONFIG_MAP.to_owned()),
@@ -247,18 +343,16 @@ async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<ConfigMap, Error
     };
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     match api.create(&params, &config_map).await {
-        Ok(created) => Ok(created),
-        // Created meanwhile (by another Stack or the user): use theirs.
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            api.get(argo::CONFIG_MAP).await.map_err(Error::Dereference)
-        }
+        Ok(_) => Ok(()),
+        // Created meanwhile (by another Stack or the user): the Stack's key goes into theirs.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(error) => Err(Error::Publish(error)),
     }
 }
 
 /// Describes who a key of `artifact-repositories` belongs to.
 fn holder_of_key(meta: &ObjectMeta, key: &str) -> String {
-    let prefix = format!("{FIELD_MANAGER}/stack/");
+    let prefix = field_manager("");
     meta.managed_fields
         .iter()
         .flatten()
@@ -295,6 +389,21 @@ fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
+/// The Stacks whose field managers own something in `artifact-repositories` (as `meta` shows
+/// it): only this operator's per-Stack managers, never a user's.
+pub fn stacks_with_fields(meta: &ObjectMeta) -> Vec<String> {
+    let prefix = field_manager("");
+    let entries = meta.managed_fields.iter().flatten().filter(|e| e.operation.as_deref() == Some("Apply"));
+    let mut stacks: Vec<String> = entries
+        .filter_map(|entry| entry.manager.as_deref()?.strip_prefix(&prefix))
+        .filter(|stack| !stack.is_empty())
+        .map(str::to_owned)
+        .collect();
+    stacks.sort();
+    stacks.dedup();
+    stacks
+}
+
 fn owned_fields(meta: &ObjectMeta, manager: &str) -> Owned {
     let mut owned = Owned { data_keys: Vec::new(), default_annotation: false };
     let entries = meta.managed_fields.iter().flatten();
@@ -318,23 +427,36 @@ pub async fn remove_argo_key(ctx: &crate::controller::Context, stack: &Stack) ->
     };
     let manager = field_manager(&stack.name_any());
     let current = if owned_fields(&current.metadata, &manager).anything() {
-        // An apply of nothing drops what this manager owned; the resourceVersion makes it apply
-        // to what was read, and never create the ConfigMap anew.
-        let patch = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": argo::CONFIG_MAP, "resourceVersion": current.resource_version()}});
-        match api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&patch)).await {
-            Ok(updated) => updated,
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-            Err(error) => return Err(Error::Publish(error)),
+        match drop_fields(&api, &current.metadata, &manager).await? {
+            Some(updated) => updated,
+            None => return Ok(()),
         }
     } else {
         current
     };
+    delete_if_ours_and_empty(&api, &current).await
+}
+
+/// Drops everything `manager` owns in `artifact-repositories` as read at `read`'s version: an
+/// apply of nothing, whose resourceVersion makes it apply to what was read (a change made
+/// meanwhile fails it, 409) and never create the ConfigMap anew. The ConfigMap after, unless gone.
+pub async fn drop_fields(api: &Api<ConfigMap>, read: &ObjectMeta, manager: &str) -> Result<Option<ConfigMap>, Error> {
+    let patch = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": argo::CONFIG_MAP, "resourceVersion": read.resource_version}});
+    match api.patch(argo::CONFIG_MAP, &PatchParams::apply(manager), &Patch::Apply(&patch)).await {
+        Ok(updated) => Ok(Some(updated)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(error) => Err(Error::Publish(error)),
+    }
+}
+
+/// Deletes `artifact-repositories` when the operator created it and nothing is left in it.
+pub async fn delete_if_ours_and_empty(api: &Api<ConfigMap>, current: &ConfigMap) -> Result<(), Error> {
     let empty = current.data.as_ref().is_none_or(BTreeMap::is_empty)
         && current.binary_data.as_ref().is_none_or(BTreeMap::is_empty);
     let created_by_us = current.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1);
     if empty && created_by_us {
-        delete_exact(&api, &current.metadata).await?;
+        delete_exact(api, &current.metadata).await?;
     }
     Ok(())
 }
@@ -343,10 +465,11 @@ fn has_finalizer(stack: &Stack) -> bool {
     apply::has_finalizer(stack, FINALIZER)
 }
 
-/// Adds or removes the finalizer when it is not already so.
-pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, present: bool) -> Result<(), Error> {
+/// Adds or removes the finalizer when it is not already so. `Gone` when the Stack was deleted
+/// before the finalizer could go on: it then holds nothing, and must write nothing shared.
+pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, present: bool) -> Result<Presence, Error> {
     if has_finalizer(stack) == present {
-        return Ok(());
+        return Ok(Presence::Exists);
     }
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     apply::set_finalizer(&api, stack, FINALIZER, present).await.map_err(Error::Publish)
@@ -356,7 +479,8 @@ pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, pres
 pub async fn cleanup(ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
     if has_finalizer(stack) {
         remove_argo_key(ctx, stack).await?;
-        set_finalizer(ctx, stack, false).await?;
+        // A Stack already gone has no finalizer left to remove.
+        set_finalizer(ctx, stack, false).await.map(|_| ())?;
     }
     Ok(())
 }
@@ -396,6 +520,7 @@ mod tests {
         assert!(dev.key("dev") && !dev.default_annotation);
         assert!(!owned_fields(&meta, &field_manager("other")).anything());
         assert_eq!(holder_of_key(&meta, "dev"), "Stack dev's key dev");
+        assert_eq!(stacks_with_fields(&meta), ["dev", "prod"], "the user's kubectl is no Stack");
         assert_eq!(holder_of_key(&meta, "mine"), "key mine");
     }
 }

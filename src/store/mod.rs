@@ -22,7 +22,7 @@ use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPoli
 use crate::api::{ArtifactStore, Word};
 use crate::aws::Failure;
 use crate::conditions::{self, READY};
-use crate::controller::apply::{self, Applied};
+use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered, spread};
@@ -125,7 +125,9 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
     if store.metadata.deletion_timestamp.is_some() {
         return cleanup(store, ctx).await;
     }
-    sync_finalizer(store, ctx).await?;
+    if sync_finalizer(store, ctx).await? == Presence::Gone {
+        return Ok(Next::await_change());
+    }
     let uid = store.uid().unwrap_or_default();
     // What the caches hold of the store and of everything it names, before anything is read.
     let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
@@ -418,18 +420,19 @@ fn has_finalizer(store: &ArtifactStore) -> bool {
     apply::has_finalizer(store, FINALIZER)
 }
 
-async fn set_finalizer(store: &ArtifactStore, ctx: &Context, present: bool) -> Result<(), Error> {
+async fn set_finalizer(store: &ArtifactStore, ctx: &Context, present: bool) -> Result<Presence, Error> {
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     apply::set_finalizer(&api, store, FINALIZER, present).await.map_err(Error::Finalizer)
 }
 
-/// `Delete` needs the finalizer; `Retain` needs none.
-async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<(), Error> {
+/// `Delete` needs the finalizer; `Retain` needs none. A store deleted before its finalizer went on
+/// is `Gone`: it gets no bucket.
+async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<Presence, Error> {
     let wanted = store.spec.deletion_policy == DeletionPolicy::Delete;
     if wanted != has_finalizer(store) {
-        set_finalizer(store, ctx, wanted).await?;
+        return set_finalizer(store, ctx, wanted).await;
     }
-    Ok(())
+    Ok(Presence::Exists)
 }
 
 async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: Reason, note: String) {
@@ -510,7 +513,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     let bucket = &bucket_name;
     let retain = |why: String| async move {
         event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket} is kept: {why}")).await;
-        set_finalizer(store, ctx, false).await.map(|()| Next::await_change())
+        set_finalizer(store, ctx, false).await.map(|_| Next::await_change())
     };
     if store.spec.deletion_policy == DeletionPolicy::Retain {
         return retain("deletionPolicy is Retain".into()).await;
@@ -559,8 +562,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
                 format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)"),
             )
             .await;
-            set_finalizer(store, ctx, false).await?;
-            Ok(Next::await_change())
+            set_finalizer(store, ctx, false).await.map(|_| Next::await_change())
         }
         Ok(verify::Deletion::NotOurs) => retain("its creator tag does not name this ArtifactStore".into()).await,
         Err(failure) => blocked(failure).await,

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod scoped;
+pub mod stacks;
 pub mod store;
 
 use std::collections::HashMap;

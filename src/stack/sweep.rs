@@ -1,0 +1,185 @@
+//! What a Stack wrote into a namespace's shared ConfigMaps goes when the Stack goes, even when the
+//! finalizer did not get to remove it (an operator of an older version, a Stack deleted while the
+//! operator was down, a cleanup lost to a crash). At the start and then every resync, for each
+//! watched scope:
+//!
+//! - in `artifact-repositories`, whatever a per-Stack field manager (`artifact-operator/stack/<name>`)
+//!   owns, its key and the default annotation, is dropped when no Stack of that name exists; a
+//!   user's keys, other field managers' and live Stacks' are never touched;
+//! - a `kfp-launcher` the operator made for a Stack (our label, that Stack as controller) is deleted
+//!   when that Stack no longer exists (the garbage collector does the same where it runs).
+//!
+//! Besides, a namespace is swept a few seconds after a Stack in it was deleted (see [`run`]).
+//!
+//! A Stack is taken for gone only when neither the cache nor the apiserver has it, and every
+//! removal is conditional on the version read, so a Stack created meanwhile keeps what it writes.
+//! A sweep is one LIST per ConfigMap name, of metadata only, filtered by name on the server.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Resource;
+use kube::api::{Api, ListParams, ObjectMeta};
+use kube::runtime::reflector::ObjectRef;
+
+use super::outputs;
+use crate::api::Stack;
+use crate::controller::apply::MANAGED_BY;
+use crate::controller::caches::Caches;
+use crate::controller::timing::jittered;
+use crate::controller::{Context, scoped_api};
+use crate::render::{argo, kfp};
+
+/// How long after a Stack's deletion its namespace is swept: the pass that was running for it
+/// when it went has written what it was going to by then.
+const AFTER_DELETION: Duration = Duration::from_secs(3);
+
+/// Sweeps the scope at once, then every resync interval (jittered); and each namespace in which a
+/// Stack was deleted ([`AFTER_DELETION`] later), until the process stops. The second is needed
+/// because the apiserver can confirm a finalizer added to a Stack that a DELETE already under way
+/// then removes anyway, so a pass may write for a Stack that is gone without a finalizer to run.
+pub async fn run(ctx: Arc<Context>, scope: Option<String>, caches: Caches, mut deleted: UnboundedReceiver<String>) {
+    let mut resync = Box::pin(tokio::time::sleep(Duration::ZERO));
+    loop {
+        let namespaces = tokio::select! {
+            () = &mut resync => {
+                resync.as_mut().reset(tokio::time::Instant::now() + jittered(ctx.settings.resync_interval));
+                vec![scope.clone()]
+            }
+            Some(namespace) = deleted.next() => {
+                tokio::time::sleep(AFTER_DELETION).await;
+                let mut namespaces = BTreeSet::from([namespace]);
+                while let Ok(more) = deleted.try_recv() {
+                    namespaces.insert(more);
+                }
+                namespaces.into_iter().map(Some).collect()
+            }
+        };
+        for namespace in namespaces {
+            match sweep(&ctx, &namespace, &caches).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed what deleted Stacks had left in shared ConfigMaps"),
+                Err(error) => tracing::warn!(%error, "failed to sweep what deleted Stacks left in shared ConfigMaps"),
+            }
+        }
+    }
+}
+
+/// One sweep of `scope` (a namespace, or all the watched ones): how many leftovers it removed.
+pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Result<usize, kube::Error> {
+    let mut removed = 0;
+    let all: Api<ConfigMap> = scoped_api(&ctx.client, scope);
+    let named = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
+    for shared in all.list_metadata(&named(argo::CONFIG_MAP)).await? {
+        let namespace = shared.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut read = shared.metadata;
+        for stack in outputs::stacks_with_fields(&read) {
+            if stack_exists(ctx, caches, &namespace, &stack, None).await? {
+                continue;
+            }
+            tracing::info!(namespace, stack, "removing what a deleted Stack left in artifact-repositories");
+            match drop_leftover(&api, &read, &stack).await {
+                Ok(Some(updated)) => {
+                    removed += 1;
+                    read = updated.metadata;
+                }
+                Ok(None) => break,
+                // Changed since it was read (409), perhaps by a Stack of that name created
+                // meanwhile: the next sweep judges it again.
+                Err(error) => {
+                    tracing::debug!(%error, namespace, stack, "a leftover was not removed this time");
+                    break;
+                }
+            }
+        }
+    }
+    let ours = ListParams {
+        label_selector: Some(crate::controller::apply::MANAGED_BY_SELECTOR.to_owned()),
+        ..named(kfp::CONFIG_MAP)
+    };
+    for launcher in all.list_metadata(&ours).await? {
+        let namespace = launcher.metadata.namespace.clone().unwrap_or_default();
+        let Some((stack, uid)) = controlling_stack(&launcher.metadata) else { continue };
+        if stack_exists(ctx, caches, &namespace, &stack, Some(&uid)).await? {
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+        match outputs::delete_exact(&api, &launcher.metadata).await {
+            Ok(()) => removed += 1,
+            Err(error) => tracing::debug!(%error, namespace, stack, "a leftover launcher was not removed this time"),
+        }
+    }
+    Ok(removed)
+}
+
+/// Drops what Stack `stack`'s field manager owns in `artifact-repositories` as `read`, and the
+/// ConfigMap if that leaves ours empty. The ConfigMap after, unless gone.
+async fn drop_leftover(
+    api: &Api<ConfigMap>,
+    read: &ObjectMeta,
+    stack: &str,
+) -> Result<Option<ConfigMap>, super::Error> {
+    let Some(updated) = outputs::drop_fields(api, read, &outputs::field_manager(stack)).await? else {
+        return Ok(None);
+    };
+    outputs::delete_if_ours_and_empty(api, &updated).await?;
+    Ok(Some(updated))
+}
+
+/// The Stack an object of ours was made for: its controller owner's name and UID, when that is a
+/// Stack and the object carries our label.
+fn controlling_stack(meta: &ObjectMeta) -> Option<(String, String)> {
+    let labelled = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1);
+    let owners = meta.owner_references.iter().flatten().filter(|_| labelled);
+    owners.filter(|o| o.kind == "Stack" && o.controller == Some(true)).map(|o| (o.name.clone(), o.uid.clone())).next()
+}
+
+/// Whether Stack `name` (with `uid`, when given) exists: as the cache has it, else as the
+/// apiserver answers, so a Stack the cache has not seen yet is never taken for gone.
+async fn stack_exists(
+    ctx: &Context,
+    caches: &Caches,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<bool, kube::Error> {
+    let same = |meta: &ObjectMeta| uid.is_none_or(|uid| meta.uid.as_deref() == Some(uid));
+    if caches.stacks.get(&ObjectRef::new(name).within(namespace)).is_some_and(|cached| same(cached.meta())) {
+        return Ok(true);
+    }
+    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api.get_metadata_opt(name).await?.is_some_and(|found| same(&found.metadata)))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    use super::*;
+
+    #[test]
+    fn a_launcher_is_a_stack_s_only_with_our_label_and_that_stack_as_controller() {
+        let owner = |kind: &str, controller: bool| OwnerReference {
+            kind: kind.to_owned(),
+            name: "prod".to_owned(),
+            uid: "u-1".to_owned(),
+            controller: Some(controller),
+            ..OwnerReference::default()
+        };
+        let meta = |labelled: bool, owners: Vec<OwnerReference>| ObjectMeta {
+            labels: labelled.then(|| [(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into()),
+            owner_references: Some(owners),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(controlling_stack(&meta(true, vec![owner("Stack", true)])), Some(("prod".into(), "u-1".into())));
+        assert_eq!(controlling_stack(&meta(false, vec![owner("Stack", true)])), None, "a user's launcher");
+        assert_eq!(controlling_stack(&meta(true, vec![owner("Stack", false)])), None);
+        assert_eq!(controlling_stack(&meta(true, vec![owner("Deployment", true)])), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! Stacks in tests: the store and Stack objects they start from, waiting for a Stack's Ready, and
+//! the namespace's shared ConfigMaps.
+
+use std::time::Duration;
+
+use artifact_operator::api::Stack;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use super::eventually;
+use super::store::minio_spec;
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const REPOSITORIES: &str = "artifact-repositories";
+pub const DEFAULT_ANNOTATION: &str = "workflows.argoproj.io/default-artifact-repository";
+
+/// ArtifactStore `name` on the plain MinIO at `s3://BUCKET/pipelines`, with the limited user's keys.
+pub fn store(name: &str, bucket: &str) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name},
+           "spec": minio_spec(bucket, json!({"client": {"maxAttempts": 4}}))})
+}
+
+/// Stack `name` on `store` for Argo's pods (ServiceAccount `runner`), publishing `formats`.
+pub fn stack(name: &str, store: &str, formats: Value, default_repository: bool) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
+        "artifactStoreRef": {"name": store},
+        "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "runner"},
+        "outputs": {"formats": formats, "argoDefaultRepository": default_repository},
+    }})
+}
+
+pub fn service_account(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+}
+
+/// Waits for the Stack's Ready condition to have `status` and `reason` for its generation.
+pub async fn wait_for(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> Stack {
+    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
+    eventually(TIMEOUT, &format!("stack {ns}/{name} Ready={status} ({reason})"), || async {
+        let stack = api.get_opt(name).await.unwrap()?;
+        let ready = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        if ready.status != status || ready.reason != reason || ready.observed_generation != stack.metadata.generation {
+            return None;
+        }
+        super::capture_health_fixture(&stack, ns);
+        Some(stack)
+    })
+    .await
+}
+
+/// The message of the Stack's Ready condition.
+pub fn message(stack: &Stack) -> String {
+    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.to_string()
+}
+
+pub async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
+}
+
+/// Deletes the Stack and waits until it is gone (its finalizers done).
+pub async fn delete_stack(client: &Client, ns: &str, name: &str) {
+    let api = Api::<Stack>::namespaced(client.clone(), ns);
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(TIMEOUT, &format!("stack {name} to be gone"), || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+/// Server-side applies a ConfigMap as field manager `manager` (a user's `kubectl`, say).
+pub async fn apply_as(client: &Client, ns: &str, manager: &str, object: Value) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let params = PatchParams::apply(manager);
+    api.patch(&name, &params, &Patch::Apply(&object)).await.unwrap();
+}
