@@ -207,3 +207,124 @@ async fn argo_s_own_code_saves_and_loads_with_the_scoped_session_credentials() {
     assert!(stdout.contains(&format!("s3://{bucket}/team/argo/")), "{stdout}");
     drop(operator);
 }
+
+/// The escalation once reported: a Stack over `s3://BUCKET/team` asking for the prefix `t*` (or `*`)
+/// got session credentials that read every team's objects. Now such a prefix is refused at
+/// admission; a store whose path carries a pattern gets no session at all (STS is never asked);
+/// and a literal prefix reaches its own team only, as MinIO enforces the session policy.
+#[tokio::test]
+async fn a_scoped_prefix_is_literal_so_no_stack_reaches_another_team() {
+    let (client, ns, bucket) = prepare("scoped-literal").await;
+    for key in ["team/team-a/runs.txt", "team/team-b/secret.txt"] {
+        put(&s3_root(), &bucket, key).await;
+    }
+    let operator = Operator::start(&ns, "3s");
+    for prefix in ["t*", "*", "team-?", "${aws:username}"] {
+        let wild = stack("wild", json!({"mode": "Scoped", "access": "ReadOnly", "prefix": prefix}));
+        let refused = common::try_create(&client, &ns, wild).await.expect_err(prefix).to_string();
+        assert!(refused.contains("IAM reads them as patterns"), "{prefix}: {refused}");
+    }
+
+    apply(&client, &ns, stack("team-a", json!({"mode": "Scoped", "access": "ReadOnly", "prefix": "team-a"}))).await;
+    ready(&client, &ns, "team-a").await;
+    let s3 = s3_with(&scoped_secret(&client, &ns, "team-a").await);
+    let get = |key: &'static str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            match s3.get_object().bucket(&bucket).key(key).send().await {
+                Ok(_) => "ok".to_owned(),
+                Err(error) => aws_sdk_s3::error::ProvideErrorMetadata::code(&error).unwrap_or("no code").to_owned(),
+            }
+        }
+    };
+    let evidence = [
+        ("list team/team-a/", list(&s3, &bucket, "team/team-a/").await, "ok"),
+        ("get team/team-a/runs.txt", get("team/team-a/runs.txt").await, "ok"),
+        ("list team/team-b/", list(&s3, &bucket, "team/team-b/").await, "AccessDenied"),
+        ("get team/team-b/secret.txt", get("team/team-b/secret.txt").await, "AccessDenied"),
+        ("list team/", list(&s3, &bucket, "team/").await, "AccessDenied"),
+    ];
+    for (what, got, expected) in evidence {
+        println!("team-a's session on MinIO, {what}: {got}");
+        assert_eq!(got, expected, "{what}");
+    }
+
+    // Admission lets a store's path carry any key character: the pattern is refused where the
+    // scope is built, before STS is asked.
+    let calls = sts_calls(&operator).await;
+    let mut spec = common::store::minio_spec(&bucket, json!({}));
+    spec["path"] = json!(format!("s3://{bucket}/t*"));
+    common::store::apply_store(&client, &ns, "wild", spec).await;
+    common::store::wait_for(&client, &ns, "wild", "Ready", "True", "Ready").await;
+    let mut via_store = stack("via-store", json!({"mode": "Scoped", "access": "ReadOnly"}));
+    via_store["spec"]["artifactStoreRef"]["name"] = json!("wild");
+    apply(&client, &ns, via_store).await;
+    let refused = common::stacks::wait_for(&client, &ns, "via-store", "False", "ScopedCredentialsUnsupported").await;
+    let message = common::stacks::message(&refused);
+    assert!(message.contains("path of ArtifactStore wild") && message.contains("'*'"), "{message}");
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("via-store-scoped-credentials").await.unwrap();
+    assert!(secret.is_none_or(|s| s.data.unwrap_or_default().is_empty()), "no session credentials were issued");
+    assert_eq!(sts_calls(&operator).await, calls, "STS was not asked");
+}
+
+/// The session policy the operator builds, read by moto's IAM evaluator (the code moto's server
+/// runs when its IAM authentication is on): a literal prefix allows its own objects and nothing one
+/// character or one prefix over. (moto does not evaluate `StringLike` conditions, so listing is
+/// shown on MinIO above.) The control: the same policy with the prefix `t*`, as it was built before
+/// such prefixes were refused, lets moto read another team's object, so the refusal is what keeps
+/// the escalation out.
+#[test]
+fn moto_reads_the_operator_s_session_policy_as_one_literal_prefix() {
+    use artifact_operator::stack::credentials::{Scope, session_policy};
+    let store: artifact_operator::api::ArtifactStore = serde_json::from_value(json!({
+        "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "t"},
+        "spec": {"path": "s3://bucket/teams", "auth": {"secretRef": {"name": "keys"}}, "endpoint": {"url": "http://s3:9000"}},
+    }))
+    .unwrap();
+    let resolved = artifact_operator::resolve::ResolvedStore::new(&store, "us-east-1", false).unwrap();
+    let spec = serde_json::from_value(json!({"mode": "Scoped", "prefix": "team-a"})).unwrap();
+    let policy = session_policy(&Scope::of(&spec, &resolved).unwrap(), "us-east-1").unwrap();
+    let requests = [
+        ("s3:GetObject", "teams/team-a/model.pkl", "PERMITTED"),
+        ("s3:PutObject", "teams/team-a/runs/1", "PERMITTED"),
+        ("s3:GetObject", "teams/team-b/secret.txt", "NEUTRAL"),
+        ("s3:PutObject", "teams/team-ab/x", "NEUTRAL"),
+        ("s3:GetObject", "teams/x", "NEUTRAL"),
+        ("s3:DeleteBucket", "", "NEUTRAL"),
+    ];
+    for (line, (action, key, expected)) in moto_evaluates(&policy, &requests).lines().zip(requests) {
+        println!("moto, the operator's policy for team-a: {line}");
+        assert!(line.starts_with(action) && line.contains(key), "{line}");
+        assert!(line.ends_with(expected), "{action} {key}: {line}");
+    }
+
+    let wildcard = serde_json::to_string(&policy).unwrap().replace("teams/team-a", "teams/t*");
+    let control = moto_evaluates(&serde_json::from_str(&wildcard).unwrap(), &requests[2..3]);
+    println!("moto, the same policy with the prefix t*: {control}");
+    assert!(control.trim_end().ends_with("PERMITTED"), "{control}");
+}
+
+/// Runs `tests/consumers/iam_evaluate.py` on `policy` for (action, key in `bucket`) requests.
+fn moto_evaluates(policy: &Value, requests: &[(&str, &str, &str)]) -> String {
+    use std::io::Write;
+    let requests: Vec<Value> = requests
+        .iter()
+        .map(|(action, key, _)| {
+            let resource =
+                if key.is_empty() { "arn:aws:s3:::bucket".to_owned() } else { format!("arn:aws:s3:::bucket/{key}") };
+            json!({"action": action, "resource": resource})
+        })
+        .collect();
+    let mut child = std::process::Command::new(format!("{}/bin/python", test_env().var("AO_VENV")))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/iam_evaluate.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = json!({"policy": policy, "requests": requests}).to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "moto's evaluator failed");
+    String::from_utf8(output.stdout).unwrap()
+}
