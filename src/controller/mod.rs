@@ -2,6 +2,7 @@
 //! only when they differ.
 
 pub mod apply;
+pub mod bulkhead;
 pub mod caches;
 pub mod context;
 #[cfg(test)]
@@ -93,9 +94,11 @@ pub async fn run<K, F, E>(
     let timetable = std::sync::Arc::new(Timetable::default());
     let gate = std::sync::Arc::new(gate::Gate::new(usize::from(concurrency) * gate::PER_SLOT));
     let queue = gate.clone().pass(futures::stream::select(queue, timetable.clone().due()));
+    // Each external server may keep only a share of these workers waiting (see [`bulkhead`]).
+    let pool = bulkhead::Pool::new(concurrency);
     let reconcile = move |object: std::sync::Arc<DeserializeGuard<K>>, ctx| {
         let key = caches::lean_ref(&*object);
-        let pass = reconcile(object, ctx);
+        let pass = bulkhead::within(pool.clone(), reconcile(object, ctx));
         let timetable = timetable.clone();
         async move {
             let outcome = pass.await;

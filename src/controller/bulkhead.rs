@@ -1,0 +1,260 @@
+//! Bulkheads between external servers. A reconcile that calls a ZenML server, an S3 endpoint, STS,
+//! IAM or EKS holds one of its controller's workers until the answer comes: forty Stacks naming
+//! one server that accepts connections and never answers would hold every worker for the call's
+//! whole timeout, and the objects of every other server and namespace would wait behind them.
+//!
+//! So each server (its scheme, host and port) may keep at most a share of a controller's workers
+//! waiting at once: half of them. Every call to an external server takes a place in its server's
+//! share first ([`enter`]) and gives it back when its answer, error or timeout comes (the
+//! [`Permit`] drops). When the share is taken, the call is not made and the reconcile does not
+//! wait for a place: it fails at once with [`Busy`], which each caller reports as its server's
+//! transient reason (`ZenmlUnreachable`, `EndpointUnreachable`, ...), and retries with backoff.
+//!
+//! A server that answers promptly never holds a worker long, however many calls it has in
+//! flight: while its last prompt answer is recent, it may take more than its share (one S3
+//! endpoint behind thousands of stores is not turned away for being busy). One that does not
+//! answer, or answers slowly, is held to its share.
+//!
+//! The shares are per controller (kind and watched namespace), as its workers are: the reconciles
+//! run inside [`within`] their controller's [`Pool`]. Calls made elsewhere (the in-pod check, the
+//! tests) have no pool and no limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long an external call may take to connect (ZenML, and AWS through its timeout settings).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An answer within this time is prompt.
+const PROMPT: Duration = Duration::from_secs(1);
+/// A server whose last prompt answer is this recent answers: it may take more than its share.
+const RECENT: Duration = Duration::from_secs(1);
+
+/// The share of one controller's workers that each server may keep waiting.
+pub struct Pool {
+    /// The controller's workers (0: no limit).
+    workers: usize,
+    share: usize,
+    servers: Mutex<HashMap<String, Server>>,
+}
+
+/// A server's calls in flight from one pool.
+#[derive(Default)]
+struct Server {
+    waiting: usize,
+    /// When it last answered a call promptly.
+    prompt: Option<Instant>,
+}
+
+/// Why a call was not made: its server's share of the workers is taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{server} has not yet answered {share} of this operator's requests, as many as one server may keep of its {workers} reconcile workers waiting; this pass sent none and is retried shortly"
+)]
+pub struct Busy {
+    /// The server, as [`server_of`] names it.
+    pub server: String,
+    pub share: usize,
+    pub workers: usize,
+}
+
+/// A place in a server's share, held while its call is in flight; given back when dropped.
+pub struct Permit {
+    /// The pool and server of the place (None: a call without a pool, which holds none).
+    held: Option<(Arc<Pool>, String)>,
+    started: Instant,
+}
+
+impl Pool {
+    /// The pool of a controller with `workers` workers (0: unlimited, as kube-runtime reads it).
+    pub fn new(workers: u16) -> Arc<Self> {
+        let workers = usize::from(workers);
+        let share = if workers == 0 { usize::MAX } else { (workers / 2).max(1) };
+        Arc::new(Self { workers, share, servers: Mutex::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
+        self.servers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for a call to `server` (as [`server_of`] names it), if its share has one.
+    pub fn try_enter(self: &Arc<Self>, server: &str) -> Result<Permit, Busy> {
+        self.try_enter_at(server, Instant::now())
+    }
+
+    fn try_enter_at(self: &Arc<Self>, server: &str, now: Instant) -> Result<Permit, Busy> {
+        let mut servers = self.lock();
+        let entry = servers.entry(server.to_owned()).or_default();
+        let answering = entry.prompt.is_some_and(|at| now.saturating_duration_since(at) < RECENT);
+        if entry.waiting >= self.share && !answering {
+            return Err(Busy { server: server.to_owned(), share: self.share, workers: self.workers });
+        }
+        entry.waiting += 1;
+        Ok(Permit { held: Some((self.clone(), server.to_owned())), started: now })
+    }
+
+    fn answered(&self, server: &str, started: Instant, now: Instant) {
+        if now.saturating_duration_since(started) < PROMPT
+            && let Some(entry) = self.lock().get_mut(server)
+        {
+            entry.prompt = Some(now);
+        }
+    }
+
+    fn leave(&self, server: &str) {
+        let mut servers = self.lock();
+        if let Some(entry) = servers.get_mut(server) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+            // With nothing in flight, any call finds a place: the entry has nothing to remember.
+            if entry.waiting == 0 {
+                servers.remove(server);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn waiting(&self, server: &str) -> usize {
+        self.lock().get(server).map_or(0, |s| s.waiting)
+    }
+}
+
+impl Permit {
+    /// The server answered the call (whatever it said): a prompt answer shows it answers.
+    pub fn answered(&self) {
+        if let Some((pool, server)) = &self.held {
+            pool.answered(server, self.started, Instant::now());
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some((pool, server)) = &self.held {
+            pool.leave(server);
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The pool of the controller whose reconcile this is.
+    static POOL: Arc<Pool>;
+}
+
+/// Runs `future` (a reconcile) with its calls to external servers counted in `pool`.
+pub fn within<F: std::future::Future>(pool: Arc<Pool>, future: F) -> impl std::future::Future<Output = F::Output> {
+    POOL.scope(pool, future)
+}
+
+/// A place for a call to the server of `url` in the current reconcile's pool; any call outside
+/// a reconcile gets one.
+pub fn enter(url: &str) -> Result<Permit, Busy> {
+    let server = server_of(url);
+    POOL.try_with(|pool| pool.try_enter(&server)).unwrap_or_else(|_| Ok(Permit { held: None, started: Instant::now() }))
+}
+
+/// The server of `url`: its scheme, host and port (the scheme's default when not given), e.g.
+/// `https://s3.eu-west-1.amazonaws.com:443`. What does not parse as a URL is its own server.
+pub fn server_of(url: &str) -> String {
+    let Ok(uri) = url.trim().parse::<http::Uri>() else { return url.trim().to_owned() };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else { return url.trim().to_owned() };
+    let scheme = scheme.to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+    format!("{scheme}://{}:{port}", host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SILENT: &str = "http://127.0.0.1:9999";
+    const OTHER: &str = "https://s3.example.com:443";
+
+    #[test]
+    fn a_server_keeps_at_most_its_share_of_the_workers_waiting() {
+        let pool = Pool::new(8);
+        let now = Instant::now();
+        let held: Vec<Permit> = (0..4).map(|_| pool.try_enter_at(SILENT, now).expect("a place")).collect();
+        let busy = pool.try_enter_at(SILENT, now).err().expect("the share of 4 of 8 is taken");
+        assert_eq!(busy, Busy { server: SILENT.into(), share: 4, workers: 8 });
+        assert!(busy.to_string().contains(SILENT), "{busy}");
+        assert_eq!(pool.waiting(SILENT), 4, "a refused call takes no place");
+        drop(held);
+    }
+
+    #[test]
+    fn a_place_goes_back_when_its_permit_drops() {
+        let pool = Pool::new(2);
+        let first = pool.try_enter(SILENT).unwrap();
+        assert!(pool.try_enter(SILENT).is_err());
+        drop(first);
+        assert_eq!(pool.waiting(SILENT), 0);
+        let again = pool.try_enter(SILENT).expect("the place came back");
+        drop(again);
+        assert!(pool.lock().is_empty(), "a server with nothing in flight is forgotten");
+    }
+
+    #[test]
+    fn servers_have_shares_of_their_own() {
+        let pool = Pool::new(2);
+        let _silent = pool.try_enter(SILENT).unwrap();
+        assert!(pool.try_enter(SILENT).is_err());
+        let other = pool.try_enter(OTHER).expect("another server is not held back");
+        assert!(pool.try_enter(OTHER).is_err());
+        drop(other);
+        assert!(pool.try_enter(SILENT).is_err(), "freeing another server's place frees none of this one's");
+        let other_pool = Pool::new(2);
+        let _elsewhere = other_pool.try_enter(SILENT).expect("another controller's workers are its own");
+    }
+
+    #[test]
+    fn a_server_that_answers_promptly_may_take_more_than_its_share() {
+        let pool = Pool::new(4);
+        let start = Instant::now();
+        let fast = pool.try_enter_at(OTHER, start).unwrap();
+        let _second = pool.try_enter_at(OTHER, start).unwrap();
+        pool.answered(OTHER, fast.started, start + Duration::from_millis(20));
+        let third = pool.try_enter_at(OTHER, start + Duration::from_millis(30));
+        assert!(third.is_ok(), "it answers: the worker is not held long");
+        // Once its answers stop (or come slowly), it is held to its share again.
+        assert!(pool.try_enter_at(OTHER, start + Duration::from_millis(1100)).is_err());
+        let slow = pool.try_enter_at(SILENT, start).unwrap();
+        let _waiting = pool.try_enter_at(SILENT, start).unwrap();
+        pool.answered(SILENT, slow.started, start + Duration::from_secs(3));
+        assert!(pool.try_enter_at(SILENT, start + Duration::from_secs(3)).is_err(), "a slow answer is no sign");
+    }
+
+    #[test]
+    fn a_pool_of_unlimited_workers_limits_nothing_and_one_worker_gets_one_place() {
+        let unlimited = Pool::new(0);
+        let held: Vec<Permit> = (0..100).map(|_| unlimited.try_enter(SILENT).unwrap()).collect();
+        drop(held);
+        let single = Pool::new(1);
+        let _one = single.try_enter(SILENT).unwrap();
+        assert!(single.try_enter(SILENT).is_err());
+    }
+
+    #[tokio::test]
+    async fn calls_inside_a_reconcile_count_in_its_pool_and_others_in_none() {
+        let pool = Pool::new(2);
+        let outside: Vec<Permit> = (0..5).map(|_| enter(SILENT).unwrap()).collect();
+        assert_eq!(pool.waiting(SILENT), 0, "outside a reconcile nothing is counted");
+        drop(outside);
+        let inside = within(pool.clone(), async {
+            let first = enter("http://127.0.0.1:9999/api/v1/version").unwrap();
+            (first, enter("HTTP://127.0.0.1:9999/api/v1/login"))
+        })
+        .await;
+        assert!(inside.1.is_err(), "the same server under another path and case");
+        assert_eq!(pool.waiting(SILENT), 1);
+    }
+
+    #[test]
+    fn a_server_is_its_scheme_host_and_port() {
+        assert_eq!(server_of("https://S3.Example.com/bucket/key?x=1"), "https://s3.example.com:443");
+        assert_eq!(server_of("http://minio:9000"), "http://minio:9000");
+        assert_eq!(server_of("http://zenml.example.com/"), "http://zenml.example.com:80");
+        assert_eq!(server_of("https://[::1]:8443/"), "https://[::1]:8443");
+        assert_eq!(server_of("not a url"), "not a url");
+    }
+}
