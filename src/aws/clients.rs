@@ -10,9 +10,13 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
@@ -197,6 +201,59 @@ pub fn https_client_trusting(pem: &str) -> Result<SharedHttpClient, ConnectError
         .build_https())
 }
 
+/// `client` with each attempt of each call holding a place in its server's bulkhead
+/// ([`crate::controller::bulkhead`]): an attempt whose server has its share of the reconcile
+/// workers waiting already fails at once (a dispatch failure the retry policy does not repeat).
+pub fn bulkheaded(client: SharedHttpClient) -> SharedHttpClient {
+    SharedHttpClient::new(Bulkheaded(client))
+}
+
+#[derive(Debug)]
+struct Bulkheaded(SharedHttpClient);
+
+impl HttpClient for Bulkheaded {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(BulkheadedConnector(self.0.http_connector(settings, components)))
+    }
+}
+
+#[derive(Debug)]
+struct BulkheadedConnector(SharedHttpConnector);
+
+impl HttpConnector for BulkheadedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let permit = match crate::controller::bulkhead::enter(request.uri()) {
+            Ok(permit) => permit,
+            Err(busy) => return HttpConnectorFuture::ready(Err(ConnectorError::other(Box::new(busy), None))),
+        };
+        let call = self.0.call(request);
+        HttpConnectorFuture::new(async move {
+            let answer = call.await;
+            if answer.is_ok() {
+                permit.answered();
+            }
+            answer
+        })
+    }
+}
+
+/// The SDK's default HTTPS client (rustls with aws-lc, a proxy from the environment), as the SDK
+/// builds it when given none, but bulkheaded.
+fn default_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    let client = Builder::new().build_with_connector_fn(|settings, components| {
+        let mut builder =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder.set_proxy_config(Some(ProxyConfig::from_env()));
+        builder.build()
+    });
+    bulkheaded(client)
+}
+
 /// Shared AWS state: the operator's ambient configuration and the per-account rate limiters.
 pub struct AwsEdge {
     ambient: SdkConfig,
@@ -207,10 +264,11 @@ pub struct AwsEdge {
     pub iam_limiter: Arc<RateLimiter>,
 }
 
-/// Timeouts for the operator's own calls: short, so that a dead endpoint does not hold a worker.
+/// Timeouts for the operator's own calls: short, so that a dead endpoint does not hold a worker
+/// long (and the bulkheads keep it from holding many).
 fn operator_timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(crate::controller::bulkhead::CONNECT_TIMEOUT)
         .read_timeout(Duration::from_secs(20))
         .operation_timeout(Duration::from_secs(30))
         .build()
@@ -220,6 +278,7 @@ impl AwsEdge {
     /// Loads the ambient configuration (environment, web identity/IRSA, Pod Identity, instance role).
     pub async fn load(s3_limiter: RateLimiter, iam_limiter: RateLimiter) -> Self {
         let ambient = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(default_https_client())
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .timeout_config(operator_timeouts())
             .load()
@@ -275,13 +334,12 @@ impl AwsEdge {
                     Checksums::WhenSupported => ResponseChecksumValidation::WhenSupported,
                 });
             if endpoint.insecure_skip_verify && endpoint.is_https() {
-                return Ok(aws_sdk_s3::Client::from_conf(
-                    with_keys(builder, connection).http_client(super::insecure::insecure_https_client()).build(),
-                ));
+                let http = bulkheaded(super::insecure::insecure_https_client());
+                return Ok(aws_sdk_s3::Client::from_conf(with_keys(builder, connection).http_client(http).build()));
             }
         }
         if let Some(pem) = &connection.ca_pem {
-            builder = builder.http_client(https_client_trusting(pem)?);
+            builder = builder.http_client(bulkheaded(https_client_trusting(pem)?));
         }
         Ok(aws_sdk_s3::Client::from_conf(with_keys(builder, connection).build()))
     }
@@ -311,12 +369,12 @@ impl AwsEdge {
         if let Some(endpoint) = &connection.endpoint {
             builder = builder.endpoint_url(&endpoint.url);
             if endpoint.insecure_skip_verify && endpoint.is_https() {
-                let builder = builder.http_client(super::insecure::insecure_https_client());
+                let builder = builder.http_client(bulkheaded(super::insecure::insecure_https_client()));
                 return Ok(aws_sdk_sts::Client::from_conf(builder.build()));
             }
         }
         if let Some(pem) = &connection.ca_pem {
-            builder = builder.http_client(https_client_trusting(pem)?);
+            builder = builder.http_client(bulkheaded(https_client_trusting(pem)?));
         }
         Ok(aws_sdk_sts::Client::from_conf(builder.build()))
     }
@@ -393,5 +451,75 @@ mod tests {
         let supported = edge.s3(&at(Checksums::WhenSupported)).unwrap();
         assert_eq!(supported.config().request_checksum_calculation(), Some(&RequestChecksumCalculation::WhenSupported));
         assert_eq!(edge.s3_clients.len(), 2, "the checksum setting is part of the client's identity");
+    }
+}
+
+#[cfg(test)]
+mod bulkhead_tests {
+    use super::*;
+    use crate::aws::failure::{CallError, Target, classify_s3};
+    use crate::controller::bulkhead::{Pool, within};
+    use crate::reason::Reason;
+
+    /// An HTTP client whose server never answers.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl HttpClient for Silent {
+        fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+            SharedHttpConnector::new(Silent)
+        }
+    }
+
+    impl HttpConnector for Silent {
+        fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
+            HttpConnectorFuture::new(std::future::pending())
+        }
+    }
+
+    fn client() -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url("http://silent.example:9000")
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+            .http_client(bulkheaded(SharedHttpClient::new(Silent)))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    #[tokio::test]
+    async fn an_s3_call_to_a_server_with_its_share_waiting_fails_at_once_as_unreachable() {
+        // Two workers: the silent server may keep one waiting.
+        let pool = Pool::new(2);
+        let s3 = client();
+        let waiting = tokio::spawn(within(pool.clone(), {
+            let s3 = s3.clone();
+            async move { s3.head_bucket().bucket("b").send().await }
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused =
+            tokio::time::timeout(Duration::from_secs(5), within(pool.clone(), s3.head_bucket().bucket("b").send()))
+                .await
+                .expect("refused at once, not waiting for the server")
+                .expect_err("no place for a second call");
+        let error = CallError::from_sdk(&refused);
+        let dispatch = error.dispatch.clone().unwrap_or_default();
+        assert!(
+            dispatch.starts_with("http://silent.example:9000 has not yet answered 1 of this operator's requests"),
+            "{dispatch}"
+        );
+        let target =
+            Target { action: "read s3://b", bucket: "b", region: "us-east-1", endpoint: "http://silent.example:9000" };
+        let failure = classify_s3(&error, &target);
+        assert_eq!(failure.reason, Reason::EndpointUnreachable, "transient: retried with backoff");
+        // Outside a reconcile, and on another controller's workers, the call goes out.
+        let other_pool = Pool::new(2);
+        let elsewhere =
+            tokio::time::timeout(Duration::from_millis(200), within(other_pool, s3.head_bucket().bucket("b").send()))
+                .await;
+        assert!(elsewhere.is_err(), "admitted: it waits on the silent server");
+        waiting.abort();
     }
 }

@@ -39,7 +39,10 @@ impl CallError {
     pub fn from_sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> Self {
         let response = err.raw_response();
         let dispatch = match err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Some(source_chain(err)),
+            // A call its server's bulkhead turned away says so in its own words.
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                Some(busy_in(err).map_or_else(|| source_chain(err), ToString::to_string))
+            }
             _ => None,
         };
         Self {
@@ -58,6 +61,18 @@ impl CallError {
             (None, None) => "no response".to_owned(),
         }
     }
+}
+
+/// The bulkhead's refusal among the error's sources, if that is why the call was not made.
+fn busy_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::controller::bulkhead::Busy> {
+    let mut source = Some(err);
+    while let Some(error) = source {
+        if let Some(busy) = error.downcast_ref::<crate::controller::bulkhead::Busy>() {
+            return Some(busy);
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// The error and its sources, joined: the SDK's own Display is often just "dispatch failure".

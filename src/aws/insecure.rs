@@ -3,6 +3,7 @@
 //! SDK's own client has no such switch, on purpose; this one is used for nothing else.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
@@ -63,12 +64,27 @@ struct InsecureClient {
     client: Client<hyper_rustls::HttpsConnector<TcpConnector>, SdkBody>,
 }
 
-impl HttpConnector for InsecureClient {
+/// The client with the call's read timeout (how long the answer may take to begin), as the SDK's
+/// own clients take it from the timeout settings.
+#[derive(Clone, Debug)]
+struct InsecureConnector {
+    client: Client<hyper_rustls::HttpsConnector<TcpConnector>, SdkBody>,
+    read_timeout: Option<Duration>,
+}
+
+impl HttpConnector for InsecureConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let client = self.client.clone();
+        let (client, read_timeout) = (self.client.clone(), self.read_timeout);
         HttpConnectorFuture::new(async move {
             let request = request.try_into_http1x().map_err(|e| ConnectorError::other(e.into(), None))?;
-            let response = client.request(request).await.map_err(|e| ConnectorError::io(e.into()))?;
+            let answer = client.request(request);
+            let response = match read_timeout {
+                Some(limit) => tokio::time::timeout(limit, answer).await.map_err(|_| {
+                    ConnectorError::timeout(format!("no answer within {} s", limit.as_secs_f64()).into())
+                })?,
+                None => answer.await,
+            }
+            .map_err(|e| ConnectorError::io(e.into()))?;
             HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
                 .map_err(|e| ConnectorError::other(e.into(), None))
         })
@@ -76,12 +92,11 @@ impl HttpConnector for InsecureClient {
 }
 
 impl HttpClient for InsecureClient {
-    fn http_connector(
-        &self,
-        _settings: &HttpConnectorSettings,
-        _components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(self.clone())
+    fn http_connector(&self, settings: &HttpConnectorSettings, _components: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(InsecureConnector {
+            client: self.client.clone(),
+            read_timeout: settings.read_timeout(),
+        })
     }
 }
 
@@ -94,7 +109,13 @@ pub fn insecure_https_client() -> SharedHttpClient {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
-    let https =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
+    let mut tcp = TcpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(crate::controller::bulkhead::CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
     SharedHttpClient::new(InsecureClient { client: Client::builder(TokioExecutor::new()).build(https) })
 }

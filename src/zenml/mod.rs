@@ -16,9 +16,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::controller::bulkhead::{self, CONNECT_TIMEOUT};
+
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// How long one request may take, answer included.
+/// How long one request may take, answer included (and of it, connecting: [`CONNECT_TIMEOUT`]).
 const TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest answer read; a list of a few hundred components is far below it.
 const MAX_ANSWER: usize = 8 << 20;
@@ -88,8 +90,11 @@ impl Sessions {
     fn http(&self) -> Option<&HttpClient> {
         self.http
             .get_or_init(|| {
+                let mut tcp = HttpConnector::new();
+                tcp.enforce_http(false);
+                tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
                 let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-                    Ok(builder) => builder.https_or_http().enable_http1().build(),
+                    Ok(builder) => builder.https_or_http().enable_http1().wrap_connector(tcp),
                     Err(error) => {
                         tracing::error!(%error, "no TLS root certificates for ZenML servers");
                         return None;
@@ -206,8 +211,11 @@ impl Sessions {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
         let request = request.body(Full::new(bytes)).map_err(|e| unreachable(format!("invalid request: {e}")))?;
+        // A server that keeps its share of the workers waiting gets no more (see bulkhead).
+        let permit = bulkhead::enter(base).map_err(|busy| unreachable(busy.to_string()))?;
         let exchange = async {
             let response = http.request(request).await.map_err(|e| unreachable(error_chain(&e)))?;
+            permit.answered();
             let status = response.status().as_u16();
             let collected = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
@@ -397,6 +405,37 @@ mod tests {
         assert_eq!(text, "body.values.0: Input should be a valid string");
         assert!(!text.contains("SECRETVALUE"));
         assert_eq!(error_detail(&json!({"detail": "x".repeat(400)})).chars().count(), 301);
+    }
+
+    #[tokio::test]
+    async fn a_server_with_its_share_of_the_workers_waiting_gets_no_more_requests() {
+        use crate::controller::bulkhead::{Pool, within};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // It accepts, and never answers.
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let sessions = Arc::new(Sessions::default());
+        let pool = Pool::new(2);
+        let waiting = tokio::spawn(within(pool.clone(), {
+            let (sessions, url) = (sessions.clone(), url.clone());
+            async move { sessions.server(&url, "key").await.map(|_| ()) }
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = tokio::time::timeout(Duration::from_secs(2), within(pool, sessions.server(&url, "key")))
+            .await
+            .expect("refused at once")
+            .err()
+            .expect("no place for a second request");
+        let ZenmlError::Unreachable { url: named, why } = &refused else { panic!("{refused:?}") };
+        assert_eq!(named, &url);
+        assert!(why.contains("has not yet answered 1 of this operator's requests"), "{why}");
+        waiting.abort();
+        accepting.abort();
     }
 
     #[test]
