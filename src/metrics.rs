@@ -57,6 +57,12 @@ pub fn count_kube_request(method: &http::Method, query: Option<&str>) {
     KUBE_REQUESTS.get_or_create(&VerbLabel { verb }).inc();
 }
 
+/// Counts one health probe of the apiserver (a GET of /version) as `probe`, apart from the reads
+/// of objects.
+pub fn count_kube_probe() {
+    KUBE_REQUESTS.get_or_create(&VerbLabel { verb: "probe" }).inc();
+}
+
 static ZENML_REQUESTS: std::sync::LazyLock<Family<VerbLabel, Counter>> = std::sync::LazyLock::new(Family::default);
 
 /// Counts one request to a ZenML server: `get`, `create`, `update`, `delete` or `login`.

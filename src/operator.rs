@@ -31,10 +31,11 @@ pub struct RunArgs {
     /// daily, so that revoked credentials or a deleted bucket show within a day.
     #[arg(long, env = "AO_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_resync_interval)]
     pub resync_interval: Duration,
-    /// How long the apiserver may be unreachable (lease calls and watches unanswered) before
-    /// /healthz fails and the kubelet restarts the process; from 1s to 24h. The default rides out
-    /// an apiserver restart or a control-plane upgrade, restarting only a process that stays cut
-    /// off; it is far above the leader's 10 s renew deadline, after which a leader exits anyway.
+    /// How long the apiserver may be unreachable (probes, lease calls and watches unanswered)
+    /// before /healthz fails and the kubelet restarts the process; from 1s to 24h. The default
+    /// rides out an apiserver restart or a control-plane upgrade, restarting only a process that
+    /// stays cut off; it is far above the leader's 10 s renew deadline, after which a leader exits
+    /// anyway.
     #[arg(long, env = "AO_UNHEALTHY_AFTER", default_value = "2m", value_parser = parse_unhealthy_after)]
     pub unhealthy_after: Duration,
     /// Objects reconciled at once, per kind and watched namespace. A reconcile mostly waits on
@@ -206,6 +207,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let listener = listen(args.http_addr).await?;
     let health = Arc::new(Health::new(args.unhealthy_after));
     let client = client(&health).await.map_err(|e| format!("failed to configure the Kubernetes client: {e}"))?;
+    // Whatever the replica does, /healthz learns of an apiserver that stops answering.
+    tokio::spawn(crate::controller::health::probe(client.clone(), health.clone()));
     let metrics = Metrics::default();
     let server = tokio::spawn(serve(listener, Endpoints { metrics: metrics.clone(), health: health.clone() }));
     if args.install_crds {

@@ -1,12 +1,18 @@
 //! Process health for /readyz and /healthz, judged from what the process sees of the apiserver:
-//! every answer it gets, the failures of its lease calls and watches, the lease reads of a standby,
-//! and the controllers' caches.
+//! every answer it gets, the failures of its probes, lease calls and watches, the lease reads of a
+//! standby, and the controllers' caches.
 //!
 //! The apiserver counts as unreachable from the process start until its first answer, and from a
-//! lease call or watch that got no answer until the next answer to any request. Failures are taken
-//! only from the lease and the watches because both retry until they succeed, so a failure streak
-//! always ends with the next answer; answers are seen on every request through [`AnswerLayer`],
-//! because a watch that restarts in a quiet cluster yields no event to say so.
+//! lease call, watch or probe that got no answer until the next answer to any request. Failures are
+//! taken only from those because they retry until they succeed, so a failure streak always ends
+//! with the next answer; answers are seen on every request through [`AnswerLayer`], because a watch
+//! that restarts in a quiet cluster yields no event to say so.
+//!
+//! An apiserver that stops answering while its connections stay open (it hangs, or a proxy in front
+//! of it does) fails no request: a watch on such a connection just waits, and an idle process sends
+//! nothing else. So [`probe`] asks the apiserver for its version at a steady interval, and a probe
+//! or lease call left unanswered for its timeout counts the apiserver unreachable from when it was
+//! sent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use kube::Client;
 
 use crate::leader::LEASE_DURATION;
 
@@ -46,6 +53,8 @@ struct State {
     started: Instant,
     /// Since when the apiserver has not answered: None while it does.
     unreachable_since: Option<Instant>,
+    /// When the apiserver last answered a request.
+    last_answer: Option<Instant>,
     /// Why the last lease call or watch got no answer.
     last_failure: Option<String>,
     /// When this replica last read the lease.
@@ -71,6 +80,7 @@ impl Health {
                 role: Role::Starting,
                 started: now,
                 unreachable_since: Some(now),
+                last_answer: None,
                 last_failure: None,
                 lease_read: None,
                 lease_failure: None,
@@ -103,13 +113,23 @@ impl Health {
 
     /// The apiserver answered a request (with any status but a gateway error).
     pub fn apiserver_answered(&self) {
-        self.state().unreachable_since = None;
+        let mut state = self.state();
+        state.unreachable_since = None;
+        state.last_answer = Some(Instant::now());
     }
 
     /// A lease call or a watch got no answer from the apiserver.
     pub fn apiserver_unreachable(&self, failure: &dyn std::error::Error) {
+        self.apiserver_unanswered(Instant::now(), failure);
+    }
+
+    /// A request sent at `sent` got no answer: it failed, or its timeout ran out. The apiserver
+    /// counts as unreachable from then on, or from its last answer when that came later (to another
+    /// request: then only this one went unanswered, perhaps on a connection of its own that died).
+    pub fn apiserver_unanswered(&self, sent: Instant, failure: &dyn std::error::Error) {
         let mut state = self.state();
-        state.unreachable_since.get_or_insert_with(Instant::now);
+        let since = state.last_answer.map_or(sent, |answered| answered.max(sent));
+        state.unreachable_since = Some(state.unreachable_since.map_or(since, |earlier| earlier.min(since)));
         state.last_failure = Some(with_causes(failure));
     }
 
@@ -124,6 +144,12 @@ impl Health {
             self.apiserver_unreachable(error);
         }
         self.state().lease_failure = Some(with_causes(error));
+    }
+
+    /// Lease calls that began at `sent` were still unanswered when their time ran out.
+    pub fn lease_call_unanswered(&self, sent: Instant, failure: &NoAnswer) {
+        self.apiserver_unanswered(sent, failure);
+        self.state().lease_failure = Some(failure.to_string());
     }
 
     /// Ok while the process is alive by /healthz's measure, or why it is not.
@@ -197,6 +223,84 @@ fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs())
 }
 
+/// A duration as the flags take it: whole seconds, or else milliseconds (`1500ms`).
+fn flag_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 { seconds(duration) } else { format!("{}ms", duration.as_millis()) }
+}
+
+/// A request to the apiserver that got no answer before its time ran out.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer to {request} within {}", flag_duration(*.within))]
+pub struct NoAnswer {
+    /// What was asked, e.g. `GET /version`.
+    pub request: &'static str,
+    pub within: Duration,
+}
+
+/// The path [`probe`] asks for: the apiserver's version, which every client may read (the
+/// `system:public-info-viewer` role) and which the apiserver serves without reaching etcd.
+const PROBE_PATH: &str = "/version";
+/// The probe's request, as a [`NoAnswer`] names it.
+const PROBE_REQUEST: &str = "GET /version";
+
+/// Marks the probe's requests, which the request metric counts as `probe` rather than `get`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeRequest;
+
+/// How often [`probe`] asks: a quarter of the liveness limit, from 1 s to 10 s. A process whose
+/// apiserver stops answering sends its next probe within this, so /healthz fails within the limit
+/// plus this of the apiserver going silent.
+pub fn probe_interval(unhealthy_after: Duration) -> Duration {
+    (unhealthy_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// How long a probe waits for its answer: half the liveness limit, from 1 s to 10 s (never longer
+/// than the limit, which is at least 1 s), so that it has failed before the limit runs out.
+pub fn probe_timeout(unhealthy_after: Duration) -> Duration {
+    (unhealthy_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Asks the apiserver for its version every [`probe_interval`], for as long as the process runs,
+/// so that `health` learns of an apiserver that stops answering even when nothing else is asked.
+/// Failures are logged once a streak and reach `health` only: the process never exits on them.
+pub async fn probe(client: Client, health: Arc<Health>) {
+    let (every, within) = (probe_interval(health.unhealthy_after), probe_timeout(health.unhealthy_after));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match probe_once(&client, &health, within).await {
+            Ok(()) if std::mem::take(&mut failing) => tracing::info!("the apiserver answers again"),
+            Ok(()) => {}
+            Err(error) if !std::mem::replace(&mut failing, true) => {
+                tracing::warn!(%error, "the apiserver does not answer")
+            }
+            Err(error) => tracing::debug!(%error, "the apiserver still does not answer"),
+        }
+    }
+}
+
+/// One probe: Ok when the apiserver answered within `within` (a refusal is an answer), or what
+/// went wrong, which `health` is told of.
+async fn probe_once(client: &Client, health: &Health, within: Duration) -> Result<(), String> {
+    let request = http::Request::get(PROBE_PATH).extension(ProbeRequest).body(Vec::new()).expect("a valid request");
+    let sent = Instant::now();
+    match tokio::time::timeout(within, client.request_text(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if !is_unreachable(&error) => Ok(()),
+        Ok(Err(error)) => {
+            health.apiserver_unanswered(sent, &error);
+            Err(with_causes(&error))
+        }
+        Err(_) => {
+            let error = NoAnswer { request: PROBE_REQUEST, within };
+            health.apiserver_unanswered(sent, &error);
+            Err(error.to_string())
+        }
+    }
+}
+
 /// Gateway errors come from a proxy or load balancer in front of the apiserver, not from it.
 fn is_gateway_error(code: u16) -> bool {
     matches!(code, 502..=504)
@@ -223,7 +327,7 @@ pub fn is_unreachable_watch(error: &kube::runtime::watcher::Error) -> bool {
 }
 
 /// A layer for the Kubernetes client that tells [`Health`] of every answer from the apiserver,
-/// and counts every request by verb.
+/// and counts every request by verb (the probe's as `probe`).
 #[derive(Clone)]
 pub struct AnswerLayer(pub Arc<Health>);
 
@@ -256,7 +360,11 @@ where
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let health = self.health.clone();
-        crate::metrics::count_kube_request(request.method(), request.uri().query());
+        if request.extensions().get::<ProbeRequest>().is_some() {
+            crate::metrics::count_kube_probe();
+        } else {
+            crate::metrics::count_kube_request(request.method(), request.uri().query());
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
@@ -393,5 +501,105 @@ mod tests {
         let later = Instant::now() + 60 * SECOND;
         assert!(health.readiness(later).unwrap_err().contains("forbidden"));
         assert!(health.liveness(later).is_ok());
+    }
+
+    #[test]
+    fn the_probe_asks_four_times_per_limit_and_fails_within_half_of_it() {
+        let timing = |limit: u64| {
+            let limit = Duration::from_secs(limit);
+            (probe_interval(limit), probe_timeout(limit))
+        };
+        assert_eq!(timing(1), (SECOND, SECOND));
+        assert_eq!(timing(3), (SECOND, 1500 * Duration::from_millis(1)));
+        assert_eq!(timing(20), (5 * SECOND, 10 * SECOND));
+        assert_eq!(timing(120), (10 * SECOND, 10 * SECOND));
+        assert_eq!(timing(24 * 3600), (10 * SECOND, 10 * SECOND));
+        for limit in [1, 2, 3, 7, 20, 120, 24 * 3600] {
+            let (_, timeout) = timing(limit);
+            assert!(timeout <= Duration::from_secs(limit), "a probe fails before the limit of {limit}s runs out");
+        }
+        let within = NoAnswer { request: PROBE_REQUEST, within: probe_timeout(3 * SECOND) };
+        assert_eq!(within.to_string(), "no answer to GET /version within 1500ms");
+    }
+
+    #[test]
+    fn an_unanswered_request_counts_from_when_it_was_sent() {
+        let health = Health::new(10 * SECOND);
+        health.apiserver_answered();
+        let sent = Instant::now();
+        // Found out only when its timeout runs out, later.
+        health.apiserver_unanswered(sent, &NoAnswer { request: PROBE_REQUEST, within: 2 * SECOND });
+        assert!(health.liveness(sent + 9 * SECOND).is_ok());
+        let why = health.liveness(sent + 11 * SECOND).unwrap_err();
+        assert_eq!(why, "cannot reach the apiserver for 11s (the limit is 10s): no answer to GET /version within 2s");
+        health.apiserver_answered();
+        assert!(health.liveness(sent + 11 * SECOND).is_ok());
+    }
+
+    #[test]
+    fn an_unanswered_request_counts_from_the_last_answer_to_another_one_sent_later() {
+        let health = Health::new(10 * SECOND);
+        let sent = Instant::now();
+        health.apiserver_answered();
+        let answered = Instant::now();
+        health.apiserver_unanswered(sent.checked_sub(5 * SECOND).unwrap(), &watch_failed());
+        assert!(health.liveness(answered + 9 * SECOND).is_ok(), "not 14 s: another request was answered since");
+        assert!(health.liveness(answered + 11 * SECOND).is_err());
+        // A failure found out later does not move the start of the streak.
+        health.apiserver_unreachable(&refused());
+        assert!(health.liveness(answered + 11 * SECOND).unwrap_err().contains("Connection refused"));
+    }
+
+    type Apiserver = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+    /// A client whose requests reach the returned handle, which answers them or not.
+    fn mock_client() -> (Client, Apiserver) {
+        let (service, handle) = tower_test::mock::pair();
+        (Client::new(service, "default"), handle)
+    }
+
+    fn response(status: u16, body: &str) -> http::Response<kube::client::Body> {
+        http::Response::builder().status(status).body(kube::client::Body::from(body.as_bytes().to_vec())).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_left_unanswered_fails_at_its_timeout() {
+        let health = Health::new(3 * SECOND);
+        health.apiserver_answered();
+        // Requests reach the handle, which never answers.
+        let (client, _handle) = mock_client();
+        let start = tokio::time::Instant::now();
+        let sent = Instant::now();
+        let why = probe_once(&client, &health, 1500 * Duration::from_millis(1)).await.unwrap_err();
+        assert_eq!(why, "no answer to GET /version within 1500ms");
+        assert_eq!(start.elapsed(), 1500 * Duration::from_millis(1));
+        let why = health.liveness(sent + 4 * SECOND).unwrap_err();
+        assert!(why.ends_with("(the limit is 3s): no answer to GET /version within 1500ms"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_probe_asks_for_the_version_and_takes_a_refusal_for_an_answer() {
+        let health = Health::new(3 * SECOND);
+        let (client, mut handle) = mock_client();
+        for status in [200, 403] {
+            let answer = async {
+                let (request, respond) = handle.next_request().await.expect("a probe");
+                assert_eq!((request.method(), request.uri().path()), (&http::Method::GET, "/version"));
+                assert!(request.extensions().get::<ProbeRequest>().is_some(), "counted as a probe");
+                let body = if status == 200 { r#"{"major":"1","minor":"33"}"# } else { r#"{"code":403}"# };
+                respond.send_response(response(status, body));
+            };
+            let (probed, ()) = futures::join!(probe_once(&client, &health, 10 * SECOND), answer);
+            assert_eq!(probed, Ok(()), "{status}");
+        }
+        let bad_gateway = async {
+            let (_, respond) = handle.next_request().await.expect("a probe");
+            respond.send_response(response(502, "Bad Gateway"));
+        };
+        health.apiserver_answered();
+        let sent = Instant::now();
+        let (probed, ()) = futures::join!(probe_once(&client, &health, 10 * SECOND), bad_gateway);
+        assert!(probed.is_err(), "a gateway error is no answer");
+        assert!(health.liveness(sent + 4 * SECOND).is_err());
     }
 }
