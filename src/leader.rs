@@ -2,6 +2,10 @@
 //! over when the leader stops renewing. A leader that cannot renew in time exits at once, so it
 //! never writes after another replica may have taken over.
 //!
+//! Every attempt on the lease has a time limit: an apiserver that stops answering while its
+//! connections stay open would otherwise hold a leader in its call past the renew deadline, and a
+//! standby out of its readiness, for as long as it hangs.
+//!
 //! Replicas run on different nodes, whose clocks differ. A standby therefore judges expiry twice:
 //! by the Lease's renewTime on its own clock, with [`CLOCK_SKEW_GRACE`] added (a standby whose
 //! clock runs ahead by less than that never takes a lease still being renewed); and by how long it
@@ -16,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::controller::health::Health;
+use crate::controller::health::{Health, NoAnswer};
 
 /// How long a lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -28,6 +32,21 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// duration has run out. With [`RENEW_DEADLINE`] that leaves a leader that lost the apiserver
 /// 7 s of margin between its exit and the earliest takeover.
 pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(2);
+/// How long a standby's attempt on the lease, or a release, may wait for the apiserver.
+pub const LEASE_CALL_TIMEOUT: Duration = RENEW_INTERVAL;
+/// The least time a leader's renewal gets: an attempt that starts at the renew deadline (the one
+/// before failed at once) may still renew. A leader that cannot renew exits by [`RENEW_DEADLINE`],
+/// or this much after it, still well before a standby may take over.
+pub const LAST_TRY: Duration = Duration::from_secs(1);
+
+/// Why an attempt on the lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseCallError {
+    #[error(transparent)]
+    Failed(#[from] kube::Error),
+    #[error(transparent)]
+    Unanswered(#[from] NoAnswer),
+}
 
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -71,6 +90,12 @@ fn verdict(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp, unchanged_fo
     }
 }
 
+/// How long a renewal may wait when the lease was last renewed `since_renewal` ago: until the
+/// renew deadline, and at least [`LAST_TRY`].
+fn renewal_time_left(since_renewal: Duration) -> Duration {
+    RENEW_DEADLINE.saturating_sub(since_renewal).max(LAST_TRY)
+}
+
 impl LeaderElector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: String, health: Arc<Health>) -> Self {
         Self {
@@ -108,14 +133,22 @@ impl LeaderElector {
         }
     }
 
-    /// One attempt to take or renew the lease, told to `health`. Ok(true) when this replica holds
-    /// it now.
-    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let result = self.read_then_take_or_renew().await;
-        if let Err(error) = &result {
-            self.health.lease_call_failed(error);
+    /// One attempt to take or renew the lease within `within`, told to `health`. Ok(true) when this
+    /// replica holds it now.
+    async fn try_acquire_or_renew(&self, within: Duration) -> Result<bool, LeaseCallError> {
+        let sent = std::time::Instant::now();
+        match tokio::time::timeout(within, self.read_then_take_or_renew()).await {
+            Ok(Ok(held)) => Ok(held),
+            Ok(Err(error)) => {
+                self.health.lease_call_failed(&error);
+                Err(error.into())
+            }
+            Err(_) => {
+                let error = NoAnswer { request: "the lease calls", within };
+                self.health.lease_call_unanswered(sent, &error);
+                Err(error.into())
+            }
         }
-        result
     }
 
     async fn read_then_take_or_renew(&self) -> Result<bool, kube::Error> {
@@ -151,7 +184,7 @@ impl LeaderElector {
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.try_acquire_or_renew(LEASE_CALL_TIMEOUT).await {
                 Ok(true) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired the lease; leading");
                     return;
@@ -166,7 +199,7 @@ impl LeaderElector {
     /// Gives the lease up on a graceful shutdown, so that a standby takes over at its next try
     /// instead of waiting for the lease to expire. Failing to is logged: the lease expires anyway.
     pub async fn release(&self) {
-        let result = async {
+        let release = async {
             let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
             let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(&self.identity))
             else {
@@ -176,8 +209,11 @@ impl LeaderElector {
             spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
             // The resourceVersion in `lease` makes this fail rather than free a lease taken meanwhile.
             self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| true)
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(LEASE_CALL_TIMEOUT, release).await {
+            Ok(result) => result.map_err(LeaseCallError::from),
+            Err(_) => Err(NoAnswer { request: "the lease calls", within: LEASE_CALL_TIMEOUT }.into()),
+        };
         match result {
             Ok(true) => tracing::info!(lease = %self.name, "released the lease"),
             Ok(false) => {}
@@ -186,11 +222,13 @@ impl LeaderElector {
     }
 
     /// Renews the lease until it cannot; returns when leadership is lost (the caller must stop).
+    /// Each attempt may wait until the renew deadline (at least [`LAST_TRY`]).
     pub async fn keep_renewing(&self) {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_INTERVAL).await;
-            match self.try_acquire_or_renew().await {
+            let within = renewal_time_left(last_renewal.elapsed());
+            match self.try_acquire_or_renew(within).await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the lease");
@@ -198,7 +236,7 @@ impl LeaderElector {
                 }
                 Err(error) => tracing::warn!(%error, "failed to renew the lease"),
             }
-            if last_renewal.elapsed() > RENEW_DEADLINE {
+            if last_renewal.elapsed() >= RENEW_DEADLINE {
                 tracing::error!(lease = %self.name, "could not renew the lease in time");
                 return;
             }
@@ -271,5 +309,49 @@ mod tests {
         assert_eq!(elector.unchanged_for(&renewed), Duration::ZERO);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(elector.unchanged_for(&renewed), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_renewal_may_wait_until_the_deadline_and_at_least_a_last_try() {
+        assert_eq!(renewal_time_left(Duration::ZERO), RENEW_DEADLINE);
+        assert_eq!(renewal_time_left(RENEW_INTERVAL), RENEW_DEADLINE - RENEW_INTERVAL);
+        assert_eq!(renewal_time_left(Duration::from_millis(9500)), LAST_TRY);
+        assert_eq!(renewal_time_left(RENEW_DEADLINE + Duration::from_millis(20)), LAST_TRY);
+        // Even the last try ends well before a standby may take over.
+        assert!(RENEW_DEADLINE + LAST_TRY + Duration::from_secs(5) < LEASE_DURATION + CLOCK_SKEW_GRACE);
+    }
+
+    /// An elector whose apiserver takes every request and never answers (while the handle lives).
+    fn unanswered_elector(
+        health: Arc<Health>,
+    ) -> (LeaderElector, tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>)
+    {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        (LeaderElector::new(client, "ns", "lease", "me".to_owned(), health), handle)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_apiserver_stops_answering_gives_up_at_the_renew_deadline() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let (elector, _handle) = unanswered_elector(health.clone());
+        let start = tokio::time::Instant::now();
+        elector.keep_renewing().await;
+        assert_eq!(start.elapsed(), RENEW_DEADLINE);
+        health.set_role(crate::controller::health::Role::Standby);
+        let why = health.readiness(std::time::Instant::now()).unwrap_err();
+        assert!(why.ends_with(": no answer to the lease calls within 5s"), "{why}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_whose_apiserver_stops_answering_keeps_trying_and_says_why() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        health.set_role(crate::controller::health::Role::Standby);
+        let (elector, _handle) = unanswered_elector(health.clone());
+        let waited = tokio::time::timeout(Duration::from_secs(60), elector.acquire()).await;
+        assert!(waited.is_err(), "no lease without an answer");
+        let why = health.readiness(std::time::Instant::now()).unwrap_err();
+        assert!(why.starts_with("standing by, but could not read the lease for "), "{why}");
+        assert!(why.ends_with(": no answer to the lease calls within 5s"), "{why}");
     }
 }
