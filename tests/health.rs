@@ -1,11 +1,13 @@
-//! Honest health: /readyz and /healthz of operators that cannot reach the apiserver, lose it and
-//! get it back, or stand by; a taken HTTP port and out-of-range durations stop the process at once.
+//! Honest health: /readyz and /healthz of operators that cannot reach the apiserver, lose it, find
+//! it hanging, and get it back, or stand by; a taken HTTP port and out-of-range durations stop the
+//! process at once.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use artifact_operator::controller::health::{probe_interval, probe_timeout};
 use artifact_operator::leader::{LEASE_DURATION, RENEW_INTERVAL};
 use common::{Operator, eventually, kubeconfig_with_server, setup};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -71,6 +73,54 @@ async fn forward(listener: TcpListener, target: SocketAddr) {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }
         });
+    }
+}
+
+/// A relay on 127.0.0.1 to `target`, run by socat (one process per connection) in a process group
+/// of its own, that can be frozen with SIGSTOP: its connections stay open and nothing flows through
+/// them, and new ones wait in its listen backlog, as with an apiserver that hangs. Only the
+/// operator behind it sees the hang; the shared apiserver goes on serving every other test.
+struct Relay {
+    process: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = common::free_port();
+        let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("relay-{port}.log"));
+        let process = std::process::Command::new("socat")
+            .args([format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:{target}")])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("socat runs (tests/env/build.sh installs it)");
+        let relay = Self { process, port, log };
+        eventually(Duration::from_secs(10), "the relay to listen", || async {
+            TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+        })
+        .await;
+        relay
+    }
+
+    /// Sends `signal` to socat and every connection's process it forked.
+    fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.process.id());
+        let sent = std::process::Command::new("kill").args(["-s", signal, "--", &group]).status().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(sent.success(), "kill -s {signal} -- {group}: {log}");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // SIGKILL ends stopped processes too.
+        self.signal("KILL");
+        let _ = self.process.wait();
     }
 }
 
@@ -177,6 +227,69 @@ async fn an_operator_cut_off_from_the_apiserver_turns_unhealthy_and_recovers() {
     })
     .await;
     println!("restored: healthy and ready again after {:?}", restored.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_whose_apiserver_hangs_turns_unhealthy_and_recovers() {
+    let (_client, ns) = setup("health-hang").await;
+    let relay = Relay::start(common::apiserver_address()).await;
+    let kubeconfig = kubeconfig_with_server(&ns, &format!("https://127.0.0.1:{}", relay.port));
+    let mut operator = Operator::start_as(&kubeconfig, &ns, "10m", &UNHEALTHY_AFTER_FLAG);
+    eventually(Duration::from_secs(60), "the operator to be ready through the relay", || async {
+        (operator.status("/readyz").await == (200, "ok".to_owned())).then_some(())
+    })
+    .await;
+    // Idle, with nothing to reconcile, it stays healthy: its probes are answered.
+    let until = Instant::now() + 2 * UNHEALTHY_AFTER;
+    while Instant::now() < until {
+        assert_eq!(operator.status("/healthz").await, (200, "ok".to_owned()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let probes = operator.counter("artifact_operator_kube_requests_total{verb=\"probe\"}").await;
+    assert!(probes >= 2.0, "{probes} probes");
+
+    relay.signal("STOP");
+    let stopped = Instant::now();
+    let Unhealthy { why, healthy_before, .. } = until_unhealthy(&operator, Duration::from_secs(30)).await;
+    let unhealthy_after = stopped.elapsed();
+    let (ready, why_not) = operator.status("/readyz").await;
+    println!("healthz 500 after SIGSTOP: {:.1} s: {why}", unhealthy_after.as_secs_f64());
+    println!("readyz {ready}: {why_not}");
+    assert!(healthy_before, "/healthz is 200 until the limit");
+    assert!(why.starts_with("cannot reach the apiserver for "), "{why}");
+    let within = probe_timeout(UNHEALTHY_AFTER).as_millis();
+    assert!(why.ends_with(&format!("(the limit is 3s): no answer to GET /version within {within}ms")), "{why}");
+    // The first probe after the hang goes out within an interval, and counts from when it was sent.
+    let earliest = UNHEALTHY_AFTER - Duration::from_millis(500);
+    let latest = UNHEALTHY_AFTER + probe_interval(UNHEALTHY_AFTER) + Duration::from_secs(2);
+    assert!((earliest..=latest).contains(&unhealthy_after), "500 after {unhealthy_after:?}");
+    assert_eq!(ready, 503);
+    assert!(why_not.starts_with("cannot reach the apiserver for "), "{why_not}");
+
+    // It stays unhealthy, and running, for as long as the apiserver hangs.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        assert_eq!(operator.status("/healthz").await.0, 500);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!operator.exited(), "a hanging apiserver does not stop the process");
+
+    relay.signal("CONT");
+    let continued = Instant::now();
+    eventually(Duration::from_secs(30), "the operator to be healthy and ready again", || async {
+        let healthy = operator.status("/healthz").await == (200, "ok".to_owned());
+        let ready = operator.status("/readyz").await == (200, "ok".to_owned());
+        (healthy && ready).then_some(())
+    })
+    .await;
+    let recovered_after = continued.elapsed();
+    println!("healthz 200 after SIGCONT: {:.1} s", recovered_after.as_secs_f64());
+    let latest = probe_interval(UNHEALTHY_AFTER) + probe_timeout(UNHEALTHY_AFTER) + Duration::from_secs(2);
+    assert!(recovered_after <= latest, "200 after {recovered_after:?}");
+    assert!(!operator.exited());
+    let log = operator.log_text();
+    assert!(log.contains("the apiserver does not answer"), "the hang is logged");
+    assert!(log.contains("the apiserver answers again"), "the end of the hang is logged");
 }
 
 #[tokio::test]
