@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 /// Stacks naming the silent server.
 const SILENT_STACKS: usize = 40;
 /// The Stack controller's workers (`--concurrency`'s default) and the share one server may keep
-/// waiting: half.
+/// waiting: a quarter.
 const WORKERS: usize = 16;
-const SHARE: usize = WORKERS / 2;
+const SHARE: usize = WORKERS / 4;
 
 /// A server that accepts TCP connections, reads what comes and never answers; it counts the
 /// connections open at once.

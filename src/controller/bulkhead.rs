@@ -4,8 +4,11 @@
 //! whole timeout, and the objects of every other server and namespace would wait behind them.
 //!
 //! So each server (its scheme, host and port) may keep at most a share of a controller's workers
-//! waiting at once: half of them. Every call to an external server takes a place in its server's
-//! share first ([`enter`]) and gives it back when its answer, error or timeout comes (the
+//! waiting at once, a quarter of them; and the servers that keep a call waiting longer than a
+//! prompt answer takes may keep at most half of them all together, so that a few silent servers
+//! cannot take every worker either (a server with nothing in flight still gets its first call:
+//! nothing says yet that it will not answer). Every call to an external server takes a place in
+//! its server's share first ([`enter`]) and gives it back when its answer, error or timeout comes (the
 //! [`Permit`] drops). When the share is taken, the call is not made and the reconcile does not
 //! wait for a place: it fails at once with [`Busy`], which each caller reports as its server's
 //! transient reason (`ZenmlUnreachable`, `EndpointUnreachable`, ...), and retries with backoff.
@@ -35,14 +38,19 @@ const RECENT: Duration = Duration::from_secs(1);
 pub struct Pool {
     /// The controller's workers (0: no limit).
     workers: usize,
+    /// How many of them one server may keep waiting.
     share: usize,
+    /// How many of them the servers with a call waiting longer than [`PROMPT`] may keep waiting
+    /// together.
+    slow_share: usize,
     servers: Mutex<HashMap<String, Server>>,
 }
 
 /// A server's calls in flight from one pool.
 #[derive(Default)]
 struct Server {
-    waiting: usize,
+    /// When each of its calls in flight started.
+    started: Vec<Instant>,
     /// When it last answered a call promptly.
     prompt: Option<Instant>,
 }
@@ -50,13 +58,15 @@ struct Server {
 /// Why a call was not made: its server's share of the workers is taken.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{server} has not yet answered {share} of this operator's requests, as many as one server may keep of its {workers} reconcile workers waiting; this pass sent none and is retried shortly"
+    "{server} has not yet answered {waiting} of this operator's requests, and {held}; this pass sent none and is retried shortly"
 )]
 pub struct Busy {
     /// The server, as [`server_of`] names it.
     pub server: String,
-    pub share: usize,
-    pub workers: usize,
+    /// Its calls in flight.
+    pub waiting: usize,
+    /// Which share is taken, in words.
+    pub held: String,
 }
 
 /// A place in a server's share, held while its call is in flight; given back when dropped.
@@ -70,8 +80,9 @@ impl Pool {
     /// The pool of a controller with `workers` workers (0: unlimited, as kube-runtime reads it).
     pub fn new(workers: u16) -> Arc<Self> {
         let workers = usize::from(workers);
-        let share = if workers == 0 { usize::MAX } else { (workers / 2).max(1) };
-        Arc::new(Self { workers, share, servers: Mutex::default() })
+        let (share, slow_share) =
+            if workers == 0 { (usize::MAX, usize::MAX) } else { ((workers / 4).max(1), (workers / 2).max(1)) };
+        Arc::new(Self { workers, share, slow_share, servers: Mutex::default() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
@@ -85,12 +96,26 @@ impl Pool {
 
     fn try_enter_at(self: &Arc<Self>, server: &str, now: Instant) -> Result<Permit, Busy> {
         let mut servers = self.lock();
-        let entry = servers.entry(server.to_owned()).or_default();
-        let answering = entry.prompt.is_some_and(|at| now.saturating_duration_since(at) < RECENT);
-        if entry.waiting >= self.share && !answering {
-            return Err(Busy { server: server.to_owned(), share: self.share, workers: self.workers });
+        let answering = |entry: &Server| entry.prompt.is_some_and(|at| now.saturating_duration_since(at) < RECENT);
+        let stuck = |entry: &Server| entry.started.iter().any(|at| now.saturating_duration_since(*at) >= PROMPT);
+        let waiting = servers.get(server).map_or(0, |entry| entry.started.len());
+        if !servers.get(server).is_some_and(answering) {
+            let slow: usize = servers.values().filter(|entry| stuck(entry)).map(|entry| entry.started.len()).sum();
+            let held = if waiting >= self.share {
+                Some(format!("one server may keep {} of its {} reconcile workers waiting", self.share, self.workers))
+            } else if servers.get(server).is_some_and(stuck) && slow >= self.slow_share {
+                Some(format!(
+                    "servers that do not answer promptly keep {slow} of its {} reconcile workers waiting, as many as they may together",
+                    self.workers
+                ))
+            } else {
+                None
+            };
+            if let Some(held) = held {
+                return Err(Busy { server: server.to_owned(), waiting, held });
+            }
         }
-        entry.waiting += 1;
+        servers.entry(server.to_owned()).or_default().started.push(now);
         Ok(Permit { held: Some((self.clone(), server.to_owned())), started: now })
     }
 
@@ -102,12 +127,14 @@ impl Pool {
         }
     }
 
-    fn leave(&self, server: &str) {
+    fn leave(&self, server: &str, started: Instant) {
         let mut servers = self.lock();
         if let Some(entry) = servers.get_mut(server) {
-            entry.waiting = entry.waiting.saturating_sub(1);
+            if let Some(at) = entry.started.iter().position(|at| *at == started) {
+                entry.started.swap_remove(at);
+            }
             // With nothing in flight, any call finds a place: the entry has nothing to remember.
-            if entry.waiting == 0 {
+            if entry.started.is_empty() {
                 servers.remove(server);
             }
         }
@@ -115,7 +142,7 @@ impl Pool {
 
     #[cfg(test)]
     fn waiting(&self, server: &str) -> usize {
-        self.lock().get(server).map_or(0, |s| s.waiting)
+        self.lock().get(server).map_or(0, |s| s.started.len())
     }
 }
 
@@ -131,7 +158,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some((pool, server)) = &self.held {
-            pool.leave(server);
+            pool.leave(server, self.started);
         }
     }
 }
@@ -172,12 +199,12 @@ mod tests {
 
     #[test]
     fn a_server_keeps_at_most_its_share_of_the_workers_waiting() {
-        let pool = Pool::new(8);
+        let pool = Pool::new(16);
         let now = Instant::now();
         let held: Vec<Permit> = (0..4).map(|_| pool.try_enter_at(SILENT, now).expect("a place")).collect();
-        let busy = pool.try_enter_at(SILENT, now).err().expect("the share of 4 of 8 is taken");
-        assert_eq!(busy, Busy { server: SILENT.into(), share: 4, workers: 8 });
-        assert!(busy.to_string().contains(SILENT), "{busy}");
+        let busy = pool.try_enter_at(SILENT, now).err().expect("the share of 4 of 16 is taken");
+        assert_eq!(busy.waiting, 4);
+        assert!(busy.to_string().contains(SILENT) && busy.to_string().contains("4 of its 16"), "{busy}");
         assert_eq!(pool.waiting(SILENT), 4, "a refused call takes no place");
         drop(held);
     }
@@ -196,7 +223,7 @@ mod tests {
 
     #[test]
     fn servers_have_shares_of_their_own() {
-        let pool = Pool::new(2);
+        let pool = Pool::new(4);
         let _silent = pool.try_enter(SILENT).unwrap();
         assert!(pool.try_enter(SILENT).is_err());
         let other = pool.try_enter(OTHER).expect("another server is not held back");
@@ -209,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_server_that_answers_promptly_may_take_more_than_its_share() {
-        let pool = Pool::new(4);
+        let pool = Pool::new(8);
         let start = Instant::now();
         let fast = pool.try_enter_at(OTHER, start).unwrap();
         let _second = pool.try_enter_at(OTHER, start).unwrap();
@@ -222,6 +249,29 @@ mod tests {
         let _waiting = pool.try_enter_at(SILENT, start).unwrap();
         pool.answered(SILENT, slow.started, start + Duration::from_secs(3));
         assert!(pool.try_enter_at(SILENT, start + Duration::from_secs(3)).is_err(), "a slow answer is no sign");
+    }
+
+    #[test]
+    fn silent_servers_together_keep_at_most_half_of_the_workers() {
+        let pool = Pool::new(16);
+        let silent: Vec<String> = (0..3).map(|port| format!("http://127.0.0.1:{}", 9000 + port)).collect();
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for server in &silent[..2] {
+            while let Ok(permit) = pool.try_enter_at(server, start) {
+                held.push(permit);
+            }
+        }
+        assert_eq!(held.len(), 8, "two servers, a quarter each: half of the 16 workers");
+        let later = start + Duration::from_secs(2);
+        let first = pool.try_enter_at(&silent[2], later).expect("a third server's first call: it may answer");
+        let busy = pool.try_enter_at(&silent[2], later + Duration::from_secs(2)).err().expect("then it is stuck too");
+        assert!(busy.to_string().contains("do not answer promptly keep 9 of its 16"), "{busy}");
+        drop(first);
+        let prompt = pool.try_enter_at(OTHER, later).unwrap();
+        pool.answered(OTHER, prompt.started, later + Duration::from_millis(10));
+        let again = pool.try_enter_at(OTHER, later + Duration::from_millis(20));
+        assert!(again.is_ok(), "a server that answers is held back by none");
     }
 
     #[test]
