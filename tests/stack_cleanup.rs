@@ -173,7 +173,7 @@ async fn what_deleted_stacks_left_is_swept_and_nothing_else() {
     apply_as(&client, &ns, "artifact-operator/stack/ghost", ghost).await;
     apply(&client, &ns, stack("alive", "ml", json!(["Argo"]), false)).await;
 
-    let _operator = Operator::start(&ns, "10m");
+    let _operator = Operator::start(&ns, "3s");
     wait_for(&client, &ns, "alive", "True", "Ready").await;
     let swept = eventually(TIMEOUT, "the deleted Stack's key and default to be swept", || async {
         let (keys, default) = repositories(&client, &ns).await;
@@ -184,6 +184,15 @@ async fn what_deleted_stacks_left_is_swept_and_nothing_else() {
     let shared = config_map(&client, &ns, REPOSITORIES).await.unwrap();
     assert_eq!(shared.data.unwrap()["mine"], "s3:\n  bucket: elsewhere\n");
     assert!(shared.metadata.labels.is_none(), "nothing of ours was added to the user's ConfigMap");
+
+    // A leftover that turns up later (the ConfigMap's version changes) goes at the next resync.
+    let late = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": REPOSITORIES},
+                      "data": {"late": "s3:\n  bucket: gone\n"}});
+    apply_as(&client, &ns, "artifact-operator/stack/late", late).await;
+    eventually(TIMEOUT, "the late leftover to be swept at a resync", || async {
+        (!repositories(&client, &ns).await.0.contains("late")).then_some(())
+    })
+    .await;
 
     // The default is free again for a Stack that asks.
     apply(&client, &ns, stack("next", "ml", json!(["Argo"]), true)).await;

@@ -1,7 +1,7 @@
 //! What a Stack wrote into a namespace's shared ConfigMaps goes when the Stack goes, even when the
 //! finalizer did not get to remove it (an operator of an older version, a Stack deleted while the
-//! operator was down, a cleanup lost to a crash). At the start and then every resync, for each
-//! watched scope:
+//! operator was down, a cleanup lost to a crash). At the start for each watched scope, then at
+//! each resync for each namespace whose shared ConfigMaps changed since (see [`run`]):
 //!
 //! - in `artifact-repositories`, whatever a per-Stack field manager (`artifact-operator/stack/<name>`)
 //!   owns, its key and the default annotation, is dropped when no Stack of that name exists; a
@@ -15,7 +15,7 @@
 //! removal is conditional on the version read, so a Stack created meanwhile keeps what it writes.
 //! A sweep is one LIST per ConfigMap name, of metadata only, filtered by name on the server.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::outputs;
 use crate::api::Stack;
 use crate::controller::apply::MANAGED_BY;
-use crate::controller::caches::Caches;
+use crate::controller::caches::{Caches, Kind, Reference, Version};
 use crate::controller::timing::jittered;
 use crate::controller::{Context, scoped_api};
 use crate::render::{argo, kfp};
@@ -39,17 +39,28 @@ use crate::render::{argo, kfp};
 /// when it went has written what it was going to by then.
 const AFTER_DELETION: Duration = Duration::from_secs(3);
 
-/// Sweeps the scope at once, then every resync interval (jittered); and each namespace in which a
-/// Stack was deleted ([`AFTER_DELETION`] later), until the process stops. The second is needed
-/// because the apiserver can confirm a finalizer added to a Stack that a DELETE already under way
-/// then removes anyway, so a pass may write for a Stack that is gone without a finalizer to run.
+/// The shared ConfigMaps a Stack writes into.
+const SHARED: [&str; 2] = [argo::CONFIG_MAP, kfp::CONFIG_MAP];
+
+/// Sweeps the whole scope at once; then, every resync interval (jittered), each namespace whose
+/// shared ConfigMaps changed since it was last swept (the watches' versions tell, so a quiet
+/// cluster costs no request); and each namespace in which a Stack was deleted, [`AFTER_DELETION`]
+/// later, until the process stops. The last is needed because the apiserver can confirm a
+/// finalizer added to a Stack that a DELETE already under way then removes anyway, so a pass may
+/// write for a Stack that is gone without a finalizer to run.
 pub async fn run(ctx: Arc<Context>, scope: Option<String>, caches: Caches, mut deleted: UnboundedReceiver<String>) {
+    let mut swept = Swept::default();
     let mut resync = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut first = true;
     loop {
-        let namespaces = tokio::select! {
+        let namespaces: Vec<Option<String>> = tokio::select! {
             () = &mut resync => {
                 resync.as_mut().reset(tokio::time::Instant::now() + jittered(ctx.settings.resync_interval));
-                vec![scope.clone()]
+                if std::mem::take(&mut first) {
+                    vec![scope.clone()]
+                } else {
+                    swept.changed(&caches).into_iter().map(Some).collect()
+                }
             }
             Some(namespace) = deleted.next() => {
                 tokio::time::sleep(AFTER_DELETION).await;
@@ -62,21 +73,72 @@ pub async fn run(ctx: Arc<Context>, scope: Option<String>, caches: Caches, mut d
         };
         for namespace in namespaces {
             match sweep(&ctx, &namespace, &caches).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "removed what deleted Stacks had left in shared ConfigMaps"),
+                Ok(Sweep { removed, namespaces }) => {
+                    if removed > 0 {
+                        tracing::info!(removed, "removed what deleted Stacks had left in shared ConfigMaps");
+                    }
+                    swept.record(&caches, namespaces);
+                }
                 Err(error) => tracing::warn!(%error, "failed to sweep what deleted Stacks left in shared ConfigMaps"),
             }
         }
     }
 }
 
-/// One sweep of `scope` (a namespace, or all the watched ones): how many leftovers it removed.
-pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Result<usize, kube::Error> {
+/// The version of each namespace's shared ConfigMaps (None: absent) as the caches held them
+/// when the namespace was last swept.
+#[derive(Default)]
+struct Swept(HashMap<(String, &'static str), Option<Version>>);
+
+impl Swept {
+    fn now(caches: &Caches, namespace: &str, name: &'static str) -> Option<Version> {
+        caches.version(namespace, &Reference::new(Kind::ConfigMap, name))
+    }
+
+    /// The namespaces, among those swept and those with Stacks, whose shared ConfigMaps are not as
+    /// they were when last swept.
+    fn changed(&self, caches: &Caches) -> BTreeSet<String> {
+        let with_stacks = caches.stacks.state().into_iter().filter_map(|stack| stack.meta().namespace.clone());
+        let known = self.0.keys().map(|(namespace, _)| namespace.clone());
+        let namespaces: BTreeSet<String> = with_stacks.chain(known).collect();
+        let changed = |namespace: &String| {
+            SHARED
+                .iter()
+                .any(|name| self.0.get(&(namespace.clone(), *name)) != Some(&Self::now(caches, namespace, name)))
+        };
+        namespaces.into_iter().filter(changed).collect()
+    }
+
+    /// Remembers `namespaces` as swept, with the versions the caches hold now (a removal the
+    /// caches have not seen yet brings one more sweep, which finds nothing).
+    fn record(&mut self, caches: &Caches, namespaces: BTreeSet<String>) {
+        for namespace in namespaces {
+            for name in SHARED {
+                self.0.insert((namespace.clone(), name), Self::now(caches, &namespace, name));
+            }
+        }
+    }
+}
+
+/// What one sweep did: how many leftovers it removed, and which namespaces it looked at.
+pub struct Sweep {
+    pub removed: usize,
+    pub namespaces: BTreeSet<String>,
+}
+
+/// One sweep of `scope` (a namespace, or all the watched ones).
+pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Result<Sweep, kube::Error> {
     let mut removed = 0;
+    // Every namespace of the scope with Stacks counts as looked at, with or without the ConfigMaps.
+    let mut namespaces: BTreeSet<String> = match scope {
+        Some(namespace) => BTreeSet::from([namespace.clone()]),
+        None => caches.stacks.state().into_iter().filter_map(|stack| stack.meta().namespace.clone()).collect(),
+    };
     let all: Api<ConfigMap> = scoped_api(&ctx.client, scope);
     let named = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
     for shared in all.list_metadata(&named(argo::CONFIG_MAP)).await? {
         let namespace = shared.metadata.namespace.clone().unwrap_or_default();
+        namespaces.insert(namespace.clone());
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
         let mut read = shared.metadata;
         for stack in outputs::stacks_with_fields(&read) {
@@ -105,6 +167,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
     };
     for launcher in all.list_metadata(&ours).await? {
         let namespace = launcher.metadata.namespace.clone().unwrap_or_default();
+        namespaces.insert(namespace.clone());
         let Some((stack, uid)) = controlling_stack(&launcher.metadata) else { continue };
         if stack_exists(ctx, caches, &namespace, &stack, Some(&uid)).await? {
             continue;
@@ -115,7 +178,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
             Err(error) => tracing::debug!(%error, namespace, stack, "a leftover launcher was not removed this time"),
         }
     }
-    Ok(removed)
+    Ok(Sweep { removed, namespaces })
 }
 
 /// Drops what Stack `stack`'s field manager owns in `artifact-repositories` as `read`, and the
