@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
-# checker built from Argo Workflows' own packages, and moto (IAM/STS), ZenML (client and server) and
+# checker built from Argo Workflows' own packages, Argo's workflow-controller and argoexec (run on the
+# node by tests/argo_node.rs), and moto (IAM/STS), ZenML (client and server) and
 # boto3 in a virtual environment; and installs the Debian packages the node of node-up.sh needs
 # (containerd, ...).
 # Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
@@ -9,14 +10,15 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_tool() { # module-dir binary-name go-package [extra -ldflags]
-  local module=$1 name=$2 package=$3 ldflags="-s -w ${4:-}" key out
-  key=$(module_key "$module" "$ldflags")
+build_tool() { # module-dir binary-name go-package [extra -ldflags] [extra go build flags]
+  local module=$1 name=$2 package=$3 ldflags="-s -w ${4:-}" flags=() key out
+  read -ra flags <<<"${5:-}"
+  key=$(module_key "$module" "$ldflags${flags[*]:+ ${flags[*]}}")
   out="$CACHE_DIR/bin/$module-$key/$name"
   if [[ ! -x "$out" ]]; then
     log "building $name ($module, key $key); the first build takes several minutes"
     mkdir -p "$(dirname "$out")"
-    (cd "$ENV_DIR/$module" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$package")
+    (cd "$ENV_DIR/$module" && CGO_ENABLED=0 go build -trimpath "${flags[@]}" -ldflags="$ldflags" -o "$out.tmp" "$package")
     mv "$out.tmp" "$out"
   fi
   ln -sfn "$out" "$CACHE_DIR/bin/$name"
@@ -55,14 +57,16 @@ build_python_tools() {
 
 # The node of node-up.sh runs on Debian packages: containerd and runc, the CNI plugins (bridge,
 # host-local, loopback), socat for its relays to the control plane, catatonit for its pause image,
-# iproute2 for its bridge, and iptables, which the CNI plugins call for masquerading and port
+# a static busybox for the main containers of Argo's workflow pods (tests/argo_node.rs), iproute2
+# for its bridge, and iptables, which the CNI plugins call for masquerading and port
 # mapping (both off on this node). Installed with apt only when a binary is missing, so a warm
 # machine needs neither root nor the network here.
 install_node_packages() {
   local wanted=(containerd:/usr/bin/containerd containerd:/usr/bin/containerd-shim-runc-v2
     containerd:/usr/bin/ctr runc:/usr/sbin/runc containernetworking-plugins:/usr/lib/cni/bridge
     containernetworking-plugins:/usr/lib/cni/host-local containernetworking-plugins:/usr/lib/cni/loopback
-    socat:/usr/bin/socat catatonit:/usr/bin/catatonit iproute2:/usr/sbin/ip iptables:/usr/sbin/iptables)
+    socat:/usr/bin/socat catatonit:/usr/bin/catatonit busybox-static:/bin/busybox iproute2:/usr/sbin/ip
+    iptables:/usr/sbin/iptables)
   local entry missing=()
   for entry in "${wanted[@]}"; do
     [[ -x "${entry#*:}" ]] || missing+=("${entry%%:*}")
@@ -75,6 +79,42 @@ install_node_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The version Argo's release build stamps (its Makefile's -X ...v3.version), from the pinned module:
+# the controller reports it, and it names the default executor image (which the tests replace).
+argo_version_stamp() {
+  local version
+  version=$(awk '$1 == "github.com/argoproj/argo-workflows/v3" { print $2 }' "$ENV_DIR/argo/go.mod")
+  [[ "$version" =~ ^v3\.[0-9]+\.[0-9]+$ ]] || { log "ERROR: no github.com/argoproj/argo-workflows/v3 version in argo/go.mod"; exit 1; }
+  echo "-X github.com/argoproj/argo-workflows/v3.version=$version"
+}
+
+# Argo's repository has workflow/executor/osspecific/signal_linux.go as a symbolic link to
+# signal_darwin.go, and Go module zips leave symbolic links out: argoexec from the module as served
+# does not build for Linux (undefined: Setpgid). Go refuses build overlays of files in the module
+# cache, so argoexec builds from a copy of the module with the link put back (the same file), through
+# a copy of argo/go.mod that replaces the module by it; prints the go build flag (nothing when the
+# module has the file).
+argo_source() {
+  local dir src modfile
+  dir=$(cd "$ENV_DIR/argo" && go mod download github.com/argoproj/argo-workflows/v3 &&
+    go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v3)
+  [[ ! -e "$dir/workflow/executor/osspecific/signal_linux.go" && -f "$dir/workflow/executor/osspecific/signal_darwin.go" ]] ||
+    return 0
+  src="$CACHE_DIR/argo-src/$(basename "$dir")"
+  if [[ ! -f "$src.complete" ]]; then
+    [[ ! -e "$src" ]] || { chmod -R u+w "$src"; rm -rf "$src"; }
+    mkdir -p "$(dirname "$src")"
+    cp -r "$dir" "$src"
+    chmod -R u+w "$src"
+    ln -s signal_darwin.go "$src/workflow/executor/osspecific/signal_linux.go"
+    touch "$src.complete"
+  fi
+  modfile="$CACHE_DIR/argo-src/argoexec.mod"
+  cp "$ENV_DIR/argo/go.sum" "${modfile%.mod}.sum"
+  { cat "$ENV_DIR/argo/go.mod"; echo "replace github.com/argoproj/argo-workflows/v3 => $src"; } >"$modfile"
+  echo "-modfile=$modfile"
 }
 
 mkdir -p "$CACHE_DIR/bin"
@@ -90,6 +130,10 @@ case "$what" in
     build_tool versitygw versitygw github.com/versity/versitygw/cmd/versitygw
     # Argo Workflows' own packages (v3 and v4 modules), for the consumer test of Stacks.
     build_tool argo-consumer argo-consumer .
+    # Argo Workflows itself (v3 module, static as its images carry them), for workflows on the node.
+    stamp=$(argo_version_stamp)
+    build_tool argo workflow-controller github.com/argoproj/argo-workflows/v3/cmd/workflow-controller "$stamp"
+    build_tool argo argoexec github.com/argoproj/argo-workflows/v3/cmd/argoexec "$stamp" "$(argo_source)"
     ;;&
   all|python) build_python_tools ;;&
   all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;&
