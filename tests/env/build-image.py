@@ -9,6 +9,12 @@ the node of tests/env/node-up.sh, whose containerd imports them (tests/env/build
             destination, owner and mode are read from the Dockerfile, which must keep the shape this
             script understands: anything else in the final stage is an error, not a silent skip.
   pause:    the node's sandbox ("pause") image: a static catatonit in pause mode (-P), nothing else.
+  argoexec, workflow-controller:
+            Argo Workflows' images (the targets of the same names in Argo's Dockerfile) around a static
+            build of the binary: a stand-in for distroless/static, the binary in /bin and the
+            entrypoint naming it; workflow-controller runs as user 8737, argoexec as root, as there.
+  busybox:  a main-container image for workflow steps: a static busybox (Debian's busybox-static)
+            in /bin with a link for each of its applets, /tmp, and `sh` as the command.
 
 The output is deterministic: fixed timestamps, owners and entry order, so the same inputs give the
 same digests. Layers are stored uncompressed (the tarball only travels to a local containerd).
@@ -36,6 +42,11 @@ NONROOT = 65532
 # What the base images this script can stand in for put into the image config (distroless sets the
 # same PATH and SSL_CERT_FILE on every variant; :nonroot adds the user and its home as workdir).
 BASES = {
+    # distroless/static (root), the base of Argo's images.
+    "gcr.io/distroless/static": {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
+    },
     "gcr.io/distroless/static-debian12:nonroot": {
         "User": str(NONROOT),
         "WorkingDir": "/home/nonroot",
@@ -52,6 +63,14 @@ PASSWD = (
 GROUP = "root:x:0:\nnobody:x:65534:\ntty:x:5:\nstaff:x:50:\n" f"nonroot:x:{NONROOT}:\n"
 
 ELF_MACHINES = {0x3E: "amd64", 0xB7: "arm64"}
+
+# Argo's images (its Dockerfile's argoexec and workflow-controller targets): the binary in /bin,
+# ENTRYPOINT naming it, and the user (argoexec's target sets none: root, as distroless/static).
+ARGO_IMAGES = {
+    "argoexec": {"user": None},
+    "workflow-controller": {"user": "8737"},
+}
+ARGO_USER = 8737
 
 
 def die(message):
@@ -199,6 +218,10 @@ def regular(path, data, mode=0o644, uid=0, gid=0):
     return (path, tarfile.REGTYPE, mode, uid, gid, data)
 
 
+def symlink(path, target):
+    return (path, tarfile.SYMTYPE, 0o777, 0, 0, target.encode())
+
+
 def parents(path):
     parts = path.strip("/").split("/")[:-1]
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -213,6 +236,8 @@ def layer(entries):
             info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
             info.uname = info.gname = ""
             info.mtime = MTIME
+            if kind == tarfile.SYMTYPE:
+                info.linkname, data = data.decode(), b""
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data else None)
     return buf.getvalue()
@@ -289,19 +314,12 @@ def write_layout(output, ref, architecture, config, layers, history):
     return full_ref, manifest_desc["digest"]
 
 
-def build_operator(args):
-    stage = parse_dockerfile(args.dockerfile, dict(a.split("=", 1) for a in args.build_arg))
-    data, architecture = static_binary(args.binary)
-    flags, source, dest = stage["copies"][0]
-    if not dest.startswith("/") or dest.endswith("/"):
-        die(f"COPY destination {dest}: expected the absolute path of the binary")
-    uid, gid = owner(flags.get("chown"))
-    mode = int(flags.get("chmod", "0755"), 8)
+def distroless_layer():
+    """distroless/static (and :nonroot, which is the same files), the parts a static binary can
+    notice."""
     with open(CA_BUNDLE, "rb") as f:
         ca_bundle = f.read()
-
-    # distroless/static-debian12:nonroot, the parts a static binary can notice.
-    base = [
+    return [
         directory("etc"), directory("etc/ssl"), directory("etc/ssl/certs"),
         regular("etc/passwd", PASSWD.encode()),
         regular("etc/group", GROUP.encode()),
@@ -311,6 +329,18 @@ def build_operator(args):
         directory("root", 0o700),
         directory("tmp", 0o1777),
     ]
+
+
+def build_operator(args):
+    stage = parse_dockerfile(args.dockerfile, dict(a.split("=", 1) for a in args.build_arg))
+    data, architecture = static_binary(args.binary)
+    flags, source, dest = stage["copies"][0]
+    if not dest.startswith("/") or dest.endswith("/"):
+        die(f"COPY destination {dest}: expected the absolute path of the binary")
+    uid, gid = owner(flags.get("chown"))
+    mode = int(flags.get("chmod", "0755"), 8)
+
+    base = distroless_layer()
     # COPY creates the destination's missing parents as root-owned 0755 directories.
     app = [directory(p) for p in parents(dest)] + [regular(dest.lstrip("/"), data, mode, uid, gid)]
 
@@ -338,6 +368,39 @@ def build_pause(args):
                         ["catatonit in pause mode (built by tests/env/build-image.py)"])
 
 
+def build_argo(args):
+    """Argo's argoexec or workflow-controller image: FROM distroless/static, COPY the binary to
+    /bin/ (owned by 8737 where the target runs as 8737), ENTRYPOINT [NAME]."""
+    data, architecture = static_binary(args.binary)
+    name, user = args.kind, ARGO_IMAGES[args.kind]["user"]
+    owner_id = ARGO_USER if user else 0
+    app = [directory("bin"), regular(f"bin/{name}", data, 0o755, owner_id, 0)]
+    config = dict(BASES["gcr.io/distroless/static"])
+    config["Entrypoint"] = [name]
+    if user:
+        config["User"] = user
+    chown = f" --chown={ARGO_USER}" if user else ""
+    history = ["gcr.io/distroless/static (stand-in built by tests/env/build-image.py)",
+               f"COPY{chown} {name} /bin/"]
+    return write_layout(args.output, args.image, architecture, config,
+                        [layer(distroless_layer()), layer(app)], history)
+
+
+def build_busybox(args):
+    """A static busybox with a link in /bin for each applet it lists (as `busybox --install -s`
+    makes them), /tmp, and `sh` as the command (as the busybox image has it)."""
+    import subprocess
+    data, architecture = static_binary(args.binary)
+    applets = subprocess.run([args.binary, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    if "sh" not in applets:
+        die(f"{args.binary} has no sh applet")
+    entries = [directory("bin"), regular("bin/busybox", data, 0o755), directory("tmp", 0o1777)]
+    entries += [symlink(f"bin/{applet}", "busybox") for applet in sorted(set(applets)) if applet != "busybox"]
+    config = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}
+    return write_layout(args.output, args.image, architecture, config, [layer(entries)],
+                        ["a static busybox and its applets (built by tests/env/build-image.py)"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -345,12 +408,15 @@ def main():
     op.add_argument("--dockerfile", required=True)
     op.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
     pause = sub.add_parser("pause", help="the sandbox image: catatonit -P")
-    for p in (op, pause):
+    argo = [sub.add_parser(name, help=f"Argo's {name} image around BINARY") for name in ARGO_IMAGES]
+    busybox = sub.add_parser("busybox", help="a static busybox for workflow steps")
+    for p in [op, pause, busybox] + argo:
         p.add_argument("--binary", required=True)
         p.add_argument("--image", required=True, help="NAME[:TAG], e.g. artifact-operator:test")
         p.add_argument("--output", required=True, help="the OCI layout tarball to write")
     args = parser.parse_args()
-    full_ref, digest = (build_operator if args.kind == "operator" else build_pause)(args)
+    builders = {"operator": build_operator, "pause": build_pause, "busybox": build_busybox}
+    full_ref, digest = builders.get(args.kind, build_argo)(args)
     print(full_ref, digest, args.output)
 
 

@@ -10,6 +10,12 @@
 #       build such as target/musl/x86_64-unknown-linux-musl/release/artifact-operator.
 #   tests/env/build-image.sh --pause [--import] [--output TAR] NAME:TAG
 #       The node's sandbox image, catatonit in pause mode (node-up.sh builds its own with this).
+#   tests/env/build-image.sh --argoexec|--workflow-controller [--import] [--output TAR] BINARY NAME:TAG
+#       Argo Workflows' executor or controller image around BINARY, a static build of it (build.sh
+#       go builds both): the binary in /bin and the entrypoint as Argo's own images have them.
+#   tests/env/build-image.sh --busybox [--import] [--output TAR] NAME:TAG
+#       A main-container image for workflow steps: Debian's static busybox (build.sh node) and its
+#       applets.
 #
 # --import loads into the containerd at $AO_CONTAINERD_ADDRESS with $AO_CONTAINERD_SNAPSHOTTER, as
 # the node's env file ($STATE_DIR/node/env) sets them; it is read when they are not set already.
@@ -20,12 +26,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DOCKERFILE="$REPO_ROOT/deploy/docker/Dockerfile"
 PAUSE_BINARY=/usr/bin/catatonit
+BUSYBOX_BINARY=/bin/busybox
 
 kind=operator import=0 output="" build_args=() positional=()
 address="${AO_CONTAINERD_ADDRESS:-}" snapshotter="${AO_CONTAINERD_SNAPSHOTTER:-}"
 while (($#)); do
   case $1 in
     --pause) kind=pause ;;
+    --argoexec) kind=argoexec ;;
+    --workflow-controller) kind=workflow-controller ;;
+    --busybox) kind=busybox ;;
     --import) import=1 ;;
     --output) output=${2:?--output needs a path}; shift ;;
     --build-arg) build_args+=(--build-arg "${2:?--build-arg needs NAME=VALUE}"); shift ;;
@@ -43,6 +53,16 @@ if [[ "$kind" == pause ]]; then
   (($# == 1)) || die "usage: build-image.sh --pause [--import] [--output TAR] NAME:TAG"
   image=$1
   builder=(pause --binary "$PAUSE_BINARY")
+elif [[ "$kind" == busybox ]]; then
+  (($# == 1)) || die "usage: build-image.sh --busybox [--import] [--output TAR] NAME:TAG"
+  [[ -x "$BUSYBOX_BINARY" ]] || die "$BUSYBOX_BINARY is missing: run tests/env/build.sh node (Debian's busybox-static)"
+  image=$1
+  builder=(busybox --binary "$BUSYBOX_BINARY")
+elif [[ "$kind" == argoexec || "$kind" == workflow-controller ]]; then
+  (($# == 2)) || die "usage: build-image.sh --$kind [--import] [--output TAR] BINARY NAME:TAG"
+  [[ -f "$1" ]] || die "$1: no such binary"
+  image=$2
+  builder=("$kind" --binary "$1")
 else
   (($# == 2)) || die "usage: build-image.sh [--import] [--output TAR] BINARY NAME:TAG"
   [[ -f "$1" ]] || die "$1: no such binary"
