@@ -49,7 +49,9 @@ step "chart and Argo CD health checks"
 tests/chart/test-chart.sh
 tests/chart/test-argocd-health.sh
 step "cargo test"
-# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart.
+# Every unit and integration test; the footprint benchmark (tests/bench/run.sh) runs apart. The
+# node's tests start it (tests/env/node-up.sh) on first use: tests/argo_node.rs (Argo's controller
+# and workflows built by build.sh above), then tests/node.rs (the chart, with the static binary).
 cargo test --locked --lib --bins --tests -- --test-threads 4
 step "the store and stack suites again, against versitygw (the second S3 implementation)"
 AO_S3_SERVER=versitygw cargo test --locked --test artifact_store --test stack -- --test-threads 4
