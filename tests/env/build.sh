@@ -2,9 +2,9 @@
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
 # checker built from Argo Workflows' own packages, Argo's workflow-controller and argoexec (run on the
-# node by tests/argo_node.rs), and moto (IAM/STS), ZenML (client and server) and
-# boto3 in a virtual environment; and installs the Debian packages the node of node-up.sh needs
-# (containerd, ...).
+# node by tests/argo_node.rs), IRSA's amazon-eks-pod-identity-webhook (tests/irsa_node.rs), and
+# moto (IAM/STS), ZenML (client and server) and boto3 in a virtual environment; and installs the
+# Debian packages the node of node-up.sh needs (containerd, ...).
 # Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
 # One part only: build.sh go|python|helm|node.
 set -euo pipefail
@@ -134,6 +134,8 @@ case "$what" in
     stamp=$(argo_version_stamp)
     build_tool argo workflow-controller github.com/argoproj/argo-workflows/v3/cmd/workflow-controller "$stamp"
     build_tool argo argoexec github.com/argoproj/argo-workflows/v3/cmd/argoexec "$stamp" "$(argo_source)"
+    # IRSA's mutating webhook (amazon-eks-pod-identity-webhook), run by tests/irsa_node.rs.
+    build_tool pod-identity-webhook pod-identity-webhook github.com/aws/amazon-eks-pod-identity-webhook
     ;;&
   all|python) build_python_tools ;;&
   all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;&
