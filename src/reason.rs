@@ -228,6 +228,8 @@ reasons! {
     CredentialsSecretNotFound: Transient, STACK_SCOPED_AND_READY, "nothing: the ArtifactStore publishes it";
     /// Another Stack provides the namespace's kfp-launcher.
     KfpLauncherTaken: Action, &[STACK_READY], "remove KFP from one of the two Stacks";
+    /// A format in spec.outputs.formats cannot be served with the store as it is.
+    FormatUnsupported: Action, &[STACK_READY], "change the setting the message names, or remove that format from spec.outputs.formats";
     /// Another Stack holds the namespace's default Argo artifact repository.
     DefaultRepositoryTaken: Action, &[STACK_READY], "set argoDefaultRepository on one Stack only";
     /// The in-pod check (verification.inPod) runs as a Job; Ready waits for it.

@@ -328,3 +328,19 @@ fn moto_evaluates(policy: &Value, requests: &[(&str, &str, &str)]) -> String {
     assert!(output.status.success(), "moto's evaluator failed");
     String::from_utf8(output.stdout).unwrap()
 }
+
+/// A bucket claim's consumer reads two keys, and session credentials need a third: a Stack asking
+/// for both is refused with the setting to change, and publishes no claim keys.
+#[tokio::test]
+async fn bucket_claim_keys_are_refused_for_session_credentials() {
+    let (client, ns, _bucket) = prepare("scoped-claim").await;
+    let _operator = Operator::start(&ns, "10m");
+    let mut claim = stack("claim", json!({"mode": "Scoped", "access": "ReadOnly"}));
+    claim["spec"]["outputs"] = json!({"formats": ["BucketClaim"]});
+    apply(&client, &ns, claim).await;
+    let refused = common::stacks::wait_for(&client, &ns, "claim", "False", "FormatUnsupported").await;
+    let message = common::stacks::message(&refused);
+    assert!(message.contains("spec.credentials.mode") && message.contains("AWS_SESSION_TOKEN"), "{message}");
+    let published = Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt("claim-stack").await.unwrap();
+    assert!(published.is_none_or(|c| !c.data.unwrap_or_default().contains_key("BUCKET_HOST")), "no claim keys");
+}

@@ -291,6 +291,37 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     assert_eq!(keys.key_count(), Some(listed(&stdout).len() as i32), "consume.py listed the bucket as it is");
 }
 
+/// An application written for Rook's bucket claims, pointed at a Stack with nothing but `envFrom`
+/// of the Stack's ConfigMap and the store's credentials Secret, writes and reads under the prefix.
+#[tokio::test]
+async fn an_application_written_for_bucket_claims_uses_a_stack_unchanged() {
+    let (client, ns, bucket) = common::setup_with_bucket("stk-claim").await;
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, store("ml", &bucket)).await;
+    apply(&client, &ns, stack("claim", "ml", json!(["BucketClaim"]), false)).await;
+    let _operator = Operator::start(&ns, "10m");
+    wait_for(&client, &ns, "claim", "True", "Ready").await;
+
+    let data = config_map(&client, &ns, "claim-stack").await.unwrap().data.unwrap();
+    let endpoint = test_env().var("AO_S3_ENDPOINT");
+    assert_eq!(format!("http://{}:{}", data["BUCKET_HOST"], data["BUCKET_PORT"]), endpoint, "host without scheme");
+    assert_eq!((data["BUCKET_NAME"].as_str(), data["BUCKET_SUBREGION"].as_str()), (bucket.as_str(), ""));
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns).get("ml-aws-credentials").await.unwrap();
+    let mut env: BTreeMap<String, String> = data.into_iter().filter(|(k, _)| !k.contains('.')).collect();
+    env.extend(secret.data.unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())));
+    let mut command = std::process::Command::new(format!("{}/bin/python", test_env().var("AO_VENV")));
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/bucket_claim.py"))
+        .env_clear()
+        .envs(&env)
+        .env("PATH", "/usr/bin:/bin");
+    let stdout = run(command, "the bucket claim consumer");
+    let key = stdout.split(&format!("s3://{bucket}/")).nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
+    assert!(key.starts_with("pipelines/claim/"), "under the store's prefix: {stdout}");
+    let object = common::s3_root().get_object().bucket(&bucket).key(key).send().await;
+    assert!(object.is_ok(), "the object is in the bucket: {key}");
+}
+
 #[tokio::test]
 async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mount() {
     let (client, ns) = setup("stk-ca").await;

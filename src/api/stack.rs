@@ -260,6 +260,11 @@ pub enum OutputFormat {
     /// (one stack per namespace).
     #[serde(rename = "KFP")]
     Kfp,
+    /// The keys of an ObjectBucketClaim's ConfigMap (Rook, NooBaa) in the stack's ConfigMap:
+    /// `BUCKET_HOST` (no scheme), `BUCKET_PORT`, `BUCKET_NAME`, `BUCKET_REGION`,
+    /// `BUCKET_SUBREGION`, for applications written against bucket claims; they pair with the
+    /// store's credentials Secret. Needs key auth and path-style addressing.
+    BucketClaim,
 }
 
 /// Observed state of a Stack.

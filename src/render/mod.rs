@@ -2,6 +2,7 @@
 //! functions: the same input always gives the same bytes, and no secret value is ever an input.
 
 pub mod argo;
+pub mod bucket_claim;
 pub mod env;
 pub mod kfp;
 pub mod zenml;

@@ -116,6 +116,12 @@ fn wants(stack: &Stack, format: OutputFormat) -> bool {
     stack.spec.outputs.formats.contains(&format)
 }
 
+/// Why a format the Stack asks for cannot serve its store as it is, naming the setting.
+pub fn unsupported_format(stack: &Stack, store: &ResolvedStore) -> Option<crate::aws::Failure> {
+    let claim = wants(stack, OutputFormat::BucketClaim).then(|| render::bucket_claim::render(store).err()).flatten()?;
+    Some(crate::aws::Failure::new(crate::reason::Reason::FormatUnsupported, format!("BucketClaim: {claim}")))
+}
+
 /// The Stack's ConfigMap and its content hash. `ca_pem` is the bundle the store publishes.
 pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) -> (ConfigMap, String) {
     let name = stack.metadata.name.clone().unwrap_or_default();
@@ -127,6 +133,10 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
     data.insert("ORCHESTRATOR_SERVICE_ACCOUNT".into(), orchestrator.service_account_name.clone());
     if let (Some(pem), Some(_)) = (ca_pem, store.ca_bundle_path()) {
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
+    }
+    if wants(stack, OutputFormat::BucketClaim) {
+        // Refused before publishing when it cannot serve the store (see `unsupported_format`).
+        data.extend(render::bucket_claim::render(store).unwrap_or_default());
     }
     if wants(stack, OutputFormat::ZenML) {
         let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));

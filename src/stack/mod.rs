@@ -465,6 +465,7 @@ fn waits_for_a_change(reason: Reason) -> bool {
             | Reason::NameConflict
             | Reason::KfpLauncherTaken
             | Reason::DefaultRepositoryTaken
+            | Reason::FormatUnsupported
     )
 }
 
