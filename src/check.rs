@@ -186,6 +186,23 @@ pub fn credential_source(env: impl Fn(&str) -> Option<String>) -> &'static str {
     }
 }
 
+/// Access keys in the environment of a pod that also has a web identity (IRSA's AWS_ROLE_ARN and
+/// AWS_WEB_IDENTITY_TOKEN_FILE): every SDK takes the keys first and never assumes the role, so the
+/// pod works as another identity, or not at all, whatever the role allows (deployKF #79).
+pub fn shadowed_web_identity(env: impl Fn(&str) -> Option<String>) -> Option<Failure> {
+    let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+    if !(set("AWS_ACCESS_KEY_ID") && set("AWS_WEB_IDENTITY_TOKEN_FILE") && set("AWS_ROLE_ARN")) {
+        return None;
+    }
+    let role = env("AWS_ROLE_ARN").unwrap_or_default();
+    Some(Failure::new(
+        Reason::WebIdentityShadowed,
+        format!(
+            "the pod has AWS_ACCESS_KEY_ID in its environment besides the ServiceAccount's web identity token (role {role}): the SDKs use the keys and never assume the role; remove AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the pod (a preset env, a webhook or an envFrom Secret sets them)"
+        ),
+    ))
+}
+
 /// Runs the check, printing one line per step; the exit code says whether access is proven.
 pub async fn run(args: CheckArgs) -> ExitCode {
     let args = args.with_env(|name| std::env::var(name).ok());
@@ -256,6 +273,9 @@ async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
         .load()
         .await;
     let source = credential_source(|name| std::env::var(name).ok());
+    if let Some(failure) = shadowed_web_identity(|name| std::env::var(name).ok()) {
+        report(Step::Credentials, &format!("from {source}"), Err::<(), _>(failure))?;
+    }
     let provider = sdk.credentials_provider();
     report(
         Step::Credentials,
@@ -462,5 +482,24 @@ mod tests {
             credential_source(env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn")])).contains("IRSA")
         );
         assert!(credential_source(env(&[])).contains("default chain"));
+    }
+
+    #[test]
+    fn access_keys_beside_a_web_identity_are_refused() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let irsa = env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r")]);
+        assert_eq!(shadowed_web_identity(irsa), None);
+        assert_eq!(shadowed_web_identity(env(&[("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")])), None, "keys alone are fine");
+        let both = env(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+        ]);
+        let failure = shadowed_web_identity(both).unwrap();
+        assert_eq!(failure.reason, Reason::WebIdentityShadowed);
+        assert!(failure.message.contains("AWS_ACCESS_KEY_ID") && failure.message.contains("arn:aws:iam::1:role/r"));
+        assert!(!failure.message.contains("AKIAEXAMPLE"), "the key's value is not said");
     }
 }

@@ -272,6 +272,9 @@ reasons! {
     AssumeRoleDenied: Action, STACK_SCOPED_AND_READY, "let the store's keys assume the role (sts:AssumeRole in their policy and the role's trust policy) or fix spec.credentials.roleArn; the role (or, on MinIO, the store's user) must allow what the scope asks for";
     /// `artifact-operator check` found no credentials in the workload pod.
     NoCredentials: Action, &[STACK_WORKLOAD, STACK_READY], "give the pods the store's credentials Secret (envFrom) or an IAM role (IRSA, Pod Identity)";
+    /// `artifact-operator check` found access keys in a pod whose ServiceAccount has a web identity
+    /// (IRSA): the SDKs take the keys first and never assume the role (deployKF #79).
+    WebIdentityShadowed: Action, &[STACK_WORKLOAD, STACK_READY], "remove AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the pods' environment (a preset env, a webhook or an envFrom Secret sets them): the SDKs take them before the ServiceAccount's web identity token";
 }
 
 impl Reason {
