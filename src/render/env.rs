@@ -94,4 +94,33 @@ mod tests {
         let aws = env_of(json!({"path": "s3://bucket/runs", "auth": {"implicit": {}}}));
         assert!(!aws.contains_key("AWS_REQUEST_CHECKSUM_CALCULATION"), "AWS takes the SDKs' default");
     }
+
+    #[test]
+    fn implicit_auth_leaves_the_web_identity_chain_alone() {
+        // What would come before IRSA's web identity in the SDKs' chains (keys, a profile, a
+        // credentials file or process, the container endpoint), or send its AssumeRoleWithWebIdentity
+        // elsewhere (a global or STS endpoint): the pod's ServiceAccount must decide, not the Stack.
+        let env = env_of(json!({"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"},
+            "auth": {"implicit": {"serviceAccountName": "runner", "roleArn": "arn:aws:iam::123456789012:role/ml"}}}));
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_STS",
+            "AWS_STS_REGIONAL_ENDPOINTS",
+            "ARTIFACT_STORE_CREDENTIALS_SECRET",
+        ] {
+            assert!(!env.contains_key(key), "{key} is rendered: {env:?}");
+        }
+        assert_eq!(env["AWS_ENDPOINT_URL_S3"], "http://minio:9000", "the endpoint is S3's alone");
+    }
 }
