@@ -2,6 +2,7 @@
 //! `tests/env/up.sh` (kube-apiserver, etcd, kube-controller-manager, MinIO, versitygw, moto).
 #![allow(dead_code)]
 
+pub mod argo;
 pub mod chart;
 pub mod scoped;
 pub mod stacks;

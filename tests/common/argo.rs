@@ -1,0 +1,353 @@
+//! Argo Workflows on the real node, for the tests that run workflows there (tests/argo_node.rs,
+//! tests/irsa_node.rs): the workflow-controller and argoexec built from the pinned Argo module
+//! (tests/env/argo), installed as Argo's namespace install does it, and two-step workflows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use artifact_operator::api::Stack;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::test_env;
+
+/// The ServiceAccount the workflows' pods run as, named by every Stack.
+pub const WORKFLOW_ACCOUNT: &str = "argo-workflow";
+pub const ARGO_MODULE: &str = "github.com/argoproj/argo-workflows/v3";
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command and returns its stdout, failing the test with its output if it fails.
+pub fn run(command: &mut Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The pinned Argo module's directory in the Go module cache (tests/env/argo/go.mod), where its
+/// CRDs and install manifests are read from.
+pub fn argo_module() -> PathBuf {
+    let dir = run(
+        Command::new("go")
+            .args(["list", "-m", "-f", "{{.Dir}}", ARGO_MODULE])
+            .current_dir(repo().join("tests/env/argo"))
+            .env("GOPROXY", "off"),
+        "go list -m (run tests/env/build.sh go first)",
+    );
+    PathBuf::from(dir.trim())
+}
+
+/// A YAML file of Argo's manifests (one document), as JSON.
+pub fn manifest(module: &Path, path: &str) -> Value {
+    let text = std::fs::read_to_string(module.join("manifests").join(path))
+        .unwrap_or_else(|e| panic!("{path} in Argo's module: {e}"));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A binary `tests/env/build.sh go` built into the cache.
+pub fn cached_binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(test_env().var("AO_CACHE_DIR")).join("bin").join(name);
+    assert!(path.is_file(), "{} is missing: run tests/env/build.sh go", path.display());
+    path
+}
+
+/// NAME:TAG with the tag from the content of `file`, so a changed binary is a new image.
+pub fn content_tag(name: &str, file: &Path) -> String {
+    let sum = run(Command::new("sha256sum").arg(file), "sha256sum");
+    format!("{name}:{}", &sum[..12])
+}
+
+/// Builds an image with tests/env/build-image.sh (KIND is its flag) and imports it into the
+/// node's containerd; returns its NAME:TAG.
+pub fn image(kind: &str, binary: Option<&Path>, image: String) -> String {
+    let mut command = Command::new(repo().join("tests/env/build-image.sh"));
+    command.args(["--import", kind]);
+    if let Some(binary) = binary {
+        command.arg(binary);
+    }
+    run(command.arg(&image), &format!("building and importing {image}"));
+    image
+}
+
+pub fn resource(object: &Value) -> ApiResource {
+    let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((group, version)) => (group.to_owned(), version.to_owned()),
+        None => (String::new(), object["apiVersion"].as_str().unwrap().to_owned()),
+    };
+    ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, object["kind"].as_str().unwrap()))
+}
+
+/// Server-side applies a cluster-scoped object given as JSON.
+pub async fn apply_cluster(client: &Client, object: &Value) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(object));
+    let name = object["metadata"]["name"].as_str().unwrap();
+    api.patch(name, &PatchParams::apply("argo-node-test").force(), &Patch::Apply(object))
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {name}: {e}", object["kind"]));
+}
+
+/// Argo's CRDs, as its namespace install has them (manifests/base/crds/minimal), Established.
+pub async fn install_argo_crds(client: &Client, module: &Path) {
+    let kustomization = manifest(module, "base/crds/minimal/kustomization.yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in kustomization["resources"].as_array().unwrap() {
+        let crd = manifest(module, &format!("base/crds/minimal/{}", file.as_str().unwrap()));
+        apply_cluster(client, &crd).await;
+        let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} Established in time"))
+        .unwrap();
+    }
+    // Discovery of a new CRD can lag a moment behind Established.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Applies a JSON patch of `add` operations, as kustomize applies Argo's overlays.
+pub fn json_patch(target: &mut Value, operations: &Value) {
+    for operation in operations.as_array().unwrap() {
+        assert_eq!(operation["op"], "add", "only add operations: {operation}");
+        let path = operation["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        let mut node = &mut *target;
+        for part in parent.split('/').skip(1) {
+            node = match part.parse::<usize>() {
+                Ok(index) => &mut node[index],
+                Err(_) => &mut node[part],
+            };
+        }
+        match (node, last) {
+            (Value::Array(items), "-") => items.push(operation["value"].clone()),
+            (Value::Object(fields), key) => {
+                fields.insert(key.to_owned(), operation["value"].clone());
+            }
+            (node, _) => panic!("cannot add at {path} in {node}"),
+        }
+    }
+}
+
+/// The pod environment that points a client at the apiserver: there is no kube-proxy on this node,
+/// so the Service address the kubelet sets would lead nowhere.
+pub fn apiserver_env(node: &BTreeMap<String, String>) -> Value {
+    json!([
+        {"name": "KUBERNETES_SERVICE_HOST", "value": node["AO_POD_KUBE_API_HOST"]},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": node["AO_POD_KUBE_API_PORT"]},
+    ])
+}
+
+/// Argo's controller, installed in `ns` as its namespace install does (manifests/namespace-install:
+/// the base Deployment, ServiceAccount and PriorityClass, the controller Role and RoleBinding, the
+/// `--namespaced` overlay), with `workflow-controller-configmap` naming only the executor image.
+pub async fn install_controller(
+    client: &Client,
+    ns: &str,
+    module: &Path,
+    node: &BTreeMap<String, String>,
+    controller_image: &str,
+    executor_image: &str,
+) {
+    let base = "base/workflow-controller";
+    super::apply(client, ns, manifest(module, &format!("{base}/workflow-controller-sa.yaml"))).await;
+    apply_cluster(client, &manifest(module, &format!("{base}/workflow-controller-priorityclass.yaml"))).await;
+    let rbac = "namespace-install/workflow-controller-rbac";
+    super::apply(client, ns, manifest(module, &format!("{rbac}/workflow-controller-role.yaml"))).await;
+    let mut binding = manifest(module, &format!("{rbac}/workflow-controller-rolebinding.yaml"));
+    // What `kubectl apply -n` (kustomize's namespace) makes of the subject.
+    for subject in binding["subjects"].as_array_mut().unwrap() {
+        subject["namespace"] = json!(ns);
+    }
+    super::apply(client, ns, binding).await;
+
+    // The configuration: the executor's image, and the apiserver's address for its containers.
+    // No artifactRepository: the repositories come from the Stacks alone.
+    let executor = json!({"image": executor_image, "imagePullPolicy": "Never", "env": apiserver_env(node)});
+    let mut config = manifest(module, &format!("{base}/workflow-controller-configmap.yaml"));
+    config["data"] = json!({"executor": serde_yaml_ng::to_string(&executor).unwrap()});
+    super::apply(client, ns, config).await;
+
+    let mut deployment = manifest(module, &format!("{base}/workflow-controller-deployment.yaml"));
+    json_patch(&mut deployment, &manifest(module, "namespace-install/overlays/workflow-controller-deployment.yaml"));
+    let container = &mut deployment["spec"]["template"]["spec"]["containers"][0];
+    container["image"] = json!(controller_image);
+    container["imagePullPolicy"] = json!("Never");
+    container["env"].as_array_mut().unwrap().extend(apiserver_env(node).as_array().unwrap().iter().cloned());
+    super::apply(client, ns, deployment).await;
+}
+
+/// The controller's Lease held: it leads and runs its workers.
+pub async fn controller_leads(client: &Client, ns: &str) -> String {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let waited = tokio::time::timeout(Duration::from_secs(180), async {
+        loop {
+            if let Some(holder) =
+                leases.get_opt("workflow-controller").await.unwrap().and_then(|l| l.spec?.holder_identity)
+            {
+                return holder;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    match waited {
+        Ok(holder) => holder,
+        Err(_) => {
+            panic!("the workflow-controller did not take its Lease in 180 s:\n{}", controller_log(client, ns).await)
+        }
+    }
+}
+
+/// The controller pod's log (its last lines), for failure messages.
+pub async fn controller_log(client: &Client, ns: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let listed = pods.list(&ListParams::default().labels("app=workflow-controller")).await.unwrap();
+    let mut text = String::new();
+    for pod in listed.items {
+        let name = pod.name_any();
+        let status = serde_json::to_string(&pod.status).unwrap();
+        let log = pods
+            .logs(&name, &LogParams { tail_lines: Some(60), ..Default::default() })
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e})"));
+        text += &format!("controller pod {name}: {status}\n{log}\n");
+    }
+    text
+}
+
+/// Deletes the controller's Deployment when dropped, so that no controller keeps running on the
+/// node after the test, passed or failed.
+pub struct Controller {
+    pub namespace: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let ns = self.namespace.clone();
+        // A runtime of its own: the test's is blocked in this drop.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let client = super::client().await;
+                let api: Api<Deployment> = Api::namespaced(client, &ns);
+                let _ = api.delete("workflow-controller", &DeleteParams::background()).await;
+            })
+        })
+        .join();
+    }
+}
+
+/// The workflows' ServiceAccount with what Argo's executor needs (docs/workflow-rbac.md, the
+/// minimum for 3.4 and later): create and patch WorkflowTaskResults. Nothing to read Secrets:
+/// the controller mounts the repository's Secrets into the pod as volumes.
+pub async fn workflow_account(client: &Client, ns: &str) {
+    super::apply(
+        client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKFLOW_ACCOUNT}}),
+    )
+    .await;
+    super::apply(
+        client,
+        ns,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "argo-executor"},
+               "rules": [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}]}),
+    )
+    .await;
+    super::apply(
+        client,
+        ns,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "argo-executor"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argo-executor"},
+               "subjects": [{"kind": "ServiceAccount", "name": WORKFLOW_ACCOUNT, "namespace": ns}]}),
+    )
+    .await;
+}
+
+pub async fn stack_ready(client: &Client, ns: &str, name: &str) -> Stack {
+    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
+    let mut last = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(180), async {
+        loop {
+            if let Some(stack) = api.get_opt(name).await.unwrap() {
+                let ready =
+                    stack.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+                if let Some(ready) = ready {
+                    last = format!("{} ({}): {}", ready.status, ready.reason, ready.message);
+                    if ready.status == "True" && ready.observed_generation == stack.metadata.generation {
+                        return stack;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    ready.unwrap_or_else(|_| panic!("Stack {ns}/{name} not Ready in 180 s; last Ready={last}"))
+}
+
+/// Two steps: `write` saves PAYLOAD as output artifact `out` (not archived, so the object is the
+/// file's bytes); `read` gets it as input artifact `in`, prints it and returns it as output
+/// parameter `read`. No repository anywhere but `reference` (a key of artifact-repositories).
+pub fn workflow(name: &str, reference: Option<&str>, image: &str, payload: &str) -> Value {
+    let step =
+        |script: String| json!({"image": image, "imagePullPolicy": "Never", "command": ["sh", "-c"], "args": [script]});
+    let mut spec = json!({
+        "entrypoint": "main",
+        "serviceAccountName": WORKFLOW_ACCOUNT,
+        "templates": [
+            {"name": "main", "steps": [
+                [{"name": "write", "template": "write"}],
+                [{"name": "read", "template": "read",
+                  "arguments": {"artifacts": [{"name": "in", "from": "{{steps.write.outputs.artifacts.out}}"}]}}],
+            ]},
+            {"name": "write",
+             "container": step(format!("printf '%s' '{payload}' > /tmp/out.txt")),
+             "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out.txt", "archive": {"none": {}}}]}},
+            {"name": "read",
+             "inputs": {"artifacts": [{"name": "in", "path": "/tmp/in.txt"}]},
+             "container": step("cat /tmp/in.txt && cp /tmp/in.txt /tmp/read.txt".to_owned()),
+             "outputs": {"parameters": [{"name": "read", "valueFrom": {"path": "/tmp/read.txt"}}]}},
+        ],
+    });
+    if let Some(key) = reference {
+        spec["artifactRepositoryRef"] = json!({"configMap": "artifact-repositories", "key": key});
+    }
+    json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": name}, "spec": spec})
+}
+
+pub fn workflows(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+/// What the workflow's pods and statuses show, for a failure message.
+pub async fn workflow_diagnosis(client: &Client, ns: &str, name: &str) -> String {
+    let workflow = workflows(client, ns).get(name).await.map(|w| w.data["status"].clone()).unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("workflows.argoproj.io/workflow={name}");
+    let mut text = format!("workflow {name} status: {workflow}\n");
+    for pod in pods.list(&ListParams::default().labels(&selector)).await.unwrap().items {
+        let pod_name = pod.name_any();
+        text += &format!("pod {pod_name}: {}\n", serde_json::to_string(&pod.status).unwrap());
+        for container in ["init", "wait", "main"] {
+            let params =
+                LogParams { container: Some(container.to_owned()), tail_lines: Some(30), ..Default::default() };
+            let log = pods.logs(&pod_name, &params).await.unwrap_or_else(|e| format!("(no log: {e})"));
+            text += &format!("--- {container}:\n{log}\n");
+        }
+    }
+    text
+}
