@@ -1,7 +1,11 @@
 //! IRSA in pods on the real node: the upstream amazon-eks-pod-identity-webhook (built from its
-//! module, tests/env/pod-identity-webhook, `tests/env/build.sh go`) runs as a host process on
-//! 127.0.0.1 and mutates this test's pods (a MutatingWebhookConfiguration with `clientConfig.url`,
-//! its serving certificate signed by the environment's CA): pods of a ServiceAccount annotated with
+//! module, tests/env/pod-identity-webhook, `tests/env/build.sh go`) runs as a host process and
+//! mutates this test's pods (upstream's own MutatingWebhookConfiguration from its module, with
+//! `clientConfig.url` https://127.0.0.1:PORT and a serving certificate signed by the environment's
+//! CA, narrowed to the test's namespace). A host process because the apiserver runs on the host
+//! and reaches 127.0.0.1 directly, with no Service (there is no kube-proxy on this node), no image
+//! and no in-cluster certificate request; out of the cluster the webhook listens on all
+//! interfaces at its port, which the test picks free. Pods of a ServiceAccount annotated with
 //! `eks.amazonaws.com/role-arn` get the projected token (audience sts.amazonaws.com), AWS_ROLE_ARN
 //! and AWS_WEB_IDENTITY_TOKEN_FILE. The apiserver's issuer is registered in moto's IAM as an OIDC
 //! provider, and each Stack's store (implicit auth) is on moto's S3. The `verification.inPod`
@@ -13,6 +17,11 @@
 //! adds AWS_ENDPOINT_URL_STS to the pods, as a cluster whose STS is not AWS's must (on EKS the SDKs'
 //! default STS endpoint is right and nothing is added). It also plays the deployKF #79 trap: pods
 //! of the ServiceAccount `preset` get AWS_ACCESS_KEY_ID as well.
+//!
+//! Cases: (good) the check pod; (wrong trust) a role whose trust policy does not admit the
+//! ServiceAccount; (preset keys) AWS_ACCESS_KEY_ID beside the token; (argo) an Argo workflow whose
+//! executor saves and loads through the role (Argo's install from tests/common/argo.rs). moto's
+//! recorder is global: two runs of this test at once would stop each other's recording.
 //!
 //! Runs only where the node runs (root, `tests/env/node-up.sh`).
 
@@ -390,6 +399,18 @@ fn watch_pods(client: &Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Pod>>> {
     seen
 }
 
+/// The Secrets a pod mounts (as volumes, or projected).
+fn secret_volumes(pod: &Pod) -> Vec<String> {
+    let volumes = pod.spec.as_ref().unwrap().volumes.iter().flatten();
+    volumes
+        .flat_map(|v| {
+            let projected =
+                v.projected.iter().flat_map(|p| p.sources.iter().flatten()).filter_map(|s| s.secret.as_ref());
+            v.secret.iter().filter_map(|s| s.secret_name.clone()).chain(projected.map(|s| s.name.clone()))
+        })
+        .collect()
+}
+
 /// The check pods of Stack `stack` seen so far (the last state seen of each).
 fn check_pods(pods: &Mutex<BTreeMap<String, Pod>>, stack: &str) -> Vec<Pod> {
     let pods = pods.lock().unwrap();
@@ -590,7 +611,6 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
             .unwrap_or_else(|| panic!("no check pod of {stack} seen: {:?}", seen.keys()))
     };
     let pod = check_pod("good");
-    println!("good: WorkloadAccessVerified {verified:?}");
     assert_eq!(
         verified.0,
         "True",
@@ -607,6 +627,7 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     assert_eq!(env.get("AWS_WEB_IDENTITY_TOKEN_FILE").map(String::as_str), Some(TOKEN_FILE));
     let sources = container.env_from.clone().unwrap_or_default();
     assert!(sources.iter().all(|s| s.secret_ref.is_none()), "no Secret in envFrom: {sources:?}");
+    assert_eq!(secret_volumes(&pod), Vec::<String>::new(), "no Secret mounted in the check pod");
     let projected = spec
         .volumes
         .iter()
@@ -774,6 +795,7 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     assert_eq!(workflow_pods.len(), 2, "two step pods seen");
     for pod in &workflow_pods {
         let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(secret_volumes(pod), Vec::<String>::new(), "no Secret mounted in {}", pod.name_any());
         for container in spec.init_containers.iter().flatten().chain(&spec.containers) {
             let env = container_env(container);
             for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
