@@ -153,27 +153,6 @@ async fn check_case(client: &Client, ns: &str, case: &Case) -> Result<String, St
     ))
 }
 
-/// An S3 client for the HTTPS MinIO, trusting its private CA, as MinIO's root user.
-fn s3_tls() -> aws_sdk_s3::Client {
-    let env = test_env();
-    let pem = std::fs::read_to_string(env.var("AO_S3_CA_FILE")).unwrap();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(env.var("AO_S3_REGION").to_owned()))
-        .endpoint_url(env.var("AO_S3_TLS_ENDPOINT"))
-        .force_path_style(true)
-        .http_client(artifact_operator::aws::clients::https_client_trusting(&pem).unwrap())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            env.var("AO_S3_ROOT_ACCESS_KEY"),
-            env.var("AO_S3_ROOT_SECRET_KEY"),
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 fn payload(case: &str) -> String {
     format!("argo-node case {case} {:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
@@ -248,7 +227,7 @@ async fn argo_workflows_on_the_node_save_and_load_artifacts_through_stacks() {
     let cases = [
         ("a", "prod", None, first.clone(), "pipelines", s3_root()),
         ("b", "second", Some("second"), second, "second", s3_root()),
-        ("c", "secure", Some("secure"), secure, "tls", s3_tls()),
+        ("c", "secure", Some("secure"), secure, "tls", common::s3_root_tls()),
         ("d", "scoped", Some("scoped"), first, "pipelines/scoped", s3_root()),
     ];
     let cases: Vec<Case> = cases

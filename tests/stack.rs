@@ -152,7 +152,7 @@ async fn pod(client: &Client, ns: &str, stack: &str, store: &str) -> Pod {
         env.insert(key, String::from_utf8(value.0).unwrap());
     }
     let launcher = tempfile::tempdir().unwrap();
-    let launcher_data = config_map(client, ns, "kfp-launcher").await.unwrap().data.unwrap();
+    let launcher_data = config_map(client, ns, "kfp-launcher").await.and_then(|c| c.data).unwrap_or_default();
     assert!(!serde_json::to_string(&launcher_data).unwrap().contains(canary), "no secret value in kfp-launcher");
     for (key, value) in launcher_data {
         std::fs::write(launcher.path().join(key), value).unwrap();
@@ -291,6 +291,82 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     assert_eq!(keys.key_count(), Some(listed(&stdout).len() as i32), "consume.py listed the bucket as it is");
 }
 
+/// MLflow's own tracking server and clients with nothing but a Stack's keys as environment: one
+/// server stores run artifacts at the rendered destination and proxies them (`mlflow-artifacts:/`),
+/// another does not serve artifacts, so its client writes to S3 itself. Both artifacts are read
+/// back through MLflow's API and found under the store's prefix. Returns the lines they printed.
+async fn mlflow_consumers(pod: &Pod, s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mlflow =
+        format!("{}/bin/mlflow", std::path::Path::new(test_env().var("AO_CACHE_DIR")).join("venv-mlflow").display());
+    let destination = pod.env["MLFLOW_ARTIFACTS_DESTINATION"].clone();
+    let mut lines = Vec::new();
+    for (name, serving) in [
+        ("proxied", ["--serve-artifacts", "--artifacts-destination"]),
+        ("direct", ["--no-serve-artifacts", "--default-artifact-root"]),
+    ] {
+        let port = common::free_port();
+        let server_dir = tempfile::tempdir().unwrap();
+        let mut server = std::process::Command::new(&mlflow)
+            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}/mlflow.db", server_dir.path().display()))
+            .args([serving[0], serving[1], &destination])
+            .env_clear()
+            .envs(&pod.env)
+            .env("PATH", format!("{}:/usr/bin:/bin", std::path::Path::new(&mlflow).parent().unwrap().display()))
+            .env("HOME", server_dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(server_dir.path().join("server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut command = std::process::Command::new(mlflow.replace("/bin/mlflow", "/bin/python"));
+        command
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/mlflow_client.py"))
+            .args([format!("http://127.0.0.1:{port}"), format!("stack-{name}")])
+            .env_clear()
+            .envs(&pod.env)
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", pod.files.path())
+            // A failure fails at once instead of after MLflow's minutes of retries.
+            .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            .env("MLFLOW_HTTP_REQUEST_TIMEOUT", "30");
+        let output = command.output().unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        let log = std::fs::read_to_string(server_dir.path().join("server.log")).unwrap_or_default();
+        assert!(
+            output.status.success(),
+            "MLflow {name}: {said}{}\nserver log:\n{log}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("{}", said.trim_end());
+        lines.push(said.trim_end().to_owned());
+    }
+    let keys = s3.list_objects_v2().bucket(bucket).prefix(format!("{prefix}/")).send().await.unwrap();
+    let payloads = keys.contents().iter().filter_map(|o| o.key()).filter(|k| k.ends_with("/notes/payload.txt")).count();
+    assert_eq!(payloads, 2, "both runs' artifacts under s3://{bucket}/{prefix}/");
+    assert!(
+        lines[0].contains("mlflow-artifacts:/") && lines[1].contains(&format!("s3://{bucket}/{prefix}/")),
+        "{lines:?}"
+    );
+    lines
+}
+
+#[tokio::test]
+async fn mlflow_s_server_and_clients_store_artifacts_with_only_the_stack_s_keys() {
+    let (client, ns, bucket) = common::setup_with_bucket("stk-mlflow").await;
+    apply(&client, &ns, service_account("runner")).await;
+    apply(&client, &ns, store("ml", &bucket)).await;
+    apply(&client, &ns, stack("tracking", "ml", json!(["MLflow"]), false)).await;
+    let _operator = Operator::start(&ns, "10m");
+    wait_for(&client, &ns, "tracking", "True", "Ready").await;
+    let pod = pod(&client, &ns, "tracking", "ml").await;
+    assert_eq!(pod.env["MLFLOW_ARTIFACTS_DESTINATION"], format!("s3://{bucket}/pipelines"));
+    assert_eq!(pod.env["MLFLOW_S3_ENDPOINT_URL"], test_env().var("AO_S3_ENDPOINT"));
+    mlflow_consumers(&pod, &common::s3_root(), &bucket, "pipelines").await;
+}
+
 /// An application written for Rook's bucket claims, pointed at a Stack with nothing but `envFrom`
 /// of the Stack's ConfigMap and the store's credentials Secret, writes and reads under the prefix.
 #[tokio::test]
@@ -341,12 +417,13 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
         "provisioning": "Create",
     }}))
     .await;
-    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true)).await;
+    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP", "MLflow"]), true)).await;
     let _operator = Operator::start(&ns, "10m");
     wait_for(&client, &ns, "prod", "True", "Ready").await;
 
     let data = config_map(&client, &ns, "prod-stack").await.unwrap().data.unwrap();
     assert_eq!(data["AWS_CA_BUNDLE"], format!("{MOUNT}/ca-bundle.pem"));
+    assert!(!data.contains_key("MLFLOW_S3_IGNORE_TLS"), "MLflow trusts the CA, never both");
     assert!(data["ca-bundle.pem"].contains("BEGIN CERTIFICATE"), "the one mount carries the bundle its keys name");
     let repository: Value =
         serde_yaml_ng::from_str(&config_map(&client, &ns, REPOSITORIES).await.unwrap().data.unwrap()["prod"]).unwrap();
@@ -360,6 +437,8 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+    // MLflow through the private CA, by the same mount (its server and its direct client).
+    mlflow_consumers(&pod, &common::s3_root_tls(), &bucket, "pipelines").await;
     // This server takes the checksums the SDKs add by default, and the store says so.
     assert_eq!(data["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_supported");
     assert_uploads_follow(&stdout, true);
@@ -543,9 +622,42 @@ async fn the_examples_are_accepted_and_the_minio_one_becomes_ready() {
     for object in example_objects("eks-irsa.yaml") {
         apply(&client, &elsewhere, object).await;
     }
+    // The MLflow example's Deployment is checked, not run: its envFrom and mount are the Stack's.
+    let mut deployments = Vec::new();
+    for object in example_objects("mlflow.yaml") {
+        if object["kind"] == "Deployment" {
+            deployments.push(serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(object).unwrap());
+        } else {
+            apply(&client, &ns, object).await;
+        }
+    }
     user_keys_secret(&client, &ns, "minio-keys").await;
     let _operator = Operator::start(&ns, "10m");
     wait_for(&client, &ns, "minio", "True", "Ready").await;
+    wait_for(&client, &ns, "mlflow", "True", "Ready").await;
+    let published = config_map(&client, &ns, "mlflow-stack").await.unwrap().data.unwrap();
+    let container = &deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let sources: Vec<String> = container
+        .env_from
+        .iter()
+        .flatten()
+        .filter_map(|source| {
+            source
+                .config_map_ref
+                .as_ref()
+                .map(|c| c.name.clone())
+                .or(source.secret_ref.as_ref().map(|s| s.name.clone()))
+        })
+        .collect();
+    assert_eq!(sources, ["mlflow-stack", "mlflow-aws-credentials"]);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns).get("mlflow-aws-credentials").await;
+    assert!(secrets.is_ok(), "the Secret the Deployment names is the store's");
+    let destination = container.args.iter().flatten().find_map(|a| a.strip_prefix("--artifacts-destination=")).unwrap();
+    assert_eq!(destination, "$(MLFLOW_ARTIFACTS_DESTINATION)");
+    assert!(
+        published["MLFLOW_ARTIFACTS_DESTINATION"].ends_with("/mlflow")
+            && published.contains_key("MLFLOW_S3_ENDPOINT_URL")
+    );
     // argo-artifacts does not exist on the local MinIO: the stack waits for its store.
     let waiting = wait_for(&client, &ns, "argo", "False", "ArtifactStoreNotReady").await;
     assert!(message(&waiting).contains("ArtifactStore argo is not ready"), "{}", message(&waiting));

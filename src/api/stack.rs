@@ -265,6 +265,12 @@ pub enum OutputFormat {
     /// `BUCKET_SUBREGION`, for applications written against bucket claims; they pair with the
     /// store's credentials Secret. Needs key auth and path-style addressing.
     BucketClaim,
+    /// The variables MLflow reads for S3 (`MLFLOW_S3_ENDPOINT_URL`,
+    /// `MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE`, `MLFLOW_S3_IGNORE_TLS`,
+    /// `MLFLOW_S3_UPLOAD_EXTRA_ARGS`) in the stack's ConfigMap, and `MLFLOW_ARTIFACTS_DESTINATION`
+    /// for the tracking server's `--artifacts-destination`.
+    #[serde(rename = "MLflow")]
+    Mlflow,
 }
 
 /// Observed state of a Stack.

@@ -48,20 +48,7 @@ pub fn artifact_store_config(store: &ResolvedStore) -> Value {
         config_kwargs.insert("response_checksum_validation".into(), json!(endpoint.checksums.sdk_value()));
     }
 
-    let mut additional = Map::new();
-    let defaults = &store.object_defaults;
-    if let Some(sse) = defaults.server_side_encryption {
-        additional.insert("ServerSideEncryption".into(), json!(sse.as_str()));
-    }
-    if let Some(key) = &defaults.sse_kms_key_id {
-        additional.insert("SSEKMSKeyId".into(), json!(key));
-    }
-    if let Some(acl) = defaults.acl {
-        additional.insert("ACL".into(), json!(acl.as_str()));
-    }
-    if let Some(class) = defaults.storage_class {
-        additional.insert("StorageClass".into(), json!(class.as_str()));
-    }
+    let additional = super::upload_args(store);
 
     json!({
         "path": store.path.to_string(),

@@ -118,8 +118,15 @@ fn wants(stack: &Stack, format: OutputFormat) -> bool {
 
 /// Why a format the Stack asks for cannot serve its store as it is, naming the setting.
 pub fn unsupported_format(stack: &Stack, store: &ResolvedStore) -> Option<crate::aws::Failure> {
-    let claim = wants(stack, OutputFormat::BucketClaim).then(|| render::bucket_claim::render(store).err()).flatten()?;
-    Some(crate::aws::Failure::new(crate::reason::Reason::FormatUnsupported, format!("BucketClaim: {claim}")))
+    let claim = || render::bucket_claim::render(store).err();
+    let mlflow = || render::mlflow::render(store).err();
+    let refusals = [(OutputFormat::BucketClaim, "BucketClaim", claim()), (OutputFormat::Mlflow, "MLflow", mlflow())];
+    let why: Vec<String> = refusals
+        .into_iter()
+        .filter(|(format, _, _)| wants(stack, *format))
+        .filter_map(|(_, name, refused)| refused.map(|why| format!("{name}: {why}")))
+        .collect();
+    (!why.is_empty()).then(|| crate::aws::Failure::new(crate::reason::Reason::FormatUnsupported, why.join("; and ")))
 }
 
 /// The Stack's ConfigMap and its content hash. `ca_pem` is the bundle the store publishes.
@@ -134,9 +141,12 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
     if let (Some(pem), Some(_)) = (ca_pem, store.ca_bundle_path()) {
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
+    // Each is refused before publishing when it cannot serve the store (see `unsupported_format`).
     if wants(stack, OutputFormat::BucketClaim) {
-        // Refused before publishing when it cannot serve the store (see `unsupported_format`).
         data.extend(render::bucket_claim::render(store).unwrap_or_default());
+    }
+    if wants(stack, OutputFormat::Mlflow) {
+        data.extend(render::mlflow::render(store).unwrap_or_default());
     }
     if wants(stack, OutputFormat::ZenML) {
         let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));

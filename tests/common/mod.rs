@@ -457,6 +457,28 @@ pub fn s3_root() -> aws_sdk_s3::Client {
     s3_client(env.var("AO_S3_ROOT_ACCESS_KEY"), env.var("AO_S3_ROOT_SECRET_KEY"))
 }
 
+/// An S3 client for the HTTPS S3 server (`AO_S3_TLS_ENDPOINT`), trusting its private CA, as its
+/// root user.
+pub fn s3_root_tls() -> aws_sdk_s3::Client {
+    let env = test_env();
+    let pem = std::fs::read_to_string(env.var("AO_S3_CA_FILE")).unwrap();
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(env.var("AO_S3_REGION").to_owned()))
+        .endpoint_url(env.var("AO_S3_TLS_ENDPOINT"))
+        .force_path_style(true)
+        .http_client(artifact_operator::aws::clients::https_client_trusting(&pem).unwrap())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            env.var("AO_S3_ROOT_ACCESS_KEY"),
+            env.var("AO_S3_ROOT_SECRET_KEY"),
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 pub fn s3_client(access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
     let env = test_env();
     let config = aws_sdk_s3::Config::builder()

@@ -3,7 +3,8 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
 # checker built from Argo Workflows' own packages, Argo's workflow-controller and argoexec (run on the
 # node by tests/argo_node.rs), IRSA's amazon-eks-pod-identity-webhook (tests/irsa_node.rs), and
-# moto (IAM/STS), ZenML (client and server) and boto3 in a virtual environment; and installs the
+# moto (IAM/STS), ZenML (client and server) and boto3 in a virtual environment, MLflow's server and
+# client in another; and installs the
 # Debian packages the node of node-up.sh needs (containerd, ...).
 # Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
 # One part only: build.sh go|python|helm|node.
@@ -39,20 +40,26 @@ kubernetes_version_stamp() {
   echo "$flags"
 }
 
-build_python_tools() {
-  local key venv
-  key=$(cat "$ENV_DIR/requirements.txt" <(python3 --version) | sha256sum | cut -c1-16)
-  venv="$CACHE_DIR/venv-$key"
+python_venv() { # requirements-file link-name what
+  local requirements=$1 link=$2 what=$3 key venv
+  key=$(cat "$ENV_DIR/$requirements" <(python3 --version) | sha256sum | cut -c1-16)
+  venv="$CACHE_DIR/$link-$key"
   # The venv is built in place (a venv records its own path in its scripts, so it cannot be moved
   # after the fact) and marked complete only once pip has succeeded: a half-built one is redone.
   if [[ ! -f "$venv/.complete" ]]; then
-    log "creating the Python environment (requirements.txt: moto, boto3, s3fs, minio, zenml) at $venv"
+    log "creating the Python environment ($requirements: $what) at $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ENV_DIR/requirements.txt"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ENV_DIR/$requirements"
     touch "$venv/.complete"
   fi
-  ln -sfn "$venv" "$CACHE_DIR/venv"
+  ln -sfn "$venv" "$CACHE_DIR/$link"
+}
+
+# Two environments: MLflow's pins (SQLAlchemy, Flask, pandas...) live apart from ZenML's.
+build_python_tools() {
+  python_venv requirements.txt venv "moto, boto3, s3fs, minio, zenml"
+  python_venv requirements-mlflow.txt venv-mlflow "MLflow's tracking server and client"
 }
 
 # The node of node-up.sh runs on Debian packages: containerd and runc, the CNI plugins (bridge,
