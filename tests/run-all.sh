@@ -28,9 +28,10 @@ step "the renewal of scoped credentials starts, beside what follows"
 renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
   sed -n 's/.*(\(target\/debug\/deps\/credential_renewal-[0-9a-f]*\)).*/\1/p')
 [[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }
-"$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
+# In a process group of its own, so that stopping it early also stops the operators it started.
+setsid "$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
 renewal=$!
-trap 'kill "$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
+trap 'kill -- "-$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "building the static binary the image carries (the node test installs it with the chart)"
 AO_STATIC_BINARY=$(tests/env/build-static.sh | tail -n 1)
 export AO_STATIC_BINARY

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use artifact_operator::api::Stack;
@@ -291,6 +292,18 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     assert_eq!(keys.key_count(), Some(listed(&stdout).len() as i32), "consume.py listed the bucket as it is");
 }
 
+/// A process and every process it started in its group, killed together when dropped (also when
+/// a test fails): MLflow's server runs uvicorn and job workers as children of its own.
+struct ProcessGroup(std::process::Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// MLflow's own tracking server and clients with nothing but a Stack's keys as environment: one
 /// server stores run artifacts at the rendered destination and proxies them (`mlflow-artifacts:/`),
 /// another does not serve artifacts, so its client writes to S3 itself. Both artifacts are read
@@ -306,7 +319,7 @@ async fn mlflow_consumers(pod: &Pod, s3: &aws_sdk_s3::Client, bucket: &str, pref
     ] {
         let port = common::free_port();
         let server_dir = tempfile::tempdir().unwrap();
-        let mut server = std::process::Command::new(&mlflow)
+        let server = std::process::Command::new(&mlflow)
             .args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}/mlflow.db", server_dir.path().display()))
@@ -317,8 +330,10 @@ async fn mlflow_consumers(pod: &Pod, s3: &aws_sdk_s3::Client, bucket: &str, pref
             .env("HOME", server_dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(server_dir.path().join("server.log")).unwrap())
+            .process_group(0)
             .spawn()
             .unwrap();
+        let server = ProcessGroup(server);
         let mut command = std::process::Command::new(mlflow.replace("/bin/mlflow", "/bin/python"));
         command
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/mlflow_client.py"))
@@ -331,8 +346,7 @@ async fn mlflow_consumers(pod: &Pod, s3: &aws_sdk_s3::Client, bucket: &str, pref
             .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             .env("MLFLOW_HTTP_REQUEST_TIMEOUT", "30");
         let output = command.output().unwrap();
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         let said = String::from_utf8_lossy(&output.stdout).into_owned();
         let log = std::fs::read_to_string(server_dir.path().join("server.log")).unwrap_or_default();
         assert!(
