@@ -191,3 +191,15 @@ impl ResolvedStore {
         })
     }
 }
+
+/// The store named `ml` in namespace `team` with `spec`, resolved for `region`: what the renderings'
+/// unit tests start from.
+#[cfg(test)]
+pub fn test_store(spec: serde_json::Value, region: &str) -> ResolvedStore {
+    let store: ArtifactStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
+        "spec": spec,
+    }))
+    .expect("a test store deserializes");
+    ResolvedStore::new(&store, region, false).expect("a test store resolves")
+}

@@ -72,15 +72,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn claim(spec: Value) -> Result<BTreeMap<String, String>, String> {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
-            "spec": spec,
-        }))
-        .unwrap();
-        render(&ResolvedStore::new(&store, "eu-west-1", false).unwrap())
+        render(&crate::resolve::test_store(spec, "eu-west-1"))
     }
 
     const KEYS: &str = r#"{"secretRef": {"name": "keys"}}"#;

@@ -70,15 +70,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn env_of(spec: serde_json::Value) -> BTreeMap<String, String> {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
-            "spec": spec,
-        }))
-        .unwrap();
-        render(&ResolvedStore::new(&store, "us-east-1", false).unwrap())
+        render(&crate::resolve::test_store(spec, "us-east-1"))
     }
 
     #[test]

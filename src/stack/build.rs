@@ -18,7 +18,9 @@ use kube::core::ObjectMeta;
 use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
+use crate::aws::Failure;
 use crate::controller::apply;
+use crate::reason::Reason;
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore, SESSION_MOUNT_PATH};
 
@@ -116,21 +118,32 @@ fn wants(stack: &Stack, format: OutputFormat) -> bool {
     stack.spec.outputs.formats.contains(&format)
 }
 
-/// Why a format the Stack asks for cannot serve its store as it is, naming the setting.
-pub fn unsupported_format(stack: &Stack, store: &ResolvedStore) -> Option<crate::aws::Failure> {
-    let claim = || render::bucket_claim::render(store).err();
-    let mlflow = || render::mlflow::render(store).err();
-    let refusals = [(OutputFormat::BucketClaim, "BucketClaim", claim()), (OutputFormat::Mlflow, "MLflow", mlflow())];
-    let why: Vec<String> = refusals
-        .into_iter()
-        .filter(|(format, _, _)| wants(stack, *format))
-        .filter_map(|(_, name, refused)| refused.map(|why| format!("{name}: {why}")))
-        .collect();
-    (!why.is_empty()).then(|| crate::aws::Failure::new(crate::reason::Reason::FormatUnsupported, why.join("; and ")))
+/// What a format that adds keys to the Stack's ConfigMap renders: its keys, or the setting of the
+/// store it cannot serve.
+type FormatKeys = fn(&ResolvedStore) -> Result<BTreeMap<String, String>, String>;
+
+/// The keys of the formats the Stack asks for that add to its ConfigMap (BucketClaim, MLflow), or
+/// one failure naming each of them that cannot serve the store as it is.
+fn format_keys(stack: &Stack, store: &ResolvedStore) -> Result<BTreeMap<String, String>, Failure> {
+    let formats: [(OutputFormat, &str, FormatKeys); 2] = [
+        (OutputFormat::BucketClaim, "BucketClaim", render::bucket_claim::render),
+        (OutputFormat::Mlflow, "MLflow", render::mlflow::render),
+    ];
+    let mut keys = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (_, name, render) in formats.into_iter().filter(|(format, _, _)| wants(stack, *format)) {
+        match render(store) {
+            Ok(rendered) => keys.extend(rendered),
+            Err(why) => refused.push(format!("{name}: {why}")),
+        }
+    }
+    if refused.is_empty() { Ok(keys) } else { Err(Failure::new(Reason::FormatUnsupported, refused.join("; and "))) }
 }
 
-/// The Stack's ConfigMap and its content hash. `ca_pem` is the bundle the store publishes.
-pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) -> (ConfigMap, String) {
+/// The Stack's ConfigMap and its content hash, or why a format it asks for cannot serve the store.
+/// `ca_pem` is the bundle the store publishes.
+pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) -> Result<(ConfigMap, String), Failure> {
+    let format_keys = format_keys(stack, store)?;
     let name = stack.metadata.name.clone().unwrap_or_default();
     let namespace = stack.metadata.namespace.clone().unwrap_or_default();
     let orchestrator = &stack.spec.orchestrator;
@@ -141,13 +154,7 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
     if let (Some(pem), Some(_)) = (ca_pem, store.ca_bundle_path()) {
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
-    // Each is refused before publishing when it cannot serve the store (see `unsupported_format`).
-    if wants(stack, OutputFormat::BucketClaim) {
-        data.extend(render::bucket_claim::render(store).unwrap_or_default());
-    }
-    if wants(stack, OutputFormat::Mlflow) {
-        data.extend(render::mlflow::render(store).unwrap_or_default());
-    }
+    data.extend(format_keys);
     if wants(stack, OutputFormat::ZenML) {
         let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));
         let export =
@@ -157,7 +164,7 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
     let hash = render::content_hash(&data);
     let mut meta = owned_meta(stack, config_map_name(&name));
     meta.annotations = Some(BTreeMap::from([(CONTENT_HASH_ANNOTATION.to_owned(), hash.clone())]));
-    (ConfigMap { metadata: meta, data: Some(data), ..ConfigMap::default() }, hash)
+    Ok((ConfigMap { metadata: meta, data: Some(data), ..ConfigMap::default() }, hash))
 }
 
 /// The namespace's `kfp-launcher` ConfigMap, owned by this Stack.
@@ -237,7 +244,7 @@ mod tests {
 
     #[test]
     fn renders_only_the_formats_asked_for() {
-        let (cm, _) = config_map(&stack(json!([])), &store(keys(), minio()), None);
+        let (cm, _) = config_map(&stack(json!([])), &store(keys(), minio()), None).unwrap();
         let data = cm.data.unwrap();
         assert_eq!(data["STACK_NAME"], "prod");
         assert_eq!(data["ARTIFACT_STORE_PATH"], "s3://bucket/runs");
@@ -248,7 +255,7 @@ mod tests {
     #[test]
     fn the_stack_config_map_carries_the_ca_bundle_its_keys_point_at() {
         let ca = json!({"url": "https://minio:9000", "tls": {"caBundle": {"name": "ca", "key": "ca.crt"}}});
-        let (cm, hash) = config_map(&stack(json!(["ZenML"])), &store(keys(), ca), Some("PEM"));
+        let (cm, hash) = config_map(&stack(json!(["ZenML"])), &store(keys(), ca), Some("PEM")).unwrap();
         assert_eq!(cm.metadata.annotations.unwrap()[CONTENT_HASH_ANNOTATION], hash);
         let data = cm.data.unwrap();
         let path = format!("/etc/artifact-store/{CA_BUNDLE_KEY}");

@@ -66,10 +66,10 @@ pub async fn publish(
         Ok(pem) => pem,
         Err(failure) => return Ok(Publication::Refused(failure)),
     };
-    if let Some(failure) = build::unsupported_format(stack, store) {
-        return Ok(Publication::Refused(failure));
-    }
-    let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref());
+    let (config_map, hash) = match build::config_map(stack, store, ca_pem.as_deref()) {
+        Ok(built) => built,
+        Err(failure) => return Ok(Publication::Refused(failure)),
+    };
     let name = build::config_map_name(&stack.name_any());
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
         return Ok(Publication::Refused(apply::name_conflict("ConfigMap", &name, stack)));
