@@ -286,6 +286,41 @@ async fn stack_zenml_is_checked_at_admission() {
 }
 
 #[tokio::test]
+async fn stack_container_registry_is_checked_at_admission() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::namespace(&client, "crd-registry").await;
+    let stacks = dynamic_api(&client, &ns, "Stack");
+    let with = |name: &str, orchestrator: &str, uri: &str| {
+        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
+            "artifactStoreRef": {"name": "x"},
+            "orchestrator": {"type": orchestrator, "serviceAccountName": "a", "containerRegistry": {"uri": uri}}}})
+    };
+    let cases = [
+        (
+            "ArgoWorkflows",
+            "ghcr.io/team",
+            "spec.orchestrator.containerRegistry: Forbidden: containerRegistry is the registry of ZenML's kubernetes orchestrator",
+        ),
+        ("Kubernetes", "https://ghcr.io/team", "containerRegistry.uri must be a registry host"),
+        ("Kubernetes", "ghcr.io/Team", "containerRegistry.uri must be a registry host"),
+        ("Kubernetes", "ghcr.io/team/", "containerRegistry.uri must be a registry host"),
+        ("Kubernetes", "localhost:5000", "ZenML treats containerRegistry.uri localhost:PORT as a local registry"),
+    ];
+    for (orchestrator, uri, expected) in cases {
+        let err = create(&stacks, with("s", orchestrator, uri)).await.unwrap_err();
+        assert!(err.contains(expected), "{orchestrator} {uri}: {err}");
+    }
+    for (name, uri) in [
+        ("ecr", "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+        ("ghcr", "ghcr.io/team/ml-images"),
+        ("ip", "10.0.0.5:5000"),
+    ] {
+        create(&stacks, with(name, "Kubernetes", uri)).await.unwrap_or_else(|e| panic!("{uri} is accepted: {e}"));
+    }
+}
+
+#[tokio::test]
 async fn stack_credentials_are_checked_at_admission() {
     let client = common::client().await;
     common::install_crds(&client).await;

@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A registry URI for the stack's container registry component (only ZenML reads it here).
+const REGISTRY: &str = "10.0.0.5:5000/ml-images";
+
 fn zenml_url() -> &'static str {
     test_env().var("AO_ZENML_URL")
 }
@@ -113,12 +116,15 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     let (client, ns, bucket) = prepare("zenml-sync", key).await;
     let zenml_stack = format!("ao-{ns}");
     let operator = Operator::start(&ns, "3s");
-    apply(&client, &ns, stack("prod", &zenml_stack, "zenml-api-key")).await;
+    let mut declared = stack("prod", &zenml_stack, "zenml-api-key");
+    declared["spec"]["orchestrator"]["containerRegistry"] = json!({"uri": REGISTRY});
+    apply(&client, &ns, declared).await;
 
-    let stack = wait_for(&client, &ns, "prod", "Ready", "True", "Ready").await;
-    assert!(condition_message(&stack, "ZenmlSynced").contains(&zenml_stack));
-    let record = stack.status.as_ref().unwrap().zenml.clone().expect("the status records what was made");
-    assert!(stack.metadata.finalizers.iter().flatten().any(|f| f == "artifacts.dev/zenml"));
+    let ready = wait_for(&client, &ns, "prod", "Ready", "True", "Ready").await;
+    let synced = condition_message(&ready, "ZenmlSynced");
+    assert!(synced.contains(&zenml_stack) && !synced.contains("no container registry"), "{synced}");
+    let record = ready.status.as_ref().unwrap().zenml.clone().expect("the status records what was made");
+    assert!(ready.metadata.finalizers.iter().flatten().any(|f| f == "artifacts.dev/zenml"));
 
     // What the server holds: the stack with our two components, the artifact store with the path,
     // the endpoint and the secret that holds the keys, the orchestrator wired to the Stack's objects.
@@ -137,10 +143,16 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     assert_eq!(orchestrator["kubernetes_namespace"], ns.as_str());
     assert_eq!(orchestrator["service_account_name"], "runner");
     assert_eq!(orchestrator["pod_settings"]["env_from"][0]["configMapRef"]["name"], "prod-stack");
+    // The container registry ZenML's kubernetes orchestrator requires, listed in the stack.
+    let registry_id = record.container_registry_id.clone().expect("the status records the registry");
+    let registry = component(&registry_id).await.unwrap();
+    assert_eq!(registry["body"]["flavor_name"], "default", "{registry}");
+    assert_eq!(registry["metadata"]["configuration"]["uri"], REGISTRY);
+    assert_eq!(zenml["metadata"]["components"]["container_registry"][0]["id"], registry_id.as_str());
     // No key in the operator's log, the Stack's status or its Events.
     let user_secret = test_env().var("AO_S3_USER_SECRET_KEY");
     assert!(!operator.log_text().contains(user_secret) && !operator.log_text().contains(key));
-    assert!(!serde_json::to_string(&stack.status).unwrap().contains(user_secret));
+    assert!(!serde_json::to_string(&ready.status).unwrap().contains(user_secret));
 
     // Another team's ZenML client, with no AWS keys, finds the stack and runs a pipeline on its
     // artifact store; the artifacts land under the prefix in MinIO.
@@ -155,7 +167,7 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     let (writes, reads) =
         (zenml_writes(&operator).await, operator.counter("artifact_operator_zenml_requests_total{verb=\"get\"}").await);
     let updated = artifact_store["body"]["updated"].clone();
-    let version = stack.metadata.resource_version.clone();
+    let version = ready.metadata.resource_version.clone();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let later_reads = operator.counter("artifact_operator_zenml_requests_total{verb=\"get\"}").await;
     assert_eq!(zenml_writes(&operator).await, writes, "no ZenML writes in the steady state");
@@ -165,6 +177,22 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     assert_eq!(now["body"]["updated"], updated, "the component was not rewritten");
     let api: Api<Stack> = Api::namespaced(client.clone(), &ns);
     assert_eq!(api.get("prod").await.unwrap().metadata.resource_version, version, "no status write either");
+
+    // The registry taken out of the spec: the stack no longer lists it, the component goes, and
+    // the condition says what the stack now lacks.
+    apply(&client, &ns, stack("prod", &zenml_stack, "zenml-api-key")).await;
+    let without = eventually(TIMEOUT, "the registry to leave the stack", || async {
+        let stack = api.get("prod").await.ok()?;
+        let synced = condition_message(&stack, "ZenmlSynced");
+        (stack.status.as_ref()?.zenml.as_ref()?.container_registry_id.is_none()
+            && synced.contains("no container registry"))
+        .then_some(synced)
+    })
+    .await;
+    assert!(without.contains("set spec.orchestrator.containerRegistry.uri"), "{without}");
+    let zenml = zenml_get(key, &format!("/api/v1/stacks/{}", record.stack_id.as_deref().unwrap())).await.unwrap();
+    assert!(zenml["metadata"]["components"].get("container_registry").is_none(), "{}", zenml["metadata"]);
+    assert_eq!(component(&registry_id).await.err(), Some(ZenmlError::NotFound), "the registry component is removed");
 
     // A changed prefix reaches the component.
     store_at(&client, &ns, &bucket, "moved").await;

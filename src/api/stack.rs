@@ -199,6 +199,14 @@ pub struct ArtifactStoreRef {
 /// The orchestrator and the identity its pods run as.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.containerRegistry) || self.type == 'Kubernetes'",
+        "message": "containerRegistry is the registry of ZenML's kubernetes orchestrator: set type to Kubernetes, or remove containerRegistry",
+        "fieldPath": ".containerRegistry",
+        "reason": "FieldValueForbidden"
+    }
+]))]
 pub struct Orchestrator {
     /// `Kubernetes` (ZenML's kubernetes orchestrator), `ArgoWorkflows` or `KubeflowPipelines`.
     #[serde(rename = "type")]
@@ -207,6 +215,27 @@ pub struct Orchestrator {
     /// that this identity can use the store.
     #[schemars(transform = validation::object_name)]
     pub service_account_name: String,
+    /// The container registry ZenML's kubernetes orchestrator takes its pipelines' images from
+    /// (`type: Kubernetes` only). ZenML runs no pipeline on a stack without one (`Missing stack
+    /// components {CONTAINER_REGISTRY}`): with it, the registered stack and `zenml-stack.yaml` carry
+    /// a `default` container registry component with this URI. The nodes pull from it as the
+    /// ServiceAccount's `imagePullSecrets` allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_registry: Option<ContainerRegistry>,
+}
+
+/// A container registry, as ZenML's `default` container registry flavor names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ContainerRegistry {
+    /// The registry's URI without a scheme, for example `123456789012.dkr.ecr.eu-west-1.amazonaws.com`,
+    /// `ghcr.io/team` or `10.0.0.5:5000/ml`. ZenML refuses `localhost:PORT` for a cluster's
+    /// orchestrator, as the nodes cannot reach it.
+    #[schemars(length(min = 1, max = 255))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$')", "message": "containerRegistry.uri must be a registry host with an optional port and path and no scheme, for example ghcr.io/team or 10.0.0.5:5000"},
+        {"rule": "!self.matches('^localhost:[0-9]{4,5}$')", "message": "ZenML treats containerRegistry.uri localhost:PORT as a local registry and refuses it for a kubernetes orchestrator: use an address the cluster's nodes pull from"}
+    ]))]
+    pub uri: String,
 }
 
 /// Supported orchestrators.
@@ -342,6 +371,9 @@ pub struct ZenmlStatus {
     /// The kubernetes orchestrator component's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orchestrator_id: Option<String>,
+    /// The container registry component's id (with `orchestrator.containerRegistry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_registry_id: Option<String>,
     /// The ZenML secret holding the store's keys (key auth only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_id: Option<String>,

@@ -64,7 +64,8 @@ pub const ZENML_VERSION: &str = "0.98.0";
 
 /// A ZenML stack export, in the shape `zenml stack export` writes and `zenml stack import` reads:
 /// each component type with a list of components (`type`, `flavor`, `name`, `configuration`), the
-/// stack's name and the ZenML release: the S3 artifact store and the kubernetes orchestrator.
+/// stack's name and the ZenML release: the S3 artifact store, the kubernetes orchestrator and,
+/// given its URI, the container registry its pipelines' images come from.
 /// Credentials are not part of it: pods get them from the env keys (the published credentials
 /// Secret or the pod's own identity).
 pub fn stack_export(
@@ -73,13 +74,14 @@ pub fn stack_export(
     namespace: &str,
     service_account: &str,
     pod_settings: &Value,
+    container_registry: Option<&str>,
 ) -> Value {
     let mut artifact_store = artifact_store_config(store);
     // The export holds only what was configured: empty settings are left out, as ZenML does.
     if let Some(fields) = artifact_store.as_object_mut() {
         fields.retain(|_, value| value.as_object().is_none_or(|map| !map.is_empty()));
     }
-    json!({
+    let mut export = json!({
         "components": {
             "artifact_store": [{
                 "configuration": artifact_store,
@@ -96,7 +98,21 @@ pub fn stack_export(
         },
         "stack_name": stack_name,
         "zenml_version": ZENML_VERSION,
-    })
+    });
+    if let Some(uri) = container_registry {
+        export["components"]["container_registry"] = json!([{
+            "configuration": container_registry_config(uri),
+            "flavor": "default",
+            "name": format!("{stack_name}-container-registry"),
+            "type": "container_registry",
+        }]);
+    }
+    export
+}
+
+/// The `configuration` of ZenML's `default` container registry flavor.
+pub fn container_registry_config(uri: &str) -> Value {
+    json!({ "uri": uri })
 }
 
 /// The `configuration` of ZenML's kubernetes orchestrator: it runs inside the cluster and starts
@@ -132,8 +148,10 @@ mod tests {
             "team",
             "runner",
             &pod_settings,
+            None,
         );
         assert_eq!(export["zenml_version"], ZENML_VERSION);
+        assert!(export["components"].get("container_registry").is_none(), "no registry was given");
         let artifact_store = &export["components"]["artifact_store"][0];
         assert_eq!(artifact_store["type"], "artifact_store");
         assert_eq!(artifact_store["configuration"]["path"], "s3://bucket/runs");
@@ -145,5 +163,18 @@ mod tests {
         let orchestrator = &export["components"]["orchestrator"][0]["configuration"];
         assert_eq!(orchestrator["service_account_name"], "runner");
         assert_eq!(orchestrator["pod_settings"], pod_settings);
+
+        let with_registry = stack_export(
+            "prod",
+            &ResolvedStore::new(&store, "us-east-1", false).unwrap(),
+            "team",
+            "runner",
+            &pod_settings,
+            Some("10.0.0.5:5000/ml"),
+        );
+        assert_eq!(
+            with_registry["components"]["container_registry"],
+            json!([{"configuration": {"uri": "10.0.0.5:5000/ml"}, "flavor": "default", "name": "prod-container-registry", "type": "container_registry"}])
+        );
     }
 }

@@ -157,8 +157,15 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
     data.extend(format_keys);
     if wants(stack, OutputFormat::ZenML) {
         let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));
-        let export =
-            render::zenml::stack_export(&name, store, &namespace, &orchestrator.service_account_name, &pod_settings);
+        let registry = orchestrator.container_registry.as_ref().map(|registry| registry.uri.as_str());
+        let export = render::zenml::stack_export(
+            &name,
+            store,
+            &namespace,
+            &orchestrator.service_account_name,
+            &pod_settings,
+            registry,
+        );
         data.insert(ZENML_STACK_KEY.into(), serde_yaml_ng::to_string(&export).expect("JSON values serialize to YAML"));
     }
     let hash = render::content_hash(&data);

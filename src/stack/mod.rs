@@ -648,12 +648,17 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     }
     let zenml = match zenml {
         ZenmlReport::Synced(record) => {
-            let message = format!(
+            let mut message = format!(
                 "ZenML stack {} (id {}) is as declared in the server at {}",
                 record.stack_name.as_deref().unwrap_or_default(),
                 record.stack_id.as_deref().unwrap_or_default(),
                 record.url
             );
+            if record.container_registry_id.is_none() {
+                message.push_str(
+                    "; it has no container registry, so ZenML's kubernetes orchestrator runs no pipeline on it: set spec.orchestrator.containerRegistry.uri",
+                );
+            }
             observed.push(Observed::ok(ZENML_SYNCED, Reason::ZenmlSynced, message));
             Some(Box::new(record))
         }

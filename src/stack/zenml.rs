@@ -44,6 +44,8 @@ pub struct Declared {
     pub secret: Option<(String, Map<String, Value>)>,
     pub artifact_store: Value,
     pub orchestrator: Value,
+    /// The container registry component's configuration (with `orchestrator.containerRegistry`).
+    pub container_registry: Option<Value>,
 }
 
 /// The ZenML stack's name: `spec.zenml.stackName`, or `NAMESPACE-NAME`.
@@ -85,7 +87,13 @@ pub fn declare(stack: &Stack, spec: &Zenml, store: &ResolvedStore, keys: Option<
         &stack.spec.orchestrator.service_account_name,
         &pod_settings,
     );
-    Declared { stack_name: name, labels, secret, artifact_store, orchestrator }
+    let container_registry = stack
+        .spec
+        .orchestrator
+        .container_registry
+        .as_ref()
+        .map(|registry| crate::render::zenml::container_registry_config(&registry.uri));
+    Declared { stack_name: name, labels, secret, artifact_store, orchestrator, container_registry }
 }
 
 /// The kinds of ZenML object the Stack makes, in the order they are removed.
@@ -94,6 +102,7 @@ enum Kind {
     Stack,
     ArtifactStore,
     Orchestrator,
+    ContainerRegistry,
     Secret,
 }
 
@@ -104,6 +113,7 @@ impl Kind {
             Self::Stack => ("stacks", None),
             Self::ArtifactStore => ("components", Some("artifact_store")),
             Self::Orchestrator => ("components", Some("orchestrator")),
+            Self::ContainerRegistry => ("components", Some("container_registry")),
             Self::Secret => ("secrets", None),
         }
     }
@@ -113,6 +123,7 @@ impl Kind {
             Self::Stack => "stack",
             Self::ArtifactStore => "artifact_store component",
             Self::Orchestrator => "orchestrator component",
+            Self::ContainerRegistry => "container_registry component",
             Self::Secret => "secret",
         }
     }
@@ -176,7 +187,7 @@ fn held(kind: Kind, object: &Value) -> Value {
             "private": object.pointer("/body/private").cloned().unwrap_or(Value::Null),
             "values": object.pointer("/body/values").cloned().unwrap_or(Value::Null),
         }),
-        Kind::ArtifactStore | Kind::Orchestrator => json!({
+        Kind::ArtifactStore | Kind::Orchestrator | Kind::ContainerRegistry => json!({
             "name": name,
             "configuration": object.pointer("/metadata/configuration").cloned().unwrap_or(Value::Null),
             "labels": object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null),
@@ -221,14 +232,22 @@ fn wanted(kind: Kind, name: &str, declared: &Declared, ids: &Ids) -> Value {
         Kind::Orchestrator => {
             json!({"name": name, "configuration": declared.orchestrator, "labels": declared.labels, "connector": null})
         }
-        Kind::Stack => json!({
+        Kind::ContainerRegistry => json!({
             "name": name,
-            "components": {
+            "configuration": declared.container_registry,
+            "labels": declared.labels,
+            "connector": null,
+        }),
+        Kind::Stack => {
+            let mut components = json!({
                 "artifact_store": [ids.artifact_store.clone().unwrap_or_default()],
                 "orchestrator": [ids.orchestrator.clone().unwrap_or_default()],
-            },
-            "labels": declared.labels,
-        }),
+            });
+            if declared.container_registry.is_some() {
+                components["container_registry"] = json!([ids.container_registry.clone().unwrap_or_default()]);
+            }
+            json!({"name": name, "components": components, "labels": declared.labels})
+        }
     }
 }
 
@@ -243,6 +262,10 @@ fn create_request(kind: Kind, mut update: Value) -> Value {
                 fields.insert("type".into(), json!("orchestrator"));
                 fields.insert("flavor".into(), json!("kubernetes"));
             }
+            Kind::ContainerRegistry => {
+                fields.insert("type".into(), json!("container_registry"));
+                fields.insert("flavor".into(), json!("default"));
+            }
             Kind::Secret | Kind::Stack => {}
         }
         fields.remove("connector");
@@ -256,6 +279,7 @@ struct Ids {
     stack: Option<String>,
     artifact_store: Option<String>,
     orchestrator: Option<String>,
+    container_registry: Option<String>,
     secret: Option<String>,
 }
 
@@ -265,6 +289,7 @@ impl Ids {
             stack: s.stack_id.clone(),
             artifact_store: s.artifact_store_id.clone(),
             orchestrator: s.orchestrator_id.clone(),
+            container_registry: s.container_registry_id.clone(),
             secret: s.secret_id.clone(),
         })
     }
@@ -274,6 +299,7 @@ impl Ids {
             Kind::Stack => self.stack.as_deref(),
             Kind::ArtifactStore => self.artifact_store.as_deref(),
             Kind::Orchestrator => self.orchestrator.as_deref(),
+            Kind::ContainerRegistry => self.container_registry.as_deref(),
             Kind::Secret => self.secret.as_deref(),
         }
     }
@@ -283,6 +309,7 @@ impl Ids {
             Kind::Stack => self.stack = id,
             Kind::ArtifactStore => self.artifact_store = id,
             Kind::Orchestrator => self.orchestrator = id,
+            Kind::ContainerRegistry => self.container_registry = id,
             Kind::Secret => self.secret = id,
         }
     }
@@ -432,8 +459,11 @@ pub async fn sync(
         let mut ids = Ids::of(previous.map(|p| &**p));
         let name = &declared.stack_name;
         let secret = declared.secret.as_ref().map(|(name, _)| name.clone());
-        let mut steps =
-            vec![(Kind::ArtifactStore, name.clone()), (Kind::Orchestrator, name.clone()), (Kind::Stack, name.clone())];
+        let mut steps = vec![(Kind::ArtifactStore, name.clone()), (Kind::Orchestrator, name.clone())];
+        if declared.container_registry.is_some() {
+            steps.push((Kind::ContainerRegistry, name.clone()));
+        }
+        steps.push((Kind::Stack, name.clone()));
         if let Some(secret) = &secret {
             steps.insert(0, (Kind::Secret, secret.clone()));
         }
@@ -448,12 +478,18 @@ pub async fn sync(
             delete_ours(&server, Kind::Secret, ids.secret.as_deref(), &uid).await?;
             ids.secret = None;
         }
+        // A registry removed from the spec: the stack no longer lists the component.
+        if declared.container_registry.is_none() && ids.container_registry.is_some() {
+            delete_ours(&server, Kind::ContainerRegistry, ids.container_registry.as_deref(), &uid).await?;
+            ids.container_registry = None;
+        }
         Ok(Ok(ZenmlStatus {
             url: spec.url.clone(),
             stack_id: ids.stack,
             stack_name: Some(name.clone()),
             artifact_store_id: ids.artifact_store,
             orchestrator_id: ids.orchestrator,
+            container_registry_id: ids.container_registry,
             secret_id: ids.secret,
             api_key_secret_ref: spec.api_key_secret_ref.clone(),
         }))
@@ -478,7 +514,7 @@ pub async fn remove(ctx: &Context, stack: &Stack, status: &ZenmlStatus) -> Resul
     let uid = stack.uid().unwrap_or_default();
     let ids = Ids::of(Some(status));
     let what = format!(
-        "stack {} ({}), its artifact_store and orchestrator components and secret in the ZenML server at {}",
+        "stack {} ({}), its components and secret in the ZenML server at {}",
         status.stack_name.as_deref().unwrap_or("?"),
         status.stack_id.as_deref().unwrap_or("no id"),
         status.url
@@ -493,7 +529,7 @@ pub async fn remove(ctx: &Context, stack: &Stack, status: &ZenmlStatus) -> Resul
             None => return Ok(Removal::Left(format!("{what}: {}", failure.message))),
         },
     };
-    for kind in [Kind::Stack, Kind::ArtifactStore, Kind::Orchestrator, Kind::Secret] {
+    for kind in [Kind::Stack, Kind::ArtifactStore, Kind::Orchestrator, Kind::ContainerRegistry, Kind::Secret] {
         if let Err(error) = delete_ours(&server, kind, ids.get(kind), &uid).await {
             return Ok(removal_failed(error, &what));
         }
@@ -566,6 +602,38 @@ mod tests {
         assert!(declared.secret.is_none());
         assert!(declared.artifact_store.get("authentication_secret").is_none());
         assert_eq!(declared.orchestrator["pod_settings"]["env_from"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_container_registry_is_a_default_component_the_stack_lists() {
+        let mut stack = stack(json!({"url": "http://zenml", "apiKeySecretRef": {"name": "zk"}}));
+        let spec = stack.spec.zenml.clone().unwrap();
+        let ids = Ids {
+            artifact_store: Some("a".into()),
+            orchestrator: Some("o".into()),
+            container_registry: Some("r".into()),
+            ..Ids::default()
+        };
+        let without = declare(&stack, &spec, &store(json!({"implicit": {}})), None);
+        assert!(without.container_registry.is_none());
+        let listed = wanted(Kind::Stack, "team-prod", &without, &ids);
+        assert!(listed["components"].get("container_registry").is_none(), "no registry, none listed: {listed}");
+
+        stack.spec.orchestrator.container_registry =
+            Some(crate::api::stack::ContainerRegistry { uri: "10.0.0.5:5000/ml".into() });
+        let declared = declare(&stack, &spec, &store(json!({"implicit": {}})), None);
+        assert_eq!(declared.container_registry, Some(json!({"uri": "10.0.0.5:5000/ml"})));
+        let create =
+            create_request(Kind::ContainerRegistry, wanted(Kind::ContainerRegistry, "team-prod", &declared, &ids));
+        assert_eq!(create["type"], "container_registry");
+        assert_eq!(create["flavor"], "default");
+        assert_eq!(create["configuration"]["uri"], "10.0.0.5:5000/ml");
+        assert_eq!(create["labels"][OWNER_LABEL], "u-1");
+        let listed = wanted(Kind::Stack, "team-prod", &declared, &ids);
+        assert_eq!(listed["components"]["container_registry"], json!(["r"]));
+        let zenml_stack = json!({"id": "s", "name": "team-prod", "metadata": {"labels": declared.labels,
+            "components": {"artifact_store": [{"id": "a"}], "orchestrator": [{"id": "o"}], "container_registry": [{"id": "r"}]}}});
+        assert_eq!(held(Kind::Stack, &zenml_stack), listed);
     }
 
     #[test]
