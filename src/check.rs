@@ -19,8 +19,8 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::clients::{ConnectError, https_client_trusting};
-use crate::aws::failure::{CallError, Failure, Target, classify_s3, source_chain};
-use crate::reason::Reason;
+use crate::aws::failure::{CallError, Target, classify_s3, source_chain};
+use crate::reason::{Failure, Reason};
 use crate::render::env::{ADDRESSING_STYLE, parse_addressing_style};
 use crate::resolve::{DEFAULT_REGION, endpoint_shown, endpoint_url, path_style};
 use crate::s3path::S3Path;

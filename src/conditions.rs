@@ -5,15 +5,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::{Condition, Word};
 use crate::reason::Reason;
 
-pub const READY: &str = "Ready";
-pub const BUCKET_READY: &str = "BucketReady";
-pub const CREDENTIALS_VALID: &str = "CredentialsValid";
-/// A Stack's: `artifact-operator check` passed in a pod running as the Stack's ServiceAccount.
-pub const WORKLOAD_ACCESS_VERIFIED: &str = "WorkloadAccessVerified";
-/// A Stack's, with `spec.zenml`: the ZenML server holds the stack as declared.
-pub const ZENML_SYNCED: &str = "ZenmlSynced";
-/// A Stack's, with `credentials.mode: Scoped`: its pods have valid session credentials.
-pub const SCOPED_CREDENTIALS: &str = "ScopedCredentials";
+pub use crate::api::condition::{
+    BUCKET_READY, CREDENTIALS_VALID, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED,
+};
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,14 +8,14 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
+use crate::aws::StaticKeys;
 use crate::aws::clients::S3Connection;
 use crate::aws::eks::{self, Association, PodIdentity};
 use crate::aws::failure::{CallError, Target, classify_s3, source_chain};
 use crate::aws::iam::{self, Iam, Permission, ROLE_ARN_ANNOTATION};
 use crate::aws::s3::Bucket;
-use crate::aws::{Failure, StaticKeys};
 use crate::controller::Context;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::s3path::S3Path;
 
 /// Whose access a store's consumers use, and what was proven of it.

@@ -21,9 +21,8 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::controller::health::{Health, NoAnswer};
+pub use crate::controller::timing::LEASE_DURATION;
 
-/// How long a lease is valid without renewal.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews, and how often a follower retries.
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// A leader that has not renewed for this long gives up (before the lease can expire).

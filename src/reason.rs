@@ -1,8 +1,9 @@
 //! Every reason the operator puts on a condition or an Event, where it appears, whether it resolves
 //! without anyone acting, and what to fix. Conditions, Events, the README's table and the Argo CD
-//! health scripts (`artifact-operator generate`) all derive from this one table.
+//! health scripts (`artifact-operator generate`) all derive from this one table. A [`Failure`] is
+//! one of them with a message for humans: what every layer returns when a check fails.
 
-use crate::conditions::{
+use crate::api::condition::{
     BUCKET_READY, CREDENTIALS_VALID, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED,
 };
 
@@ -296,6 +297,23 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a check failed: a condition reason and a message for humans. The reason says whether
+/// retrying without any change can help (network trouble, throttling) or someone must act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+    pub fn is_transient(&self) -> bool {
+        self.reason.is_transient()
     }
 }
 

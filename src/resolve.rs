@@ -5,7 +5,6 @@ use crate::api::artifact_store::{
     AddressingStyle, ArtifactStore, ArtifactStoreStatus, CaBundleRef, Checksums, ClientSettings, ObjectDefaults,
     RetryMode,
 };
-use crate::aws::{S3Connection, StaticKeys};
 use crate::s3path::{PathError, S3Path};
 
 /// Where a CA bundle published in the store's ConfigMap is expected when that ConfigMap is mounted
@@ -162,18 +161,6 @@ impl ResolvedStore {
     /// custom endpoint (what botocore does too).
     pub fn path_style(&self) -> bool {
         path_style(self.endpoint.as_ref().map(|e| e.addressing_style))
-    }
-
-    /// How to reach this store's S3, trusting `ca_pem` and signing with `keys` (None: the
-    /// ambient identity).
-    pub fn connection(&self, ca_pem: Option<String>, keys: Option<StaticKeys>) -> S3Connection {
-        S3Connection {
-            region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
-            path_style: self.path_style(),
-            ca_pem,
-            keys,
-        }
     }
 
     pub fn ca_bundle_path(&self) -> Option<String> {

@@ -1,6 +1,7 @@
 //! A status condition as the caches hold it, ten thousands of times over: its type, status,
 //! reason and message are [`Word`]s, each text kept once however many conditions carry it.
-//! On the wire and in the CRD it is exactly Kubernetes' `Condition`.
+//! On the wire and in the CRD it is exactly Kubernetes' `Condition`. The condition types the
+//! operator writes are named here, below both the conditions and the reasons that appear on them.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -9,6 +10,16 @@ use std::sync::{Arc, LazyLock, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
+
+pub const READY: &str = "Ready";
+pub const BUCKET_READY: &str = "BucketReady";
+pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+/// A Stack's: `artifact-operator check` passed in a pod running as the Stack's ServiceAccount.
+pub const WORKLOAD_ACCESS_VERIFIED: &str = "WorkloadAccessVerified";
+/// A Stack's, with `spec.zenml`: the ZenML server holds the stack as declared.
+pub const ZENML_SYNCED: &str = "ZenmlSynced";
+/// A Stack's, with `credentials.mode: Scoped`: its pods have valid session credentials.
+pub const SCOPED_CREDENTIALS: &str = "ScopedCredentials";
 
 /// A condition of an object's status, as `metav1.Condition`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

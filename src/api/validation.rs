@@ -6,7 +6,9 @@
 use schemars::Schema;
 use serde_json::json;
 
-use crate::aws::s3::CREATED_BY_TAG;
+/// The bucket tag that records which ArtifactStore (by UID) created a bucket. Deletion requires it,
+/// so `spec.bucket.tags` may not set it.
+pub const CREATED_BY_TAG: &str = "artifacts.dev/created-by";
 
 /// A Kubernetes object name (a DNS-1123 subdomain), as Secrets, ConfigMaps, ServiceAccounts and
 /// the operator's own kinds take.

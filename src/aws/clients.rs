@@ -24,7 +24,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::ratelimit::RateLimiter;
 use crate::api::artifact_store::Checksums;
-use crate::resolve::ResolvedEndpoint;
+use crate::resolve::{ResolvedEndpoint, ResolvedStore};
 
 /// Access keys read from a user's Secret. Debug never prints them.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,6 +64,18 @@ pub struct S3Connection {
 }
 
 impl S3Connection {
+    /// How to reach `store`'s S3, trusting `ca_pem` and signing with `keys` (None: the ambient
+    /// identity).
+    pub fn to_store(store: &ResolvedStore, ca_pem: Option<String>, keys: Option<StaticKeys>) -> Self {
+        Self {
+            region: store.region.clone(),
+            endpoint: store.endpoint.clone(),
+            path_style: store.path_style(),
+            ca_pem,
+            keys,
+        }
+    }
+
     /// The endpoint as shown in messages.
     pub fn endpoint_display(&self) -> String {
         crate::resolve::endpoint_shown(self.endpoint.as_ref().map(|e| e.url.as_str()), &self.region)
@@ -202,7 +214,7 @@ pub fn https_client_trusting(pem: &str) -> Result<SharedHttpClient, ConnectError
 }
 
 /// `client` with each attempt of each call holding a place in its server's bulkhead
-/// ([`crate::controller::bulkhead`]): an attempt whose server has its share of the reconcile
+/// ([`crate::bulkhead`]): an attempt whose server has its share of the reconcile
 /// workers waiting already fails at once (a dispatch failure the retry policy does not repeat).
 pub fn bulkheaded(client: SharedHttpClient) -> SharedHttpClient {
     SharedHttpClient::new(Bulkheaded(client))
@@ -222,7 +234,7 @@ struct BulkheadedConnector(SharedHttpConnector);
 
 impl HttpConnector for BulkheadedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let permit = match crate::controller::bulkhead::enter(request.uri()) {
+        let permit = match crate::bulkhead::enter(request.uri()) {
             Ok(permit) => permit,
             Err(busy) => return HttpConnectorFuture::ready(Err(ConnectorError::other(Box::new(busy), None))),
         };
@@ -268,7 +280,7 @@ pub struct AwsEdge {
 /// long (and the bulkheads keep it from holding many).
 fn operator_timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
-        .connect_timeout(crate::controller::bulkhead::CONNECT_TIMEOUT)
+        .connect_timeout(crate::bulkhead::CONNECT_TIMEOUT)
         .read_timeout(Duration::from_secs(20))
         .operation_timeout(Duration::from_secs(30))
         .build()
@@ -458,7 +470,7 @@ mod tests {
 mod bulkhead_tests {
     use super::*;
     use crate::aws::failure::{CallError, Target, classify_s3};
-    use crate::controller::bulkhead::{Pool, within};
+    use crate::bulkhead::{Pool, within};
     use crate::reason::Reason;
 
     /// An HTTP client whose server never answers.

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use super::failure::{CallError, Failure};
+use super::failure::CallError;
 use super::iam;
 use super::ratelimit::RateLimiter;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 
 /// The service principal EKS Pod Identity assumes roles as.
 pub const POD_IDENTITY_PRINCIPAL: &str = "pods.eks.amazonaws.com";

@@ -5,24 +5,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::reason::Reason;
-
-/// Why a check failed: a condition reason and a message for humans. The reason says whether
-/// retrying without any change can help (network trouble, throttling) or someone must act.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: Reason,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
-    }
-    pub fn is_transient(&self) -> bool {
-        self.reason.is_transient()
-    }
-}
+use crate::reason::{Failure, Reason};
 
 /// What a failed call looked like, independent of the SDK's types, so classification is pure.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,10 +47,10 @@ impl CallError {
 }
 
 /// The bulkhead's refusal among the error's sources, if that is why the call was not made.
-fn busy_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::controller::bulkhead::Busy> {
+fn busy_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::bulkhead::Busy> {
     let mut source = Some(err);
     while let Some(error) = source {
-        if let Some(busy) = error.downcast_ref::<crate::controller::bulkhead::Busy>() {
+        if let Some(busy) = error.downcast_ref::<crate::bulkhead::Busy>() {
             return Some(busy);
         }
         source = error.source();

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::failure::{CallError, Failure};
+use super::failure::CallError;
 use super::ratelimit::RateLimiter;
 use crate::api::artifact_store::ArtifactStoreSpec;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::s3path::S3Path;
 
 /// The annotation IRSA's pod identity webhook reads.

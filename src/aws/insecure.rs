@@ -111,7 +111,7 @@ pub fn insecure_https_client() -> SharedHttpClient {
         .with_no_client_auth();
     let mut tcp = TcpConnector::new();
     tcp.enforce_http(false);
-    tcp.set_connect_timeout(Some(crate::controller::bulkhead::CONNECT_TIMEOUT));
+    tcp.set_connect_timeout(Some(crate::bulkhead::CONNECT_TIMEOUT));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()

@@ -10,4 +10,3 @@ pub mod ratelimit;
 pub mod s3;
 
 pub use clients::{AwsEdge, ConnectError, S3Connection, StaticKeys};
-pub use failure::Failure;

@@ -19,6 +19,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use super::failure::CallError;
 use super::ratelimit::RateLimiter;
 use crate::api::artifact_store::{BucketSettings, ServerSideEncryption as Sse};
+use crate::api::validation::CREATED_BY_TAG;
 use crate::s3path::S3Path;
 
 /// Turns an S3 call's error into a [`CallError`]. (Every call is counted by the client itself,
@@ -33,8 +34,6 @@ impl<T, E: ProvideErrorMetadata + std::error::Error + 'static> OrCallError<T> fo
     }
 }
 
-/// The bucket tag that records which ArtifactStore (by UID) created a bucket. Deletion requires it.
-pub const CREATED_BY_TAG: &str = "artifacts.dev/created-by";
 /// The object the opt-in write probe puts and deletes under the prefix.
 pub const PROBE_OBJECT: &str = ".artifact-operator-probe";
 

@@ -74,7 +74,7 @@ fn same_meta(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
 }
 
 /// An object kind the operator publishes whole.
-pub trait Owned: super::reads::Cached {
+pub trait Owned: super::caches::Cached {
     /// Whether the content (not the metadata) of `self` equals that of `desired`.
     fn same_content(&self, desired: &Self) -> bool;
 }
@@ -139,9 +139,9 @@ pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Appl
 
 /// The failure for an object of `kind` named `name` that `owner` would publish, but that exists
 /// and is not ours.
-pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::aws::Failure {
+pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::reason::Failure {
     use kube::ResourceExt;
-    crate::aws::Failure::new(
+    crate::reason::Failure::new(
         crate::reason::Reason::NameConflict,
         format!(
             "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",

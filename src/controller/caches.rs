@@ -46,6 +46,23 @@ impl<K> Watched for K where
 {
 }
 
+/// A kind the caches hold as metadata, and the reconcilers read or publish whole.
+pub trait Cached: Watched + serde::Serialize {
+    const KIND: Kind;
+}
+
+impl Cached for Secret {
+    const KIND: Kind = Kind::Secret;
+}
+
+impl Cached for ConfigMap {
+    const KIND: Kind = Kind::ConfigMap;
+}
+
+impl Cached for ServiceAccount {
+    const KIND: Kind = Kind::ServiceAccount;
+}
+
 /// A kind of object that a store or a Stack names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -595,7 +612,7 @@ fn spawn_watch<K>(
 }
 
 /// An object of a metadata watch as the fanout knows it: its [`Target`], namespace and name.
-fn named<K: super::reads::Cached>(object: &PartialObjectMeta<K>) -> (Target, &str, &str) {
+fn named<K: Cached>(object: &PartialObjectMeta<K>) -> (Target, &str, &str) {
     let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
     let name = object.metadata.name.as_deref().unwrap_or_default();
     (target(K::KIND, namespace, name), namespace, name)
@@ -612,7 +629,7 @@ fn spawn_version_watch<K>(
     versions: VersionsWriter,
     fanout: Arc<Fanout>,
 ) where
-    K: super::reads::Cached,
+    K: Cached,
 {
     let health = health.clone();
     // An Api of PartialObjectMeta asks the apiserver for metadata only.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use kube::Client;
 
-use crate::leader::LEASE_DURATION;
+use super::timing::LEASE_DURATION;
 
 /// How long the apiserver may stay unreachable before /healthz fails, unless configured.
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);

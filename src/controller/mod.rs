@@ -2,7 +2,6 @@
 //! only when they differ.
 
 pub mod apply;
-pub mod bulkhead;
 pub mod caches;
 pub mod context;
 #[cfg(test)]
@@ -20,6 +19,8 @@ pub use timetable::{Next, Timetable};
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::DeserializeGuard;
 use kube::{Api, Client, Resource};
+
+use crate::bulkhead;
 
 /// A 64-bit digest of `value`, the same in every process (fixed keys): what the per-object
 /// memories keep in place of names, UIDs, resourceVersions and watermarks, to stay small at ten

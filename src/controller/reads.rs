@@ -9,28 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 
 use super::Context;
-use super::caches::{Kind, Reference, Version, version_of};
-
-/// A kind the caches hold as metadata, and the reconcilers read or publish whole.
-pub trait Cached: super::caches::Watched + serde::Serialize {
-    const KIND: Kind;
-}
-
-impl Cached for Secret {
-    const KIND: Kind = Kind::Secret;
-}
-
-impl Cached for ConfigMap {
-    const KIND: Kind = Kind::ConfigMap;
-}
-
-impl Cached for ServiceAccount {
-    const KIND: Kind = Kind::ServiceAccount;
-}
+use super::caches::{Cached, Reference, Version, version_of};
 
 /// One object's key: the digest of its kind, namespace and name (see [`super::caches::target`]).
 type Key = u64;
@@ -197,6 +179,8 @@ fn namespace_and_name<K: Cached>(object: &K) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+
     use super::*;
 
     fn secret(version: &str) -> Arc<Secret> {

@@ -1,7 +1,10 @@
 //! Requeue timing: periodic re-verification with jitter, and exponential backoff with jitter for
-//! failures, per object.
+//! failures, per object; and how long the leader's lease lasts, which readiness waits out too.
 
 use std::time::Duration;
+
+/// How long the leader's lease is valid without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// `base` spread by ±10%, so objects verified together drift apart.
 pub fn jittered(base: Duration) -> Duration {

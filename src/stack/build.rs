@@ -18,9 +18,8 @@ use kube::core::ObjectMeta;
 use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
-use crate::aws::Failure;
 use crate::controller::apply;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore, SESSION_MOUNT_PATH};
 

@@ -22,11 +22,10 @@ use serde_json::{Value, json};
 use super::Error;
 use crate::api::Stack;
 use crate::api::stack::{Access, CredentialsMode, CredentialsStatus, ScopedCredentials};
-use crate::aws::Failure;
-use crate::aws::clients::StaticKeys;
+use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::aws::failure::{CallError, source_chain};
 use crate::controller::{Context, apply};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::{ResolvedAuth, ResolvedStore, SessionRefs};
 use crate::s3path::S3Path;
 
@@ -433,7 +432,7 @@ async fn assume(
     keys: &StaticKeys,
     stack: &Stack,
 ) -> Result<Issued, Failure> {
-    let connection = store.connection(ca_pem, Some(keys.clone()));
+    let connection = S3Connection::to_store(store, ca_pem, Some(keys.clone()));
     let sts = ctx.aws.sts_at(&connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
     let policy = session_policy(scope, &store.region)?.to_string();
     // At most 64 characters of [\w+=,.@-]: the namespace and name fit, cut if need be.

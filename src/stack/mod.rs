@@ -21,8 +21,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
 use crate::api::{ArtifactStore, Stack};
-use crate::aws::Failure;
-use crate::aws::clients::StaticKeys;
+use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
@@ -30,7 +29,7 @@ use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::{ResolvedAuth, ResolvedStore, status_region, store_config_map_name, store_env_secret_name};
 use crate::s3path::S3Path;
 use workload::Verdict;
@@ -539,7 +538,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
                 Err(failure) => return Ok(Err(failure)),
             };
             let probe = Probe {
-                connection: resolved.connection(ca_pem, None),
+                connection: S3Connection::to_store(&resolved, ca_pem, None),
                 path: &path,
                 write: store.spec.wants_write_probe(),
             };

@@ -21,9 +21,8 @@ use super::{Error, build};
 use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
-use crate::aws::Failure;
 use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Presence};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
 

@@ -20,11 +20,10 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Propagati
 use super::Error;
 use super::build::pod_wiring;
 use crate::api::Stack;
-use crate::aws::Failure;
 use crate::check::{Outcome, Step};
 use crate::conditions::{self, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::{Context, apply};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 
 /// How long the check's pod may take, from scheduling to exit (an image that cannot be pulled

@@ -19,10 +19,9 @@ use super::Error;
 use super::build::{pod_wiring, zenml_pod_settings};
 use crate::api::Stack;
 use crate::api::stack::{ApiKeySecretRef, Zenml, ZenmlStatus};
-use crate::aws::Failure;
 use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::ResolvedStore;
 use crate::zenml::{Server, ZenmlError};
 

@@ -7,9 +7,9 @@ use kube::ResourceExt;
 
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::CaBundleKind;
-use crate::aws::{Failure, StaticKeys};
+use crate::aws::StaticKeys;
 use crate::controller::Context;
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 
 /// The store's referenced objects, resolved. Holds key material: never log or display it.
 pub struct Inputs {

@@ -20,14 +20,13 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
 use crate::api::{ArtifactStore, Word};
-use crate::aws::Failure;
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::{
     DEFAULT_REGION, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX, status_region,
     store_config_map_name, store_env_secret_name,

@@ -1,8 +1,7 @@
 //! Status: conditions from what verification found. Pure.
 
-use crate::aws::Failure;
 use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 
 use super::verify::BucketState;
 use crate::identity::Identity;

@@ -7,12 +7,13 @@ use kube::ResourceExt;
 use super::dereference::Inputs;
 use crate::api::ArtifactStore;
 use crate::api::artifact_store::Provisioning;
+use crate::api::validation::CREATED_BY_TAG;
+use crate::aws::S3Connection;
 use crate::aws::failure::{CallError, Target, classify_s3};
-use crate::aws::s3::{Bucket, CREATED_BY_TAG, Created};
-use crate::aws::{Failure, S3Connection};
+use crate::aws::s3::{Bucket, Created};
 use crate::controller::Context;
 use crate::identity::{Identity, Probe, account_of, caller_identity, check_workload_identity};
-use crate::reason::Reason;
+use crate::reason::{Failure, Reason};
 use crate::resolve::{DEFAULT_REGION, ResolvedStore};
 use crate::s3path::S3Path;
 
@@ -60,7 +61,7 @@ pub struct BucketState {
 fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connection {
     let (ca_pem, keys) = (inputs.ca_pem.clone(), inputs.keys.clone());
     match ResolvedStore::new(store, region, false) {
-        Ok(resolved) => resolved.connection(ca_pem, keys),
+        Ok(resolved) => S3Connection::to_store(&resolved, ca_pem, keys),
         // An invalid path never gets this far; were it to, AWS's own endpoint is asked.
         Err(_) => S3Connection { region: region.to_owned(), endpoint: None, path_style: false, ca_pem, keys },
     }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::controller::bulkhead::{self, CONNECT_TIMEOUT};
+use crate::bulkhead::{self, CONNECT_TIMEOUT};
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -409,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_with_its_share_of_the_workers_waiting_gets_no_more_requests() {
-        use crate::controller::bulkhead::{Pool, within};
+        use crate::bulkhead::{Pool, within};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         // It accepts, and never answers.
