@@ -156,61 +156,81 @@ impl Bucket {
         with_acls: bool,
     ) -> Result<Vec<&'static str>, SettingError> {
         let mut skipped = Vec::new();
-        let bucket = &self.path.bucket;
+        self.apply_tags(settings, creator_uid, &mut skipped).await?;
+        for setting in self.wanted(settings, with_acls) {
+            self.permit().await;
+            match self.put(&setting).await {
+                Err(error) if custom_endpoint && setting.aws_only() && is_unsupported_elsewhere(&error) => {
+                    skipped.push(setting.name())
+                }
+                result => check(setting.name(), result, &mut skipped)?,
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// Tags the bucket with its creator and the user's tags; whatever was wrong with the user's
+    /// tags, the creator tag alone must hold, so that the bucket stays recognisable (and deletable
+    /// under Delete) while the settings are fixed.
+    async fn apply_tags(
+        &self,
+        settings: &BucketSettings,
+        creator_uid: &str,
+        skipped: &mut Vec<&'static str>,
+    ) -> Result<(), SettingError> {
         let creator = vec![(CREATED_BY_TAG.to_owned(), creator_uid.to_owned())];
         let all: Vec<(String, String)> = creator.iter().cloned().chain(settings.tags.clone()).collect();
         if let Err(error) = self.put_tags(&all).await {
-            // Whatever was wrong with the user's tags, the creator tag alone must hold, so that the
-            // bucket stays recognisable (and deletable under Delete) while the settings are fixed.
             if error.dispatch.is_none() && all.len() > 1 {
                 let _ = self.put_tags(&creator).await;
             }
-            check("tags", Err(error), &mut skipped)?;
+            check("tags", Err(error), skipped)?;
         }
+        Ok(())
+    }
 
-        if settings.versioning {
-            self.permit().await;
-            let result = self
-                .client
+    /// The settings after the tags, in the order they are applied.
+    fn wanted(&self, settings: &BucketSettings, with_acls: bool) -> Vec<Setting> {
+        let encryption = match &settings.default_encryption {
+            Some(encryption) => Setting::DefaultEncryption(encryption.algorithm, encryption.kms_key_id.clone()),
+            None => Setting::DefaultEncryption(Sse::Aes256, None),
+        };
+        [
+            settings.versioning.then_some(Setting::Versioning),
+            Some(encryption),
+            settings.block_public_access.then_some(Setting::PublicAccessBlock),
+            with_acls.then_some(Setting::ObjectOwnership),
+            self.lifecycle_rules(settings).map(Setting::Lifecycle),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The one call that applies `setting`.
+    async fn put(&self, setting: &Setting) -> Result<(), CallError> {
+        let bucket = &self.path.bucket;
+        let client = &self.client;
+        match setting {
+            Setting::Versioning => client
                 .put_bucket_versioning()
                 .bucket(bucket)
                 .versioning_configuration(
                     VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
                 )
                 .send()
-                .await;
-            check("versioning", result.or_call_error().map(|_| ()), &mut skipped)?;
-        }
-
-        let (algorithm, kms_key) = match &settings.default_encryption {
-            Some(encryption) => (encryption.algorithm, encryption.kms_key_id.clone()),
-            None => (Sse::Aes256, None),
-        };
-        let rule = ServerSideEncryptionRule::builder()
-            .apply_server_side_encryption_by_default(
-                ServerSideEncryptionByDefault::builder()
-                    .sse_algorithm(ServerSideEncryption::from(algorithm.as_str()))
-                    .set_kms_master_key_id(kms_key)
-                    .build()
-                    .expect("algorithm is set"),
-            )
-            .build();
-        self.permit().await;
-        let result = self
-            .client
-            .put_bucket_encryption()
-            .bucket(bucket)
-            .server_side_encryption_configuration(
-                ServerSideEncryptionConfiguration::builder().rules(rule).build().expect("rules are set"),
-            )
-            .send()
-            .await;
-        check("default encryption", result.or_call_error().map(|_| ()), &mut skipped)?;
-
-        if settings.block_public_access {
-            self.permit().await;
-            let result = self
-                .client
+                .await
+                .or_call_error()
+                .map(drop),
+            Setting::DefaultEncryption(algorithm, kms_key) => client
+                .put_bucket_encryption()
+                .bucket(bucket)
+                .server_side_encryption_configuration(encryption_configuration(*algorithm, kms_key.clone()))
+                .send()
+                .await
+                .or_call_error()
+                .map(drop),
+            Setting::PublicAccessBlock => client
                 .put_public_access_block()
                 .bucket(bucket)
                 .public_access_block_configuration(
@@ -222,49 +242,31 @@ impl Bucket {
                         .build(),
                 )
                 .send()
-                .await;
-            let result = result.or_call_error().map(|_| ());
-            match result {
-                Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => {
-                    skipped.push("public access block")
-                }
-                result => check("public access block", result, &mut skipped)?,
-            }
-        }
-
-        if with_acls {
-            self.permit().await;
-            let rule = OwnershipControlsRule::builder()
-                .object_ownership(ObjectOwnership::BucketOwnerPreferred)
-                .build()
-                .expect("ownership is set");
-            let result = self
-                .client
+                .await
+                .or_call_error()
+                .map(drop),
+            Setting::ObjectOwnership => client
                 .put_bucket_ownership_controls()
                 .bucket(bucket)
-                .ownership_controls(OwnershipControls::builder().rules(rule).build().expect("rules are set"))
+                .ownership_controls(bucket_owner_preferred())
                 .send()
-                .await;
-            match result.or_call_error().map(|_| ()) {
-                Err(error) if custom_endpoint && is_unsupported_elsewhere(&error) => skipped.push("object ownership"),
-                result => check("object ownership", result, &mut skipped)?,
-            }
-        }
-
-        if let Some(rules) = self.lifecycle_rules(settings) {
-            self.permit().await;
-            let result = self
-                .client
+                .await
+                .or_call_error()
+                .map(drop),
+            Setting::Lifecycle(rules) => client
                 .put_bucket_lifecycle_configuration()
                 .bucket(bucket)
                 .lifecycle_configuration(
-                    BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().expect("rules are set"),
+                    BucketLifecycleConfiguration::builder()
+                        .set_rules(Some(rules.clone()))
+                        .build()
+                        .expect("rules are set"),
                 )
                 .send()
-                .await;
-            check("lifecycle", result.or_call_error().map(|_| ()), &mut skipped)?;
+                .await
+                .or_call_error()
+                .map(drop),
         }
-        Ok(skipped)
     }
 
     /// PutBucketTagging: replaces the bucket's whole tag set.
@@ -416,6 +418,55 @@ fn s3_tags(tags: &[(String, String)]) -> Vec<Tag> {
     tags.iter()
         .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"))
         .collect()
+}
+
+/// A bucket setting after its tags, as [`Bucket::apply_settings`] applies it: each with its own call
+/// and name, and whether S3-compatible servers may lack it.
+enum Setting {
+    Versioning,
+    DefaultEncryption(Sse, Option<String>),
+    PublicAccessBlock,
+    ObjectOwnership,
+    Lifecycle(Vec<LifecycleRule>),
+}
+
+impl Setting {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Versioning => "versioning",
+            Self::DefaultEncryption(..) => "default encryption",
+            Self::PublicAccessBlock => "public access block",
+            Self::ObjectOwnership => "object ownership",
+            Self::Lifecycle(_) => "lifecycle",
+        }
+    }
+
+    /// An AWS-only API, which a custom endpoint may answer as a malformed request: skipped there.
+    fn aws_only(&self) -> bool {
+        matches!(self, Self::PublicAccessBlock | Self::ObjectOwnership)
+    }
+}
+
+fn encryption_configuration(algorithm: Sse, kms_key: Option<String>) -> ServerSideEncryptionConfiguration {
+    let rule = ServerSideEncryptionRule::builder()
+        .apply_server_side_encryption_by_default(
+            ServerSideEncryptionByDefault::builder()
+                .sse_algorithm(ServerSideEncryption::from(algorithm.as_str()))
+                .set_kms_master_key_id(kms_key)
+                .build()
+                .expect("algorithm is set"),
+        )
+        .build();
+    ServerSideEncryptionConfiguration::builder().rules(rule).build().expect("rules are set")
+}
+
+/// Object Ownership that takes the ACLs a store's writes carry.
+fn bucket_owner_preferred() -> OwnershipControls {
+    let rule = OwnershipControlsRule::builder()
+        .object_ownership(ObjectOwnership::BucketOwnerPreferred)
+        .build()
+        .expect("ownership is set");
+    OwnershipControls::builder().rules(rule).build().expect("rules are set")
 }
 
 fn check(
