@@ -260,9 +260,27 @@ async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
         None => None,
         Some(file) => Some(report(Step::Configuration, "of the CA bundle", read_ca_bundle(file))?),
     };
+    let sdk = sdk_config(&plan.region).await;
+    let source = credentials(&sdk).await?;
+    let client = s3_client(&sdk, &plan, ca_pem.as_deref(), args)?;
+    let trip = RoundTrip::new(&client, &plan, &endpoint_display);
+    report(Step::Write, &trip.uri, trip.write().await)?;
+    // From here on the object exists: whatever fails, try to remove it before reporting.
+    let verified = async {
+        report(Step::Read, &trip.uri, trip.read().await)?;
+        report(Step::List, &format!("s3://{}/{}", trip.bucket, trip.directory), trip.list().await)
+    }
+    .await;
+    let deleted = report(Step::Delete, &trip.uri, trip.delete().await);
+    verified?;
+    deleted?;
+    Ok(Outcome::passed(format!("{source} can write, read, list and delete under {} at {endpoint_display}", plan.path)))
+}
 
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(plan.region.clone()))
+/// The SDK's configuration from the pod's environment, in the store's region.
+async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(
             TimeoutConfig::builder()
@@ -271,7 +289,12 @@ async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
                 .build(),
         )
         .load()
-        .await;
+        .await
+}
+
+/// The credentials step: the pod's chain gives credentials, and no access keys shadow its web
+/// identity. Returns where they come from, for the log.
+async fn credentials(sdk: &aws_config::SdkConfig) -> Result<&'static str, Outcome> {
     let source = credential_source(|name| std::env::var(name).ok());
     if let Some(failure) = shadowed_web_identity(|name| std::env::var(name).ok()) {
         report(Step::Credentials, &format!("from {source}"), Err::<(), _>(failure))?;
@@ -286,80 +309,105 @@ async fn steps(args: &CheckArgs) -> Result<Outcome, Outcome> {
         }
         .await,
     )?;
+    Ok(source)
+}
 
-    let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(plan.path_style);
+/// An S3 client for the plan's endpoint and addressing, trusting `ca_pem` when given.
+fn s3_client(
+    sdk: &aws_config::SdkConfig,
+    plan: &Plan,
+    ca_pem: Option<&str>,
+    args: &CheckArgs,
+) -> Result<aws_sdk_s3::Client, Outcome> {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(plan.path_style);
     if let Some(url) = &plan.endpoint {
         config = config.endpoint_url(url);
     }
-    if let Some(pem) = &ca_pem {
+    if let Some(pem) = ca_pem {
         let http = https_client_trusting(pem).map_err(|ConnectError::InvalidCaBundle| {
             Outcome::failed(Step::Configuration, invalid_ca_bundle(args.ca_bundle.as_ref()))
         })?;
         config = config.http_client(http);
     }
-    let client = aws_sdk_s3::Client::from_conf(config.build());
+    Ok(aws_sdk_s3::Client::from_conf(config.build()))
+}
 
-    let key = plan.path.key(&format!("{CHECK_DIRECTORY}/{}", object_name()));
-    let uri = format!("s3://{}/{key}", plan.path.bucket);
-    let body = format!("artifact-operator check {}\n", object_name());
-    let bucket = plan.path.bucket.as_str();
-    let fail = |action: &str, error: CallError| {
-        let target = Target { action, bucket, region: &plan.region, endpoint: &endpoint_display };
-        classify_s3(&error, &target)
-    };
+/// The object the check writes, reads back, lists and deletes under the store's prefix.
+struct RoundTrip<'a> {
+    client: &'a aws_sdk_s3::Client,
+    region: &'a str,
+    endpoint: &'a str,
+    bucket: &'a str,
+    directory: String,
+    key: String,
+    uri: String,
+    body: String,
+}
 
-    let write = client.put_object().bucket(bucket).key(&key).body(ByteStream::from(body.clone().into_bytes())).send();
-    report(
-        Step::Write,
-        &uri,
-        write.await.map(|_| ()).map_err(|e| fail(&format!("write {uri}"), CallError::from_sdk(&e))),
-    )?;
-
-    // From here on the object exists: whatever fails, try to remove it before reporting.
-    let verified = async {
-        let read = async {
-            let output = client.get_object().bucket(bucket).key(&key).send().await;
-            let output = output.map_err(|e| fail(&format!("read {uri}"), CallError::from_sdk(&e)))?;
-            let bytes = output.body.collect().await.map_err(|e| {
-                fail(&format!("read {uri}"), CallError { dispatch: Some(e.to_string()), ..CallError::default() })
-            })?;
-            if bytes.into_bytes().as_ref() == body.as_bytes() {
-                Ok(())
-            } else {
-                Err(Failure::new(
-                    Reason::S3Error,
-                    format!("{uri} read back with other content than was written; check what rewrites objects on the way"),
-                ))
-            }
-        };
-        report(Step::Read, &uri, read.await)?;
-
-        let directory = plan.path.key(&format!("{CHECK_DIRECTORY}/"));
-        let list = async {
-            let output = client.list_objects_v2().bucket(bucket).prefix(&directory).send().await;
-            let output = output.map_err(|e| fail(&format!("list s3://{bucket}/{directory}"), CallError::from_sdk(&e)))?;
-            if output.contents().iter().any(|object| object.key() == Some(key.as_str())) {
-                Ok(())
-            } else {
-                Err(Failure::new(
-                    Reason::S3Error,
-                    format!("listing s3://{bucket}/{directory} does not show the object just written; the endpoint lists inconsistently"),
-                ))
-            }
-        };
-        report(Step::List, &format!("s3://{bucket}/{directory}"), list.await)
+impl<'a> RoundTrip<'a> {
+    fn new(client: &'a aws_sdk_s3::Client, plan: &'a Plan, endpoint: &'a str) -> Self {
+        let key = plan.path.key(&format!("{CHECK_DIRECTORY}/{}", object_name()));
+        Self {
+            client,
+            region: &plan.region,
+            endpoint,
+            bucket: plan.path.bucket.as_str(),
+            directory: plan.path.key(&format!("{CHECK_DIRECTORY}/")),
+            uri: format!("s3://{}/{key}", plan.path.bucket),
+            key,
+            body: format!("artifact-operator check {}\n", object_name()),
+        }
     }
-    .await;
 
-    let delete = client.delete_object().bucket(bucket).key(&key).send().await;
-    let deleted = report(
-        Step::Delete,
-        &uri,
-        delete.map(|_| ()).map_err(|e| fail(&format!("delete {uri}"), CallError::from_sdk(&e))),
-    );
-    verified?;
-    deleted?;
-    Ok(Outcome::passed(format!("{source} can write, read, list and delete under {} at {endpoint_display}", plan.path)))
+    fn fail(&self, action: &str, error: CallError) -> Failure {
+        let target = Target { action, bucket: self.bucket, region: self.region, endpoint: self.endpoint };
+        classify_s3(&error, &target)
+    }
+
+    async fn write(&self) -> Result<(), Failure> {
+        let body = ByteStream::from(self.body.clone().into_bytes());
+        let write = self.client.put_object().bucket(self.bucket).key(&self.key).body(body).send();
+        write.await.map(|_| ()).map_err(|e| self.fail(&format!("write {}", self.uri), CallError::from_sdk(&e)))
+    }
+
+    async fn read(&self) -> Result<(), Failure> {
+        let uri = &self.uri;
+        let output = self.client.get_object().bucket(self.bucket).key(&self.key).send().await;
+        let output = output.map_err(|e| self.fail(&format!("read {uri}"), CallError::from_sdk(&e)))?;
+        let bytes = output.body.collect().await.map_err(|e| {
+            self.fail(&format!("read {uri}"), CallError { dispatch: Some(e.to_string()), ..CallError::default() })
+        })?;
+        if bytes.into_bytes().as_ref() == self.body.as_bytes() {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Reason::S3Error,
+                format!("{uri} read back with other content than was written; check what rewrites objects on the way"),
+            ))
+        }
+    }
+
+    async fn list(&self) -> Result<(), Failure> {
+        let (bucket, directory) = (self.bucket, &self.directory);
+        let output = self.client.list_objects_v2().bucket(bucket).prefix(directory).send().await;
+        let output =
+            output.map_err(|e| self.fail(&format!("list s3://{bucket}/{directory}"), CallError::from_sdk(&e)))?;
+        if output.contents().iter().any(|object| object.key() == Some(self.key.as_str())) {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Reason::S3Error,
+                format!(
+                    "listing s3://{bucket}/{directory} does not show the object just written; the endpoint lists inconsistently"
+                ),
+            ))
+        }
+    }
+
+    async fn delete(&self) -> Result<(), Failure> {
+        let delete = self.client.delete_object().bucket(self.bucket).key(&self.key).send().await;
+        delete.map(|_| ()).map_err(|e| self.fail(&format!("delete {}", self.uri), CallError::from_sdk(&e)))
+    }
 }
 
 fn no_credentials(cause: String) -> Failure {
