@@ -8,14 +8,17 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use futures::future::BoxFuture;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
+use crate::api::{ArtifactStore, Stack, kind};
 use crate::aws::AwsEdge;
 use crate::aws::ratelimit::RateLimiter;
 use crate::controller::Context;
 use crate::controller::apply::FIELD_MANAGER;
+use crate::controller::caches::Caches;
 use crate::controller::context::Settings;
 use crate::controller::health::{AnswerLayer, Health, Role};
 use crate::controller::timing::parse_duration;
@@ -219,93 +222,25 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         RateLimiter::new(args.aws_requests_per_second, args.aws_burst),
     )
     .await;
-    let settings = Settings {
-        resync_interval: args.resync_interval,
-        oidc_issuer: args.oidc_issuer.clone(),
-        check_image: args.check_image.clone().filter(|image| !image.trim().is_empty()),
-        eks_cluster: args.eks_cluster_name.clone().filter(|name| !name.trim().is_empty()),
-    };
-    let mut ctx = Context::new(client, aws, settings, metrics);
+    let mut ctx = Context::new(client, aws, settings(&args), metrics);
     ctx.health = health.clone();
     let ctx = Arc::new(ctx);
-    let elector = if args.leader_election {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .ok_or("leader election needs --lease-namespace or POD_NAMESPACE")?;
-        let pod =
-            std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "operator".into());
-        let identity = format!("{pod}-{:08x}", fastrand::u32(..));
-        let elector = LeaderElector::new(ctx.client.clone(), &namespace, &args.lease_name, identity, health.clone());
-        health.set_role(Role::Standby);
-        // A standby stops at SIGTERM too (in a container it is PID 1, which the kernel sends no
-        // default action: ignored, the kubelet would wait out the grace period and kill it).
-        tokio::select! {
-            () = elector.acquire() => {}
-            () = terminated() => {
-                server.abort();
-                tracing::info!("stopped while standing by");
-                return Ok(());
-            }
-        }
-        Some(elector)
-    } else {
-        None
+    let Some(leading) = lead(&args, &ctx.client, &health).await? else {
+        server.abort();
+        tracing::info!("stopped while standing by");
+        return Ok(());
     };
     health.set_role(Role::Active);
     let scopes = watch_scopes(&args.namespaces);
     tracing::info!(namespaces = %args.namespaces, resync = ?args.resync_interval, "starting the controllers");
     // One set of watches and controllers per watched namespace: each needs list/watch only where
     // it is allowed.
-    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
-    let mut all_caches = Vec::new();
-    for scope in &scopes {
-        let (caches, queues) = crate::controller::caches::watch(&ctx.client, scope, &health);
-        ctx.metrics.count_ready_in("ArtifactStore", caches.stores.clone());
-        ctx.metrics.count_ready_in("Stack", caches.stacks.clone());
-        // The controllers start once every cache of their scope is listed (changes meanwhile wait
-        // in the queues).
-        let (ctx, concurrency, synced) = (ctx.clone(), args.concurrency, caches.clone());
-        let (stores, stacks) = (caches.stores.clone(), caches.stacks.clone());
-        let sweep = crate::stack::sweep::run(ctx.clone(), scope.clone(), caches.clone(), queues.deleted_stacks);
-        controllers.push(Box::pin(async move {
-            tokio::select! {
-                () = synced.synced() => {}
-                () = terminated() => return,
-            }
-            // The sweep of what deleted Stacks left runs beside the controllers, and stops with them.
-            let controllers = futures::future::join(
-                crate::controller::run(
-                    "ArtifactStore",
-                    ctx.clone(),
-                    stores,
-                    queues.stores,
-                    concurrency,
-                    crate::store::reconcile,
-                    crate::store::error_policy,
-                ),
-                crate::controller::run(
-                    "Stack",
-                    ctx,
-                    stacks,
-                    queues.stacks,
-                    concurrency,
-                    crate::stack::reconcile,
-                    crate::stack::error_policy,
-                ),
-            );
-            tokio::select! {
-                _ = controllers => {}
-                () = sweep => {}
-            }
-        }));
-        all_caches.push((scope.clone(), caches));
-    }
+    let (controllers, all_caches): (Vec<_>, Vec<_>) =
+        scopes.iter().map(|scope| start_controllers(&ctx, scope, args.concurrency)).unzip();
     ctx.set_caches(all_caches);
     ctx.health.watches_started(scopes.len() * crate::controller::caches::WATCHES_PER_SCOPE);
-    match &elector {
-        Some(elector) => {
+    match leading {
+        Leading::Elected(elector) => {
             tokio::select! {
                 _ = futures::future::join_all(controllers) => elector.release().await,
                 () = elector.keep_renewing() => {
@@ -315,13 +250,102 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 }
             }
         }
-        None => {
+        Leading::Alone => {
             futures::future::join_all(controllers).await;
         }
     }
     server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the reconcilers are told of the process's flags.
+fn settings(args: &RunArgs) -> Settings {
+    Settings {
+        resync_interval: args.resync_interval,
+        oidc_issuer: args.oidc_issuer.clone(),
+        check_image: args.check_image.clone().filter(|image| !image.trim().is_empty()),
+        eks_cluster: args.eks_cluster_name.clone().filter(|name| !name.trim().is_empty()),
+    }
+}
+
+/// How this replica came to reconcile.
+enum Leading {
+    /// Leader election is off.
+    Alone,
+    /// It holds the lease, and must keep renewing it.
+    Elected(Box<LeaderElector>),
+}
+
+/// Waits, with leader election, until this replica holds the lease; None when SIGTERM or Ctrl-C
+/// came first.
+async fn lead(args: &RunArgs, client: &Client, health: &Arc<Health>) -> Result<Option<Leading>, String> {
+    if !args.leader_election {
+        return Ok(Some(Leading::Alone));
+    }
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .ok_or("leader election needs --lease-namespace or POD_NAMESPACE")?;
+    let pod = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "operator".into());
+    let identity = format!("{pod}-{:08x}", fastrand::u32(..));
+    let elector = LeaderElector::new(client.clone(), &namespace, &args.lease_name, identity, health.clone());
+    health.set_role(Role::Standby);
+    // A standby stops at SIGTERM too (in a container it is PID 1, which the kernel sends no
+    // default action: ignored, the kubelet would wait out the grace period and kill it).
+    tokio::select! {
+        () = elector.acquire() => Ok(Some(Leading::Elected(Box::new(elector)))),
+        () = terminated() => Ok(None),
+    }
+}
+
+/// The watches of one scope (a namespace, or all), and its two controllers and the sweep of what
+/// deleted Stacks left, which start once every cache of the scope is listed (changes meanwhile
+/// wait in the queues) and run until shutdown.
+fn start_controllers(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    concurrency: u16,
+) -> (BoxFuture<'static, ()>, (Option<String>, Caches)) {
+    let (caches, queues) = crate::controller::caches::watch(&ctx.client, scope, &ctx.health);
+    ctx.metrics.count_ready_in(kind::<ArtifactStore>(), caches.stores.clone());
+    ctx.metrics.count_ready_in(kind::<Stack>(), caches.stacks.clone());
+    let (ctx, synced) = (ctx.clone(), caches.clone());
+    let (stores, stacks) = (caches.stores.clone(), caches.stacks.clone());
+    let sweep = crate::stack::sweep::run(ctx.clone(), scope.clone(), caches.clone(), queues.deleted_stacks);
+    let controllers = Box::pin(async move {
+        tokio::select! {
+            () = synced.synced() => {}
+            () = terminated() => return,
+        }
+        // The sweep runs beside the controllers, and stops with them.
+        let controllers = futures::future::join(
+            crate::controller::run(
+                kind::<ArtifactStore>(),
+                ctx.clone(),
+                stores,
+                queues.stores,
+                concurrency,
+                crate::store::reconcile,
+                crate::store::error_policy,
+            ),
+            crate::controller::run(
+                kind::<Stack>(),
+                ctx,
+                stacks,
+                queues.stacks,
+                concurrency,
+                crate::stack::reconcile,
+                crate::stack::error_policy,
+            ),
+        );
+        tokio::select! {
+            _ = controllers => {}
+            () = sweep => {}
+        }
+    });
+    (controllers, (scope.clone(), caches))
 }
 
 #[cfg(test)]
