@@ -2,7 +2,8 @@
 # Builds the real components the integration tests run against, from pinned Go modules and PyPI:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (Kubernetes), etcd, MinIO, a
 # checker built from Argo Workflows' own packages, Argo's workflow-controller and argoexec (run on the
-# node by tests/argo_node.rs), IRSA's amazon-eks-pod-identity-webhook (tests/irsa_node.rs), and
+# node by tests/argo_node.rs), IRSA's amazon-eks-pod-identity-webhook (tests/irsa_node.rs), the
+# distribution registry the node pulls images from (node-up.sh), and
 # moto (IAM/STS), ZenML (client and server) and boto3 in a virtual environment, MLflow's server and
 # client in another; and installs the
 # Debian packages the node of node-up.sh needs (containerd, ...).
@@ -65,15 +66,16 @@ build_python_tools() {
 # The node of node-up.sh runs on Debian packages: containerd and runc, the CNI plugins (bridge,
 # host-local, loopback), socat for its relays to the control plane, catatonit for its pause image,
 # a static busybox for the main containers of Argo's workflow pods (tests/argo_node.rs), iproute2
-# for its bridge, and iptables, which the CNI plugins call for masquerading and port
-# mapping (both off on this node). Installed with apt only when a binary is missing, so a warm
+# for its bridge, iptables, which the CNI plugins call for masquerading and port
+# mapping (both off on this node), and debootstrap, with which tests/env/zenml-image.sh builds the
+# image of ZenML's pods. Installed with apt only when a binary is missing, so a warm
 # machine needs neither root nor the network here.
 install_node_packages() {
   local wanted=(containerd:/usr/bin/containerd containerd:/usr/bin/containerd-shim-runc-v2
     containerd:/usr/bin/ctr runc:/usr/sbin/runc containernetworking-plugins:/usr/lib/cni/bridge
     containernetworking-plugins:/usr/lib/cni/host-local containernetworking-plugins:/usr/lib/cni/loopback
     socat:/usr/bin/socat catatonit:/usr/bin/catatonit busybox-static:/bin/busybox iproute2:/usr/sbin/ip
-    iptables:/usr/sbin/iptables)
+    iptables:/usr/sbin/iptables debootstrap:/usr/sbin/debootstrap)
   local entry missing=()
   for entry in "${wanted[@]}"; do
     [[ -x "${entry#*:}" ]] || missing+=("${entry%%:*}")
@@ -143,6 +145,8 @@ case "$what" in
     build_tool argo argoexec github.com/argoproj/argo-workflows/v3/cmd/argoexec "$stamp" "$(argo_source)"
     # IRSA's mutating webhook (amazon-eks-pod-identity-webhook), run by tests/irsa_node.rs.
     build_tool pod-identity-webhook pod-identity-webhook github.com/aws/amazon-eks-pod-identity-webhook
+    # The CNCF distribution registry, which node-up.sh starts for the node's pods to pull from.
+    build_tool registry registry github.com/distribution/distribution/v3/cmd/registry
     ;;&
   all|python) build_python_tools ;;&
   all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;&
