@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 
 use crate::api::ArtifactStore;
-use crate::api::artifact_store::CaBundleKind;
+use crate::api::artifact_store::{CaBundleKind, CaBundleRef, SecretAuth};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
 use crate::reason::{Failure, Reason};
@@ -48,101 +48,19 @@ fn value(secret: &Secret, key: &str) -> Option<String> {
 pub async fn dereference(ctx: &Context, store: &ArtifactStore) -> Result<Inputs, Error> {
     let namespace = store.namespace().unwrap_or_default();
     let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
-    let read = |kind: &'static str, name: &str| {
-        let name = name.to_owned();
-        move |source| Error::Read { kind, name, source }
-    };
-
     let mut keys = None;
-    let mut has_session_token = false;
     if let Some(auth) = &store.spec.auth.secret_ref {
-        let secret =
-            ctx.read::<Secret>(&namespace, &auth.name).await.map_err(read("Secret", &auth.name))?.ok_or_else(|| {
-                Error::Invalid(Failure::new(
-                    Reason::SecretNotFound,
-                    format!(
-                        "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
-                        auth.name,
-                        auth.access_key_id_key(),
-                        auth.secret_access_key_key()
-                    ),
-                ))
-            })?;
+        let secret = ctx.read::<Secret>(&namespace, &auth.name).await.map_err(read("Secret", &auth.name))?;
+        let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(auth, &namespace)))?;
         versions.push(secret.resource_version().unwrap_or_default());
-        let missing = |key: &str| {
-            Error::Invalid(Failure::new(
-                Reason::SecretKeyMissing,
-                format!(
-                    "Secret {} has no non-empty key {key}; add it, or name the key that holds it in spec.auth.secretRef",
-                    auth.name
-                ),
-            ))
-        };
-        let access_key_id =
-            value(&secret, auth.access_key_id_key()).ok_or_else(|| missing(auth.access_key_id_key()))?;
-        let secret_access_key =
-            value(&secret, auth.secret_access_key_key()).ok_or_else(|| missing(auth.secret_access_key_key()))?;
-        let session_token = value(&secret, auth.session_token_key());
-        let named = [
-            (auth.access_key_id_key(), Some(&access_key_id)),
-            (auth.secret_access_key_key(), Some(&secret_access_key)),
-            (auth.session_token_key(), session_token.as_ref()),
-        ];
-        if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some_and(|v| !is_header_safe(v))) {
-            return Err(Error::Invalid(Failure::new(
-                Reason::SecretValueInvalid,
-                format!(
-                    "Secret {} key {key} holds a character that cannot be sent to S3 (a line break, a space, a control or non-ASCII character; often a value pasted with a newline in the middle); put the bare value in the key",
-                    auth.name
-                ),
-            )));
-        }
-        has_session_token = session_token.is_some();
-        keys = Some(StaticKeys { access_key_id, secret_access_key, session_token });
+        keys = Some(keys_in(&secret, auth).map_err(Error::Invalid)?);
     }
-
     let mut ca_pem = None;
     if let Some(ca) = store.spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
-        let not_found = || {
-            Error::Invalid(Failure::new(
-                Reason::CaBundleNotFound,
-                format!(
-                    "{:?} {} with key {} (endpoint.tls.caBundle) does not exist in namespace {namespace}",
-                    ca.kind, ca.name, ca.key
-                ),
-            ))
-        };
-        let (pem, version) = match ca.kind {
-            CaBundleKind::ConfigMap => {
-                let cm = ctx
-                    .read::<ConfigMap>(&namespace, &ca.name)
-                    .await
-                    .map_err(read("ConfigMap", &ca.name))?
-                    .ok_or_else(not_found)?;
-                (cm.data.as_ref().and_then(|d| d.get(&ca.key)).cloned(), cm.resource_version())
-            }
-            CaBundleKind::Secret => {
-                let secret = ctx
-                    .read::<Secret>(&namespace, &ca.name)
-                    .await
-                    .map_err(read("Secret", &ca.name))?
-                    .ok_or_else(not_found)?;
-                (value(&secret, &ca.key), secret.resource_version())
-            }
-        };
-        let bundle = crate::ca_bundle::parse(&pem.ok_or_else(not_found)?).map_err(|error| {
-            Error::Invalid(Failure::new(
-                Reason::CaBundleInvalid,
-                format!(
-                    "{:?} {} key {} (endpoint.tls.caBundle) is not a usable CA bundle: {error}; put the PEM certificates of the CA that signed the endpoint's certificate there",
-                    ca.kind, ca.name, ca.key
-                ),
-            ))
-        })?;
-        ca_pem = Some(bundle.pem().to_owned());
+        let (pem, version) = read_ca_bundle(ctx, &namespace, ca).await?;
+        ca_pem = Some(pem);
         versions.push(version.unwrap_or_default());
     }
-
     let mut service_account = None;
     if let Some(name) = store.spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
         let account = ctx.read::<ServiceAccount>(&namespace, name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
@@ -154,8 +72,99 @@ pub async fn dereference(ctx: &Context, store: &ArtifactStore) -> Result<Inputs,
         versions.push(account.resource_version().unwrap_or_default());
         service_account = Some(account);
     }
-
+    let has_session_token = keys.as_ref().is_some_and(|k| k.session_token.is_some());
     Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })
+}
+
+/// A failed read of the `kind` named `name`.
+fn read(kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_owned();
+    move |source| Error::Read { kind, name, source }
+}
+
+fn secret_not_found(auth: &SecretAuth, namespace: &str) -> Failure {
+    Failure::new(
+        Reason::SecretNotFound,
+        format!(
+            "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
+            auth.name,
+            auth.access_key_id_key(),
+            auth.secret_access_key_key()
+        ),
+    )
+}
+
+/// The keys that `auth` names in `secret`: both present, and each one sendable in a header.
+fn keys_in(secret: &Secret, auth: &SecretAuth) -> Result<StaticKeys, Failure> {
+    let missing = |key: &str| {
+        Failure::new(
+            Reason::SecretKeyMissing,
+            format!(
+                "Secret {} has no non-empty key {key}; add it, or name the key that holds it in spec.auth.secretRef",
+                auth.name
+            ),
+        )
+    };
+    let access_key_id = value(secret, auth.access_key_id_key()).ok_or_else(|| missing(auth.access_key_id_key()))?;
+    let secret_access_key =
+        value(secret, auth.secret_access_key_key()).ok_or_else(|| missing(auth.secret_access_key_key()))?;
+    let session_token = value(secret, auth.session_token_key());
+    let named = [
+        (auth.access_key_id_key(), Some(&access_key_id)),
+        (auth.secret_access_key_key(), Some(&secret_access_key)),
+        (auth.session_token_key(), session_token.as_ref()),
+    ];
+    if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some_and(|v| !is_header_safe(v))) {
+        return Err(Failure::new(
+            Reason::SecretValueInvalid,
+            format!(
+                "Secret {} key {key} holds a character that cannot be sent to S3 (a line break, a space, a control or non-ASCII character; often a value pasted with a newline in the middle); put the bare value in the key",
+                auth.name
+            ),
+        ));
+    }
+    Ok(StaticKeys { access_key_id, secret_access_key, session_token })
+}
+
+/// The CA bundle that `ca` names, checked, and the resourceVersion of the object that holds it.
+async fn read_ca_bundle(ctx: &Context, namespace: &str, ca: &CaBundleRef) -> Result<(String, Option<String>), Error> {
+    let not_found = || {
+        Error::Invalid(Failure::new(
+            Reason::CaBundleNotFound,
+            format!(
+                "{:?} {} with key {} (endpoint.tls.caBundle) does not exist in namespace {namespace}",
+                ca.kind, ca.name, ca.key
+            ),
+        ))
+    };
+    let (pem, version) = match ca.kind {
+        CaBundleKind::ConfigMap => {
+            let cm = ctx
+                .read::<ConfigMap>(namespace, &ca.name)
+                .await
+                .map_err(read("ConfigMap", &ca.name))?
+                .ok_or_else(not_found)?;
+            (cm.data.as_ref().and_then(|d| d.get(&ca.key)).cloned(), cm.resource_version())
+        }
+        CaBundleKind::Secret => {
+            let secret = ctx
+                .read::<Secret>(namespace, &ca.name)
+                .await
+                .map_err(read("Secret", &ca.name))?
+                .ok_or_else(not_found)?;
+            (value(&secret, &ca.key), secret.resource_version())
+        }
+    };
+    let bundle = crate::ca_bundle::parse(&pem.ok_or_else(not_found)?).map_err(|error| {
+        Error::Invalid(Failure::new(
+            Reason::CaBundleInvalid,
+            format!(
+                "{:?} {} key {} (endpoint.tls.caBundle) is not a usable CA bundle: {error}; put the PEM certificates of the CA that signed the endpoint's certificate there",
+                ca.kind, ca.name, ca.key
+            ),
+        ))
+    })?;
+    Ok((bundle.pem().to_owned(), version))
 }
 
 #[cfg(test)]
