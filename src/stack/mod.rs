@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
-use crate::api::{ArtifactStore, Stack};
+use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack};
 use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
@@ -482,14 +482,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         )));
     };
     let status = store.status.clone().unwrap_or_default();
-    if !conditions::is_true_for(&status.conditions, READY, store.metadata.generation) {
-        let why = conditions::find(&status.conditions, READY)
-            .map(|c| format!("{}: {}", c.reason, c.message))
-            .unwrap_or_else(|| "not verified yet".to_owned());
-        return Ok(Err(Failure::new(
-            Reason::ArtifactStoreNotReady,
-            format!("ArtifactStore {store_name} is not ready ({why})"),
-        )));
+    if let Err(failure) = ready(&store, &status) {
+        return Ok(Err(failure));
     }
     let account_name = &stack.spec.orchestrator.service_account_name;
     let Some(account) = ctx.read::<ServiceAccount>(&namespace, account_name).await.map_err(Error::Dereference)? else {
@@ -510,6 +504,35 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
     let fingerprint =
         format!("{}/{}", store.resource_version().unwrap_or_default(), account.resource_version().unwrap_or_default());
 
+    if let Err(failure) = identity_can_use(ctx, stack, &store, &account, &resolved, &fingerprint).await? {
+        return Ok(Err(failure));
+    }
+    Ok(Ok(Usable { resolved, fingerprint }))
+}
+
+/// Whether the store is Ready for its current generation.
+fn ready(store: &ArtifactStore, status: &ArtifactStoreStatus) -> Result<(), Failure> {
+    if conditions::is_true_for(&status.conditions, READY, store.metadata.generation) {
+        return Ok(());
+    }
+    let why = conditions::find(&status.conditions, READY)
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_else(|| "not verified yet".to_owned());
+    Err(Failure::new(Reason::ArtifactStoreNotReady, format!("ArtifactStore {} is not ready ({why})", store.name_any())))
+}
+
+/// Whether the Stack's pods can reach the store's credentials: the Secret the store publishes with
+/// its keys exists, or (IRSA) the orchestrator's ServiceAccount is wired as the store's is.
+async fn identity_can_use(
+    ctx: &Context,
+    stack: &Stack,
+    store: &ArtifactStore,
+    account: &ServiceAccount,
+    resolved: &ResolvedStore,
+    fingerprint: &str,
+) -> Result<Result<(), Failure>, Error> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let store_name = &stack.spec.artifact_store_ref.name;
     if store.spec.auth.secret_ref.is_some() {
         let secret_name = store_env_secret_name(store_name);
         if !ctx.exists::<Secret>(&namespace, &secret_name).await.map_err(Error::Dereference)? {
@@ -524,7 +547,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only
         // when the store or the ServiceAccount changes.
         let uid = stack.uid().unwrap_or_default();
-        if ctx.verification_due(&uid, &fingerprint).is_none() {
+        if ctx.verification_due(&uid, fingerprint).is_none() {
             let Ok(path) = S3Path::parse(&store.spec.path) else {
                 return Ok(Err(Failure::new(
                     Reason::ArtifactStoreNotReady,
@@ -533,23 +556,23 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             };
             let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
             let permissions = crate::aws::iam::required_permissions(&store.spec, &path);
-            let ca_pem = match outputs::store_ca_bundle(ctx, stack, &resolved).await? {
+            let ca_pem = match outputs::store_ca_bundle(ctx, stack, resolved).await? {
                 Ok(pem) => pem,
                 Err(failure) => return Ok(Err(failure)),
             };
             let probe = Probe {
-                connection: S3Connection::to_store(&resolved, ca_pem, None),
+                connection: S3Connection::to_store(resolved, ca_pem, None),
                 path: &path,
                 write: store.spec.wants_write_probe(),
             };
             if let Err(failure) =
-                crate::identity::check_workload_identity(ctx, &namespace, &account, role, &permissions, probe).await
+                crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await
             {
                 return Ok(Err(failure));
             }
         }
     }
-    Ok(Ok(Usable { resolved, fingerprint }))
+    Ok(Ok(()))
 }
 
 /// The ArtifactStore `name`: from the operator's cache once the watches run, otherwise from the
@@ -624,81 +647,11 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     let Report { ready, published, check, zenml, credentials } = report;
     let previous = stack.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
-    let mut observed = vec![ready];
-    let mut workload_check = None;
-    match check {
-        Some((verdict, inputs)) => {
-            observed.push(match verdict {
-                Verdict::Proven(message) => Observed::ok(WORKLOAD_ACCESS_VERIFIED, Reason::Verified, message),
-                Verdict::Running(message) => {
-                    Observed::unknown(WORKLOAD_ACCESS_VERIFIED, Reason::WorkloadCheckRunning, message)
-                }
-                Verdict::Failed(failure) => Observed::failed(WORKLOAD_ACCESS_VERIFIED, failure.reason, failure.message),
-            });
-            workload_check = Some(inputs);
-        }
-        None if workload::wanted(stack) => {
-            if let Some(kept) = observed_again(&previous.conditions, WORKLOAD_ACCESS_VERIFIED) {
-                observed.push(kept);
-                workload_check = previous.workload_check.clone();
-            }
-        }
-        None => {}
-    }
-    let zenml = match zenml {
-        ZenmlReport::Synced(record) => {
-            let mut message = format!(
-                "ZenML stack {} (id {}) is as declared in the server at {}",
-                record.stack_name.as_deref().unwrap_or_default(),
-                record.stack_id.as_deref().unwrap_or_default(),
-                record.url
-            );
-            if record.container_registry_id.is_none() {
-                message.push_str(
-                    "; it has no container registry, so ZenML's kubernetes orchestrator runs no pipeline on it: set spec.orchestrator.containerRegistry.uri",
-                );
-            }
-            observed.push(Observed::ok(ZENML_SYNCED, Reason::ZenmlSynced, message));
-            Some(Box::new(record))
-        }
-        ZenmlReport::Failed(failure) => {
-            observed.push(Observed::failed(ZENML_SYNCED, failure.reason, failure.message));
-            previous.zenml.clone()
-        }
-        ZenmlReport::Keep => {
-            observed.extend(observed_again(&previous.conditions, ZENML_SYNCED));
-            previous.zenml.clone()
-        }
-        ZenmlReport::Gone => None,
-    };
-    let credentials = match credentials {
-        CredentialsReport::Issued(record, None) => {
-            let message = format!(
-                "session credentials for {} ({:?}) in Secret {}, key {}: expire at {}, renewed at {}",
-                record.path,
-                record.access,
-                record.secret_name,
-                record.access_key_id,
-                record.expires_at,
-                record.renew_at
-            );
-            observed.push(Observed::ok(SCOPED_CREDENTIALS, Reason::CredentialsIssued, message));
-            Some(Box::new(record))
-        }
-        CredentialsReport::Issued(record, Some(failure)) => {
-            observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));
-            Some(Box::new(record))
-        }
-        CredentialsReport::Failed(failure) => {
-            observed.push(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message));
-            previous.credentials.clone()
-        }
-        CredentialsReport::Keep if credentials::wanted(stack) => {
-            observed.extend(observed_again(&previous.conditions, SCOPED_CREDENTIALS));
-            previous.credentials.clone()
-        }
-        CredentialsReport::Keep | CredentialsReport::Shared => None,
-    };
+    let (workload_observed, workload_check) = workload_condition(stack, check, &previous);
+    let (zenml_observed, zenml) = zenml_condition(zenml, &previous);
+    let (credentials_observed, credentials) = credentials_condition(stack, credentials, &previous);
+    let observed: Vec<Observed> =
+        std::iter::once(ready).chain(workload_observed).chain(zenml_observed).chain(credentials_observed).collect();
     let (conditions, transitions) = conditions::merge(&previous.conditions, &observed, stack.metadata.generation, &now);
     let (config_map_name, content_hash) = match published {
         Some((name, hash)) => (Some(name), Some(hash)),
@@ -724,4 +677,87 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     ctx.wrote_status(&stack.metadata);
     ctx.announce_transitions("Stack", &stack.metadata, &stack.object_ref(&()), &transitions).await;
     Ok(())
+}
+
+/// The in-pod check's condition and inputs: this pass's verdict, or the last ones while the Stack
+/// still asks for the check.
+fn workload_condition(
+    stack: &Stack,
+    check: Option<(Verdict, String)>,
+    previous: &StackStatus,
+) -> (Option<Observed>, Option<String>) {
+    match check {
+        Some((verdict, inputs)) => {
+            let observed = match verdict {
+                Verdict::Proven(message) => Observed::ok(WORKLOAD_ACCESS_VERIFIED, Reason::Verified, message),
+                Verdict::Running(message) => {
+                    Observed::unknown(WORKLOAD_ACCESS_VERIFIED, Reason::WorkloadCheckRunning, message)
+                }
+                Verdict::Failed(failure) => Observed::failed(WORKLOAD_ACCESS_VERIFIED, failure.reason, failure.message),
+            };
+            (Some(observed), Some(inputs))
+        }
+        None if workload::wanted(stack) => match observed_again(&previous.conditions, WORKLOAD_ACCESS_VERIFIED) {
+            Some(kept) => (Some(kept), previous.workload_check.clone()),
+            None => (None, None),
+        },
+        None => (None, None),
+    }
+}
+
+/// The ZenML sync's condition and record.
+fn zenml_condition(zenml: ZenmlReport, previous: &StackStatus) -> (Option<Observed>, Option<Box<ZenmlStatus>>) {
+    match zenml {
+        ZenmlReport::Synced(record) => {
+            let mut message = format!(
+                "ZenML stack {} (id {}) is as declared in the server at {}",
+                record.stack_name.as_deref().unwrap_or_default(),
+                record.stack_id.as_deref().unwrap_or_default(),
+                record.url
+            );
+            if record.container_registry_id.is_none() {
+                message.push_str(
+                    "; it has no container registry, so ZenML's kubernetes orchestrator runs no pipeline on it: set spec.orchestrator.containerRegistry.uri",
+                );
+            }
+            (Some(Observed::ok(ZENML_SYNCED, Reason::ZenmlSynced, message)), Some(Box::new(record)))
+        }
+        ZenmlReport::Failed(failure) => {
+            (Some(Observed::failed(ZENML_SYNCED, failure.reason, failure.message)), previous.zenml.clone())
+        }
+        ZenmlReport::Keep => (observed_again(&previous.conditions, ZENML_SYNCED), previous.zenml.clone()),
+        ZenmlReport::Gone => (None, None),
+    }
+}
+
+/// The scoped credentials' condition and record.
+fn credentials_condition(
+    stack: &Stack,
+    credentials: CredentialsReport,
+    previous: &StackStatus,
+) -> (Option<Observed>, Option<Box<CredentialsStatus>>) {
+    match credentials {
+        CredentialsReport::Issued(record, None) => {
+            let message = format!(
+                "session credentials for {} ({:?}) in Secret {}, key {}: expire at {}, renewed at {}",
+                record.path,
+                record.access,
+                record.secret_name,
+                record.access_key_id,
+                record.expires_at,
+                record.renew_at
+            );
+            (Some(Observed::ok(SCOPED_CREDENTIALS, Reason::CredentialsIssued, message)), Some(Box::new(record)))
+        }
+        CredentialsReport::Issued(record, Some(failure)) => {
+            (Some(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message)), Some(Box::new(record)))
+        }
+        CredentialsReport::Failed(failure) => {
+            (Some(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message)), previous.credentials.clone())
+        }
+        CredentialsReport::Keep if credentials::wanted(stack) => {
+            (observed_again(&previous.conditions, SCOPED_CREDENTIALS), previous.credentials.clone())
+        }
+        CredentialsReport::Keep | CredentialsReport::Shared => (None, None),
+    }
 }
