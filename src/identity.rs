@@ -327,16 +327,7 @@ impl Wired<'_> {
         assume: impl AsyncFnOnce(&str, bool) -> Result<String, Failure>,
     ) -> Result<Identity, Failure> {
         let name = self.account.name_any();
-        let wiring = match self.account.annotations().get(ROLE_ARN_ANNOTATION) {
-            Some(role_arn) => Wiring::Irsa(role_arn.clone()),
-            None => {
-                let Some(eks) = pod_identity else { return Err(self.unwired(None)) };
-                match eks.association(self.namespace, &name).await? {
-                    Some(association) => Wiring::PodIdentity { cluster: eks.cluster().to_owned(), association },
-                    None => return Err(self.unwired(Some(eks.cluster()))),
-                }
-            }
-        };
+        let wiring = self.wiring(pod_identity).await?;
         let (role_arn, how) = match &wiring {
             Wiring::Irsa(role_arn) => (role_arn.as_str(), "annotated with"),
             Wiring::PodIdentity { association, .. } => {
@@ -351,25 +342,7 @@ impl Wired<'_> {
                 ),
             ));
         }
-        let trusted = match &wiring {
-            Wiring::Irsa(role_arn) => {
-                let issuer = issuer().await.map_err(|e| {
-                    Failure::new(Reason::OidcIssuerUnknown, format!("cannot read the cluster's OIDC issuer: {e}"))
-                })?;
-                let trust = iam.trust_policy(role_arn).await?;
-                iam::check_trust_policy(&trust, &issuer, self.namespace, &name).map_err(|message| {
-                    Failure::new(Reason::TrustPolicyMismatch, format!("role {role_arn}: {message}"))
-                })?;
-                "which trusts this cluster's OIDC issuer".to_owned()
-            }
-            Wiring::PodIdentity { association, .. } => {
-                let trust = iam.trust_policy(&association.role_arn).await?;
-                eks::check_trust_policy(&trust).map_err(|message| {
-                    Failure::new(Reason::TrustPolicyMismatch, format!("role {}: {message}", association.role_arn))
-                })?;
-                format!("whose role {} trusts {}", association.role_arn, eks::POD_IDENTITY_PRINCIPAL)
-            }
-        };
+        let trusted = self.trusted(iam, &wiring, issuer).await?;
         let (permissions, simulated) = match iam.denied(role_arn, self.permissions).await? {
             None => (" (the IAM endpoint cannot simulate policies, so permissions were not checked)".to_owned(), false),
             Some(denied) if denied.is_empty() => (String::new(), true),
@@ -394,6 +367,49 @@ impl Wired<'_> {
             ),
         };
         Ok(Identity { summary, arn: Some(role_arn.to_owned()) })
+    }
+
+    /// How the ServiceAccount gets its role: its IRSA annotation, or else its Pod Identity
+    /// association.
+    async fn wiring(&self, pod_identity: Option<&PodIdentity>) -> Result<Wiring, Failure> {
+        if let Some(role_arn) = self.account.annotations().get(ROLE_ARN_ANNOTATION) {
+            return Ok(Wiring::Irsa(role_arn.clone()));
+        }
+        let Some(eks) = pod_identity else { return Err(self.unwired(None)) };
+        match eks.association(self.namespace, &self.account.name_any()).await? {
+            Some(association) => Ok(Wiring::PodIdentity { cluster: eks.cluster().to_owned(), association }),
+            None => Err(self.unwired(Some(eks.cluster()))),
+        }
+    }
+
+    /// Whether the role trusts the way the ServiceAccount's pods come to it; says how, for the
+    /// summary.
+    async fn trusted(
+        &self,
+        iam: &Iam,
+        wiring: &Wiring,
+        issuer: impl AsyncFnOnce() -> Result<String, String>,
+    ) -> Result<String, Failure> {
+        let name = self.account.name_any();
+        Ok(match wiring {
+            Wiring::Irsa(role_arn) => {
+                let issuer = issuer().await.map_err(|e| {
+                    Failure::new(Reason::OidcIssuerUnknown, format!("cannot read the cluster's OIDC issuer: {e}"))
+                })?;
+                let trust = iam.trust_policy(role_arn).await?;
+                iam::check_trust_policy(&trust, &issuer, self.namespace, &name).map_err(|message| {
+                    Failure::new(Reason::TrustPolicyMismatch, format!("role {role_arn}: {message}"))
+                })?;
+                "which trusts this cluster's OIDC issuer".to_owned()
+            }
+            Wiring::PodIdentity { association, .. } => {
+                let trust = iam.trust_policy(&association.role_arn).await?;
+                eks::check_trust_policy(&trust).map_err(|message| {
+                    Failure::new(Reason::TrustPolicyMismatch, format!("role {}: {message}", association.role_arn))
+                })?;
+                format!("whose role {} trusts {}", association.role_arn, eks::POD_IDENTITY_PRINCIPAL)
+            }
+        })
     }
 
     /// No role for the ServiceAccount: one failure that names every way to give it one.
