@@ -50,7 +50,12 @@ pub fn health_script(kind: Kind) -> String {
 local TRANSIENT = {{
 {transient}}}
 
-local hs = {{}}
+{HEALTH_FROM_READY}"#
+    )
+}
+
+/// What every health script does with the Ready condition and its `TRANSIENT` table.
+const HEALTH_FROM_READY: &str = r#"local hs = {}
 
 local function nonempty(s, fallback)
   if type(s) == "string" and s ~= "" then
@@ -92,9 +97,7 @@ else
   hs.message = nonempty(ready.message, nonempty(ready.reason, "waiting for the operator"))
 end
 return hs
-"#
-    )
-}
+"#;
 
 const WAITING: &str = "waiting for the operator";
 
