@@ -357,13 +357,7 @@ pub async fn ensure(
     if current.is_some() && ours.is_none() {
         return Ok(Outcome::Failed(apply::name_conflict("Secret", &name, stack)));
     }
-    let held = ours.and_then(Held::of);
-    let remembered = ours.and(ctx.issued::<Held>(&uid));
-    let held = match (held, remembered) {
-        (Some(held), Some(newer)) if newer.renew_at > held.renew_at => Some((*newer).clone()),
-        (None, Some(newer)) => Some((*newer).clone()),
-        (held, _) => held,
-    };
+    let held = newest(ours.and_then(Held::of), ours.and(ctx.issued::<Held>(&uid)).as_deref());
     let narrowed = narrowed(store, &scope, &name);
     let due = due(held.as_ref(), &digest, now);
     if let (Due::Fresh, Some(held)) = (&due, &held) {
@@ -374,14 +368,8 @@ pub async fn ensure(
         Err(failure) => {
             return Ok(match (&due, held) {
                 (Due::Renew, Some(held)) => {
-                    let renewal = Failure::new(
-                        Reason::CredentialsRenewalFailed,
-                        format!(
-                            "renewing the session credentials failed ({}: {}); the current ones in Secret {name} expire at {}; retried with backoff",
-                            failure.reason, failure.message, held.expires_at
-                        ),
-                    );
-                    Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal: Some(renewal) }
+                    let renewal = Some(renewal_failed(&failure, &held, &name));
+                    Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal }
                 }
                 _ => Outcome::Failed(failure),
             });
@@ -400,6 +388,27 @@ pub async fn ensure(
     }
     ctx.remember_issued(&uid, std::sync::Arc::new(held.clone()));
     Ok(Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal: None })
+}
+
+/// What is held: what the Secret holds, or what this process issued last when it is newer (a
+/// cache may not show that write yet).
+fn newest(in_secret: Option<Held>, remembered: Option<&Held>) -> Option<Held> {
+    match (in_secret, remembered) {
+        (Some(held), Some(newer)) if newer.renew_at > held.renew_at => Some(newer.clone()),
+        (None, Some(newer)) => Some(newer.clone()),
+        (held, _) => held,
+    }
+}
+
+/// A due renewal that failed while `held` is still valid.
+fn renewal_failed(failure: &Failure, held: &Held, secret_name: &str) -> Failure {
+    Failure::new(
+        Reason::CredentialsRenewalFailed,
+        format!(
+            "renewing the session credentials failed ({}: {}); the current ones in Secret {secret_name} expire at {}; retried with backoff",
+            failure.reason, failure.message, held.expires_at
+        ),
+    )
 }
 
 /// Empties the Stack's Secret of scoped credentials once it no longer asks for them (`Shared`):
