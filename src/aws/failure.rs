@@ -87,25 +87,31 @@ pub struct Target<'a> {
     pub endpoint: &'a str,
 }
 
+/// A call that got no response: the endpoint's certificate is not trusted, or it is unreachable.
+fn unanswered(cause: &str, target: &Target<'_>) -> Failure {
+    let Target { action, endpoint, .. } = target;
+    if is_untrusted_certificate(cause) {
+        // Retrying cannot help: the endpoint's certificate is not signed by a CA we trust.
+        return Failure::new(
+            Reason::InvalidTlsSettings,
+            format!(
+                "{endpoint} presented a certificate that is not trusted ({cause}); put the PEM certificates of the CA that signed it in spec.endpoint.tls.caBundle"
+            ),
+        );
+    }
+    Failure::new(
+        Reason::EndpointUnreachable,
+        format!(
+            "could not reach {endpoint} to {action}: {cause}; check endpoint.url, DNS, the network path from the operator and TLS settings"
+        ),
+    )
+}
+
 /// Classifies a failed S3 call.
 pub fn classify_s3(error: &CallError, target: &Target<'_>) -> Failure {
     let Target { action, bucket, region, endpoint } = target;
     if let Some(cause) = &error.dispatch {
-        if is_untrusted_certificate(cause) {
-            // Retrying cannot help: the endpoint's certificate is not signed by a CA we trust.
-            return Failure::new(
-                Reason::InvalidTlsSettings,
-                format!(
-                    "{endpoint} presented a certificate that is not trusted ({cause}); put the PEM certificates of the CA that signed it in spec.endpoint.tls.caBundle"
-                ),
-            );
-        }
-        return Failure::new(
-            Reason::EndpointUnreachable,
-            format!(
-                "could not reach {endpoint} to {action}: {cause}; check endpoint.url, DNS, the network path from the operator and TLS settings"
-            ),
-        );
+        return unanswered(cause, target);
     }
     let code = error.code.as_deref().unwrap_or_default();
     match (code, error.http_status) {
