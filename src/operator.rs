@@ -322,7 +322,6 @@ fn start_controllers(
         // The sweep runs beside the controllers, and stops with them.
         let controllers = futures::future::join(
             crate::controller::run(
-                kind::<ArtifactStore>(),
                 ctx.clone(),
                 stores,
                 queues.stores,
@@ -331,7 +330,6 @@ fn start_controllers(
                 crate::store::error_policy,
             ),
             crate::controller::run(
-                kind::<Stack>(),
                 ctx,
                 stacks,
                 queues.stacks,

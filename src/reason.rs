@@ -6,6 +6,7 @@
 use crate::api::condition::{
     BUCKET_READY, CREDENTIALS_VALID, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED,
 };
+use crate::api::{ArtifactStore, Stack, kind};
 
 /// What a reason tells whoever watches the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +31,8 @@ impl Kind {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::ArtifactStore => "ArtifactStore",
-            Self::Stack => "Stack",
+            Self::ArtifactStore => kind::<ArtifactStore>(),
+            Self::Stack => kind::<Stack>(),
         }
     }
 }

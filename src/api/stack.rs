@@ -73,6 +73,13 @@ pub struct StackSpec {
     pub credentials: Option<Box<ScopedCredentials>>,
 }
 
+impl StackSpec {
+    /// Whether the Stack asks for the consumer format `format`.
+    pub fn wants(&self, format: OutputFormat) -> bool {
+        self.outputs.formats.contains(&format)
+    }
+}
+
 /// The credentials the Stack's pods get.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -74,9 +74,7 @@ where
 /// policy. When a reconcile asks to run again later, the object's time goes to a [`Timetable`]
 /// (lean at ten thousands of objects), which queues it when due; the error policy's backoff stays
 /// with kube-runtime's scheduler, for the few objects that fail.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<K, F, E>(
-    kind: &'static str,
     ctx: std::sync::Arc<Context>,
     cache: kube::runtime::reflector::Store<DeserializeGuard<K>>,
     queue: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<DeserializeGuard<K>>>,
@@ -109,7 +107,7 @@ pub async fn run<K, F, E>(
         }
     };
     let results = controller(cache, queue, concurrency).shutdown_on_signal().run(reconcile, error_policy, ctx);
-    drive(results, kind, &gate).await;
+    drive(results, crate::api::kind::<K>(), &gate).await;
 }
 
 /// Consumes a controller's results: each one ends a pass (or finds its object gone), which frees

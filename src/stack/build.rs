@@ -113,10 +113,6 @@ fn owned_meta(stack: &Stack, name: String) -> ObjectMeta {
     apply::owned_meta(stack, "stack", name)
 }
 
-fn wants(stack: &Stack, format: OutputFormat) -> bool {
-    stack.spec.outputs.formats.contains(&format)
-}
-
 /// What a format that adds keys to the Stack's ConfigMap renders: its keys, or the setting of the
 /// store it cannot serve.
 type FormatKeys = fn(&ResolvedStore) -> Result<BTreeMap<String, String>, String>;
@@ -130,7 +126,7 @@ fn format_keys(stack: &Stack, store: &ResolvedStore) -> Result<BTreeMap<String, 
     ];
     let mut keys = BTreeMap::new();
     let mut refused = Vec::new();
-    for (_, name, render) in formats.into_iter().filter(|(format, _, _)| wants(stack, *format)) {
+    for (_, name, render) in formats.into_iter().filter(|(format, _, _)| stack.spec.wants(*format)) {
         match render(store) {
             Ok(rendered) => keys.extend(rendered),
             Err(why) => refused.push(format!("{name}: {why}")),
@@ -154,7 +150,7 @@ pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) ->
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
     data.extend(format_keys);
-    if wants(stack, OutputFormat::ZenML) {
+    if stack.spec.wants(OutputFormat::ZenML) {
         let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));
         let registry = orchestrator.container_registry.as_ref().map(|registry| registry.uri.as_str());
         let export = render::zenml::stack_export(

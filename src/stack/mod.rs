@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
-use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack};
+use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack, kind};
 use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
@@ -81,10 +81,10 @@ impl Referrer for Stack {
         if let Some(zenml) = &self.spec.zenml {
             references.push(Reference::new(Kind::Secret, &zenml.api_key_secret_ref.name));
         }
-        if self.spec.outputs.formats.contains(&OutputFormat::Kfp) {
+        if self.spec.wants(OutputFormat::Kfp) {
             references.push(Reference::new(Kind::ConfigMap, crate::render::kfp::CONFIG_MAP));
         }
-        if self.spec.outputs.formats.contains(&OutputFormat::Argo) {
+        if self.spec.wants(OutputFormat::Argo) {
             references.push(Reference::new(Kind::ConfigMap, crate::render::argo::CONFIG_MAP));
         }
         references
@@ -93,7 +93,7 @@ impl Referrer for Stack {
 
 /// The requeue after a failed reconcile (see [`crate::controller::error_action`]).
 pub fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc<Context>) -> Action {
-    crate::controller::error_action(&ctx, "Stack", &object_key(&*stack), error.category(), error)
+    crate::controller::error_action(&ctx, kind::<Stack>(), &object_key(&*stack), error.category(), error)
 }
 
 pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Next, Error> {
@@ -108,7 +108,7 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>)
             write_status(stack, &ctx, Report::failed(crate::controller::panicked())).await.and(Err(Error::Panicked))
         }
     };
-    ctx.metrics.reconciled("Stack", started.elapsed());
+    ctx.metrics.reconciled(kind::<Stack>(), started.elapsed());
     result
 }
 
@@ -675,7 +675,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     apply::status(&api, &stack.name_any(), &next).await.map_err(Error::Status)?;
     ctx.wrote_status(&stack.metadata);
-    ctx.announce_transitions("Stack", &stack.metadata, &stack.object_ref(&()), &transitions).await;
+    ctx.announce_transitions(kind::<Stack>(), &stack.metadata, &stack.object_ref(&()), &transitions).await;
     Ok(())
 }
 

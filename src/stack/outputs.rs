@@ -18,9 +18,9 @@ use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::{Error, build};
-use crate::api::Stack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
+use crate::api::{Stack, kind};
 use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Presence};
 use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
@@ -32,10 +32,6 @@ pub const FINALIZER: &str = "artifacts.dev/argo-repository";
 /// The field manager of one Stack's part of `artifact-repositories`.
 pub fn field_manager(stack: &str) -> String {
     format!("{FIELD_MANAGER}/stack/{stack}")
-}
-
-fn wants(stack: &Stack, format: OutputFormat) -> bool {
-    stack.spec.outputs.formats.contains(&format)
 }
 
 fn config_maps(ctx: &crate::controller::Context, stack: &Stack) -> Api<ConfigMap> {
@@ -73,7 +69,7 @@ pub async fn publish(
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
         return Ok(Publication::Refused(apply::name_conflict("ConfigMap", &name, stack)));
     }
-    if wants(stack, OutputFormat::Argo) && set_finalizer(ctx, stack, true).await? == Presence::Gone {
+    if stack.spec.wants(OutputFormat::Argo) && set_finalizer(ctx, stack, true).await? == Presence::Gone {
         return Ok(Publication::Gone);
     }
     let kfp = kfp_claim(ctx, stack, store).await?;
@@ -147,7 +143,7 @@ async fn kfp_claim(
     let namespace = stack.namespace().unwrap_or_default();
     let current = ctx.read::<ConfigMap>(&namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let ours = current.as_ref().is_some_and(|current| apply::is_ours(&current.metadata, &desired.metadata));
-    if !wants(stack, OutputFormat::Kfp) {
+    if !stack.spec.wants(OutputFormat::Kfp) {
         if let Some(current) = current.filter(|_| ours) {
             delete_exact(&config_maps(ctx, stack), &current.metadata).await?;
         }
@@ -189,7 +185,7 @@ fn kfp_launcher_taken(meta: &ObjectMeta, stack: &Stack) -> Failure {
 /// The Stack that controls an object, if a Stack does.
 fn holder(meta: &ObjectMeta) -> Option<String> {
     let owners = meta.owner_references.iter().flatten();
-    owners.filter(|o| o.kind == "Stack" && o.controller == Some(true)).map(|o| o.name.clone()).next()
+    owners.filter(|o| o.kind == kind::<Stack>() && o.controller == Some(true)).map(|o| o.name.clone()).next()
 }
 
 /// Deletes exactly the version read, so a change made meanwhile is not deleted unseen.
@@ -229,7 +225,7 @@ async fn argo_claim(
     let from_config_map =
         store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
     let namespace = stack.namespace().unwrap_or_default();
-    if !wants(stack, OutputFormat::Argo) {
+    if !stack.spec.wants(OutputFormat::Argo) {
         remove_argo_key(ctx, stack).await?;
         if from_config_map {
             remove_ca_secret(&Api::namespaced(ctx.client.clone(), &namespace), stack).await?;

@@ -28,7 +28,7 @@ use kube::api::{Api, ListParams, ObjectMeta};
 use kube::runtime::reflector::ObjectRef;
 
 use super::outputs;
-use crate::api::Stack;
+use crate::api::{Stack, kind};
 use crate::controller::apply::MANAGED_BY;
 use crate::controller::caches::{Caches, Kind, Reference, Version};
 use crate::controller::timing::jittered;
@@ -200,7 +200,10 @@ async fn drop_leftover(
 fn controlling_stack(meta: &ObjectMeta) -> Option<(String, String)> {
     let labelled = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1);
     let owners = meta.owner_references.iter().flatten().filter(|_| labelled);
-    owners.filter(|o| o.kind == "Stack" && o.controller == Some(true)).map(|o| (o.name.clone(), o.uid.clone())).next()
+    owners
+        .filter(|o| o.kind == kind::<Stack>() && o.controller == Some(true))
+        .map(|o| (o.name.clone(), o.uid.clone()))
+        .next()
 }
 
 /// Whether Stack `name` (with `uid`, when given) exists: as the cache has it, else as the

@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
-use crate::api::{ArtifactStore, Word};
+use crate::api::{ArtifactStore, Word, kind};
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
@@ -101,7 +101,7 @@ impl Referrer for ArtifactStore {
 
 /// The requeue after a failed reconcile (see [`crate::controller::error_action`]).
 pub fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, ctx: Arc<Context>) -> Action {
-    crate::controller::error_action(&ctx, "ArtifactStore", &object_key(&*store), error.category(), error)
+    crate::controller::error_action(&ctx, kind::<ArtifactStore>(), &object_key(&*store), error.category(), error)
 }
 
 pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<Context>) -> Result<Next, Error> {
@@ -114,7 +114,7 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
         Some(result) => result,
         None => write_ready_only(store, &ctx, crate::controller::panicked()).await.and(Err(Error::Panicked)),
     };
-    ctx.metrics.reconciled("ArtifactStore", started.elapsed());
+    ctx.metrics.reconciled(kind::<ArtifactStore>(), started.elapsed());
     result
 }
 
@@ -397,7 +397,7 @@ async fn write_status(
     let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     apply::status(&api, &store.name_any(), &next).await.map_err(Error::Status)?;
     ctx.wrote_status(&store.metadata);
-    ctx.announce_transitions("ArtifactStore", &store.metadata, &store.object_ref(&()), &transitions).await;
+    ctx.announce_transitions(kind::<ArtifactStore>(), &store.metadata, &store.object_ref(&()), &transitions).await;
     Ok(())
 }
 
