@@ -108,15 +108,16 @@ node_mounts() {
   done | sort -ru
 }
 
-# --- the kubelet first, so that it restarts nothing; the scheduler and the relays with it --------
+# --- the kubelet first, so that it restarts nothing; the scheduler, registry and relays with it --
 
 daemons=()
-for name in node-kubelet node-kube-scheduler node-relay-api node-relay-s3 node-relay-s3-tls node-relay-moto; do
+for name in node-kubelet node-kube-scheduler node-registry node-relay-api node-relay-s3 node-relay-s3-tls \
+  node-relay-moto node-relay-zenml node-relay-registry; do
   pid=$(pid_of "$name")
   [[ -n "$pid" ]] && daemons+=("$pid")
 done
 if ((${#daemons[@]})); then
-  log "stopping the node's kubelet, scheduler and relays"
+  log "stopping the node's kubelet, scheduler, registry and relays"
   stop "${daemons[@]}"
 fi
 

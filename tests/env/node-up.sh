@@ -5,10 +5,14 @@
 #   containerd (CRI plugin, runc, cgroupfs) whose pause image is built here from catatonit, a kubelet
 #   and a kube-scheduler from the pinned Kubernetes module, a private pod bridge ($POD_BRIDGE,
 #   $POD_SUBNET, no route off the machine, no NAT), and relays on its gateway ($POD_GATEWAY) to the
-#   apiserver, both MinIOs and moto, on the same ports as on 127.0.0.1 (TLS stays end to end).
+#   apiserver, both MinIOs, moto and the ZenML server, on the same ports as on 127.0.0.1 (TLS stays
+#   end to end); and a container registry (the distribution registry, HTTPS with a certificate from
+#   the cluster CA, its storage in the node's directory) that containerd pulls from.
 # There is no kube-proxy and no cluster DNS: pods get the apiserver from KUBERNETES_SERVICE_HOST/PORT
-# set to AO_POD_KUBE_API_HOST/PORT. Images are never pulled: load them with
-# tests/env/build-image.sh --import.
+# set to AO_POD_KUBE_API_HOST/PORT. Images get to the node in one of two ways: imported into
+# containerd with tests/env/build-image.sh --import (never pulled), or pushed to the registry at
+# AO_REGISTRY (tests/env/oci-image.py push; tests/env/zenml-image.sh --push) and pulled by the
+# kubelet from AO_POD_REGISTRY/NAME:TAG, the same registry through its relay on the gateway.
 # Needs root (bridge, mounts, cgroups) and what `tests/env/build.sh go` and `build.sh node` provide.
 # Idempotent like up.sh: when the node is running and Ready this only prints its env file's path.
 # The last line on stdout is the path of the node's env file (mode 0600, `export` lines), beside
@@ -66,11 +70,14 @@ sys.exit(not ready or tainted)'
 
 node_healthy() {
   [[ -f "$NODE_ENV_FILE" && -f "$NODE_PORTS_FILE" && -d "$PIDS" ]] || return 1
-  grep -q "^export AO_KUBELET_DIR=" "$NODE_ENV_FILE" || return 1 # (absent: written by an older node-up.sh)
+  # (absent: written by an older node-up.sh)
+  grep -q "^export AO_KUBELET_DIR=" "$NODE_ENV_FILE" && grep -q "^export AO_POD_REGISTRY=" "$NODE_ENV_FILE" ||
+    return 1
   all_alive "$PIDS" || return 1
   # shellcheck source=/dev/null
   source "$NODE_PORTS_FILE"
   curl -fsS --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" >/dev/null 2>&1 &&
+    registry_answers "127.0.0.1:$REGISTRY_PORT" &&
     node_ctr version >/dev/null 2>&1 &&
     node_ready >/dev/null 2>&1
 }
@@ -154,6 +161,27 @@ make_cgroup_root() {
   done
 }
 
+# The registry's API root answers 200 to anyone (no authentication: only this host and the node's
+# pods reach it).
+registry_answers() { # HOST:PORT
+  curl -fsS --max-time 2 --cacert "$PKI/ca.crt" "https://$1/v2/" >/dev/null 2>&1
+}
+
+# containerd finds a registry's settings in $NODE_DIR/certs.d/HOST:PORT/hosts.toml (the CRI
+# plugin's config_path): the node's registry by its address on the gateway, as pods name it, with
+# the cluster CA that signed its certificate.
+write_registry_hosts() {
+  local host="$POD_GATEWAY:$REGISTRY_PORT"
+  mkdir -p "$NODE_DIR/certs.d/$host"
+  cat >"$NODE_DIR/certs.d/$host/hosts.toml" <<EOF
+server = "https://$host"
+
+[host."https://$host"]
+  capabilities = ["pull", "resolve"]
+  ca = "$PKI/ca.crt"
+EOF
+}
+
 start_containerd() {
   local snapshotter=$1
   mkdir -p "$CONTAINERD_DIR/root" "$CONTAINERD_DIR/state"
@@ -196,6 +224,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$NODE_DIR/cni/conf"
     max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$NODE_DIR/certs.d"
 EOF
   node_start node-containerd containerd --config "$NODE_DIR/containerd.toml"
 }
@@ -205,14 +235,43 @@ make_node_pki() {
   # The kubelet's serving certificate, from the cluster CA, which the apiserver verifies it with.
   new_cert node-kubelet-serving ca "/CN=$NODE_NAME" serverAuth "IP:$POD_GATEWAY,DNS:$NODE_NAME"
   new_cert node-kube-scheduler client-ca "/CN=system:kube-scheduler" clientAuth
+  # The registry's, for the host (127.0.0.1, where images are pushed) and the node (the gateway).
+  new_cert node-registry ca "/CN=ao-node-registry" serverAuth "IP:127.0.0.1,IP:$POD_GATEWAY"
   kubeconfig "$NODE_DIR/kubelet.kubeconfig" node-kubelet
   kubeconfig "$NODE_DIR/kube-scheduler.kubeconfig" node-kube-scheduler
+}
+
+# The distribution registry on 127.0.0.1 (its relay on the gateway is for the node), its storage in
+# the node's directory, so node-down.sh removes every image pushed to it. No authentication, no
+# storage health check, no tracing export, no upload purging (nothing lives long enough for it).
+start_registry() {
+  mkdir -p "$NODE_DIR/registry/data"
+  cat >"$NODE_DIR/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $NODE_DIR/registry/data
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: $(openssl rand -hex 16)
+  tls:
+    certificate: $PKI/node-registry.crt
+    key: $PKI/node-registry.key
+EOF
+  node_start node-registry env OTEL_TRACES_EXPORTER=none "$BIN/registry" serve "$NODE_DIR/registry/config.yml"
 }
 
 start_relays() {
   # socat, one process per connection (fork), bound to the gateway address only.
   local relay name port
-  for relay in "api:$API_PORT" "s3:$S3_PORT" "s3-tls:$S3_TLS_PORT" "moto:$MOTO_PORT"; do
+  for relay in "api:$API_PORT" "s3:$S3_PORT" "s3-tls:$S3_TLS_PORT" "moto:$MOTO_PORT" "zenml:$ZENML_PORT" \
+    "registry:$REGISTRY_PORT"; do
     name=${relay%%:*} port=${relay#*:}
     node_start "node-relay-$name" socat "TCP-LISTEN:$port,bind=$POD_GATEWAY,reuseaddr,fork" "TCP:127.0.0.1:$port"
   done
@@ -229,6 +288,10 @@ wait_for_relays() {
     curl -fsS --max-time 2 --cacert "$PKI/s3-ca.crt" "https://$POD_GATEWAY:$S3_TLS_PORT/minio/health/ready"
   wait_for node-relay-moto "moto at $POD_GATEWAY:$MOTO_PORT" \
     curl -fsS --max-time 2 "http://$POD_GATEWAY:$MOTO_PORT/moto-api/"
+  wait_for node-relay-zenml "the ZenML server at $POD_GATEWAY:$ZENML_PORT" \
+    curl -fsS --max-time 2 "http://$POD_GATEWAY:$ZENML_PORT/health"
+  wait_for node-relay-registry "the registry at $POD_GATEWAY:$REGISTRY_PORT" \
+    registry_answers "$POD_GATEWAY:$REGISTRY_PORT"
 }
 
 start_scheduler() {
@@ -247,7 +310,7 @@ start_kubelet() {
   # - no iptables chains (makeIPTablesUtilChains), no OOM score for itself (lowering it needs
   #   CAP_SYS_RESOURCE), cgroup v1 accepted (failCgroupV1: this machine has v1 with a v2 hybrid);
   # - eviction only when the disk or memory is really short (the defaults want 10-15% of the disk
-  #   free), and no image garbage collection: nothing could be pulled back;
+  #   free), and no image garbage collection: imported images could not be pulled back;
   # - no DNS: no cluster DNS exists, and the host's resolvers are unreachable from pods anyway;
   # - x509 client certificates from up.sh's client CA (the apiserver's kubelet-client) and bearer
   #   tokens via TokenReview, authorized by SubjectAccessReview, as on a real node.
@@ -339,6 +402,10 @@ export AO_POD_KUBE_API_PORT='$API_PORT'
 export AO_POD_S3_ENDPOINT='http://$POD_GATEWAY:$S3_PORT'
 export AO_POD_S3_TLS_ENDPOINT='https://$POD_GATEWAY:$S3_TLS_PORT'
 export AO_POD_MOTO_ENDPOINT='http://$POD_GATEWAY:$MOTO_PORT'
+export AO_POD_ZENML_URL='http://$POD_GATEWAY:$ZENML_PORT'
+export AO_REGISTRY='127.0.0.1:$REGISTRY_PORT'
+export AO_POD_REGISTRY='$POD_GATEWAY:$REGISTRY_PORT'
+export AO_REGISTRY_CA_FILE='$PKI/ca.crt'
 export AO_CONTAINERD_ADDRESS='$NODE_CONTAINERD_SOCK'
 export AO_CONTAINERD_NAMESPACE='k8s.io'
 export AO_CONTAINERD_SNAPSHOTTER='$SNAPSHOTTER'
@@ -361,15 +428,17 @@ start_node() {
 
   make_bridge
   read -r KUBELET_PORT < <(free_ports 1 "$POD_GATEWAY")
-  read -r KUBELET_HEALTHZ_PORT SCHEDULER_PORT < <(free_ports 2)
-  declare -p KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT | sed 's/^declare -- //' >"$NODE_PORTS_FILE"
+  read -r KUBELET_HEALTHZ_PORT SCHEDULER_PORT REGISTRY_PORT < <(free_ports 3)
+  declare -p KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT REGISTRY_PORT | sed 's/^declare -- //' >"$NODE_PORTS_FILE"
 
   # The daemons' own files (image layers, pod directories, logs) get the usual modes: a container
   # running as 65532 must be able to read what the kubelet and containerd set up for it.
   umask 022
   SNAPSHOTTER=$(pick_snapshotter)
+  write_registry_hosts
   start_containerd "$SNAPSHOTTER"
   (umask 077; make_node_pki)
+  start_registry
   start_relays
   start_scheduler
 
@@ -381,6 +450,7 @@ start_node() {
 
   make_cgroup_root
   start_kubelet
+  wait_for node-registry "its API answering" registry_answers "127.0.0.1:$REGISTRY_PORT"
   wait_for_relays
   wait_for node-kube-scheduler "ok /healthz" \
     curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
@@ -392,7 +462,7 @@ start_node() {
 # --- main -----------------------------------------------------------------------------------------
 
 ((EUID == 0)) || die "node-up.sh needs root: it creates a bridge, mounts and cgroups"
-for b in kubelet kube-scheduler; do
+for b in kubelet kube-scheduler registry; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run tests/env/build.sh go first"
 done
 for b in containerd containerd-shim-runc-v2 ctr runc socat catatonit ip unshare findmnt \
