@@ -7,6 +7,7 @@ pub mod chart;
 pub mod scoped;
 pub mod stacks;
 pub mod store;
+pub mod zenml_node;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
