@@ -181,12 +181,19 @@ impl ResolvedStore {
 
 /// The store named `ml` in namespace `team` with `spec`, resolved for `region`: what the renderings'
 /// unit tests start from.
+/// The unit tests' store: ArtifactStore `ml` with `spec`, resolved in `region`.
 #[cfg(test)]
 pub fn test_store(spec: serde_json::Value, region: &str) -> ResolvedStore {
+    test_store_named("ml", spec, region, false)
+}
+
+/// [`test_store`] named `name`, with or without a session token in its Secret.
+#[cfg(test)]
+pub fn test_store_named(name: &str, spec: serde_json::Value, region: &str, has_session_token: bool) -> ResolvedStore {
     let store: ArtifactStore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "team"},
+        "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name, "namespace": "team"},
         "spec": spec,
     }))
     .expect("a test store deserializes");
-    ResolvedStore::new(&store, region, false).expect("a test store resolves")
+    ResolvedStore::new(&store, region, has_session_token).expect("a test store resolves")
 }

@@ -93,15 +93,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn resolved(endpoint: serde_json::Value) -> ResolvedStore {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "store", "namespace": "ml"},
-            "spec": {"path": "s3://bucket/runs", "endpoint": endpoint, "auth": {"secretRef": {"name": "keys"}}},
-        }))
-        .unwrap();
-        ResolvedStore::new(&store, "us-east-1", true).unwrap()
+        let spec = json!({"path": "s3://bucket/runs", "endpoint": endpoint, "auth": {"secretRef": {"name": "keys"}}});
+        crate::resolve::test_store_named("ml", spec, "us-east-1", true)
     }
 
     #[test]

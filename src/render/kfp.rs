@@ -49,15 +49,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn resolved(spec: serde_json::Value) -> ResolvedStore {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-            "metadata": {"name": "store", "namespace": "ml"}, "spec": spec,
-        }))
-        .unwrap();
-        ResolvedStore::new(&store, "eu-west-1", false).unwrap()
+        crate::resolve::test_store(spec, "eu-west-1")
     }
 
     #[test]

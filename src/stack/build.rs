@@ -214,7 +214,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn stack(formats: Value) -> Stack {
         serde_json::from_value(json!({
@@ -227,13 +226,9 @@ mod tests {
     }
 
     fn store(auth: Value, endpoint: Value) -> ResolvedStore {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "store", "namespace": "ml"},
-            "spec": {"path": "s3://bucket/runs", "endpoint": endpoint, "auth": auth,
-                     "objectDefaults": {"serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"}},
-        }))
-        .unwrap();
-        ResolvedStore::new(&store, "us-east-1", false).unwrap()
+        let spec = json!({"path": "s3://bucket/runs", "endpoint": endpoint, "auth": auth,
+                          "objectDefaults": {"serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"}});
+        crate::resolve::test_store(spec, "us-east-1")
     }
 
     fn keys() -> Value {

@@ -508,19 +508,13 @@ fn assume_failure(error: &CallError, chain: &str, store: &ResolvedStore) -> Fail
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ArtifactStore;
 
     fn store(auth: Value, endpoint: bool) -> ResolvedStore {
         let mut spec = json!({"path": "s3://bucket/team", "auth": auth});
         if endpoint {
             spec["endpoint"] = json!({"url": "http://minio:9000"});
         }
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "t"},
-            "spec": spec,
-        }))
-        .unwrap();
-        ResolvedStore::new(&store, "us-east-1", false).unwrap()
+        crate::resolve::test_store(spec, "us-east-1")
     }
 
     fn spec(value: Value) -> ScopedCredentials {

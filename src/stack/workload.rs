@@ -251,7 +251,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::ArtifactStore;
     use crate::controller::fixtures::test_context_with_check_image;
 
     fn stack() -> Stack {
@@ -265,13 +264,7 @@ mod tests {
     }
 
     fn store(auth: serde_json::Value) -> ResolvedStore {
-        let store: ArtifactStore = serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-            "metadata": {"name": "store", "namespace": "ml"},
-            "spec": {"path": "s3://bucket/team", "auth": auth},
-        }))
-        .unwrap();
-        ResolvedStore::new(&store, "us-east-1", false).unwrap()
+        crate::resolve::test_store_named("store", json!({"path": "s3://bucket/team", "auth": auth}), "us-east-1", false)
     }
 
     fn finished(type_: &str) -> Job {
