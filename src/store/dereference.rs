@@ -139,19 +139,13 @@ async fn read_ca_bundle(ctx: &Context, namespace: &str, ca: &CaBundleRef) -> Res
     };
     let (pem, version) = match ca.kind {
         CaBundleKind::ConfigMap => {
-            let cm = ctx
-                .read::<ConfigMap>(namespace, &ca.name)
-                .await
-                .map_err(read("ConfigMap", &ca.name))?
-                .ok_or_else(not_found)?;
+            let cm = ctx.read::<ConfigMap>(namespace, &ca.name).await.map_err(read("ConfigMap", &ca.name))?;
+            let cm = cm.ok_or_else(not_found)?;
             (cm.data.as_ref().and_then(|d| d.get(&ca.key)).cloned(), cm.resource_version())
         }
         CaBundleKind::Secret => {
-            let secret = ctx
-                .read::<Secret>(namespace, &ca.name)
-                .await
-                .map_err(read("Secret", &ca.name))?
-                .ok_or_else(not_found)?;
+            let secret = ctx.read::<Secret>(namespace, &ca.name).await.map_err(read("Secret", &ca.name))?;
+            let secret = secret.ok_or_else(not_found)?;
             (value(&secret, &ca.key), secret.resource_version())
         }
     };
