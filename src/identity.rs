@@ -511,11 +511,11 @@ mod tests {
         iam: &Iam,
         eks: Option<&PodIdentity>,
     ) -> Result<Identity, Failure> {
-        let path = crate::s3path::S3Path::parse("s3://ml-bucket/team").unwrap();
-        let spec: crate::api::artifact_store::ArtifactStoreSpec =
-            serde_json::from_value(serde_json::json!({"path": "s3://ml-bucket/team", "auth": {"implicit": {}}}))
-                .unwrap();
-        let permissions = iam::required_permissions(&spec, &path);
+        let store = crate::resolve::test_store(
+            serde_json::json!({"path": "s3://ml-bucket/team", "auth": {"implicit": {}}}),
+            "us-east-1",
+        );
+        let permissions = iam::required_permissions(&store);
         let wired = Wired { namespace, account, expected_role: expected, permissions: &permissions };
         let never = async |_: &str, _: bool| -> Result<String, Failure> { panic!("only IRSA assumes the role") };
         wired.prove(iam, eks, async || Err("no issuer in this test".to_owned()), never).await
@@ -536,9 +536,11 @@ mod tests {
     async fn irsa_is_proven_by_assuming_the_role_after_the_simulation_allows() {
         let (iam, _) = iam(irsa_trust("system:serviceaccount:team:runner"));
         let account = account(Some(ROLE));
-        let spec =
-            serde_json::from_value(serde_json::json!({"path": "s3://ml-bucket/p", "auth": {"implicit": {}}})).unwrap();
-        let permissions = iam::required_permissions(&spec, &crate::s3path::S3Path::parse("s3://ml-bucket/p").unwrap());
+        let store = crate::resolve::test_store(
+            serde_json::json!({"path": "s3://ml-bucket/p", "auth": {"implicit": {}}}),
+            "us-east-1",
+        );
+        let permissions = iam::required_permissions(&store);
         let wired = Wired { namespace: "team", account: &account, expected_role: None, permissions: &permissions };
         let seen = std::sync::Mutex::new(None);
         let assume = async |role: &str, simulated: bool| {

@@ -2,8 +2,8 @@
 //! from an ArtifactStore's spec and the region the operator resolved; no I/O.
 
 use crate::api::artifact_store::{
-    AddressingStyle, ArtifactStore, ArtifactStoreStatus, CaBundleRef, Checksums, ClientSettings, ObjectDefaults,
-    RetryMode,
+    AddressingStyle, ArtifactStore, ArtifactStoreStatus, Auth, BucketSettings, CaBundleRef, Checksums, ClientSettings,
+    Endpoint, ObjectDefaults, Provisioning, RetryMode,
 };
 use crate::s3path::{PathError, S3Path};
 
@@ -17,15 +17,27 @@ pub const SESSION_MOUNT_PATH: &str = "/etc/artifact-store-credentials";
 pub const SESSION_PROCESS_KEY: &str = "credentials.json";
 pub const SESSION_CONFIG_KEY: &str = "config";
 
+/// An ArtifactStore as everything past the top of a reconcile reads it: its spec parsed and
+/// checked once (see [`ResolvedStore::of`]), never the raw spec again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedStore {
     pub name: String,
     pub path: S3Path,
+    /// The bucket's region as the operator knows it: the store's status's (see [`status_region`]),
+    /// or the one a verification found (see [`ResolvedStore::in_region`]).
     pub region: String,
+    /// `spec.region`: where the user says the bucket is; None lets the operator find it.
+    pub spec_region: Option<String>,
     pub endpoint: Option<ResolvedEndpoint>,
     pub auth: ResolvedAuth,
     pub client: ClientSettings,
+    /// Options applied to every object written.
     pub object_defaults: ObjectDefaults,
+    pub provisioning: Provisioning,
+    /// `spec.bucket`: the settings of a bucket the operator creates (None: their defaults).
+    pub bucket: Option<BucketSettings>,
+    /// Whether proving access includes writing (and deleting) a probe object.
+    pub write_probe: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +50,16 @@ pub struct ResolvedEndpoint {
 }
 
 impl ResolvedEndpoint {
+    fn new(endpoint: &Endpoint) -> Self {
+        Self {
+            url: endpoint_url(&endpoint.url),
+            addressing_style: endpoint.addressing_style,
+            ca_bundle: endpoint.tls.as_ref().and_then(|t| t.ca_bundle.clone()),
+            insecure_skip_verify: endpoint.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
+            checksums: endpoint.checksums,
+        }
+    }
+
     pub fn is_https(&self) -> bool {
         self.url.starts_with("https://")
     }
@@ -69,8 +91,40 @@ pub struct KeyRefs {
     pub secret_name: String,
     pub access_key_id_key: String,
     pub secret_access_key_key: String,
-    pub session_token_key: Option<String>,
+    /// The key that may hold a session token.
+    pub session_token_key: String,
+    /// Whether the Secret holds a session token: known once it was read (see
+    /// [`ResolvedStore::with_session_token`]); the renderings name the key only then.
+    pub holds_session_token: bool,
     pub env_secret_name: String,
+}
+
+impl KeyRefs {
+    /// The session token's key, when the Secret holds one.
+    pub fn held_session_token_key(&self) -> Option<&str> {
+        self.holds_session_token.then_some(self.session_token_key.as_str())
+    }
+}
+
+impl ResolvedAuth {
+    /// `spec.auth` of the store named `store`: keys when it names a Secret, the ambient identity
+    /// otherwise.
+    pub fn new(auth: &Auth, store: &str) -> Self {
+        match (&auth.implicit, &auth.secret_ref) {
+            (_, Some(secret)) => ResolvedAuth::Keys(KeyRefs {
+                secret_name: secret.name.clone(),
+                access_key_id_key: secret.access_key_id_key().to_owned(),
+                secret_access_key_key: secret.secret_access_key_key().to_owned(),
+                session_token_key: secret.session_token_key().to_owned(),
+                holds_session_token: false,
+                env_secret_name: store_env_secret_name(store),
+            }),
+            (implicit, None) => {
+                let implicit = implicit.as_deref().cloned().unwrap_or_default();
+                ResolvedAuth::Implicit { service_account: implicit.service_account_name, role_arn: implicit.role_arn }
+            }
+        }
+    }
 }
 
 /// What ends the name of the ConfigMap an ArtifactStore publishes.
@@ -122,39 +176,43 @@ pub fn status_region(status: Option<&ArtifactStoreStatus>) -> String {
 }
 
 impl ResolvedStore {
-    /// Resolves a store. `region` is what the operator found; `has_session_token` whether the
-    /// Secret carries the session-token key.
-    pub fn new(store: &ArtifactStore, region: &str, has_session_token: bool) -> Result<Self, PathError> {
+    /// Parses and checks `store`'s spec: what the top of a reconcile does, once. Its region is
+    /// the one the store's status gives (see [`status_region`]).
+    pub fn of(store: &ArtifactStore) -> Result<Self, PathError> {
         let spec = &store.spec;
         let name = store.metadata.name.clone().unwrap_or_default();
-        let auth = match (&spec.auth.implicit, &spec.auth.secret_ref) {
-            (_, Some(secret)) => ResolvedAuth::Keys(KeyRefs {
-                secret_name: secret.name.clone(),
-                access_key_id_key: secret.access_key_id_key().to_owned(),
-                secret_access_key_key: secret.secret_access_key_key().to_owned(),
-                session_token_key: has_session_token.then(|| secret.session_token_key().to_owned()),
-                env_secret_name: store_env_secret_name(&name),
-            }),
-            (implicit, None) => {
-                let implicit = implicit.clone().unwrap_or_default();
-                ResolvedAuth::Implicit { service_account: implicit.service_account_name, role_arn: implicit.role_arn }
-            }
-        };
         Ok(Self {
             path: S3Path::parse(&spec.path)?,
-            region: region.to_owned(),
-            endpoint: spec.endpoint.as_ref().map(|e| ResolvedEndpoint {
-                url: endpoint_url(&e.url),
-                addressing_style: e.addressing_style,
-                ca_bundle: e.tls.as_ref().and_then(|t| t.ca_bundle.clone()),
-                insecure_skip_verify: e.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
-                checksums: e.checksums,
-            }),
-            auth,
+            region: status_region(store.status.as_ref()),
+            spec_region: spec.region.clone(),
+            endpoint: spec.endpoint.as_deref().map(ResolvedEndpoint::new),
+            auth: ResolvedAuth::new(&spec.auth, &name),
             client: spec.client.as_deref().cloned().unwrap_or_default(),
             object_defaults: spec.object_defaults.as_deref().cloned().unwrap_or_default(),
+            provisioning: spec.provisioning,
+            bucket: spec.bucket.as_deref().cloned(),
+            write_probe: spec.verification.as_ref().is_some_and(|v| v.write_probe),
             name,
         })
+    }
+
+    /// [`Self::of`], with the bucket in `region` and knowing whether the Secret holds a session
+    /// token.
+    pub fn new(store: &ArtifactStore, region: &str, has_session_token: bool) -> Result<Self, PathError> {
+        Ok(Self::of(store)?.in_region(region).with_session_token(has_session_token))
+    }
+
+    /// The same store, with its bucket in `region`.
+    pub fn in_region(&self, region: &str) -> Self {
+        Self { region: region.to_owned(), ..self.clone() }
+    }
+
+    /// The same store, knowing whether its Secret holds a session token.
+    pub fn with_session_token(mut self, held: bool) -> Self {
+        if let ResolvedAuth::Keys(keys) = &mut self.auth {
+            keys.holds_session_token = held;
+        }
+        self
     }
 
     /// Whether clients should put the bucket in the path: explicit `Path`, or `Auto` against a
@@ -179,8 +237,6 @@ impl ResolvedStore {
     }
 }
 
-/// The store named `ml` in namespace `team` with `spec`, resolved for `region`: what the renderings'
-/// unit tests start from.
 /// The unit tests' store: ArtifactStore `ml` with `spec`, resolved in `region`.
 #[cfg(test)]
 pub fn test_store(spec: serde_json::Value, region: &str) -> ResolvedStore {

@@ -118,13 +118,6 @@ pub struct ArtifactStoreSpec {
     pub verification: Option<Verification>,
 }
 
-impl ArtifactStoreSpec {
-    /// Whether proving access includes writing (and deleting) a probe object.
-    pub fn wants_write_probe(&self) -> bool {
-        self.verification.as_ref().is_some_and(|v| v.write_probe)
-    }
-}
-
 /// How to reach an S3-compatible endpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

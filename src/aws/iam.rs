@@ -7,9 +7,8 @@ use serde_json::Value;
 
 use super::failure::CallError;
 use super::ratelimit::RateLimiter;
-use crate::api::artifact_store::ArtifactStoreSpec;
 use crate::reason::{Failure, Reason};
-use crate::s3path::S3Path;
+use crate::resolve::ResolvedStore;
 
 /// The annotation IRSA's pod identity webhook reads.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
@@ -21,11 +20,12 @@ pub struct Permission {
     pub resource: String,
 }
 
-/// Every action the pods need on the store, from its spec: listing the bucket and reading,
+/// Every action the pods need on the store: listing the bucket and reading,
 /// writing and deleting under the prefix always; on a versioned bucket, the version actions that
 /// ZenML's deletes and listings call; with an ACL on writes, setting it; with an SSE-KMS key, the
 /// key actions that reading and writing encrypted objects need.
-pub fn required_permissions(spec: &ArtifactStoreSpec, path: &S3Path) -> Vec<Permission> {
+pub fn required_permissions(store: &ResolvedStore) -> Vec<Permission> {
+    let path = &store.path;
     let bucket = format!("arn:aws:s3:::{}", path.bucket);
     let objects = format!("arn:aws:s3:::{}/{}*", path.bucket, path.key_prefix());
     let on = |action: &'static str, resource: &str| Permission { action, resource: resource.to_owned() };
@@ -35,19 +35,18 @@ pub fn required_permissions(spec: &ArtifactStoreSpec, path: &S3Path) -> Vec<Perm
         on("s3:PutObject", &objects),
         on("s3:DeleteObject", &objects),
     ];
-    if spec.bucket.as_ref().is_some_and(|b| b.versioning) {
+    if store.bucket.as_ref().is_some_and(|b| b.versioning) {
         needed.push(on("s3:GetBucketVersioning", &bucket));
         needed.push(on("s3:ListBucketVersions", &bucket));
         needed.push(on("s3:DeleteObjectVersion", &objects));
     }
-    let defaults = spec.object_defaults.as_ref();
-    if defaults.is_some_and(|d| d.acl.is_some()) {
+    let defaults = &store.object_defaults;
+    if defaults.acl.is_some() {
         needed.push(on("s3:PutObjectAcl", &objects));
     }
     let bucket_key =
-        spec.bucket.as_ref().and_then(|b| b.default_encryption.as_ref()).and_then(|e| e.kms_key_id.as_deref());
-    let mut keys: Vec<&str> =
-        defaults.and_then(|d| d.sse_kms_key_id.as_deref()).into_iter().chain(bucket_key).collect();
+        store.bucket.as_ref().and_then(|b| b.default_encryption.as_ref()).and_then(|e| e.kms_key_id.as_deref());
+    let mut keys: Vec<&str> = defaults.sse_kms_key_id.as_deref().into_iter().chain(bucket_key).collect();
     keys.dedup();
     for key in keys {
         // A key id or alias is not a resource IAM can name on its own: any key, then.
@@ -258,11 +257,11 @@ mod tests {
             .then_output(|| decision("s3:GetObject", PolicyEvaluationDecisionType::Allowed));
         let client = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&put_denied, &others_allowed]);
         let iam = Iam::new(client, Arc::new(RateLimiter::new(100.0, 100)));
-        let path = S3Path::parse("s3://ml-bucket/team").unwrap();
-        let spec: ArtifactStoreSpec =
-            serde_json::from_value(serde_json::json!({"path": "s3://ml-bucket/team", "auth": {"implicit": {}}}))
-                .unwrap();
-        let permissions = required_permissions(&spec, &path);
+        let store = crate::resolve::test_store(
+            serde_json::json!({"path": "s3://ml-bucket/team", "auth": {"implicit": {}}}),
+            "us-east-1",
+        );
+        let permissions = required_permissions(&store);
         let denied = iam.denied("arn:aws:iam::123456789012:role/ml", &permissions).await.unwrap();
         assert_eq!(denied, Some(vec!["s3:PutObject on arn:aws:s3:::ml-bucket/team/*".to_owned()]));
         assert_eq!(put_denied.num_calls() + others_allowed.num_calls(), 4, "one simulation per required action");
@@ -270,16 +269,17 @@ mod tests {
 
     #[test]
     fn the_permissions_follow_the_spec() {
-        let path = S3Path::parse("s3://ml-bucket/team").unwrap();
-        let spec: ArtifactStoreSpec = serde_json::from_value(serde_json::json!({
+        let store = crate::resolve::test_store(
+            serde_json::json!({
             "path": "s3://ml-bucket/team",
             "auth": {"implicit": {}},
             "bucket": {"versioning": true, "defaultEncryption": {"algorithm": "aws:kms", "kmsKeyId": "arn:aws:kms:eu-west-1:123456789012:key/k1"}},
             "objectDefaults": {"acl": "bucket-owner-full-control", "serverSideEncryption": "aws:kms", "sseKmsKeyId": "alias/ml"},
-        }))
-        .unwrap();
+            }),
+            "us-east-1",
+        );
         let said: Vec<String> =
-            required_permissions(&spec, &path).iter().map(|p| format!("{} {}", p.action, p.resource)).collect();
+            required_permissions(&store).iter().map(|p| format!("{} {}", p.action, p.resource)).collect();
         assert_eq!(
             said,
             [

@@ -51,7 +51,7 @@ pub fn artifact_repository(store: &ResolvedStore, options: &Options) -> Value {
         ResolvedAuth::Keys(keys) => {
             s3["accessKeySecret"] = json!({"name": keys.secret_name, "key": keys.access_key_id_key});
             s3["secretKeySecret"] = json!({"name": keys.secret_name, "key": keys.secret_access_key_key});
-            if let Some(token) = &keys.session_token_key {
+            if let Some(token) = keys.held_session_token_key() {
                 s3["sessionTokenSecret"] = json!({"name": keys.secret_name, "key": token});
             }
         }

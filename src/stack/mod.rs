@@ -30,8 +30,7 @@ use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::{Failure, Reason};
-use crate::resolve::{ResolvedAuth, ResolvedStore, status_region, store_config_map_name, store_env_secret_name};
-use crate::s3path::S3Path;
+use crate::resolve::{ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
 use workload::Verdict;
 
 #[derive(Debug, thiserror::Error)]
@@ -494,8 +493,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
             ),
         )));
     };
-    let region = status_region(Some(&status));
-    let Ok(resolved) = ResolvedStore::new(&store, &region, false) else {
+    let Ok(resolved) = ResolvedStore::of(&store) else {
         return Ok(Err(Failure::new(
             Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {store_name} has an invalid path"),
@@ -504,7 +502,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
     let fingerprint =
         format!("{}/{}", store.resource_version().unwrap_or_default(), account.resource_version().unwrap_or_default());
 
-    if let Err(failure) = identity_can_use(ctx, stack, &store, &account, &resolved, &fingerprint).await? {
+    if let Err(failure) = identity_can_use(ctx, stack, &account, &resolved, &fingerprint).await? {
         return Ok(Err(failure));
     }
     Ok(Ok(Usable { resolved, fingerprint }))
@@ -526,53 +524,41 @@ fn ready(store: &ArtifactStore, status: &ArtifactStoreStatus) -> Result<(), Fail
 async fn identity_can_use(
     ctx: &Context,
     stack: &Stack,
-    store: &ArtifactStore,
     account: &ServiceAccount,
     resolved: &ResolvedStore,
     fingerprint: &str,
 ) -> Result<Result<(), Failure>, Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let store_name = &stack.spec.artifact_store_ref.name;
-    if store.spec.auth.secret_ref.is_some() {
-        let secret_name = store_env_secret_name(store_name);
-        if !ctx.exists::<Secret>(&namespace, &secret_name).await.map_err(Error::Dereference)? {
-            return Ok(Err(Failure::new(
-                Reason::CredentialsSecretNotFound,
-                format!(
-                    "Secret {secret_name}, which ArtifactStore {store_name} publishes with its keys, does not exist yet"
-                ),
-            )));
-        }
-    } else if store.spec.auth.implicit.as_ref().is_some_and(|i| i.service_account_name.is_some()) {
-        // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only
-        // when the store or the ServiceAccount changes.
-        let uid = stack.uid().unwrap_or_default();
-        if ctx.verification_due(&uid, fingerprint).is_none() {
-            let Ok(path) = S3Path::parse(&store.spec.path) else {
+    let role = match &resolved.auth {
+        ResolvedAuth::Keys(keys) => {
+            let secret_name = &keys.env_secret_name;
+            if !ctx.exists::<Secret>(&namespace, secret_name).await.map_err(Error::Dereference)? {
                 return Ok(Err(Failure::new(
-                    Reason::ArtifactStoreNotReady,
-                    format!("ArtifactStore {store_name} has an invalid path"),
+                    Reason::CredentialsSecretNotFound,
+                    format!(
+                        "Secret {secret_name}, which ArtifactStore {store_name} publishes with its keys, does not exist yet"
+                    ),
                 )));
-            };
-            let role = store.spec.auth.implicit.as_ref().and_then(|i| i.role_arn.as_deref());
-            let permissions = crate::aws::iam::required_permissions(&store.spec, &path);
-            let ca_pem = match outputs::store_ca_bundle(ctx, stack, resolved).await? {
-                Ok(pem) => pem,
-                Err(failure) => return Ok(Err(failure)),
-            };
-            let probe = Probe {
-                connection: S3Connection::to_store(resolved, ca_pem, None),
-                path: &path,
-                write: store.spec.wants_write_probe(),
-            };
-            if let Err(failure) =
-                crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await
-            {
-                return Ok(Err(failure));
             }
+            return Ok(Ok(()));
         }
+        ResolvedAuth::Implicit { service_account: Some(_), role_arn } => role_arn.as_deref(),
+        ResolvedAuth::Implicit { service_account: None, .. } | ResolvedAuth::Session(_) => return Ok(Ok(())),
+    };
+    // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only when
+    // the store or the ServiceAccount changes.
+    if ctx.verification_due(&stack.uid().unwrap_or_default(), fingerprint).is_some() {
+        return Ok(Ok(()));
     }
-    Ok(Ok(()))
+    let permissions = crate::aws::iam::required_permissions(resolved);
+    let ca_pem = match outputs::store_ca_bundle(ctx, stack, resolved).await? {
+        Ok(pem) => pem,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let connection = S3Connection::to_store(resolved, ca_pem, None);
+    let probe = Probe { connection, path: &resolved.path, write: resolved.write_probe };
+    Ok(crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await.map(|_| ()))
 }
 
 /// The ArtifactStore `name`: from the operator's cache once the watches run, otherwise from the

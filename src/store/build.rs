@@ -27,8 +27,8 @@ pub fn config_map(store: &ArtifactStore, resolved: &ResolvedStore, ca_pem: Optio
         data.insert("ARTIFACT_STORE_SECRET_NAME".into(), keys.secret_name.clone());
         data.insert("ARTIFACT_STORE_SECRET_ACCESS_KEY_ID_KEY".into(), keys.access_key_id_key.clone());
         data.insert("ARTIFACT_STORE_SECRET_SECRET_ACCESS_KEY_KEY".into(), keys.secret_access_key_key.clone());
-        if let Some(token) = &keys.session_token_key {
-            data.insert("ARTIFACT_STORE_SECRET_SESSION_TOKEN_KEY".into(), token.clone());
+        if let Some(token) = keys.held_session_token_key() {
+            data.insert("ARTIFACT_STORE_SECRET_SESSION_TOKEN_KEY".into(), token.to_owned());
         }
     }
     if let Some(pem) = ca_pem {

@@ -6,10 +6,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 
 use crate::api::ArtifactStore;
-use crate::api::artifact_store::{CaBundleKind, CaBundleRef, SecretAuth};
+use crate::api::artifact_store::{CaBundleKind, CaBundleRef};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
 use crate::reason::{Failure, Reason};
+use crate::resolve::{KeyRefs, ResolvedAuth, ResolvedStore};
 
 /// The store's referenced objects, resolved. Holds key material: never log or display it.
 pub struct Inputs {
@@ -44,31 +45,33 @@ fn value(secret: &Secret, key: &str) -> Option<String> {
     from_data.or(from_string).filter(|v| !v.is_empty())
 }
 
-/// Reads what the store names, through the caches (see [`crate::controller::reads`]).
-pub async fn dereference(ctx: &Context, store: &ArtifactStore) -> Result<Inputs, Error> {
+/// Reads what `resolved` names, through the caches (see [`crate::controller::reads`]).
+pub async fn dereference(ctx: &Context, store: &ArtifactStore, resolved: &ResolvedStore) -> Result<Inputs, Error> {
     let namespace = store.namespace().unwrap_or_default();
     let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
-    let mut keys = None;
-    if let Some(auth) = &store.spec.auth.secret_ref {
-        let secret = ctx.read::<Secret>(&namespace, &auth.name).await.map_err(read("Secret", &auth.name))?;
-        let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(auth, &namespace)))?;
-        versions.push(secret.resource_version().unwrap_or_default());
-        keys = Some(keys_in(&secret, auth).map_err(Error::Invalid)?);
+    // The Secret first, then the CA bundle, then the ServiceAccount: the first failure is the
+    // one reported, and the fingerprint lists their versions in this order.
+    let (mut keys, mut account_name) = (None, None);
+    match &resolved.auth {
+        ResolvedAuth::Keys(refs) => {
+            let secret = ctx.read::<Secret>(&namespace, &refs.secret_name).await;
+            let secret = secret.map_err(read("Secret", &refs.secret_name))?;
+            let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(refs, &namespace)))?;
+            versions.push(secret.resource_version().unwrap_or_default());
+            keys = Some(keys_in(&secret, refs).map_err(Error::Invalid)?);
+        }
+        ResolvedAuth::Implicit { service_account, .. } => account_name = service_account.as_deref(),
+        ResolvedAuth::Session(_) => {}
     }
     let mut ca_pem = None;
-    if let Some(ca) = store.spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
+    if let Some(ca) = resolved.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()) {
         let (pem, version) = read_ca_bundle(ctx, &namespace, ca).await?;
         ca_pem = Some(pem);
         versions.push(version.unwrap_or_default());
     }
     let mut service_account = None;
-    if let Some(name) = store.spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
-        let account = ctx.read::<ServiceAccount>(&namespace, name).await.map_err(read("ServiceAccount", name))?.ok_or_else(|| {
-            Error::Invalid(Failure::new(
-                Reason::ServiceAccountNotFound,
-                format!("ServiceAccount {name} (spec.auth.implicit.serviceAccountName) does not exist in namespace {namespace}"),
-            ))
-        })?;
+    if let Some(name) = account_name {
+        let account = read_service_account(ctx, &namespace, name).await?;
         versions.push(account.resource_version().unwrap_or_default());
         service_account = Some(account);
     }
@@ -82,44 +85,55 @@ fn read(kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Read { kind, name, source }
 }
 
-fn secret_not_found(auth: &SecretAuth, namespace: &str) -> Failure {
+/// The ServiceAccount `name` of `spec.auth.implicit`, which must exist.
+async fn read_service_account(ctx: &Context, namespace: &str, name: &str) -> Result<Arc<ServiceAccount>, Error> {
+    let account = ctx.read::<ServiceAccount>(namespace, name).await.map_err(read("ServiceAccount", name))?;
+    account.ok_or_else(|| {
+        Error::Invalid(Failure::new(
+            Reason::ServiceAccountNotFound,
+            format!(
+                "ServiceAccount {name} (spec.auth.implicit.serviceAccountName) does not exist in namespace {namespace}"
+            ),
+        ))
+    })
+}
+
+fn secret_not_found(auth: &KeyRefs, namespace: &str) -> Failure {
     Failure::new(
         Reason::SecretNotFound,
         format!(
             "Secret {} does not exist in namespace {namespace}; create it with the keys {} and {}",
-            auth.name,
-            auth.access_key_id_key(),
-            auth.secret_access_key_key()
+            auth.secret_name, auth.access_key_id_key, auth.secret_access_key_key
         ),
     )
 }
 
 /// The keys that `auth` names in `secret`: both present, and each one sendable in a header.
-fn keys_in(secret: &Secret, auth: &SecretAuth) -> Result<StaticKeys, Failure> {
+fn keys_in(secret: &Secret, auth: &KeyRefs) -> Result<StaticKeys, Failure> {
     let missing = |key: &str| {
         Failure::new(
             Reason::SecretKeyMissing,
             format!(
                 "Secret {} has no non-empty key {key}; add it, or name the key that holds it in spec.auth.secretRef",
-                auth.name
+                auth.secret_name
             ),
         )
     };
-    let access_key_id = value(secret, auth.access_key_id_key()).ok_or_else(|| missing(auth.access_key_id_key()))?;
+    let access_key_id = value(secret, &auth.access_key_id_key).ok_or_else(|| missing(&auth.access_key_id_key))?;
     let secret_access_key =
-        value(secret, auth.secret_access_key_key()).ok_or_else(|| missing(auth.secret_access_key_key()))?;
-    let session_token = value(secret, auth.session_token_key());
+        value(secret, &auth.secret_access_key_key).ok_or_else(|| missing(&auth.secret_access_key_key))?;
+    let session_token = value(secret, &auth.session_token_key);
     let named = [
-        (auth.access_key_id_key(), Some(&access_key_id)),
-        (auth.secret_access_key_key(), Some(&secret_access_key)),
-        (auth.session_token_key(), session_token.as_ref()),
+        (auth.access_key_id_key.as_str(), Some(&access_key_id)),
+        (auth.secret_access_key_key.as_str(), Some(&secret_access_key)),
+        (auth.session_token_key.as_str(), session_token.as_ref()),
     ];
     if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some_and(|v| !is_header_safe(v))) {
         return Err(Failure::new(
             Reason::SecretValueInvalid,
             format!(
                 "Secret {} key {key} holds a character that cannot be sent to S3 (a line break, a space, a control or non-ASCII character; often a value pasted with a newline in the middle); put the bare value in the key",
-                auth.name
+                auth.secret_name
             ),
         ));
     }

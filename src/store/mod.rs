@@ -28,10 +28,9 @@ use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
 use crate::reason::{Failure, Reason};
 use crate::resolve::{
-    DEFAULT_REGION, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX, status_region,
+    DEFAULT_REGION, ResolvedAuth, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX,
     store_config_map_name, store_env_secret_name,
 };
-use crate::s3path::S3Path;
 use dereference::{Inputs, dereference};
 
 /// Held while a store with `deletionPolicy: Delete` may still have to delete its bucket.
@@ -82,8 +81,12 @@ impl Referrer for ArtifactStore {
             Reference::new(Kind::ConfigMap, store_config_map_name(&name)),
             Reference::new(Kind::Secret, store_env_secret_name(&name)),
         ];
-        if let Some(secret) = &spec.auth.secret_ref {
-            references.push(Reference::new(Kind::Secret, &secret.name));
+        let auth = ResolvedAuth::new(&spec.auth, &name);
+        let mut account = None;
+        match &auth {
+            ResolvedAuth::Keys(keys) => references.push(Reference::new(Kind::Secret, &keys.secret_name)),
+            ResolvedAuth::Implicit { service_account, .. } => account = service_account.as_deref(),
+            ResolvedAuth::Session(_) => {}
         }
         if let Some(ca) = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
             let kind = match ca.kind {
@@ -92,7 +95,7 @@ impl Referrer for ArtifactStore {
             };
             references.push(Reference::new(kind, &ca.name));
         }
-        if let Some(account) = spec.auth.implicit.as_ref().and_then(|i| i.service_account_name.as_ref()) {
+        if let Some(account) = account {
             references.push(Reference::new(Kind::ServiceAccount, account));
         }
         references
@@ -118,8 +121,8 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
     result
 }
 
-/// dereference → (steady: nothing changed) → parse → resolve the inputs → (recheck: verified
-/// with these inputs) → verify → publish → status.
+/// (steady: nothing changed) → resolve the spec → dereference → (recheck: verified with these
+/// inputs) → verify → publish → status.
 async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     if store.metadata.deletion_timestamp.is_some() {
         return cleanup(store, ctx).await;
@@ -127,25 +130,27 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
     if sync_finalizer(store, ctx).await? == Presence::Gone {
         return Ok(Next::await_change());
     }
-    let uid = store.uid().unwrap_or_default();
-    // What the caches hold of the store and of everything it names, before anything is read.
-    let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
-    if let Some(action) = steady(store, ctx, watermark.as_deref()).await {
-        return Ok(action);
-    }
-
-    // Validate what the schema could not (objects created before a rule existed).
-    let path = match S3Path::parse(&store.spec.path) {
-        Ok(path) => path,
+    // The spec, parsed and checked once: also what the schema could not check (objects created
+    // before a rule existed).
+    let resolved = match ResolvedStore::of(store) {
+        Ok(resolved) => resolved,
         Err(error) => {
             let failure = Failure::new(Reason::InvalidPath, error.to_string());
             write_status(store, ctx, &status::unresolved(&failure), |_| {}).await?;
             return Ok(Next::await_change());
         }
     };
-    let inputs = match dereference(ctx, store).await {
+    let uid = store.uid().unwrap_or_default();
+    // What the caches hold of the store and of everything it names, before anything is read.
+    let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
+    if let Some(action) = steady(store, &resolved, ctx, watermark.as_deref()).await {
+        return Ok(action);
+    }
+
+    let inputs = match dereference(ctx, store, &resolved).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
+            let path = &resolved.path;
             write_status(store, ctx, &status::unresolved(&failure), |s| {
                 s.bucket = Some(Word::new(&path.bucket));
                 s.prefix = Some(path.prefix.clone());
@@ -158,9 +163,9 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
         Err(error) => return Err(Error::Dereference(error)),
     };
 
-    let ready_for = match recheck(store, ctx, &inputs, &path).await? {
+    let ready_for = match recheck(store, &resolved, ctx, &inputs).await? {
         Some(wait) => Some(wait),
-        None => verify_and_publish(store, ctx, &inputs, &path).await?,
+        None => verify_and_publish(store, &resolved, ctx, &inputs).await?,
     };
     match ready_for {
         Some(wait) => {
@@ -187,7 +192,12 @@ enum Pass {
 /// The steady state: nothing the store reads or publishes changed since a full pass found it
 /// Ready (or waiting for such a change), so nothing is read from the apiserver; S3 is called
 /// once, when the re-verification of a Ready store is due. None when a full pass is needed.
-async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
+async fn steady(
+    store: &ArtifactStore,
+    resolved: &ResolvedStore,
+    ctx: &Context,
+    watermark: Option<&str>,
+) -> Option<Next> {
     let uid = store.uid()?;
     let pass = ctx.settled::<Pass>(&uid, watermark?)?;
     let inputs = match &*pass {
@@ -199,9 +209,7 @@ async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -
     if due > now {
         return Some(Next::requeue(due - now));
     }
-    let path = S3Path::parse(&store.spec.path).ok()?;
-    let region = status_region(store.status.as_ref());
-    verify::quick_check(ctx, store, inputs, &path, &region).await.ok()?;
+    verify::quick_check(ctx, resolved, inputs).await.ok()?;
     ctx.metrics.verified();
     Some(Next::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
 }
@@ -212,9 +220,9 @@ async fn steady(store: &ArtifactStore, ctx: &Context, watermark: Option<&str>) -
 /// is needed (not Ready, new inputs, a failed check, or a name conflict to report).
 async fn recheck(
     store: &ArtifactStore,
+    resolved: &ResolvedStore,
     ctx: &Context,
     inputs: &Inputs,
-    path: &S3Path,
 ) -> Result<Option<Duration>, Error> {
     let previous = store.status.clone().unwrap_or_default();
     let up_to_date = conditions::is_true_for(&previous.conditions, READY, store.metadata.generation)
@@ -223,11 +231,10 @@ async fn recheck(
         return Ok(None);
     }
     let uid = store.uid().unwrap_or_default();
-    let region = status_region(Some(&previous));
     let now = Instant::now();
     let wait = match ctx.verification_due(&uid, &inputs.fingerprint) {
         Some(due) if due > now => due - now,
-        Some(_) => match verify::quick_check(ctx, store, inputs, path, &region).await {
+        Some(_) => match verify::quick_check(ctx, resolved, inputs).await {
             Ok(()) => {
                 ctx.metrics.verified();
                 ctx.mark_verified(&uid, &inputs.fingerprint)
@@ -244,29 +251,33 @@ async fn recheck(
             wait
         }
     };
-    Ok(publish(store, ctx, inputs, &region).await?.is_none().then_some(wait))
+    Ok(publish(store, resolved, ctx, inputs).await?.is_none().then_some(wait))
 }
 
 /// The full verification: bucket found or provisioned, access proven, configuration published,
 /// status written. Returns how long the store stays verified when it is Ready.
 async fn verify_and_publish(
     store: &ArtifactStore,
+    resolved: &ResolvedStore,
     ctx: &Context,
     inputs: &Inputs,
-    path: &S3Path,
 ) -> Result<Option<Duration>, Error> {
+    let path = &resolved.path;
     let previous = store.status.clone().unwrap_or_default();
     let provenance = verify::Provenance {
         created: previous.bucket_created == Some(true),
         create_requested: previous.bucket_create_requested.is_some(),
     };
     let record = async || record_create_request(store, ctx).await;
-    let outcome = verify::verify(ctx, store, inputs, path, &provenance, record).await;
+    let outcome = verify::verify(ctx, store, resolved, inputs, &provenance, record).await;
     let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
     let config_map_name = store_config_map_name(&store.name_any());
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
-        true => publish(store, ctx, inputs, region.as_deref().unwrap_or(DEFAULT_REGION)).await?,
+        true => {
+            let found = resolved.in_region(region.as_deref().unwrap_or(DEFAULT_REGION));
+            publish(store, &found, ctx, inputs).await?
+        }
         false => None,
     };
     let ready = verified && conflict.is_none();
@@ -279,7 +290,7 @@ async fn verify_and_publish(
         &config_map_name,
     );
     let endpoint = crate::resolve::endpoint_shown(
-        store.spec.endpoint.as_ref().map(|e| e.url.as_str()),
+        resolved.endpoint.as_ref().map(|e| e.url.as_str()),
         region.as_deref().unwrap_or(DEFAULT_REGION),
     );
     write_status(store, ctx, &observed, |s| {
@@ -318,12 +329,11 @@ async fn verify_and_publish(
 /// taken by an object this operator did not make is left alone and returned as a `NameConflict`.
 async fn publish(
     store: &ArtifactStore,
+    resolved: &ResolvedStore,
     ctx: &Context,
     inputs: &Inputs,
-    region: &str,
 ) -> Result<Option<Failure>, Error> {
-    let resolved =
-        ResolvedStore::new(store, region, inputs.has_session_token).expect("the path was parsed before publishing");
+    let resolved = resolved.clone().with_session_token(inputs.has_session_token);
     let config_map = build::config_map(store, &resolved, inputs.ca_pem.as_deref());
     let config_map_name = store_config_map_name(&store.name_any());
     let written = match apply::publish(ctx, &config_map).await.map_err(Error::Publish)? {
@@ -529,7 +539,17 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
         let failures = ctx.record_failure(&object_key(store));
         Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
-    let inputs = match dereference(ctx, store).await {
+    let resolved = match ResolvedStore::of(store) {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            return blocked(Failure::new(
+                Reason::DeletionBlocked,
+                format!("cannot delete bucket {bucket_name}: {error}"),
+            ))
+            .await;
+        }
+    };
+    let inputs = match dereference(ctx, store, &resolved).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             return blocked(Failure::new(
@@ -540,18 +560,7 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
         }
         Err(error) => return Err(Error::Dereference(error)),
     };
-    let path = match S3Path::parse(&store.spec.path) {
-        Ok(path) => path,
-        Err(error) => {
-            return blocked(Failure::new(
-                Reason::DeletionBlocked,
-                format!("cannot delete bucket {bucket_name}: {error}"),
-            ))
-            .await;
-        }
-    };
-    let region = status_region(Some(&status));
-    match verify::delete_created_bucket(ctx, store, &inputs, &path, &region).await {
+    match verify::delete_created_bucket(ctx, store, &resolved, &inputs).await {
         Ok(verify::Deletion::Deleted) => {
             event(
                 ctx,

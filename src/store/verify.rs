@@ -14,8 +14,7 @@ use crate::aws::s3::{Bucket, Created};
 use crate::controller::Context;
 use crate::identity::{Identity, Probe, account_of, caller_identity, check_workload_identity};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{DEFAULT_REGION, ResolvedStore};
-use crate::s3path::S3Path;
+use crate::resolve::{DEFAULT_REGION, ResolvedAuth, ResolvedStore};
 
 /// What verification found.
 #[derive(Debug)]
@@ -58,30 +57,22 @@ pub struct BucketState {
     pub skipped_settings: Vec<&'static str>,
 }
 
-fn connection(store: &ArtifactStore, inputs: &Inputs, region: &str) -> S3Connection {
-    let (ca_pem, keys) = (inputs.ca_pem.clone(), inputs.keys.clone());
-    match ResolvedStore::new(store, region, false) {
-        Ok(resolved) => S3Connection::to_store(&resolved, ca_pem, keys),
-        // An invalid path never gets this far; were it to, AWS's own endpoint is asked.
-        Err(_) => S3Connection { region: region.to_owned(), endpoint: None, path_style: false, ca_pem, keys },
-    }
+/// How to reach `store`'s bucket in `region`, with the inputs' CA bundle and keys.
+fn connection(store: &ResolvedStore, inputs: &Inputs, region: &str) -> S3Connection {
+    let connection = S3Connection::to_store(store, inputs.ca_pem.clone(), inputs.keys.clone());
+    S3Connection { region: region.to_owned(), ..connection }
 }
 
-fn bucket_client(ctx: &Context, connection: &S3Connection, path: &S3Path) -> Result<Bucket, Failure> {
+fn bucket_client(ctx: &Context, connection: &S3Connection, store: &ResolvedStore) -> Result<Bucket, Failure> {
     let client = ctx.aws.s3(connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
-    Ok(Bucket::new(client, ctx.aws.s3_limiter.clone(), connection.account_key(), path.clone()))
+    Ok(Bucket::new(client, ctx.aws.s3_limiter.clone(), connection.account_key(), store.path.clone()))
 }
 
 /// The cheap periodic check: one HeadBucket in the known region.
-pub async fn quick_check(
-    ctx: &Context,
-    store: &ArtifactStore,
-    inputs: &Inputs,
-    path: &S3Path,
-    region: &str,
-) -> Result<(), Failure> {
+pub async fn quick_check(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result<(), Failure> {
+    let (path, region) = (&store.path, store.region.as_str());
     let connection = connection(store, inputs, region);
-    let bucket = bucket_client(ctx, &connection, path)?;
+    let bucket = bucket_client(ctx, &connection, store)?;
     let endpoint = connection.endpoint_display();
     let target =
         Target { action: &format!("reach bucket {}", path.bucket), bucket: &path.bucket, region, endpoint: &endpoint };
@@ -93,12 +84,13 @@ pub async fn quick_check(
 /// CreateBucket is sent, that the operator is about to create the bucket, and returns when.
 pub async fn verify(
     ctx: &Context,
-    store: &ArtifactStore,
+    object: &ArtifactStore,
+    store: &ResolvedStore,
     inputs: &Inputs,
-    path: &S3Path,
     provenance: &Provenance,
     record_create_request: impl AsyncFnOnce() -> Result<Time, Failure>,
 ) -> Outcome {
+    let path = &store.path;
     let identity = match who(ctx, store, inputs).await {
         Ok(identity) => identity,
         Err(failure) => {
@@ -106,21 +98,21 @@ pub async fn verify(
                 Reason::CredentialsInvalid,
                 format!("the bucket is checked once the credentials work: {}", failure.message),
             );
-            let region = store.spec.region.clone();
+            let region = store.spec_region.clone();
             return Outcome { region, bucket: Err(pending), credentials: Err(failure), create_requested: None };
         }
     };
-    let Located { bucket, region, head } = match locate(ctx, store, inputs, path).await {
+    let Located { bucket, region, head } = match locate(ctx, store, inputs).await {
         Ok(located) => located,
         Err(failure) => return Outcome::bucket_failed(None, failure, None),
     };
     let endpoint = connection(store, inputs, &region).endpoint_display();
-    let mut found = Found { store, bucket, path, provenance, uid: store.uid().unwrap_or_default(), region, endpoint };
+    let mut found = Found { store, bucket, provenance, uid: object.uid().unwrap_or_default(), region, endpoint };
     let missing = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
     let mut create_requested = None;
     let bucket = match head {
         Ok(reported) => found.adopt(reported, identity.as_deref()).await,
-        Err(error) if missing(&error) && store.spec.provisioning == Provisioning::Create => {
+        Err(error) if missing(&error) && store.provisioning == Provisioning::Create => {
             match record_create_request().await {
                 Ok(at) => create_requested = Some(at),
                 Err(failure) => return Outcome::bucket_failed(Some(found.region), failure, None),
@@ -143,7 +135,7 @@ pub async fn verify(
             return Outcome { region, bucket: Err(failure), credentials: Err(credentials), create_requested };
         }
     };
-    let credentials = prove_access(ctx, &found, inputs, identity).await;
+    let credentials = prove_access(ctx, object, &found, inputs, identity).await;
     Outcome { region: Some(found.region.clone()), bucket: Ok(state), credentials, create_requested }
 }
 
@@ -181,9 +173,8 @@ impl NotReady {
 
 /// The located bucket, and what adopting or creating it needs.
 struct Found<'a> {
-    store: &'a ArtifactStore,
+    store: &'a ResolvedStore,
     bucket: Bucket,
-    path: &'a S3Path,
     provenance: &'a Provenance,
     uid: String,
     /// The bucket's region as far as known (the one it reports, once adopted).
@@ -193,21 +184,21 @@ struct Found<'a> {
 
 impl Found<'_> {
     fn classify(&self, error: &CallError, action: &str) -> Failure {
-        let target = Target { action, bucket: &self.path.bucket, region: &self.region, endpoint: &self.endpoint };
+        let target = Target { action, bucket: &self.store.path.bucket, region: &self.region, endpoint: &self.endpoint };
         classify_s3(error, &target)
     }
 
     /// With `objectDefaults.acl` set, that the bucket takes ACLs on writes: refused before any
     /// pod's write fails on a bucket with ACLs disabled. A server that does not say is not held up.
     async fn takes_the_acl(&self) -> Result<(), NotReady> {
-        let Some(acl) = self.store.spec.object_defaults.as_ref().and_then(|d| d.acl) else { return Ok(()) };
+        let Some(acl) = self.store.object_defaults.acl else { return Ok(()) };
         match self.bucket.takes_acls().await {
             Ok(Some(false)) => Err(NotReady::waiting(
                 Failure::new(
                     Reason::AclNotSupported,
                     format!(
                         "bucket {} has ACLs disabled (Object Ownership BucketOwnerEnforced), so every write with objectDefaults.acl {} would fail with AccessControlListNotSupported: remove spec.objectDefaults.acl, or set the bucket's Object Ownership to BucketOwnerPreferred",
-                        self.path.bucket,
+                        self.store.path.bucket,
                         acl.as_str()
                     ),
                 ),
@@ -215,7 +206,7 @@ impl Found<'_> {
             )),
             Ok(_) => Ok(()),
             Err(error) => Err(NotReady::judged(
-                self.classify(&error, &format!("read the Object Ownership of bucket {}", self.path.bucket)),
+                self.classify(&error, &format!("read the Object Ownership of bucket {}", self.store.path.bucket)),
             )),
         }
     }
@@ -228,10 +219,10 @@ impl Found<'_> {
             None => self.bucket.location().await.ok().flatten(),
         };
         if let Some(actual) = actual {
-            let wanted = self.store.spec.region.clone().filter(|wanted| *wanted != actual);
+            let wanted = self.store.spec_region.clone().filter(|wanted| *wanted != actual);
             self.region = actual;
             if let Some(wanted) = wanted {
-                let (bucket, actual) = (&self.path.bucket, &self.region);
+                let (bucket, actual) = (&self.store.path.bucket, &self.region);
                 let failure = Failure::new(
                     Reason::RegionMismatch,
                     format!(
@@ -241,11 +232,11 @@ impl Found<'_> {
                 return Err(NotReady::waiting(failure, Reason::RegionMismatch));
             }
         }
-        if self.store.spec.provisioning != Provisioning::Create {
+        if self.store.provisioning != Provisioning::Create {
             return Ok(BucketState::default());
         }
         if let Some(account) = identity.and_then(account_of) {
-            let bucket = &self.path.bucket;
+            let bucket = &self.store.path.bucket;
             match self.bucket.owned_by(account).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -268,9 +259,9 @@ impl Found<'_> {
     /// No bucket yet, on the deploy path: create it (AWS takes the creator tag with the bucket
     /// itself; other S3 servers get it next) and apply its settings.
     async fn provision(&self) -> Result<BucketState, NotReady> {
-        let tags = self.store.spec.endpoint.is_none().then(|| creator_tags(self.store, &self.uid));
-        let bucket = &self.path.bucket;
-        if let Some((_, region)) = self.path.account_regional().filter(|(_, region)| *region != self.region) {
+        let tags = self.store.endpoint.is_none().then(|| creator_tags(self.store, &self.uid));
+        let bucket = &self.store.path.bucket;
+        if let Some((_, region)) = self.store.path.account_regional().filter(|(_, region)| *region != self.region) {
             return Err(NotReady::waiting(
                 Failure::new(
                     Reason::RegionMismatch,
@@ -306,7 +297,7 @@ impl Found<'_> {
     /// Applies the settings of a bucket this store created; leaves anyone else's as it is.
     async fn complete(&self, provenance: &Provenance) -> Result<BucketState, NotReady> {
         let unreadable =
-            |error: &CallError| self.classify(error, &format!("read the tags of bucket {}", self.path.bucket));
+            |error: &CallError| self.classify(error, &format!("read the tags of bucket {}", self.store.path.bucket));
         complete_if_created_here(self.store, &self.bucket, &self.uid, provenance, BucketState::default(), unreadable)
             .await
             .map_err(NotReady::judged)
@@ -315,11 +306,14 @@ impl Found<'_> {
 
 /// Who the credentials are, by STS: on AWS, or for the operator's own identity. A custom endpoint
 /// with keys has no STS to ask.
-async fn who(ctx: &Context, store: &ArtifactStore, inputs: &Inputs) -> Result<Option<String>, Failure> {
-    if store.spec.endpoint.is_none() || inputs.keys.is_none() && store.spec.auth.implicit.is_some() {
-        caller_identity(ctx, inputs.keys.as_ref(), store.spec.endpoint.is_some()).await
-    } else {
-        Ok(None)
+async fn who(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result<Option<String>, Failure> {
+    let ask = match store.auth {
+        ResolvedAuth::Implicit { .. } => true,
+        ResolvedAuth::Keys(_) | ResolvedAuth::Session(_) => store.endpoint.is_none(),
+    };
+    match ask {
+        true => caller_identity(ctx, inputs.keys.as_ref(), store.endpoint.is_some()).await,
+        false => Ok(None),
     }
 }
 
@@ -333,18 +327,18 @@ struct Located {
 /// Finds the bucket: HeadBucket in the expected region, following the region the answer names
 /// when spec.region leaves it open, and asking again where a HEAD answer (which has no body)
 /// cannot name the problem.
-async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3Path) -> Result<Located, Failure> {
-    let spec_region = &store.spec.region;
+async fn locate(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result<Located, Failure> {
+    let spec_region = &store.spec_region;
     let mut region =
         spec_region.clone().or_else(|| ctx.aws.ambient_region()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    let mut bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
+    let mut bucket = bucket_client(ctx, &connection(store, inputs, &region), store)?;
     let mut head = bucket.head(None).await;
     if let Err(error) = &head
         && let (Some(actual), None) = (&error.bucket_region, spec_region)
     {
         // The bucket lives elsewhere and the user let us discover the region: follow it.
         region = actual.clone();
-        bucket = bucket_client(ctx, &connection(store, inputs, &region), path)?;
+        bucket = bucket_client(ctx, &connection(store, inputs, &region), store)?;
         head = bucket.head(None).await;
     }
     // HEAD answers carry no error body: ask again where the answer names the problem.
@@ -359,7 +353,7 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
         } else if error.code.is_none() && error.http_status == Some(400) && error.bucket_region.is_none() {
             // Signed for the wrong region: GetBucketLocation from the default region names the right one.
             let probe = self::connection(store, inputs, DEFAULT_REGION);
-            if let Ok(located) = bucket_client(ctx, &probe, path)
+            if let Ok(located) = bucket_client(ctx, &probe, store)
                 && let Ok(Some(actual)) = located.location().await
             {
                 let mut located_error = error.clone();
@@ -375,17 +369,13 @@ async fn locate(ctx: &Context, store: &ArtifactStore, inputs: &Inputs, path: &S3
 /// and delete there), then whose access the pods will use.
 async fn prove_access(
     ctx: &Context,
+    object: &ArtifactStore,
     found: &Found<'_>,
     inputs: &Inputs,
     identity: Option<String>,
 ) -> Result<Identity, Failure> {
-    let store = found.store;
-    found
-        .bucket
-        .prove_access(store.spec.wants_write_probe())
-        .await
-        .map_err(|(step, error)| found.classify(&error, &step))?;
-    pod_identity(ctx, store, inputs, found.path, &found.region, identity).await
+    found.bucket.prove_access(found.store.write_probe).await.map_err(|(step, error)| found.classify(&error, &step))?;
+    pod_identity(ctx, object, found.store, inputs, &found.region, identity).await
 }
 
 /// Whether this store created the bucket: its creator tag names the store, or it has no creator
@@ -402,7 +392,7 @@ async fn created_by_this_store(bucket: &Bucket, uid: &str, provenance: &Provenan
 /// Applies the settings of a bucket this store created (see [`created_by_this_store`]) until they
 /// hold; a bucket of someone else's is left as it is. `unreadable` says why the tags could not be read.
 async fn complete_if_created_here(
-    store: &ArtifactStore,
+    store: &ResolvedStore,
     bucket: &Bucket,
     uid: &str,
     provenance: &Provenance,
@@ -420,20 +410,20 @@ async fn complete_if_created_here(
 }
 
 /// The tags a created bucket carries: the creator tag first, then the user's.
-fn creator_tags(store: &ArtifactStore, uid: &str) -> Vec<(String, String)> {
-    let user_tags = store.spec.bucket.as_ref().map(|b| b.tags.clone()).unwrap_or_default();
+fn creator_tags(store: &ResolvedStore, uid: &str) -> Vec<(String, String)> {
+    let user_tags = store.bucket.as_ref().map(|b| b.tags.clone()).unwrap_or_default();
     std::iter::once((CREATED_BY_TAG.to_owned(), uid.to_owned())).chain(user_tags).collect()
 }
 
 async fn apply_settings(
-    store: &ArtifactStore,
+    store: &ResolvedStore,
     bucket: &Bucket,
     uid: &str,
     state: &mut BucketState,
 ) -> Result<(), Failure> {
-    let settings = store.spec.bucket.clone().unwrap_or_default();
-    let with_acls = store.spec.object_defaults.as_ref().is_some_and(|d| d.acl.is_some());
-    match bucket.apply_settings(&settings, uid, store.spec.endpoint.is_some(), with_acls).await {
+    let settings = store.bucket.clone().unwrap_or_default();
+    let with_acls = store.object_defaults.acl.is_some();
+    match bucket.apply_settings(&settings, uid, store.endpoint.is_some(), with_acls).await {
         Ok(skipped) => {
             state.skipped_settings = skipped;
             Ok(())
@@ -454,25 +444,29 @@ async fn apply_settings(
 /// Whose access the pods will use, and whether it works for them.
 async fn pod_identity(
     ctx: &Context,
-    store: &ArtifactStore,
+    object: &ArtifactStore,
+    store: &ResolvedStore,
     inputs: &Inputs,
-    path: &S3Path,
     region: &str,
     caller: Option<String>,
 ) -> Result<Identity, Failure> {
-    if inputs.keys.is_some() {
-        let who =
-            caller.clone().map_or_else(|| "the Secret's keys".to_owned(), |arn| format!("the Secret's keys ({arn})"));
-        return Ok(Identity { arn: caller, summary: format!("{who} can list {path}") });
-    }
-    let implicit = store.spec.auth.implicit.clone().unwrap_or_default();
+    let path = &store.path;
+    let role_arn = match &store.auth {
+        ResolvedAuth::Keys(_) | ResolvedAuth::Session(_) => {
+            let who = caller
+                .clone()
+                .map_or_else(|| "the Secret's keys".to_owned(), |arn| format!("the Secret's keys ({arn})"));
+            return Ok(Identity { arn: caller, summary: format!("{who} can list {path}") });
+        }
+        ResolvedAuth::Implicit { role_arn, .. } => role_arn.as_deref(),
+    };
     match &inputs.service_account {
         Some(account) => {
-            let namespace = store.namespace().unwrap_or_default();
-            let permissions = crate::aws::iam::required_permissions(&store.spec, path);
+            let namespace = object.namespace().unwrap_or_default();
+            let permissions = crate::aws::iam::required_permissions(store);
             let connection = S3Connection { keys: None, ..connection(store, inputs, region) };
-            let probe = Probe { connection, path, write: store.spec.wants_write_probe() };
-            check_workload_identity(ctx, &namespace, account, implicit.role_arn.as_deref(), &permissions, probe).await
+            let probe = Probe { connection, path, write: store.write_probe };
+            check_workload_identity(ctx, &namespace, account, role_arn, &permissions, probe).await
         }
         None => Ok(Identity {
             summary: format!(
@@ -496,20 +490,20 @@ pub enum Deletion {
 /// versions. A missing bucket counts as deleted.
 pub async fn delete_created_bucket(
     ctx: &Context,
-    store: &ArtifactStore,
+    object: &ArtifactStore,
+    store: &ResolvedStore,
     inputs: &Inputs,
-    path: &S3Path,
-    region: &str,
 ) -> Result<Deletion, Failure> {
+    let (path, region) = (&store.path, store.region.as_str());
     let connection = connection(store, inputs, region);
-    let bucket = bucket_client(ctx, &connection, path)?;
+    let bucket = bucket_client(ctx, &connection, store)?;
     let endpoint = connection.endpoint_display();
     let classify = |action: &str, error: &CallError| {
         classify_s3(error, &Target { action, bucket: &path.bucket, region, endpoint: &endpoint })
     };
     let gone = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
     match bucket.creator().await {
-        Ok(Some(uid)) if Some(uid.as_str()) == store.uid().as_deref() => {}
+        Ok(Some(uid)) if Some(uid.as_str()) == object.uid().as_deref() => {}
         Ok(_) => return Ok(Deletion::NotOurs),
         Err(error) if gone(&error) => return Ok(Deletion::Deleted),
         Err(error) => return Err(classify("read the bucket's tags before deleting it", &error)),
