@@ -189,6 +189,43 @@ pub async fn install_controller(
     super::apply(client, ns, deployment).await;
 }
 
+/// The images a workflow on the node needs, built from the cache and imported into the node's
+/// containerd (NAME:TAG each).
+pub struct Images {
+    pub controller: String,
+    pub executor: String,
+    /// The steps' main containers' image (busybox).
+    pub step: String,
+}
+
+/// Builds and imports [`Images`]: Argo's controller and executor from `tests/env/build.sh go`, the
+/// steps' busybox from Debian's busybox-static.
+pub fn images() -> Images {
+    let controller = cached_binary("workflow-controller");
+    let executor = cached_binary("argoexec");
+    Images {
+        controller: image(
+            "--workflow-controller",
+            Some(&controller),
+            content_tag("ao-workflow-controller", &controller),
+        ),
+        executor: image("--argoexec", Some(&executor), content_tag("ao-argoexec", &executor)),
+        step: image("--busybox", None, content_tag("ao-busybox", Path::new("/bin/busybox"))),
+    }
+}
+
+/// Argo in `ns` as its namespace install has it ([`install_argo_crds`], [`install_controller`]
+/// with `images`) and the workflows' ServiceAccount ([`workflow_account`]); the [`Controller`]
+/// returned deletes the controller when dropped.
+pub async fn install_argo(client: &Client, ns: &str, node: &BTreeMap<String, String>, images: &Images) -> Controller {
+    let module = argo_module();
+    install_argo_crds(client, &module).await;
+    let controller = Controller { namespace: ns.to_owned() };
+    install_controller(client, ns, &module, node, &images.controller, &images.executor).await;
+    workflow_account(client, ns).await;
+    controller
+}
+
 /// The controller's Lease held: it leads and runs its workers.
 pub async fn controller_leads(client: &Client, ns: &str) -> String {
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
@@ -302,8 +339,28 @@ pub async fn stack_ready(client: &Client, ns: &str, name: &str) -> Stack {
 /// file's bytes); `read` gets it as input artifact `in`, prints it and returns it as output
 /// parameter `read`. No repository anywhere but `reference` (a key of artifact-repositories).
 pub fn workflow(name: &str, reference: Option<&str>, image: &str, payload: &str) -> Value {
+    workflow_writing_after(name, reference, image, payload, None)
+}
+
+/// As [`workflow`], but with `not_before`, the write step's main container first waits (a poll
+/// every 5 s) until that time and only then writes the file: its pod runs from before it, and its
+/// wait container saves the artifact after it.
+pub fn workflow_writing_after(
+    name: &str,
+    reference: Option<&str>,
+    image: &str,
+    payload: &str,
+    not_before: Option<jiff::Timestamp>,
+) -> Value {
     let step =
         |script: String| json!({"image": image, "imagePullPolicy": "Never", "command": ["sh", "-c"], "args": [script]});
+    let wait = not_before.map_or(String::new(), |at| {
+        format!(
+            "echo \"started $(date -u +%FT%TZ), writing after {at}\"; \
+             while [ \"$(date +%s)\" -lt {} ]; do sleep 5; done; echo \"writing $(date -u +%FT%TZ)\"; ",
+            at.as_second()
+        )
+    });
     let mut spec = json!({
         "entrypoint": "main",
         "serviceAccountName": WORKFLOW_ACCOUNT,
@@ -314,7 +371,7 @@ pub fn workflow(name: &str, reference: Option<&str>, image: &str, payload: &str)
                   "arguments": {"artifacts": [{"name": "in", "from": "{{steps.write.outputs.artifacts.out}}"}]}}],
             ]},
             {"name": "write",
-             "container": step(format!("printf '%s' '{payload}' > /tmp/out.txt")),
+             "container": step(format!("{wait}printf '%s' '{payload}' > /tmp/out.txt")),
              "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out.txt", "archive": {"none": {}}}]}},
             {"name": "read",
              "inputs": {"artifacts": [{"name": "in", "path": "/tmp/in.txt"}]},
@@ -350,4 +407,140 @@ pub async fn workflow_diagnosis(client: &Client, ns: &str, name: &str) -> String
         }
     }
     text
+}
+
+/// An ArtifactStore `name` at `path` on `endpoint`, with the keys of Secret `minio-keys`, that
+/// creates its bucket.
+pub fn store(name: &str, path: &str, endpoint: Value) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
+        "path": path,
+        "endpoint": endpoint,
+        "auth": {"secretRef": {"name": "minio-keys"}},
+        "provisioning": "Create",
+    }})
+}
+
+/// A Stack `name` of Argo Workflows on `store`, its pods running as [`WORKFLOW_ACCOUNT`], with the
+/// Argo format (the namespace default when `default_repository`) and `credentials` when given.
+pub fn stack(name: &str, store: &str, default_repository: bool, credentials: Option<Value>) -> Value {
+    let mut stack = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
+        "artifactStoreRef": {"name": store},
+        "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": WORKFLOW_ACCOUNT},
+        "outputs": {"formats": ["Argo"], "argoDefaultRepository": default_repository},
+    }});
+    if let Some(credentials) = credentials {
+        stack["spec"]["credentials"] = credentials;
+    }
+    stack
+}
+
+/// Whether `value` has a key `name` anywhere.
+pub fn has_key(value: &Value, name: &str) -> bool {
+    match value {
+        Value::Object(fields) => fields.iter().any(|(k, v)| k == name || has_key(v, name)),
+        Value::Array(items) => items.iter().any(|v| has_key(v, name)),
+        _ => false,
+    }
+}
+
+/// One case: the Stack whose repository the workflow should use, and where its objects land.
+pub struct Case {
+    pub label: &'static str,
+    pub stack: &'static str,
+    pub reference: Option<&'static str>,
+    pub workflow: String,
+    pub payload: String,
+    pub bucket: String,
+    /// The Stack's key prefix in the bucket (its store's path, narrowed for scoped credentials).
+    pub prefix: String,
+    /// The Stack's key of artifact-repositories.
+    pub rendered: Value,
+    /// A client that reads the bucket (the root user's).
+    pub s3: aws_sdk_s3::Client,
+}
+
+/// Waits up to `within` for the case's workflow to finish and checks what it did; returns the line
+/// to print.
+pub async fn check_case(client: &Client, ns: &str, case: &Case, within: Duration) -> Result<String, String> {
+    let api = workflows(client, ns);
+    let finished = tokio::time::timeout(within, async {
+        loop {
+            let workflow = api.get(&case.workflow).await.unwrap();
+            let phase = workflow.data["status"]["phase"].as_str().unwrap_or_default().to_owned();
+            if ["Succeeded", "Failed", "Error"].contains(&phase.as_str()) {
+                return (phase, workflow);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await;
+    let Ok((phase, workflow)) = finished else {
+        return Err(format!(
+            "not finished in {} s\n{}",
+            within.as_secs(),
+            workflow_diagnosis(client, ns, &case.workflow).await
+        ));
+    };
+    if phase != "Succeeded" {
+        return Err(format!("{phase}\n{}", workflow_diagnosis(client, ns, &case.workflow).await));
+    }
+    let status = &workflow.data["status"];
+
+    // Only the Stack configured the repository: the workflow names none (at most the Stack's
+    // key), and Argo resolved the Stack's key of artifact-repositories, not its own default.
+    if has_key(&workflow.data["spec"], "s3") {
+        return Err(format!("the workflow's spec has an s3 field: {}", workflow.data["spec"]));
+    }
+    let resolved = &status["artifactRepositoryRef"];
+    if resolved["configMap"] != "artifact-repositories" || resolved["key"] != case.stack || resolved["default"] == true
+    {
+        return Err(format!("Argo resolved {resolved}, not key {} of artifact-repositories", case.stack));
+    }
+    // ... and used it as the Stack rendered it.
+    if resolved["artifactRepository"] != case.rendered {
+        return Err(format!("Argo used {}, the Stack rendered {}", resolved["artifactRepository"], case.rendered));
+    }
+
+    let nodes: Vec<&Value> = status["nodes"].as_object().unwrap().values().collect();
+    let node = |template: &str| nodes.iter().find(|n| n["templateName"] == template).copied();
+    let (Some(write), Some(read)) = (node("write"), node("read")) else {
+        return Err(format!("no write and read nodes in {status}"));
+    };
+    let Some(key) = write["outputs"]["artifacts"][0]["s3"]["key"].as_str() else {
+        return Err(format!("the write step saved no S3 artifact: {}", write["outputs"]));
+    };
+    let under = format!("{}/{}/", case.prefix, case.workflow);
+    if !key.starts_with(&under) {
+        return Err(format!("artifact key {key} is not under {under}"));
+    }
+    let read_back = read["outputs"]["parameters"][0]["value"].as_str().unwrap_or_default();
+    if read_back != case.payload {
+        return Err(format!("the read step read {read_back:?}, not {:?}", case.payload));
+    }
+    let listed =
+        case.s3.list_objects_v2().bucket(&case.bucket).prefix(&under).send().await.map_err(|e| format!("{e:?}"))?;
+    let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+    if !keys.iter().any(|k| k == key) {
+        return Err(format!("{key} is not listed under {under}: {keys:?}"));
+    }
+    let object = case.s3.get_object().bucket(&case.bucket).key(key).send().await.map_err(|e| format!("{e:?}"))?;
+    let bytes = object.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
+    if bytes.as_ref() != case.payload.as_bytes() {
+        return Err(format!("s3://{}/{key} holds {:?}, not the payload", case.bucket, String::from_utf8_lossy(&bytes)));
+    }
+    let keys: Vec<String> = keys.iter().map(|k| format!("s3://{}/{k}", case.bucket)).collect();
+    Ok(format!(
+        "argo case ({}) workflow {ns}/{} (Stack {}, {}): wrote {}; the read step read the same {} bytes",
+        case.label,
+        case.workflow,
+        case.stack,
+        case.reference.map_or("the namespace default".to_owned(), |k| format!("artifactRepositoryRef key {k}")),
+        keys.join(", "),
+        bytes.len(),
+    ))
+}
+
+/// A payload for case `case`, distinct in every run.
+pub fn payload(case: &str) -> String {
+    format!("argo-node case {case} {:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
