@@ -10,6 +10,9 @@
 //! - (c) the HTTPS MinIO with its private CA, through the rendered `caSecret`;
 //! - (d) a Stack with `credentials.mode: Scoped` (session keys from MinIO's STS).
 //!
+//! Case (d) across a renewal, a write step that saves after the first session credentials expired,
+//! is in tests/credential_renewal.rs, beside the other test that waits through their lifetime.
+//!
 //! Each case asserts that the object landed under its Stack's prefix, that the second step read
 //! the same bytes, and that nothing but the Stack's rendering configured the repository.
 //!

@@ -5,7 +5,8 @@
 #
 # The renewal of scoped credentials (tests/credential_renewal.rs) waits through a real 15-minute
 # credential lifetime, so it starts as soon as the environment is up and runs beside everything
-# else: the static binary, the lints, the older Rust and the other suites. Deleting the
+# else: the static binary, the lints, the older Rust and the other suites. Its two tests (a boto3
+# client, and an Argo workflow on the node) wait through their lifetimes side by side. Deleting the
 # ArtifactStore CRD deletes every store in the cluster, so that suite runs alone before it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +30,7 @@ renewal_bin=$(cargo test --locked --no-run --test credential_renewal 2>&1 |
   sed -n 's/.*(\(target\/debug\/deps\/credential_renewal-[0-9a-f]*\)).*/\1/p')
 [[ -x "$renewal_bin" ]] || { echo "no credential_renewal test binary" >&2; exit 1; }
 # In a process group of its own, so that stopping it early also stops the operators it started.
-setsid "$renewal_bin" --test-threads 1 >target/credential-renewal.log 2>&1 &
+setsid "$renewal_bin" --test-threads 2 >target/credential-renewal.log 2>&1 &
 renewal=$!
 trap 'kill -- "-$renewal" 2>/dev/null || true; tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 step "building the static binary the image carries (the node test installs it with the chart)"
