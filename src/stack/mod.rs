@@ -43,6 +43,10 @@ pub enum Error {
     Status(#[source] kube::Error),
     #[error("the reconcile panicked")]
     Panicked,
+    /// What the user must fix, as the store's steps say it too: a full pass ends on it and reports
+    /// it as Ready=False; it goes no further up.
+    #[error("{}", .0.message)]
+    Invalid(Failure),
 }
 
 impl Error {
@@ -52,6 +56,16 @@ impl Error {
             Self::Publish(_) => "publish",
             Self::Status(_) => "status",
             Self::Panicked => "panic",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+
+    /// `result` with what the user must fix split off, for a step that gathers such failures.
+    pub fn split<T>(result: Result<T, Error>) -> Result<Result<T, Failure>, Error> {
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(Error::Invalid(failure)) => Ok(Err(failure)),
+            Err(error) => Err(error),
         }
     }
 }
@@ -155,7 +169,7 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
         zenml: removal.unwrap_or(ZenmlReport::Keep),
         credentials: CredentialsReport::Keep,
     };
-    match full_pass(ctx, stack, &mut report).await? {
+    match full_pass(ctx, stack, &mut report).await.or_else(Pass::failed)? {
         Pass::Ready { fingerprint, message } => {
             report.ready = Observed::ok(READY, Reason::Ready, message);
             let renewed = report.credentials.record().cloned();
@@ -200,21 +214,24 @@ enum Pass {
     Gone,
 }
 
+impl Pass {
+    /// What the user must fix ends a pass as failed; any other error is retried with a backoff.
+    fn failed(error: Error) -> Result<Self, Error> {
+        match error {
+            Error::Invalid(failure) => Ok(Self::Failed(failure)),
+            error => Err(error),
+        }
+    }
+}
+
 /// The steps of a full pass, each filling in its part of `report`: the store and identity are
 /// usable → the pods' credentials (scoped ones when asked for) → publish → the in-pod check →
-/// ZenML.
+/// ZenML. What the user must fix ends it as [`Error::Invalid`].
 async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<Pass, Error> {
-    let usable = match usable(stack, ctx).await? {
-        Ok(usable) => usable,
-        Err(failure) => return Ok(Pass::Failed(failure)),
-    };
-    let store = match pods_store(ctx, stack, &usable.resolved, report).await? {
-        Ok(store) => store,
-        Err(failure) => return Ok(Pass::Failed(failure)),
-    };
+    let usable = usable(stack, ctx).await?;
+    let store = pods_store(ctx, stack, &usable.resolved, report).await?;
     let (name, hash) = match outputs::publish(ctx, stack, &store).await? {
         outputs::Publication::Done { name, hash } => (name, hash),
-        outputs::Publication::Refused(failure) => return Ok(Pass::Failed(failure)),
         outputs::Publication::Gone => return Ok(Pass::Gone),
     };
     report.published = Some((name.clone(), hash.clone()));
@@ -223,7 +240,7 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
     report.check = check;
     match verdict {
         Some(Verdict::Running(message)) => return Ok(Pass::Running(message)),
-        Some(Verdict::Failed(failure)) => return Ok(Pass::Failed(failure)),
+        Some(Verdict::Failed(failure)) => return Err(Error::Invalid(failure)),
         None | Some(Verdict::Proven(_)) => {}
     }
     let mut message = format!(
@@ -234,7 +251,7 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
         message.push_str(&format!("; scoped credentials in Secret {} until {}", record.secret_name, record.expires_at));
     }
     if let Some(spec) = &stack.spec.zenml {
-        match zenml::sync(ctx, stack, spec, &store).await? {
+        match zenml::sync(ctx, stack, spec, &store).await {
             Ok(record) => {
                 message.push_str(&format!(
                     "; ZenML stack {} in {}",
@@ -243,10 +260,11 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
                 ));
                 report.zenml = ZenmlReport::Synced(record);
             }
-            Err(failure) => {
+            Err(Error::Invalid(failure)) => {
                 report.zenml = ZenmlReport::Failed(failure.clone());
-                return Ok(Pass::Failed(failure));
+                return Err(Error::Invalid(failure));
             }
+            Err(error) => return Err(error),
         }
     }
     Ok(Pass::Ready { fingerprint: usable.fingerprint, message })
@@ -259,28 +277,22 @@ async fn pods_store(
     stack: &Stack,
     store: &ResolvedStore,
     report: &mut Report,
-) -> Result<Result<ResolvedStore, Failure>, Error> {
+) -> Result<ResolvedStore, Error> {
     let Some(spec) = stack.spec.credentials.as_ref().filter(|_| credentials::wanted(stack)) else {
         credentials::retire(ctx, stack).await?;
         report.credentials = CredentialsReport::Shared;
-        return Ok(Ok(store.clone()));
+        return Ok(store.clone());
     };
-    let ca_pem = match outputs::store_ca_bundle(ctx, stack, store).await? {
-        Ok(pem) => pem,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    let keys = match consumer_keys(ctx, &stack.namespace().unwrap_or_default(), store).await? {
-        Ok(keys) => keys,
-        Err(failure) => return Ok(Err(failure)),
-    };
+    let ca_pem = outputs::store_ca_bundle(ctx, stack, store).await?;
+    let keys = consumer_keys(ctx, &stack.namespace().unwrap_or_default(), store).await?;
     match credentials::ensure(ctx, stack, spec, store, ca_pem, keys).await? {
         credentials::Outcome::Scoped { record, store, renewal } => {
             report.credentials = CredentialsReport::Issued(record, renewal);
-            Ok(Ok(*store))
+            Ok(*store)
         }
         credentials::Outcome::Failed(failure) => {
             report.credentials = CredentialsReport::Failed(failure.clone());
-            Ok(Err(failure))
+            Err(Error::Invalid(failure))
         }
     }
 }
@@ -292,11 +304,11 @@ pub(crate) async fn consumer_keys(
     ctx: &Context,
     namespace: &str,
     store: &ResolvedStore,
-) -> Result<Result<Option<StaticKeys>, Failure>, Error> {
+) -> Result<Option<StaticKeys>, Error> {
     let name = match &store.auth {
         ResolvedAuth::Keys(refs) => &refs.env_secret_name,
         ResolvedAuth::Session(session) => &session.secret_name,
-        ResolvedAuth::Implicit { .. } => return Ok(Ok(None)),
+        ResolvedAuth::Implicit { .. } => return Ok(None),
     };
     let secret = ctx.read::<Secret>(namespace, name).await.map_err(Error::Dereference)?;
     let data = secret.as_ref().and_then(|s| s.data.as_ref());
@@ -305,9 +317,9 @@ pub(crate) async fn consumer_keys(
     };
     match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
         (Some(access_key_id), Some(secret_access_key)) => {
-            Ok(Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") })))
+            Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") }))
         }
-        _ => Ok(Err(Failure::new(
+        _ => Err(Error::Invalid(Failure::new(
             Reason::CredentialsSecretNotFound,
             format!("Secret {name}, which holds the keys for the Stack's pods, is not complete yet"),
         ))),
@@ -469,11 +481,11 @@ fn waits_for_a_change(reason: Reason) -> bool {
 
 /// Dereferences and validates: the store exists and is Ready, the ServiceAccount exists, and that
 /// identity can use the store.
-async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>, Error> {
+async fn usable(stack: &Stack, ctx: &Context) -> Result<Usable, Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let store_name = &stack.spec.artifact_store_ref.name;
     let Some(store) = read_store(ctx, &namespace, store_name).await? else {
-        return Ok(Err(Failure::new(
+        return Err(Error::Invalid(Failure::new(
             Reason::ArtifactStoreNotFound,
             format!(
                 "ArtifactStore {store_name} does not exist in namespace {namespace}; the stack turns Ready once it does"
@@ -481,12 +493,10 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         )));
     };
     let status = store.status.clone().unwrap_or_default();
-    if let Err(failure) = ready(&store, &status) {
-        return Ok(Err(failure));
-    }
+    ready(&store, &status).map_err(Error::Invalid)?;
     let account_name = &stack.spec.orchestrator.service_account_name;
     let Some(account) = ctx.read::<ServiceAccount>(&namespace, account_name).await.map_err(Error::Dereference)? else {
-        return Ok(Err(Failure::new(
+        return Err(Error::Invalid(Failure::new(
             Reason::ServiceAccountNotFound,
             format!(
                 "ServiceAccount {account_name} (spec.orchestrator.serviceAccountName) does not exist in namespace {namespace}"
@@ -494,7 +504,7 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
         )));
     };
     let Ok(resolved) = ResolvedStore::of(&store) else {
-        return Ok(Err(Failure::new(
+        return Err(Error::Invalid(Failure::new(
             Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {store_name} has an invalid path"),
         )));
@@ -502,10 +512,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Result<Usable, Failure>,
     let fingerprint =
         format!("{}/{}", store.resource_version().unwrap_or_default(), account.resource_version().unwrap_or_default());
 
-    if let Err(failure) = identity_can_use(ctx, stack, &account, &resolved, &fingerprint).await? {
-        return Ok(Err(failure));
-    }
-    Ok(Ok(Usable { resolved, fingerprint }))
+    identity_can_use(ctx, stack, &account, &resolved, &fingerprint).await?;
+    Ok(Usable { resolved, fingerprint })
 }
 
 /// Whether the store is Ready for its current generation.
@@ -527,38 +535,36 @@ async fn identity_can_use(
     account: &ServiceAccount,
     resolved: &ResolvedStore,
     fingerprint: &str,
-) -> Result<Result<(), Failure>, Error> {
+) -> Result<(), Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let store_name = &stack.spec.artifact_store_ref.name;
     let role = match &resolved.auth {
         ResolvedAuth::Keys(keys) => {
             let secret_name = &keys.env_secret_name;
             if !ctx.exists::<Secret>(&namespace, secret_name).await.map_err(Error::Dereference)? {
-                return Ok(Err(Failure::new(
+                return Err(Error::Invalid(Failure::new(
                     Reason::CredentialsSecretNotFound,
                     format!(
                         "Secret {secret_name}, which ArtifactStore {store_name} publishes with its keys, does not exist yet"
                     ),
                 )));
             }
-            return Ok(Ok(()));
+            return Ok(());
         }
         ResolvedAuth::Implicit { service_account: Some(_), role_arn } => role_arn.as_deref(),
-        ResolvedAuth::Implicit { service_account: None, .. } | ResolvedAuth::Session(_) => return Ok(Ok(())),
+        ResolvedAuth::Implicit { service_account: None, .. } | ResolvedAuth::Session(_) => return Ok(()),
     };
     // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only when
     // the store or the ServiceAccount changes.
     if ctx.verification_due(&stack.uid().unwrap_or_default(), fingerprint).is_some() {
-        return Ok(Ok(()));
+        return Ok(());
     }
     let permissions = crate::aws::iam::required_permissions(resolved);
-    let ca_pem = match outputs::store_ca_bundle(ctx, stack, resolved).await? {
-        Ok(pem) => pem,
-        Err(failure) => return Ok(Err(failure)),
-    };
+    let ca_pem = outputs::store_ca_bundle(ctx, stack, resolved).await?;
     let connection = S3Connection::to_store(resolved, ca_pem, None);
     let probe = Probe { connection, path: &resolved.path, write: resolved.write_probe };
-    Ok(crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await.map(|_| ()))
+    let proven = crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await;
+    proven.map(|_| ()).map_err(Error::Invalid)
 }
 
 /// The ArtifactStore `name`: from the operator's cache once the watches run, otherwise from the

@@ -42,8 +42,6 @@ fn config_maps(ctx: &crate::controller::Context, stack: &Stack) -> Api<ConfigMap
 pub enum Publication {
     /// Every consumer finds its configuration: the Stack's ConfigMap and its content hash.
     Done { name: String, hash: String },
-    /// What the Stack could not take, every part of it named. Nothing shared was taken anew.
-    Refused(Failure),
     /// The Stack was deleted meanwhile: nothing shared was written for it.
     Gone,
 }
@@ -52,44 +50,35 @@ pub enum Publication {
 /// `artifact-repositories` as asked. The shared objects are taken all together or not at all:
 /// each is checked first, and while any is refused none is written anew (what the Stack already
 /// holds stays). The finalizer that removes the Stack's key goes on before the key is written.
+/// What the Stack could not take is [`Error::Invalid`], every part of it named.
 pub async fn publish(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
 ) -> Result<Publication, Error> {
-    let ca_pem = match store_ca_bundle(ctx, stack, store).await? {
-        Ok(pem) => pem,
-        Err(failure) => return Ok(Publication::Refused(failure)),
-    };
-    let (config_map, hash) = match build::config_map(stack, store, ca_pem.as_deref()) {
-        Ok(built) => built,
-        Err(failure) => return Ok(Publication::Refused(failure)),
-    };
+    let ca_pem = store_ca_bundle(ctx, stack, store).await?;
+    let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref()).map_err(Error::Invalid)?;
     let name = build::config_map_name(&stack.name_any());
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
-        return Ok(Publication::Refused(apply::name_conflict("ConfigMap", &name, stack)));
+        return Err(Error::Invalid(apply::name_conflict("ConfigMap", &name, stack)));
     }
     if stack.spec.wants(OutputFormat::Argo) && set_finalizer(ctx, stack, true).await? == Presence::Gone {
         return Ok(Publication::Gone);
     }
-    let kfp = kfp_claim(ctx, stack, store).await?;
-    let argo = argo_claim(ctx, stack, store, ca_pem.as_deref()).await?;
+    let kfp = Error::split(kfp_claim(ctx, stack, store).await)?;
+    let argo = Error::split(argo_claim(ctx, stack, store, ca_pem.as_deref()).await)?;
     let (kfp, argo) = match (kfp, argo) {
         (Ok(kfp), Ok(argo)) => (kfp, argo),
         (kfp, argo) => {
             let refused = [kfp.err(), argo.err()].into_iter().flatten();
-            return Ok(Publication::Refused(refused_together(refused)));
+            return Err(Error::Invalid(refused_together(refused)));
         }
     };
-    if let Some(argo) = &argo
-        && let Some(refused) = argo.publish_ca_secret(ctx, stack).await?
-    {
-        return Ok(Publication::Refused(refused));
+    if let Some(argo) = &argo {
+        argo.publish_ca_secret(ctx, stack).await?;
     }
-    if let Some(launcher) = kfp
-        && let Some(refused) = publish_kfp_launcher(ctx, stack, &launcher).await?
-    {
-        return Ok(Publication::Refused(refused));
+    if let Some(launcher) = kfp {
+        publish_kfp_launcher(ctx, stack, &launcher).await?;
     }
     if let Some(argo) = argo {
         argo.publish_key(ctx, stack).await?;
@@ -116,16 +105,16 @@ pub async fn store_ca_bundle(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
-) -> Result<Result<Option<String>, Failure>, Error> {
+) -> Result<Option<String>, Error> {
     if store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_none() {
-        return Ok(Ok(None));
+        return Ok(None);
     }
     let name = store_config_map_name(&store.name);
     let namespace = stack.namespace().unwrap_or_default();
     let published = ctx.read::<ConfigMap>(&namespace, &name).await.map_err(Error::Dereference)?;
     match published.as_ref().and_then(|cm| cm.data.as_ref()).and_then(|data| data.get(CA_BUNDLE_KEY)).cloned() {
-        Some(pem) => Ok(Ok(Some(pem))),
-        None => Ok(Err(Failure::new(
+        Some(pem) => Ok(Some(pem)),
+        None => Err(Error::Invalid(Failure::new(
             Reason::ArtifactStoreNotReady,
             format!("ArtifactStore {} has not published its CA bundle in ConfigMap {name} yet", store.name),
         ))),
@@ -138,7 +127,7 @@ async fn kfp_claim(
     ctx: &crate::controller::Context,
     stack: &Stack,
     store: &ResolvedStore,
-) -> Result<Result<Option<ConfigMap>, Failure>, Error> {
+) -> Result<Option<ConfigMap>, Error> {
     let desired = build::kfp_launcher(stack, store);
     let namespace = stack.namespace().unwrap_or_default();
     let current = ctx.read::<ConfigMap>(&namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
@@ -147,12 +136,12 @@ async fn kfp_claim(
         if let Some(current) = current.filter(|_| ours) {
             delete_exact(&config_maps(ctx, stack), &current.metadata).await?;
         }
-        return Ok(Ok(None));
+        return Ok(None);
     }
-    Ok(match current {
-        Some(theirs) if !ours => Err(kfp_launcher_taken(&theirs.metadata, stack)),
+    match current {
+        Some(theirs) if !ours => Err(Error::Invalid(kfp_launcher_taken(&theirs.metadata, stack))),
         _ => Ok(Some(desired)),
-    })
+    }
 }
 
 /// Publishes the launcher claimed; one taken meanwhile is refused as the claim would have been.
@@ -160,12 +149,12 @@ async fn publish_kfp_launcher(
     ctx: &crate::controller::Context,
     stack: &Stack,
     launcher: &ConfigMap,
-) -> Result<Option<Failure>, Error> {
+) -> Result<(), Error> {
     if apply::publish(ctx, launcher).await.map_err(Error::Publish)? != Applied::NotOurs {
-        return Ok(None);
+        return Ok(());
     }
     let current = config_maps(ctx, stack).get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
-    Ok(Some(kfp_launcher_taken(&current.unwrap_or_default().metadata, stack)))
+    Err(Error::Invalid(kfp_launcher_taken(&current.unwrap_or_default().metadata, stack)))
 }
 
 /// Why `kfp-launcher` (as `meta` shows it) cannot be the Stack's.
@@ -221,7 +210,7 @@ async fn argo_claim(
     stack: &Stack,
     store: &ResolvedStore,
     ca_pem: Option<&str>,
-) -> Result<Result<Option<ArgoPart>, Failure>, Error> {
+) -> Result<Option<ArgoPart>, Error> {
     let from_config_map =
         store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
     let namespace = stack.namespace().unwrap_or_default();
@@ -230,14 +219,14 @@ async fn argo_claim(
         if from_config_map {
             remove_ca_secret(&Api::namespaced(ctx.client.clone(), &namespace), stack).await?;
         }
-        return set_finalizer(ctx, stack, false).await.map(|_| Ok(None));
+        return set_finalizer(ctx, stack, false).await.map(|_| None);
     }
     let ca_secret = ca_pem.filter(|_| from_config_map).map(|pem| build::ca_secret(stack, pem));
     if let Some(secret) = &ca_secret {
         let name = build::ca_secret_name(&stack.name_any());
         let current = ctx.read::<Secret>(&namespace, &name).await.map_err(Error::Dereference)?;
         if current.is_some_and(|current| !apply::is_ours(&current.metadata, &secret.metadata)) {
-            return Ok(Err(apply::name_conflict("Secret", &name, stack)));
+            return Err(Error::Invalid(apply::name_conflict("Secret", &name, stack)));
         }
     }
 
@@ -249,7 +238,7 @@ async fn argo_claim(
     let owned = owned_fields(&current.metadata, &field_manager(&name));
     let data = current.data.clone().unwrap_or_default();
     if data.contains_key(&name) && !owned.key(&name) {
-        return Ok(Err(Failure::new(
+        return Err(Error::Invalid(Failure::new(
             Reason::NameConflict,
             format!(
                 "ConfigMap {} already has a key {name} that this Stack did not write; the operator never overwrites it: remove that key or rename the Stack",
@@ -260,7 +249,7 @@ async fn argo_claim(
     let default = stack.spec.outputs.argo_default_repository;
     let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION);
     if let Some(key) = annotation.filter(|key| default && **key != name) {
-        return Ok(Err(Failure::new(
+        return Err(Error::Invalid(Failure::new(
             Reason::DefaultRepositoryTaken,
             format!(
                 "the namespace's default artifact repository is already {} (annotation {} of ConfigMap {}); only one Stack per namespace can be the default: set argoDefaultRepository on one Stack only",
@@ -281,21 +270,18 @@ async fn argo_claim(
         }
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { &name: value }})
     });
-    Ok(Ok(Some(ArgoPart { ca_secret, exists, apply })))
+    Ok(Some(ArgoPart { ca_secret, exists, apply }))
 }
 
 impl ArgoPart {
     /// Publishes the CA Secret; one taken meanwhile is refused as the claim would have been.
-    async fn publish_ca_secret(
-        &self,
-        ctx: &crate::controller::Context,
-        stack: &Stack,
-    ) -> Result<Option<Failure>, Error> {
-        let Some(secret) = &self.ca_secret else { return Ok(None) };
+    async fn publish_ca_secret(&self, ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+        let Some(secret) = &self.ca_secret else { return Ok(()) };
         if apply::publish(ctx, secret).await.map_err(Error::Publish)? == Applied::NotOurs {
-            return Ok(Some(apply::name_conflict("Secret", &build::ca_secret_name(&stack.name_any()), stack)));
+            let name = build::ca_secret_name(&stack.name_any());
+            return Err(Error::Invalid(apply::name_conflict("Secret", &name, stack)));
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Writes the Stack's key (and the default annotation) with its own field manager, creating

@@ -323,28 +323,28 @@ async fn ensure(
     declared: &Declared,
     ids: &Ids,
     uid: &str,
-) -> Result<Result<String, Failure>, ZenmlError> {
+) -> Result<String, Failure> {
     let (collection, _) = kind.collection();
     let sensitive = kind == Kind::Secret;
     let update = wanted(kind, name, declared, ids);
     match locate(server, kind, ids.get(kind), name, uid).await? {
-        Found::Taken => Ok(Err(Failure::new(
+        Found::Taken => Err(Failure::new(
             Reason::ZenmlNameConflict,
             format!(
                 "the ZenML server at {} has a {} named {name} that this Stack did not make; rename or delete it there, or set spec.zenml.stackName",
                 server.url(),
                 kind.describe()
             ),
-        ))),
+        )),
         Found::Absent => {
             let created =
                 server.post(&format!("/api/v1/{collection}"), &create_request(kind, update), sensitive).await?;
-            Ok(id_of(&created).ok_or_else(|| {
+            id_of(&created).ok_or_else(|| {
                 Failure::new(
                     Reason::ZenmlRejected,
                     format!("the ZenML server created the {} without an id", kind.describe()),
                 )
-            }))
+            })
         }
         Found::Ours(object) => {
             let id = id_of(&object).unwrap_or_default();
@@ -356,7 +356,7 @@ async fn ensure(
                 }
                 server.put(&format!("/api/v1/{collection}/{}", urlencoding::encode(&id)), &request, sensitive).await?;
             }
-            Ok(Ok(id))
+            Ok(id)
         }
     }
 }
@@ -370,6 +370,12 @@ async fn delete_ours(server: &Server<'_>, kind: Kind, id: Option<&str>, uid: &st
         Ok(object) if kind.is_ours(&object, uid) => server.delete(&path).await,
         Ok(_) | Err(ZenmlError::NotFound) => Ok(()),
         Err(error) => Err(error),
+    }
+}
+
+impl From<ZenmlError> for Failure {
+    fn from(error: ZenmlError) -> Self {
+        failure(error)
     }
 }
 
@@ -397,11 +403,7 @@ pub fn failure(error: ZenmlError) -> Failure {
 }
 
 /// The API key from the Secret `reference` names in `namespace`.
-async fn api_key(
-    ctx: &Context,
-    namespace: &str,
-    reference: &ApiKeySecretRef,
-) -> Result<Result<String, Failure>, Error> {
+async fn api_key(ctx: &Context, namespace: &str, reference: &ApiKeySecretRef) -> Result<String, Error> {
     let missing = |what: &str| {
         Failure::new(
             Reason::ZenmlApiKeyNotFound,
@@ -411,38 +413,30 @@ async fn api_key(
         )
     };
     let Some(secret) = ctx.read::<Secret>(namespace, &reference.name).await.map_err(Error::Dereference)? else {
-        return Ok(Err(missing(&format!("Secret {} does not exist in namespace {namespace}", reference.name))));
+        return Err(Error::Invalid(missing(&format!(
+            "Secret {} does not exist in namespace {namespace}",
+            reference.name
+        ))));
     };
     let value = secret.data.as_ref().and_then(|data| data.get(reference.key()));
     let key = value.and_then(|v| std::str::from_utf8(&v.0).ok()).map(str::trim).unwrap_or_default();
     // An HTTP header carries it, as a store's keys do.
     if key.is_empty() || !crate::store::dereference::is_header_safe(key) {
-        return Ok(Err(missing(&format!(
+        return Err(Error::Invalid(missing(&format!(
             "Secret {} holds no usable API key under {}",
             reference.name,
             reference.key()
         ))));
     }
-    Ok(Ok(key.to_owned()))
+    Ok(key.to_owned())
 }
 
 /// Makes the ZenML server hold what the Stack declares; returns what to record in the status.
-pub async fn sync(
-    ctx: &Context,
-    stack: &Stack,
-    spec: &Zenml,
-    store: &ResolvedStore,
-) -> Result<Result<ZenmlStatus, Failure>, Error> {
+pub async fn sync(ctx: &Context, stack: &Stack, spec: &Zenml, store: &ResolvedStore) -> Result<ZenmlStatus, Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let uid = stack.uid().unwrap_or_default();
-    let key = match api_key(ctx, &namespace, &spec.api_key_secret_ref).await? {
-        Ok(key) => key,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    let keys = match super::consumer_keys(ctx, &namespace, store).await? {
-        Ok(keys) => keys,
-        Err(failure) => return Ok(Err(failure)),
-    };
+    let key = api_key(ctx, &namespace, &spec.api_key_secret_ref).await?;
+    let keys = super::consumer_keys(ctx, &namespace, store).await?;
     let declared = declare(stack, spec, store, keys.as_ref());
     let previous = stack.status.as_ref().and_then(|s| s.zenml.as_ref()).filter(|s| s.url == spec.url);
     let result = async {
@@ -450,10 +444,10 @@ pub async fn sync(
         ctx.zenml.remember(&uid, &server);
         let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
         if !server.has_project(project).await? {
-            return Ok(Err(Failure::new(
+            return Err(Failure::new(
                 Reason::ZenmlProjectNotFound,
                 format!("the ZenML server at {} has no project {project} (spec.zenml.project)", server.url()),
-            )));
+            ));
         }
         let mut ids = Ids::of(previous.map(|p| &**p));
         let name = &declared.stack_name;
@@ -467,10 +461,7 @@ pub async fn sync(
             steps.insert(0, (Kind::Secret, secret.clone()));
         }
         for (kind, object_name) in steps {
-            match ensure(&server, kind, &object_name, &declared, &ids, &uid).await? {
-                Ok(id) => ids.set(kind, Some(id)),
-                Err(failure) => return Ok(Err(failure)),
-            }
+            ids.set(kind, Some(ensure(&server, kind, &object_name, &declared, &ids, &uid).await?));
         }
         // A store that moved from keys to implicit auth: the component no longer names the secret.
         if secret.is_none() && ids.secret.is_some() {
@@ -482,7 +473,7 @@ pub async fn sync(
             delete_ours(&server, Kind::ContainerRegistry, ids.container_registry.as_deref(), &uid).await?;
             ids.container_registry = None;
         }
-        Ok(Ok(ZenmlStatus {
+        Ok(ZenmlStatus {
             url: spec.url.clone(),
             stack_id: ids.stack,
             stack_name: Some(name.clone()),
@@ -491,9 +482,10 @@ pub async fn sync(
             container_registry_id: ids.container_registry,
             secret_id: ids.secret,
             api_key_secret_ref: spec.api_key_secret_ref.clone(),
-        }))
+        })
     };
-    Ok(result.await.unwrap_or_else(|error| Err(failure(error))))
+    // Every ZenML error is reported (see [`failure`]), not retried with a backoff.
+    result.await.map_err(Error::Invalid)
 }
 
 /// What removing the Stack's ZenML objects came to.
@@ -518,7 +510,7 @@ pub async fn remove(ctx: &Context, stack: &Stack, status: &ZenmlStatus) -> Resul
         status.stack_id.as_deref().unwrap_or("no id"),
         status.url
     );
-    let server = match api_key(ctx, &namespace, &status.api_key_secret_ref).await? {
+    let server = match Error::split(api_key(ctx, &namespace, &status.api_key_secret_ref).await)? {
         Ok(key) => match ctx.zenml.server(&status.url, &key).await {
             Ok(server) => server,
             Err(error) => return Ok(removal_failed(error, &what)),
