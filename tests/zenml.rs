@@ -143,6 +143,7 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     assert_eq!(orchestrator["kubernetes_namespace"], ns.as_str());
     assert_eq!(orchestrator["service_account_name"], "runner");
     assert_eq!(orchestrator["pod_settings"]["env_from"][0]["configMapRef"]["name"], "prod-stack");
+    assert_eq!(orchestrator["orchestrator_pod_settings"], orchestrator["pod_settings"], "the orchestrator pod's too");
     // The container registry ZenML's kubernetes orchestrator requires, listed in the stack.
     let registry_id = record.container_registry_id.clone().expect("the status records the registry");
     let registry = component(&registry_id).await.unwrap();

@@ -116,14 +116,17 @@ pub fn container_registry_config(uri: &str) -> Value {
 }
 
 /// The `configuration` of ZenML's kubernetes orchestrator: it runs inside the cluster and starts
-/// the orchestrator and step pods in `namespace` as `service_account`, with `pod_settings`
-/// (`KubernetesPodSettings`: `env_from`, `volumes` and `volume_mounts` in Kubernetes' JSON).
+/// the orchestrator and step pods in `namespace` as `service_account`, both with `pod_settings`
+/// (`KubernetesPodSettings`: `env_from`, `volumes` and `volume_mounts` in Kubernetes' JSON). ZenML
+/// gives `pod_settings` to the step pods only; the orchestrator pod, which writes its logs to the
+/// artifact store, takes `orchestrator_pod_settings`.
 pub fn orchestrator_config(namespace: &str, service_account: &str, pod_settings: &Value) -> Value {
     json!({
         "incluster": true,
         "kubernetes_namespace": namespace,
         "service_account_name": service_account,
         "pod_settings": pod_settings,
+        "orchestrator_pod_settings": pod_settings,
     })
 }
 
@@ -163,6 +166,7 @@ mod tests {
         let orchestrator = &export["components"]["orchestrator"][0]["configuration"];
         assert_eq!(orchestrator["service_account_name"], "runner");
         assert_eq!(orchestrator["pod_settings"], pod_settings);
+        assert_eq!(orchestrator["orchestrator_pod_settings"], pod_settings, "the orchestrator pod's too");
 
         let with_registry = stack_export(
             "prod",
