@@ -12,6 +12,10 @@ STATE_DIR="${ARTIFACT_OPERATOR_ENV:-$REPO_ROOT/target/testenv}"
 POD_BRIDGE=ao-cni0
 POD_SUBNET=10.244.77.0/24
 POD_GATEWAY=10.244.77.1
+# The apiserver's service IP (the first of up.sh's --service-cluster-ip-range, named by its
+# certificate): the kubelet gives every pod KUBERNETES_SERVICE_HOST=$SERVICE_API_IP and port 443.
+# With no kube-proxy, the node routes pods to it on the gateway, where a relay on this host answers.
+SERVICE_API_IP=10.96.0.1
 
 # The node (node-up.sh), one per machine: NODE_NAME, its pods on the CNI network NODE_CNI_NETWORK.
 # Its own state (configuration, pid files, env file) is in NODE_DIR. What holds unix sockets

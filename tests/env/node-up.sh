@@ -8,8 +8,10 @@
 #   apiserver, both MinIOs, moto and the ZenML server, on the same ports as on 127.0.0.1 (TLS stays
 #   end to end); and a container registry (the distribution registry, HTTPS with a certificate from
 #   the cluster CA, its storage in the node's directory) that containerd pulls from.
-# There is no kube-proxy and no cluster DNS: pods get the apiserver from KUBERNETES_SERVICE_HOST/PORT
-# set to AO_POD_KUBE_API_HOST/PORT. Images get to the node in one of two ways: imported into
+# There is no kube-proxy and no cluster DNS. Pods reach the apiserver at the address the kubelet
+# gives them for the Service `kubernetes` (KUBERNETES_SERVICE_HOST/PORT, $SERVICE_API_IP:443,
+# AO_POD_SERVICE_API): the pods' one route leads there through the gateway, where a relay on this
+# host answers; or at AO_POD_KUBE_API_HOST/PORT, the gateway's relay. Images get to the node in one of two ways: imported into
 # containerd with tests/env/build-image.sh --import (never pulled), or pushed to the registry at
 # AO_REGISTRY (tests/env/oci-image.py push; tests/env/zenml-image.sh --push) and pulled by the
 # kubelet from AO_POD_REGISTRY/NAME:TAG, the same registry through its relay on the gateway.
@@ -71,7 +73,7 @@ sys.exit(not ready or tainted)'
 node_healthy() {
   [[ -f "$NODE_ENV_FILE" && -f "$NODE_PORTS_FILE" && -d "$PIDS" ]] || return 1
   # (absent: written by an older node-up.sh)
-  grep -q "^export AO_KUBELET_DIR=" "$NODE_ENV_FILE" && grep -q "^export AO_POD_REGISTRY=" "$NODE_ENV_FILE" ||
+  grep -q "^export AO_KUBELET_DIR=" "$NODE_ENV_FILE" && grep -q "^export AO_POD_SERVICE_API=" "$NODE_ENV_FILE" ||
     return 1
   all_alive "$PIDS" || return 1
   # shellcheck source=/dev/null
@@ -101,11 +103,14 @@ make_bridge() {
   # The alias names the state directory owning the bridge, for node-down.sh of another checkout.
   ip link set "$POD_BRIDGE" alias "$STATE_DIR"
   ip addr add "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$POD_BRIDGE"
+  # The apiserver's service IP, for the relay that stands in for kube-proxy (start_relays).
+  ip addr add "$SERVICE_API_IP/32" dev "$POD_BRIDGE"
   ip link set "$POD_BRIDGE" up
 
   mkdir -p "$NODE_DIR/cni/conf"
-  # No routes at all, so no default route: pod traffic cannot leave the machine, and there is no
-  # masquerading. (The loopback plugin is not listed: containerd's CRI plugin sets up lo itself.)
+  # One route, to the apiserver's service IP through the gateway, and no default route: pod traffic
+  # cannot leave the machine, and there is no masquerading. (The loopback plugin is not listed:
+  # containerd's CRI plugin sets up lo itself.)
   cat >"$NODE_DIR/cni/conf/10-$NODE_CNI_NETWORK.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -121,7 +126,7 @@ make_bridge() {
       "ipam": {
         "type": "host-local",
         "ranges": [[{ "subnet": "$POD_SUBNET", "gateway": "$POD_GATEWAY" }]],
-        "routes": [],
+        "routes": [{ "dst": "$SERVICE_API_IP/32", "gw": "$POD_GATEWAY" }],
         "dataDir": "$NODE_RUN/cni/ipam"
       }
     }
@@ -275,6 +280,10 @@ start_relays() {
     name=${relay%%:*} port=${relay#*:}
     node_start "node-relay-$name" socat "TCP-LISTEN:$port,bind=$POD_GATEWAY,reuseaddr,fork" "TCP:127.0.0.1:$port"
   done
+  # What kube-proxy would do for the Service `kubernetes`: in-cluster clients that take the
+  # apiserver from the kubelet's KUBERNETES_SERVICE_HOST/PORT (ZenML's orchestrator, for one)
+  # reach it at $SERVICE_API_IP:443.
+  node_start node-relay-service-api socat "TCP-LISTEN:443,bind=$SERVICE_API_IP,reuseaddr,fork" "TCP:127.0.0.1:$API_PORT"
 }
 
 wait_for_relays() {
@@ -282,6 +291,9 @@ wait_for_relays() {
   wait_for node-relay-api "the apiserver at $POD_GATEWAY:$API_PORT" \
     curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
     "https://$POD_GATEWAY:$API_PORT/readyz"
+  wait_for node-relay-service-api "the apiserver at its service IP $SERVICE_API_IP:443" \
+    curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://$SERVICE_API_IP:443/readyz"
   wait_for node-relay-s3 "MinIO at $POD_GATEWAY:$S3_PORT" \
     curl -fsS --max-time 2 "http://$POD_GATEWAY:$S3_PORT/minio/health/ready"
   wait_for node-relay-s3-tls "the HTTPS MinIO at $POD_GATEWAY:$S3_TLS_PORT" \
@@ -399,6 +411,7 @@ export AO_POD_GATEWAY='$POD_GATEWAY'
 export AO_POD_SUBNET='$POD_SUBNET'
 export AO_POD_KUBE_API_HOST='$POD_GATEWAY'
 export AO_POD_KUBE_API_PORT='$API_PORT'
+export AO_POD_SERVICE_API='$SERVICE_API_IP:443'
 export AO_POD_S3_ENDPOINT='http://$POD_GATEWAY:$S3_PORT'
 export AO_POD_S3_TLS_ENDPOINT='https://$POD_GATEWAY:$S3_TLS_PORT'
 export AO_POD_MOTO_ENDPOINT='http://$POD_GATEWAY:$MOTO_PORT'

@@ -76,7 +76,7 @@ make_pki() {
   # $POD_GATEWAY: pods on node-up.sh's node reach the apiserver (and the HTTPS MinIO) through relays
   # on the pod bridge's gateway address, with TLS end to end.
   new_cert apiserver ca "/CN=kube-apiserver" serverAuth \
-    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1,IP:$POD_GATEWAY"
+    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:$SERVICE_API_IP,IP:$POD_GATEWAY"
   new_ca client-ca "artifact-operator test client CA"
   new_cert admin client-ca "/O=system:masters/CN=admin" clientAuth
   new_cert kube-controller-manager client-ca "/CN=system:kube-controller-manager" clientAuth
