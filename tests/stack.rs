@@ -274,7 +274,11 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     let (client, ns, bucket) = common::setup_with_bucket("stk-consumer").await;
     apply(&client, &ns, service_account("runner")).await;
     apply(&client, &ns, store("ml", &bucket)).await;
-    apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true)).await;
+    // ZenML's kubernetes orchestrator with a registry, so that zenml-stack.yaml carries one too.
+    let mut prod = stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true);
+    prod["spec"]["orchestrator"] =
+        json!({"type": "Kubernetes", "serviceAccountName": "runner", "containerRegistry": {"uri": "10.0.0.5:5000/ml"}});
+    apply(&client, &ns, prod).await;
     let _operator = Operator::start(&ns, "10m");
     wait_for(&client, &ns, "prod", "True", "Ready").await;
 
@@ -283,6 +287,8 @@ async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
     argo_uses_the_namespace_default(&ns, "prod");
     let stdout = python_consumers(&pod);
     assert_every_consumer_wrote(&listed(&stdout), "pipelines");
+    let imported = stdout.lines().find(|l| l.starts_with("zenml: stack import")).unwrap_or_default();
+    assert!(imported.contains("container_registry prod-container-registry (default)"), "{imported}");
     // A custom endpoint: checksums only where an operation requires one, unless the store says otherwise.
     let env = config_map(&client, &ns, "prod-stack").await.unwrap().data.unwrap();
     assert_eq!(env["AWS_REQUEST_CHECKSUM_CALCULATION"], "when_required");
