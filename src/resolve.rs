@@ -107,6 +107,17 @@ impl KeyRefs {
 }
 
 impl ResolvedAuth {
+    /// The Secret with the credentials of consumers' pods under AWS environment variable names:
+    /// the one the store publishes with its keys, or a Stack's session credentials. None when the
+    /// pods use their own identity.
+    pub fn consumer_secret(&self) -> Option<&str> {
+        match self {
+            ResolvedAuth::Keys(keys) => Some(&keys.env_secret_name),
+            ResolvedAuth::Session(session) => Some(&session.secret_name),
+            ResolvedAuth::Implicit { .. } => None,
+        }
+    }
+
     /// `spec.auth` of the store named `store`: keys when it names a Secret, the ambient identity
     /// otherwise.
     pub fn new(auth: &Auth, store: &str) -> Self {

@@ -305,11 +305,7 @@ pub(crate) async fn consumer_keys(
     namespace: &str,
     store: &ResolvedStore,
 ) -> Result<Option<StaticKeys>, Error> {
-    let name = match &store.auth {
-        ResolvedAuth::Keys(refs) => &refs.env_secret_name,
-        ResolvedAuth::Session(session) => &session.secret_name,
-        ResolvedAuth::Implicit { .. } => return Ok(None),
-    };
+    let Some(name) = store.auth.consumer_secret() else { return Ok(None) };
     let secret = ctx.read::<Secret>(namespace, name).await.map_err(Error::Dereference)?;
     let data = secret.as_ref().and_then(|s| s.data.as_ref());
     let value = |key: &str| {

@@ -24,7 +24,7 @@ use crate::check::{Outcome, Step};
 use crate::conditions::{self, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::{Context, apply};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::ResolvedStore;
 
 /// How long the check's pod may take, from scheduling to exit (an image that cannot be pulled
 /// fails the Job after this).
@@ -51,11 +51,7 @@ pub fn wanted(stack: &Stack) -> bool {
 /// content, the ServiceAccount, the credentials Secret and the image. A change of any of them runs
 /// it again. Pure.
 pub fn inputs(stack: &Stack, store: &ResolvedStore, config_map_hash: &str, image: &str) -> String {
-    let credentials = match &store.auth {
-        ResolvedAuth::Keys(keys) => keys.env_secret_name.as_str(),
-        ResolvedAuth::Session(session) => session.secret_name.as_str(),
-        ResolvedAuth::Implicit { .. } => "",
-    };
+    let credentials = store.auth.consumer_secret().unwrap_or_default();
     let parts = BTreeMap::from([
         ("generation".to_owned(), stack.metadata.generation.unwrap_or_default().to_string()),
         ("configMap".to_owned(), config_map_hash.to_owned()),
