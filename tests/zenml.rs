@@ -81,25 +81,8 @@ async fn component(id: &str) -> Result<Value, ZenmlError> {
 /// The ZenML client (`tests/consumers/zenml_server.py`), as the other team's service account,
 /// with nothing from this process's environment but the server's URL and that API key.
 fn run_pipeline(zenml_stack: &str) -> String {
-    let config = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(format!("{}/bin/python", test_env().var("AO_VENV")))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/zenml_server.py"))
-        .arg(zenml_stack)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", config.path())
-        .env("ZENML_CONFIG_PATH", config.path().join("zenml"))
-        .env("ZENML_STORE_URL", zenml_url())
-        .env("ZENML_STORE_API_KEY", test_env().var("AO_ZENML_OTHER_API_KEY"))
-        .env("ZENML_ANALYTICS_OPT_IN", "false")
-        .env("ZENML_LOGGING_COLORS_DISABLED", "true")
-        .current_dir(config.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    println!("{stdout}");
-    assert!(output.status.success(), "the ZenML client failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/zenml_server.py");
+    common::zenml_client(std::path::Path::new(script), &[zenml_stack])
 }
 
 async fn zenml_writes(operator: &Operator) -> f64 {

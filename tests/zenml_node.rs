@@ -27,7 +27,7 @@ use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
 use common::zenml_node::zenml_node;
-use common::{Operator, apply, eventually, s3_root, test_env};
+use common::{Operator, apply, s3_root, test_env};
 
 /// The ServiceAccount ZenML's orchestrator and step pods, and the submitting client, run as.
 const ACCOUNT: &str = "pipelines";
@@ -87,44 +87,6 @@ async fn diagnosis(client: &Client, ns: &str) -> String {
         out.push_str(&format!("--- pod {name}: {status}\n{log}\n"));
     }
     out
-}
-
-/// Reads the run's `produce` output back through the server with ZenML's own client on this host
-/// (the environment's venv), as the other service account; returns what it printed.
-fn read_back(run_id: &str) -> String {
-    let config = tempfile::tempdir().unwrap();
-    let script = r#"
-import sys
-from zenml.client import Client
-run = Client().get_pipeline_run(sys.argv[1])
-steps = {name: step.status.value for name, step in run.steps.items()}
-value = run.steps["produce"].outputs["output"][0]
-print(f"zenml read back: run {run.name} {run.status.value}, steps {steps}; produce's output {value.uri} = {value.load()}")
-"#;
-    // ZenML finds its source root from the main module's file: a file, not `python -c`.
-    let file = config.path().join("read_back.py");
-    std::fs::write(&file, script).unwrap();
-    let output = std::process::Command::new(format!("{}/bin/python", test_env().var("AO_VENV")))
-        .arg(&file)
-        .arg(run_id)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", config.path())
-        .env("ZENML_CONFIG_PATH", config.path().join("zenml"))
-        .env("ZENML_STORE_URL", test_env().var("AO_ZENML_URL"))
-        .env("ZENML_STORE_API_KEY", test_env().var("AO_ZENML_OTHER_API_KEY"))
-        .env("ZENML_ANALYTICS_OPT_IN", "false")
-        .env("ZENML_LOGGING_COLORS_DISABLED", "true")
-        .current_dir(config.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "reading the run back failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 #[tokio::test]
@@ -225,13 +187,11 @@ async fn zenml_s_kubernetes_orchestrator_runs_a_pipeline_on_the_node_from_what_t
         assert!(key.starts_with("pipelines/"), "{uri} is under the prefix");
         assert!(keys.iter().any(|k| k.starts_with(key)), "{uri} holds objects: {keys:?}");
     }
-    let read = eventually(Duration::from_secs(60), "the run read back", || async {
-        let read = read_back(&run_id);
-        read.contains(&format!("= {payload}")).then_some(read)
-    })
-    .await;
+    // Read back through the server by ZenML's own client on this host, as the other service account.
+    let reader = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/zenml_read_run.py");
+    let read = common::zenml_client(std::path::Path::new(reader), &[&run_id]);
+    assert!(read.contains(&format!("= {payload}")), "{read}");
     assert!(read.contains("completed"), "{read}");
-    println!("{}", read.trim());
     let names: Vec<String> = zenml_pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
     println!(
         "zenml case: {} in {ns} (stack {zenml_stack}, image {}; pods {}) wrote {}",

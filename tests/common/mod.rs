@@ -576,6 +576,38 @@ pub fn minio_admin(vars: &[(&str, &str)]) {
     assert!(output.status.success(), "minio-limited-user.py failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// Runs the ZenML client `script` (a file: ZenML takes its source root from the main module's)
+/// with `args` in the environment's venv, logged into the environment's ZenML server as the other
+/// team's service account, with nothing from this process's environment but that URL and key, in
+/// a fresh config directory; returns what it printed, after asserting it succeeded.
+pub fn zenml_client(script: &std::path::Path, args: &[&str]) -> String {
+    let config = tempfile::tempdir().unwrap();
+    let env = test_env();
+    let output = std::process::Command::new(format!("{}/bin/python", env.var("AO_VENV")))
+        .arg(script)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", config.path())
+        .env("ZENML_CONFIG_PATH", config.path().join("zenml"))
+        .env("ZENML_STORE_URL", env.var("AO_ZENML_URL"))
+        .env("ZENML_STORE_API_KEY", env.var("AO_ZENML_OTHER_API_KEY"))
+        .env("ZENML_ANALYTICS_OPT_IN", "false")
+        .env("ZENML_LOGGING_COLORS_DISABLED", "true")
+        .current_dir(config.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the ZenML client {} failed:\n{stdout}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Starts the node (tests/env/node-up.sh; a no-op when it runs) and returns its env file's
 /// variables.
 pub fn node() -> std::collections::BTreeMap<String, String> {

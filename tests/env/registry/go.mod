@@ -1,5 +1,5 @@
 // The CNCF distribution registry (cmd/registry), built from its released module, for the node's
-// pods to pull images from (tests/env/node-up.sh starts it; tests/zenml_image_node.rs pulls from
+// pods to pull images from (tests/env/node-up.sh starts it; tests/zenml_node.rs pulls from
 // it). Built by tests/env/build.sh.
 module artifact-operator.local/testenv/registry
 
