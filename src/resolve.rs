@@ -106,16 +106,99 @@ impl KeyRefs {
     }
 }
 
+/// How consumers' pods come to their credentials, whichever auth mode gives them: what the
+/// renderings, the pods' wiring and the checks of the pods' identity go by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConsumerCredentials<'a> {
+    /// Their own identity (IRSA, Pod Identity, the node's role), through `service_account` when
+    /// the store names one; `role_arn` is the role it must be given.
+    Ambient { service_account: Option<&'a str>, role_arn: Option<&'a str> },
+    /// Long-lived keys: in the user's Secret under its own key names (`source`), and in
+    /// `env_secret`, which the operator publishes under AWS environment variable names.
+    Keys { source: SecretKeys<'a>, env_secret: &'a str },
+    /// Session credentials the operator renews, in `secret`: under AWS environment variable names,
+    /// and as the credentials process's files (mounted at [`SESSION_MOUNT_PATH`]).
+    Session { secret: &'a str },
+}
+
+/// The keys of a Secret that hold an access key: never the values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecretKeys<'a> {
+    pub secret: &'a str,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a str,
+    /// The key with a session token, when the Secret holds one.
+    pub session_token: Option<&'a str>,
+}
+
+impl<'a> ConsumerCredentials<'a> {
+    /// The Secret and keys a consumer that reads an access key from a Secret is given: the user's
+    /// own keys, or the session credentials under AWS names. None for the pods' own identity.
+    pub fn secret_keys(self) -> Option<SecretKeys<'a>> {
+        match self {
+            ConsumerCredentials::Keys { source, .. } => Some(source),
+            ConsumerCredentials::Session { secret } => Some(SecretKeys {
+                secret,
+                access_key_id: "AWS_ACCESS_KEY_ID",
+                secret_access_key: "AWS_SECRET_ACCESS_KEY",
+                session_token: Some("AWS_SESSION_TOKEN"),
+            }),
+            ConsumerCredentials::Ambient { .. } => None,
+        }
+    }
+}
+
 impl ResolvedAuth {
+    /// How consumers' pods come to their credentials under this auth.
+    pub fn consumer_credentials(&self) -> ConsumerCredentials<'_> {
+        match self {
+            ResolvedAuth::Implicit { service_account, role_arn } => ConsumerCredentials::Ambient {
+                service_account: service_account.as_deref(),
+                role_arn: role_arn.as_deref(),
+            },
+            ResolvedAuth::Keys(keys) => ConsumerCredentials::Keys {
+                source: SecretKeys {
+                    secret: &keys.secret_name,
+                    access_key_id: &keys.access_key_id_key,
+                    secret_access_key: &keys.secret_access_key_key,
+                    session_token: keys.held_session_token_key(),
+                },
+                env_secret: &keys.env_secret_name,
+            },
+            ResolvedAuth::Session(session) => ConsumerCredentials::Session { secret: &session.secret_name },
+        }
+    }
+
     /// The Secret with the credentials of consumers' pods under AWS environment variable names:
     /// the one the store publishes with its keys, or a Stack's session credentials. None when the
     /// pods use their own identity.
     pub fn consumer_secret(&self) -> Option<&str> {
-        match self {
-            ResolvedAuth::Keys(keys) => Some(&keys.env_secret_name),
-            ResolvedAuth::Session(session) => Some(&session.secret_name),
-            ResolvedAuth::Implicit { .. } => None,
+        match self.consumer_credentials() {
+            ConsumerCredentials::Keys { env_secret, .. } => Some(env_secret),
+            ConsumerCredentials::Session { secret } => Some(secret),
+            ConsumerCredentials::Ambient { .. } => None,
         }
+    }
+
+    /// The Secret with keys the store reads (and the operator verifies with), if any.
+    pub fn keys(&self) -> Option<&KeyRefs> {
+        match self {
+            ResolvedAuth::Keys(keys) => Some(keys),
+            ResolvedAuth::Implicit { .. } | ResolvedAuth::Session(_) => None,
+        }
+    }
+
+    /// The ServiceAccount the store reads, which must exist, if any.
+    pub fn service_account(&self) -> Option<&str> {
+        match self {
+            ResolvedAuth::Implicit { service_account, .. } => service_account.as_deref(),
+            ResolvedAuth::Keys(_) | ResolvedAuth::Session(_) => None,
+        }
+    }
+
+    /// A Stack's scoped session credentials, in the Secret `secret_name`.
+    pub fn session(secret_name: &str) -> Self {
+        ResolvedAuth::Session(SessionRefs { secret_name: secret_name.to_owned() })
     }
 
     /// `spec.auth` of the store named `store`: keys when it names a Secret, the ambient identity

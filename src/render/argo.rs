@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::api::artifact_store::AddressingStyle;
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::ResolvedStore;
 
 /// The ConfigMap in which Argo looks for artifact repositories.
 pub const CONFIG_MAP: &str = "artifact-repositories";
@@ -47,22 +47,17 @@ pub fn artifact_repository(store: &ResolvedStore, options: &Options) -> Value {
         "region": store.region,
         "keyFormat": key_format,
     });
-    match &store.auth {
-        ResolvedAuth::Keys(keys) => {
-            s3["accessKeySecret"] = json!({"name": keys.secret_name, "key": keys.access_key_id_key});
-            s3["secretKeySecret"] = json!({"name": keys.secret_name, "key": keys.secret_access_key_key});
-            if let Some(token) = keys.held_session_token_key() {
-                s3["sessionTokenSecret"] = json!({"name": keys.secret_name, "key": token});
+    // Argo's executor reads the Secret when a step starts; session credentials stay valid for a
+    // third of their lifetime at least.
+    match store.auth.consumer_credentials().secret_keys() {
+        Some(keys) => {
+            s3["accessKeySecret"] = json!({"name": keys.secret, "key": keys.access_key_id});
+            s3["secretKeySecret"] = json!({"name": keys.secret, "key": keys.secret_access_key});
+            if let Some(token) = keys.session_token {
+                s3["sessionTokenSecret"] = json!({"name": keys.secret, "key": token});
             }
         }
-        // Argo's executor reads them when a step starts; they stay valid for a third of their
-        // lifetime at least.
-        ResolvedAuth::Session(session) => {
-            s3["accessKeySecret"] = json!({"name": session.secret_name, "key": "AWS_ACCESS_KEY_ID"});
-            s3["secretKeySecret"] = json!({"name": session.secret_name, "key": "AWS_SECRET_ACCESS_KEY"});
-            s3["sessionTokenSecret"] = json!({"name": session.secret_name, "key": "AWS_SESSION_TOKEN"});
-        }
-        ResolvedAuth::Implicit { .. } => s3["useSDKCreds"] = json!(true),
+        None => s3["useSDKCreds"] = json!(true),
     }
     if let Some(ca) = &options.ca_secret {
         s3["caSecret"] = json!({"name": ca.name, "key": ca.key});

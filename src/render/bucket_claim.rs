@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::artifact_store::AddressingStyle;
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::{ConsumerCredentials, ResolvedStore};
 
 /// The key that says the scheme a claim's consumer must use with `BUCKET_HOST`.
 pub const SCHEME_KEY: &str = "ARTIFACT_STORE_ENDPOINT_SCHEME";
@@ -19,15 +19,15 @@ pub const SCHEME_KEY: &str = "ARTIFACT_STORE_ENDPOINT_SCHEME";
 /// The claim's keys for `store`, or what keeps a claim's consumer from using it (a sentence that
 /// names the setting to change).
 pub fn render(store: &ResolvedStore) -> Result<BTreeMap<String, String>, String> {
-    match &store.auth {
-        ResolvedAuth::Keys(_) => {}
-        ResolvedAuth::Implicit { .. } => {
+    match store.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { .. } => {}
+        ConsumerCredentials::Ambient { .. } => {
             return Err(format!(
                 "a bucket claim's consumer reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret, and ArtifactStore {} uses implicit auth (spec.auth.implicit): give the store keys (spec.auth.secretRef) or remove BucketClaim from spec.outputs.formats",
                 store.name
             ));
         }
-        ResolvedAuth::Session(_) => {
+        ConsumerCredentials::Session { .. } => {
             return Err("a bucket claim's consumer reads only AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and session credentials (spec.credentials.mode Scoped) also need AWS_SESSION_TOKEN: set spec.credentials.mode to Shared or remove BucketClaim from spec.outputs.formats".to_owned());
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::artifact_store::AddressingStyle;
-use crate::resolve::{ResolvedAuth, ResolvedStore, SESSION_CONFIG_KEY, SESSION_MOUNT_PATH};
+use crate::resolve::{ConsumerCredentials, ResolvedStore, SESSION_CONFIG_KEY, SESSION_MOUNT_PATH};
 
 /// The key with the custom endpoint's addressing style, in botocore's words.
 pub const ADDRESSING_STYLE: &str = "ARTIFACT_STORE_ADDRESSING_STYLE";
@@ -52,15 +52,15 @@ pub fn render(store: &ResolvedStore) -> BTreeMap<String, String> {
     if let Some(attempts) = store.client.max_attempts {
         set("AWS_MAX_ATTEMPTS", attempts.to_string());
     }
-    match &store.auth {
-        ResolvedAuth::Keys(keys) => set("ARTIFACT_STORE_CREDENTIALS_SECRET", keys.env_secret_name.clone()),
-        ResolvedAuth::Session(session) => {
-            set("ARTIFACT_STORE_CREDENTIALS_SECRET", session.secret_name.clone());
+    match store.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { env_secret, .. } => set("ARTIFACT_STORE_CREDENTIALS_SECRET", env_secret.to_owned()),
+        ConsumerCredentials::Session { secret } => {
+            set("ARTIFACT_STORE_CREDENTIALS_SECRET", secret.to_owned());
             // The SDKs take credential_process from this file (Go's SDK v1 only when told to).
             set("AWS_CONFIG_FILE", format!("{SESSION_MOUNT_PATH}/{SESSION_CONFIG_KEY}"));
             set("AWS_SDK_LOAD_CONFIG", "1".to_owned());
         }
-        ResolvedAuth::Implicit { .. } => {}
+        ConsumerCredentials::Ambient { .. } => {}
     }
     env
 }

@@ -7,22 +7,22 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::resolve::{ResolvedAuth, ResolvedStore};
+use crate::resolve::{ConsumerCredentials, ResolvedStore};
 
 /// The ConfigMap the launcher reads, in the pipeline's namespace.
 pub const CONFIG_MAP: &str = "kfp-launcher";
 
 /// The `providers` document.
 pub fn providers(store: &ResolvedStore) -> Value {
-    let credentials = match &store.auth {
-        ResolvedAuth::Keys(keys) => json!({"fromEnv": false, "secretRef": {
-            "secretName": keys.secret_name,
-            "accessKeyKey": keys.access_key_id_key,
-            "secretKeyKey": keys.secret_access_key_key,
+    let credentials = match store.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { source, .. } => json!({"fromEnv": false, "secretRef": {
+            "secretName": source.secret,
+            "accessKeyKey": source.access_key_id,
+            "secretKeyKey": source.secret_access_key,
         }}),
         // Admission refuses KFP with scoped credentials (the launcher takes no session token);
         // the pod's environment is the nearest it can get.
-        ResolvedAuth::Implicit { .. } | ResolvedAuth::Session(_) => json!({"fromEnv": true}),
+        ConsumerCredentials::Ambient { .. } | ConsumerCredentials::Session { .. } => json!({"fromEnv": true}),
     };
     // The launcher defaults forcePathStyle to true when it is absent: always say it.
     let mut default = json!({"region": store.region, "credentials": credentials, "forcePathStyle": store.path_style()});

@@ -21,7 +21,7 @@ use crate::api::stack::OutputFormat;
 use crate::controller::apply;
 use crate::reason::{Failure, Reason};
 use crate::render::{self, argo, kfp};
-use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ResolvedAuth, ResolvedStore, SESSION_MOUNT_PATH};
+use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ConsumerCredentials, ResolvedStore, SESSION_MOUNT_PATH};
 
 /// The annotation carrying the SHA-256 of the ConfigMap's data, so workloads can roll on change.
 pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
@@ -72,17 +72,17 @@ pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
         read_only: Some(true),
         ..VolumeMount::default()
     }];
-    match &store.auth {
-        ResolvedAuth::Keys(keys) => env_from.push(EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: keys.env_secret_name.clone(), optional: Some(false) }),
+    match store.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { env_secret, .. } => env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: env_secret.to_owned(), optional: Some(false) }),
             ..EnvFromSource::default()
         }),
         // Not as environment: a file the kubelet refreshes, which the SDKs read again.
-        ResolvedAuth::Session(session) => {
+        ConsumerCredentials::Session { secret } => {
             volumes.push(Volume {
                 name: SESSION_VOLUME.to_owned(),
                 secret: Some(SecretVolumeSource {
-                    secret_name: Some(session.secret_name.clone()),
+                    secret_name: Some(secret.to_owned()),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -94,7 +94,7 @@ pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
                 ..VolumeMount::default()
             });
         }
-        ResolvedAuth::Implicit { .. } => {}
+        ConsumerCredentials::Ambient { .. } => {}
     }
     PodWiring { env_from, volumes, volume_mounts }
 }

@@ -26,7 +26,7 @@ use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::aws::failure::{CallError, source_chain};
 use crate::controller::{Context, apply};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{ResolvedAuth, ResolvedStore, SessionRefs};
+use crate::resolve::{ResolvedAuth, ResolvedStore};
 use crate::s3path::S3Path;
 
 /// Where pods mount the Secret with the session credentials.
@@ -70,7 +70,7 @@ impl Scope {
     /// checked again here, as anything past it must not reach a policy.
     pub fn of(spec: &ScopedCredentials, store: &ResolvedStore) -> Result<Self, Failure> {
         let unsupported = |message: String| Failure::new(Reason::ScopedCredentialsUnsupported, message);
-        if !matches!(store.auth, ResolvedAuth::Keys(_)) {
+        if store.auth.keys().is_none() {
             return Err(unsupported(format!(
                 "ArtifactStore {} uses implicit auth: scoped credentials are assumed with a store's keys (spec.auth.secretRef); give the pods an IAM role instead (IRSA or Pod Identity), or set spec.credentials.mode to Shared",
                 store.name
@@ -428,7 +428,7 @@ pub async fn retire(ctx: &Context, stack: &Stack) -> Result<(), Error> {
 fn narrowed(store: &ResolvedStore, scope: &Scope, secret: &str) -> Box<ResolvedStore> {
     let mut narrowed = Box::new(store.clone());
     narrowed.path = scope.path.clone();
-    narrowed.auth = ResolvedAuth::Session(SessionRefs { secret_name: secret.to_owned() });
+    narrowed.auth = ResolvedAuth::session(secret);
     narrowed
 }
 

@@ -30,7 +30,7 @@ use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::{Failure, Reason};
-use crate::resolve::{ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
 use workload::Verdict;
 
 #[derive(Debug, thiserror::Error)]
@@ -534,9 +534,8 @@ async fn identity_can_use(
 ) -> Result<(), Error> {
     let namespace = stack.namespace().unwrap_or_default();
     let store_name = &stack.spec.artifact_store_ref.name;
-    let role = match &resolved.auth {
-        ResolvedAuth::Keys(keys) => {
-            let secret_name = &keys.env_secret_name;
+    let role = match resolved.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { env_secret: secret_name, .. } => {
             if !ctx.exists::<Secret>(&namespace, secret_name).await.map_err(Error::Dereference)? {
                 return Err(Error::Invalid(Failure::new(
                     Reason::CredentialsSecretNotFound,
@@ -547,8 +546,10 @@ async fn identity_can_use(
             }
             return Ok(());
         }
-        ResolvedAuth::Implicit { service_account: Some(_), role_arn } => role_arn.as_deref(),
-        ResolvedAuth::Implicit { service_account: None, .. } | ResolvedAuth::Session(_) => return Ok(()),
+        ConsumerCredentials::Ambient { service_account: Some(_), role_arn } => role_arn,
+        ConsumerCredentials::Ambient { service_account: None, .. } | ConsumerCredentials::Session { .. } => {
+            return Ok(());
+        }
     };
     // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only when
     // the store or the ServiceAccount changes.

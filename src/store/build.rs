@@ -9,7 +9,7 @@ use crate::api::ArtifactStore;
 use crate::aws::StaticKeys;
 use crate::controller::apply;
 use crate::render;
-use crate::resolve::{CA_BUNDLE_KEY, ResolvedAuth, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{CA_BUNDLE_KEY, ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
 
 /// The ConfigMap key with ZenML's S3 artifact store configuration.
 pub const ZENML_KEY: &str = "zenml-artifact-store.json";
@@ -23,11 +23,11 @@ fn owned_meta(store: &ArtifactStore, name: String) -> ObjectMeta {
 pub fn config_map(store: &ArtifactStore, resolved: &ResolvedStore, ca_pem: Option<&str>) -> ConfigMap {
     let mut data = render::env::render(resolved);
     data.insert(ZENML_KEY.to_owned(), render::to_json(&render::zenml::artifact_store_config(resolved)));
-    if let ResolvedAuth::Keys(keys) = &resolved.auth {
-        data.insert("ARTIFACT_STORE_SECRET_NAME".into(), keys.secret_name.clone());
-        data.insert("ARTIFACT_STORE_SECRET_ACCESS_KEY_ID_KEY".into(), keys.access_key_id_key.clone());
-        data.insert("ARTIFACT_STORE_SECRET_SECRET_ACCESS_KEY_KEY".into(), keys.secret_access_key_key.clone());
-        if let Some(token) = keys.held_session_token_key() {
+    if let ConsumerCredentials::Keys { source, .. } = resolved.auth.consumer_credentials() {
+        data.insert("ARTIFACT_STORE_SECRET_NAME".into(), source.secret.to_owned());
+        data.insert("ARTIFACT_STORE_SECRET_ACCESS_KEY_ID_KEY".into(), source.access_key_id.to_owned());
+        data.insert("ARTIFACT_STORE_SECRET_SECRET_ACCESS_KEY_KEY".into(), source.secret_access_key.to_owned());
+        if let Some(token) = source.session_token {
             data.insert("ARTIFACT_STORE_SECRET_SESSION_TOKEN_KEY".into(), token.to_owned());
         }
     }

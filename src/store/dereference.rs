@@ -10,7 +10,7 @@ use crate::api::artifact_store::{CaBundleKind, CaBundleRef};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
 use crate::reason::{Failure, Reason};
-use crate::resolve::{KeyRefs, ResolvedAuth, ResolvedStore};
+use crate::resolve::{KeyRefs, ResolvedStore};
 
 /// The store's referenced objects, resolved. Holds key material: never log or display it.
 pub struct Inputs {
@@ -51,17 +51,13 @@ pub async fn dereference(ctx: &Context, store: &ArtifactStore, resolved: &Resolv
     let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
     // The Secret first, then the CA bundle, then the ServiceAccount: the first failure is the
     // one reported, and the fingerprint lists their versions in this order.
-    let (mut keys, mut account_name) = (None, None);
-    match &resolved.auth {
-        ResolvedAuth::Keys(refs) => {
-            let secret = ctx.read::<Secret>(&namespace, &refs.secret_name).await;
-            let secret = secret.map_err(read("Secret", &refs.secret_name))?;
-            let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(refs, &namespace)))?;
-            versions.push(secret.resource_version().unwrap_or_default());
-            keys = Some(keys_in(&secret, refs).map_err(Error::Invalid)?);
-        }
-        ResolvedAuth::Implicit { service_account, .. } => account_name = service_account.as_deref(),
-        ResolvedAuth::Session(_) => {}
+    let mut keys = None;
+    if let Some(refs) = resolved.auth.keys() {
+        let secret = ctx.read::<Secret>(&namespace, &refs.secret_name).await;
+        let secret = secret.map_err(read("Secret", &refs.secret_name))?;
+        let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(refs, &namespace)))?;
+        versions.push(secret.resource_version().unwrap_or_default());
+        keys = Some(keys_in(&secret, refs).map_err(Error::Invalid)?);
     }
     let mut ca_pem = None;
     if let Some(ca) = resolved.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()) {
@@ -70,7 +66,7 @@ pub async fn dereference(ctx: &Context, store: &ArtifactStore, resolved: &Resolv
         versions.push(version.unwrap_or_default());
     }
     let mut service_account = None;
-    if let Some(name) = account_name {
+    if let Some(name) = resolved.auth.service_account() {
         let account = read_service_account(ctx, &namespace, name).await?;
         versions.push(account.resource_version().unwrap_or_default());
         service_account = Some(account);

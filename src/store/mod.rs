@@ -82,11 +82,8 @@ impl Referrer for ArtifactStore {
             Reference::new(Kind::Secret, store_env_secret_name(&name)),
         ];
         let auth = ResolvedAuth::new(&spec.auth, &name);
-        let mut account = None;
-        match &auth {
-            ResolvedAuth::Keys(keys) => references.push(Reference::new(Kind::Secret, &keys.secret_name)),
-            ResolvedAuth::Implicit { service_account, .. } => account = service_account.as_deref(),
-            ResolvedAuth::Session(_) => {}
+        if let Some(keys) = auth.keys() {
+            references.push(Reference::new(Kind::Secret, &keys.secret_name));
         }
         if let Some(ca) = spec.endpoint.as_ref().and_then(|e| e.tls.as_ref()).and_then(|t| t.ca_bundle.as_ref()) {
             let kind = match ca.kind {
@@ -95,7 +92,7 @@ impl Referrer for ArtifactStore {
             };
             references.push(Reference::new(kind, &ca.name));
         }
-        if let Some(account) = account {
+        if let Some(account) = auth.service_account() {
             references.push(Reference::new(Kind::ServiceAccount, account));
         }
         references

@@ -14,7 +14,7 @@ use crate::aws::s3::{Bucket, Created};
 use crate::controller::Context;
 use crate::identity::{Identity, Probe, account_of, caller_identity, check_workload_identity};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{DEFAULT_REGION, ResolvedAuth, ResolvedStore};
+use crate::resolve::{ConsumerCredentials, DEFAULT_REGION, ResolvedStore};
 
 /// What verification found.
 #[derive(Debug)]
@@ -307,9 +307,9 @@ impl Found<'_> {
 /// Who the credentials are, by STS: on AWS, or for the operator's own identity. A custom endpoint
 /// with keys has no STS to ask.
 async fn who(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result<Option<String>, Failure> {
-    let ask = match store.auth {
-        ResolvedAuth::Implicit { .. } => true,
-        ResolvedAuth::Keys(_) | ResolvedAuth::Session(_) => store.endpoint.is_none(),
+    let ask = match store.auth.consumer_credentials() {
+        ConsumerCredentials::Ambient { .. } => true,
+        ConsumerCredentials::Keys { .. } | ConsumerCredentials::Session { .. } => store.endpoint.is_none(),
     };
     match ask {
         true => caller_identity(ctx, inputs.keys.as_ref(), store.endpoint.is_some()).await,
@@ -451,14 +451,14 @@ async fn pod_identity(
     caller: Option<String>,
 ) -> Result<Identity, Failure> {
     let path = &store.path;
-    let role_arn = match &store.auth {
-        ResolvedAuth::Keys(_) | ResolvedAuth::Session(_) => {
+    let role_arn = match store.auth.consumer_credentials() {
+        ConsumerCredentials::Keys { .. } | ConsumerCredentials::Session { .. } => {
             let who = caller
                 .clone()
                 .map_or_else(|| "the Secret's keys".to_owned(), |arn| format!("the Secret's keys ({arn})"));
             return Ok(Identity { arn: caller, summary: format!("{who} can list {path}") });
         }
-        ResolvedAuth::Implicit { role_arn, .. } => role_arn.as_deref(),
+        ConsumerCredentials::Ambient { role_arn, .. } => role_arn,
     };
     match &inputs.service_account {
         Some(account) => {
