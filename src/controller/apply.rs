@@ -9,8 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 
-/// The one field manager for everything this operator writes.
-pub const FIELD_MANAGER: &str = "artifact-operator";
+pub use super::caches::{FIELD_MANAGER, PUBLISHED_DIGEST_ANNOTATION};
 
 /// The label on everything the operator makes, and its selector for watches.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "artifact-operator");
@@ -102,6 +101,8 @@ pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Appl
     if ctx.published_unchanged(desired, hash) {
         return Ok(Applied::Unchanged);
     }
+    // The digest goes with the object, for a restarted process to know it without a read.
+    let desired = &with_digest(desired.clone(), hash);
     let name = desired.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), desired.meta().namespace.as_deref().unwrap_or_default());
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
@@ -135,6 +136,16 @@ pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Appl
             written(api.replace(&name, &params, &replacement).await?)
         }
     }
+}
+
+/// `object` carrying the digest of what it is published as ([`PUBLISHED_DIGEST_ANNOTATION`]).
+fn with_digest<K: Owned>(mut object: K, hash: u64) -> K {
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(PUBLISHED_DIGEST_ANNOTATION.to_owned(), format!("{hash:016x}"));
+    object
 }
 
 /// The failure for an object of `kind` named `name` that `owner` would publish, but that exists

@@ -118,6 +118,14 @@ pub trait Referrer {
     fn references(&self) -> Vec<Reference>;
 }
 
+/// The one field manager for everything this operator writes.
+pub const FIELD_MANAGER: &str = "artifact-operator";
+
+/// The annotation with the digest of what the operator published an object as (hex): with the
+/// field managers, what tells a restarted process, from the watch alone, that the object still
+/// holds what it wrote.
+pub const PUBLISHED_DIGEST_ANNOTATION: &str = "artifacts.dev/published-digest";
+
 /// A resourceVersion as the caches keep it: its hash. Versions are only ever compared for
 /// equality (two that hash alike would make one read or write be skipped once in 2^64).
 pub type Version = u64;
@@ -152,6 +160,17 @@ impl Caches {
             Kind::ServiceAccount => &self.accounts,
         };
         versions.get(target(reference.kind, namespace, name))
+    }
+
+    /// The cached version of the ConfigMap or Secret `reference` names, with the digest it was
+    /// published with, when only this operator wrote it ([`claim`]).
+    pub fn claimed(&self, namespace: &str, reference: &Reference) -> Option<(Version, u64)> {
+        let versions = match reference.kind {
+            Kind::ConfigMap => &self.config_maps,
+            Kind::Secret => &self.secrets,
+            Kind::ArtifactStore | Kind::ServiceAccount => return None,
+        };
+        versions.claimed(target(reference.kind, namespace, &reference.name))
     }
 
     /// The state of `object` and of everything it names, as cached: equal watermarks mean that
@@ -263,27 +282,56 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
 /// cached copy of the metadata alone took some 800. Whatever else a reconcile needs of them (a
 /// Secret's keys, a ServiceAccount's role, the owners of a published object) it reads whole when
 /// the version changes (see [`super::reads`]).
+///
+/// Of the objects that carry the digest this operator wrote them with, and that nobody else has
+/// written since, it also keeps that digest (see [`claim`]): a restarted process knows from the
+/// watch alone that its publications still hold what it wrote, and reads none of them back.
 #[derive(Clone)]
 struct Versions {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
+    claims: Arc<Mutex<HashMap<Target, u64>>>,
     complete: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The watch's side of [`Versions`].
 struct VersionsWriter {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
+    claims: Arc<Mutex<HashMap<Target, u64>>>,
     complete: tokio::sync::watch::Sender<bool>,
+}
+
+/// The digest an object was published with ([`PUBLISHED_DIGEST_ANNOTATION`]), when
+/// every field manager that wrote it is this operator's: a user's change to it (an edit, an
+/// apply, a replace) adds a manager of theirs, and then it is read whole again.
+fn claim(meta: &kube::core::ObjectMeta) -> Option<u64> {
+    let digest = meta.annotations.as_ref()?.get(PUBLISHED_DIGEST_ANNOTATION)?;
+    let managers = meta.managed_fields.as_deref().filter(|entries| !entries.is_empty())?;
+    managers
+        .iter()
+        .all(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER))
+        .then(|| u64::from_str_radix(digest, 16).ok())
+        .flatten()
 }
 
 impl Versions {
     fn new() -> (Self, VersionsWriter) {
         let by_target = Arc::new(Mutex::new(HashMap::new()));
+        let claims = Arc::new(Mutex::new(HashMap::new()));
         let (complete, listed) = tokio::sync::watch::channel(false);
-        (Self { by_target: by_target.clone(), complete: listed }, VersionsWriter { by_target, complete })
+        let reader = Self { by_target: by_target.clone(), claims: claims.clone(), complete: listed };
+        (reader, VersionsWriter { by_target, claims, complete })
     }
 
     fn get(&self, target: Target) -> Option<Version> {
         lock(&self.by_target).get(&target).copied()
+    }
+
+    /// The version and the claimed digest ([`claim`]) of `target`, read together.
+    fn claimed(&self, target: Target) -> Option<(Version, u64)> {
+        let version = lock(&self.by_target).get(&target).copied()?;
+        let digest = lock(&self.claims).get(&target).copied()?;
+        // The watch updates both under the version's lock first; read again to pair them.
+        (self.get(target) == Some(version)).then_some((version, digest))
     }
 
     /// Returns once the first complete list is in.
@@ -293,13 +341,20 @@ impl Versions {
 }
 
 impl VersionsWriter {
-    /// Records `target` at `version`; true when that is new (created, or changed).
-    fn set(&self, target: Target, version: Version) -> bool {
-        lock(&self.by_target).insert(target, version) != Some(version)
+    /// Records `target` at `version`, with its claimed digest; true when that is new (created,
+    /// or changed).
+    fn set(&self, target: Target, version: Version, claimed: Option<u64>) -> bool {
+        let mut by_target = lock(&self.by_target);
+        match claimed {
+            Some(digest) => lock(&self.claims).insert(target, digest),
+            None => lock(&self.claims).remove(&target),
+        };
+        by_target.insert(target, version) != Some(version)
     }
 
     /// Forgets `target`; true when it was there.
     fn remove(&self, target: Target) -> bool {
+        lock(&self.claims).remove(&target);
         lock(&self.by_target).remove(&target).is_some()
     }
 
@@ -307,8 +362,10 @@ impl VersionsWriter {
     fn keep_only(&self, listed: &HashSet<Target>) -> Vec<Target> {
         let mut by_target = lock(&self.by_target);
         let gone: Vec<Target> = by_target.keys().filter(|t| !listed.contains(t)).copied().collect();
+        let mut claims = lock(&self.claims);
         for target in &gone {
             by_target.remove(target);
+            claims.remove(target);
         }
         gone
     }
@@ -647,7 +704,7 @@ fn spawn_version_watch<K>(
                         listed.insert(target);
                     }
                     let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
-                    if versions.set(target, version) {
+                    if versions.set(target, version, claim(&object.metadata)) {
                         fanout.changed(K::KIND, namespace, name);
                     }
                 }
@@ -674,6 +731,34 @@ fn spawn_version_watch<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta(managers: &[&str], digest: Option<&str>) -> kube::core::ObjectMeta {
+        serde_json::from_value(serde_json::json!({
+            "name": "ml-stack",
+            "annotations": digest.map(|d| serde_json::json!({PUBLISHED_DIGEST_ANNOTATION: d})),
+            "managedFields": managers.iter().map(|m| serde_json::json!({"manager": m, "operation": "Update"})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_what_nobody_else_wrote_is_claimed() {
+        assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("00000000000000ff"))), Some(255));
+        assert_eq!(claim(&meta(&[FIELD_MANAGER, "kubectl-edit"], Some("ff"))), None, "a user's edit");
+        assert_eq!(claim(&meta(&["kubectl-client-side-apply"], Some("ff"))), None, "copied by someone else");
+        assert_eq!(claim(&meta(&[FIELD_MANAGER], None)), None, "written before digests");
+        assert_eq!(claim(&meta(&[], Some("ff"))), None, "no record of who wrote it");
+        assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("not hex"))), None);
+
+        let (versions, writer) = Versions::new();
+        writer.set(7, 1, Some(255));
+        assert_eq!(versions.claimed(7), Some((1, 255)));
+        writer.set(7, 2, None);
+        assert_eq!(versions.claimed(7), None, "changed by someone: no longer claimed");
+        writer.set(7, 3, Some(9));
+        writer.remove(7);
+        assert_eq!(versions.claimed(7), None);
+    }
 
     #[test]
     fn the_index_finds_exactly_the_referrers() {
@@ -830,10 +915,10 @@ mod tests {
     async fn versions_tell_what_changed_and_what_went() {
         let (versions, writer) = Versions::new();
         let (keys, ca) = (target(Kind::Secret, "ns", "keys"), target(Kind::ConfigMap, "ns", "ca"));
-        assert!(writer.set(keys, version_of("5")), "created");
-        assert!(!writer.set(keys, version_of("5")), "the same version again is no change");
-        assert!(writer.set(keys, version_of("6")), "changed");
-        assert!(writer.set(ca, version_of("1")));
+        assert!(writer.set(keys, version_of("5"), None), "created");
+        assert!(!writer.set(keys, version_of("5"), None), "the same version again is no change");
+        assert!(writer.set(keys, version_of("6"), None), "changed");
+        assert!(writer.set(ca, version_of("1"), None));
         assert_eq!(versions.get(keys), Some(version_of("6")));
 
         // A re-list that no longer holds `ca`: it went meanwhile.

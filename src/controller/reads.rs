@@ -31,6 +31,9 @@ pub struct Known {
     /// Objects this process published, at the resourceVersion of its write, with a hash of what
     /// it wrote.
     published: Mutex<HashMap<Key, Published>>,
+    /// One lock per object being read, so that passes that want the same object at once (twenty
+    /// stores sharing a Secret, after a start) send one request and the others take its answer.
+    reading: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     pruned: Mutex<Option<Instant>>,
 }
 
@@ -78,6 +81,19 @@ impl Known {
         }
     }
 
+    /// The lock for reading `key`; dropped from the map once nobody holds or waits for it.
+    fn reading(&self, key: Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut reading = lock(&self.reading);
+        reading.retain(|_, gate| Arc::strong_count(gate) > 1);
+        reading.entry(key).or_default().clone()
+    }
+
+    fn remember_published_at(&self, key: Key, version: Version, hash: u64) {
+        let now = Instant::now();
+        self.prune(now);
+        lock(&self.published).insert(key, (now, version, hash));
+    }
+
     fn remember_published(&self, key: Key, version: Option<String>, hash: u64) {
         let now = Instant::now();
         self.prune(now);
@@ -111,9 +127,17 @@ impl Context {
     /// behind an object just created).
     pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         let key = key::<K>(namespace, name);
-        if let Some(Some(version)) = self.cached_version::<K>(namespace, name)
-            && let Some(object) = self.known.read::<K>(&key, version)
-        {
+        let remembered = || match self.cached_version::<K>(namespace, name) {
+            Some(Some(version)) => self.known.read::<K>(&key, version),
+            _ => None,
+        };
+        if let Some(object) = remembered() {
+            return Ok(Some(object));
+        }
+        // Another pass may be reading it right now: wait for its answer rather than ask again.
+        let gate = self.known.reading(key);
+        let _reading = gate.lock().await;
+        if let Some(object) = remembered() {
             return Ok(Some(object));
         }
         let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(|mut object| {
@@ -128,10 +152,25 @@ impl Context {
 
     /// Whether `desired` (whose [`content_hash`] is `hash`) is what this process last published
     /// under that name, and nobody has changed it since (the caches hold the version of that write).
+    ///
+    /// A process that has not written it yet (a restarted one) takes the watch's word: the object
+    /// carries `hash` as its published digest and only this operator's field manager wrote it.
     pub(super) fn published_unchanged<K: Cached>(&self, desired: &K, hash: u64) -> bool {
         let (namespace, name) = namespace_and_name(desired);
+        let key = key::<K>(&namespace, &name);
         match self.cached_version::<K>(&namespace, &name) {
-            Some(Some(version)) => self.known.published(&key::<K>(&namespace, &name), version, hash),
+            Some(Some(version)) if self.known.published(&key, version, hash) => true,
+            Some(Some(_)) => {
+                let reference = Reference::new(K::KIND, &name);
+                let claimed = self.caches(&namespace).and_then(|caches| caches.claimed(&namespace, &reference));
+                match claimed {
+                    Some((version, digest)) if digest == hash => {
+                        self.known.remember_published_at(key, version, hash);
+                        true
+                    }
+                    _ => false,
+                }
+            }
             _ => false,
         }
     }
@@ -143,6 +182,13 @@ impl Context {
             return Ok(true);
         }
         Ok(Api::<K>::namespaced(self.client.clone(), namespace).get_metadata_opt(name).await?.is_some())
+    }
+
+    /// Whether the caches, complete since the start, hold no `K` `name` in `namespace`: then
+    /// there is nothing of it to remove (false without caches). One made so recently that the
+    /// watch has not told of it yet is seen at the next pass.
+    pub fn cached_absent<K: Cached>(&self, namespace: &str, name: &str) -> bool {
+        matches!(self.cached_version::<K>(namespace, name), Some(None))
     }
 
     /// Whether the caches hold no object under `desired`'s name (None without caches).
