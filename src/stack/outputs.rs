@@ -130,6 +130,9 @@ async fn kfp_claim(
 ) -> Result<Option<ConfigMap>, Error> {
     let desired = build::kfp_launcher(stack, store);
     let namespace = stack.namespace().unwrap_or_default();
+    if !stack.spec.wants(OutputFormat::Kfp) && ctx.cached_absent::<ConfigMap>(&namespace, kfp::CONFIG_MAP) {
+        return Ok(None);
+    }
     let current = ctx.read::<ConfigMap>(&namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let ours = current.as_ref().is_some_and(|current| apply::is_ours(&current.metadata, &desired.metadata));
     if !stack.spec.wants(OutputFormat::Kfp) {
@@ -215,7 +218,11 @@ async fn argo_claim(
         store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
     let namespace = stack.namespace().unwrap_or_default();
     if !stack.spec.wants(OutputFormat::Argo) {
-        remove_argo_key(ctx, stack).await?;
+        // Nothing to remove from a ConfigMap that is not there (most Stacks of a cluster without
+        // Argo): no read.
+        if !ctx.cached_absent::<ConfigMap>(&namespace, argo::CONFIG_MAP) {
+            remove_argo_key(ctx, stack).await?;
+        }
         if from_config_map {
             remove_ca_secret(&Api::namespaced(ctx.client.clone(), &namespace), stack).await?;
         }
