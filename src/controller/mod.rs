@@ -10,6 +10,7 @@ pub mod gate;
 pub mod health;
 pub mod memory;
 pub mod reads;
+pub mod subject;
 pub mod timetable;
 pub mod timing;
 

@@ -10,20 +10,17 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
+use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
-use crate::api::artifact_store::{ArtifactStoreStatus, CaBundleKind, DeletionPolicy};
+use crate::api::artifact_store::{CaBundleKind, DeletionPolicy};
 use crate::api::{ArtifactStore, Word, kind};
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
+use crate::controller::subject;
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
 use crate::reason::{Failure, Reason};
@@ -112,7 +109,10 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
     let started = Instant::now();
     let result = match crate::controller::contained(&object_key(store), reconcile_inner(store, &ctx)).await {
         Some(result) => result,
-        None => write_ready_only(store, &ctx, crate::controller::panicked()).await.and(Err(Error::Panicked)),
+        None => status::write_ready_only(store, &ctx, crate::controller::panicked())
+            .await
+            .map_err(Error::Status)
+            .and(Err(Error::Panicked)),
     };
     ctx.metrics.reconciled(kind::<ArtifactStore>(), started.elapsed());
     result
@@ -133,7 +133,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
         Ok(resolved) => resolved,
         Err(error) => {
             let failure = Failure::new(Reason::InvalidPath, error.to_string());
-            write_status(store, ctx, &status::unresolved(&failure), |_| {}).await?;
+            status::write(store, ctx, &status::unresolved(&failure), |_| {}).await.map_err(Error::Status)?;
             return Ok(Next::await_change());
         }
     };
@@ -148,11 +148,12 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             let path = &resolved.path;
-            write_status(store, ctx, &status::unresolved(&failure), |s| {
+            status::write(store, ctx, &status::unresolved(&failure), |s| {
                 s.bucket = Some(Word::new(&path.bucket));
                 s.prefix = Some(path.prefix.clone());
             })
-            .await?;
+            .await
+            .map_err(Error::Status)?;
             // Only a change to what the store names fixes this, and the watches bring it at once.
             ctx.settle(&uid, watermark, Arc::new(Pass::Waiting));
             return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
@@ -265,7 +266,7 @@ async fn verify_and_publish(
         created: previous.bucket_created == Some(true),
         create_requested: previous.bucket_create_requested.is_some(),
     };
-    let record = async || record_create_request(store, ctx).await;
+    let record = async || status::record_create_request(store, ctx).await;
     let outcome = verify::verify(ctx, store, resolved, inputs, &provenance, record).await;
     let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
     let config_map_name = store_config_map_name(&store.name_any());
@@ -290,7 +291,7 @@ async fn verify_and_publish(
         resolved.endpoint.as_ref().map(|e| e.url.as_str()),
         region.as_deref().unwrap_or(DEFAULT_REGION),
     );
-    write_status(store, ctx, &observed, |s| {
+    status::write(store, ctx, &observed, |s| {
         s.bucket = Some(Word::new(&path.bucket));
         s.prefix = Some(path.prefix.clone());
         s.region = region.as_deref().map(Word::new);
@@ -314,7 +315,8 @@ async fn verify_and_publish(
             s.credentials_secret_name = previous.credentials_secret_name.clone();
         }
     })
-    .await?;
+    .await
+    .map_err(Error::Status)?;
     if !ready {
         return Ok(None);
     }
@@ -350,189 +352,45 @@ async fn publish(
     Ok(None)
 }
 
-/// Records in the status, before CreateBucket is sent, that this store is about to create its
-/// bucket, so that a stop before the creator tag is set cannot leave the bucket unrecognised. A
-/// request recorded by an earlier pass stands.
-async fn record_create_request(store: &ArtifactStore, ctx: &Context) -> Result<Time, Failure> {
-    let mut status = store.status.clone().unwrap_or_default();
-    if let Some(at) = &status.bucket_create_requested {
-        return Ok(at.clone());
-    }
-    let now = Time(jiff::Timestamp::now());
-    status.bucket_create_requested = Some(now.clone());
-    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    let version = apply::status(&api, &store.name_any(), &status).await.map_err(|error| {
-        Failure::new(
-            Reason::StatusWriteFailed,
-            format!("the bucket was not created, because recording that it is about to be failed: {error}"),
-        )
-    })?;
-    // A pass woken meanwhile would compute from this version, which the pass's last write
-    // supersedes: without this it would see the bucket just created as one that exists.
-    ctx.wrote_intermediate_status(&store.metadata, &version.unwrap_or_default());
-    Ok(now)
-}
-
-/// Writes the status if anything but the verification time changed, and publishes an Event per
-/// condition transition.
-async fn write_status(
-    store: &ArtifactStore,
-    ctx: &Context,
-    observed: &[conditions::Observed],
-    fill: impl FnOnce(&mut ArtifactStoreStatus),
-) -> Result<(), Error> {
-    let previous = store.status.clone().unwrap_or_default();
-    let now = Time(jiff::Timestamp::now());
-    let (merged, transitions) = conditions::merge(&previous.conditions, observed, store.metadata.generation, &now);
-    let mut next = ArtifactStoreStatus {
-        observed_generation: store.metadata.generation,
-        conditions: merged,
-        last_verified_time: previous.last_verified_time.clone(),
-        verified_inputs: previous.verified_inputs.clone(),
-        ..ArtifactStoreStatus::default()
-    };
-    fill(&mut next);
-    if next == previous {
-        return Ok(());
-    }
-    // A cache that has not caught up with this process's last write would have it overwrite
-    // (and announce again) what that write said.
-    if !ctx.may_write_status(&store.metadata) {
-        return Ok(());
-    }
-    next.last_verified_time = Some(now);
-    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    apply::status(&api, &store.name_any(), &next).await.map_err(Error::Status)?;
-    ctx.wrote_status(&store.metadata);
-    ctx.announce_transitions(kind::<ArtifactStore>(), &store.metadata, &store.object_ref(&()), &transitions).await;
-    Ok(())
-}
-
-/// Writes `ready` as the only condition and keeps every other status field as it was: for a pass
-/// that judged neither the bucket nor the credentials (a deletion blocked, a reconcile that panicked).
-async fn write_ready_only(store: &ArtifactStore, ctx: &Context, ready: conditions::Observed) -> Result<(), Error> {
-    write_status(store, ctx, &[ready], |s| {
-        let previous = store.status.clone().unwrap_or_default();
-        *s = ArtifactStoreStatus {
-            conditions: std::mem::take(&mut s.conditions),
-            observed_generation: s.observed_generation,
-            ..previous
-        };
-    })
-    .await
-}
-
-fn has_finalizer(store: &ArtifactStore) -> bool {
-    apply::has_finalizer(store, FINALIZER)
-}
-
-async fn set_finalizer(store: &ArtifactStore, ctx: &Context, present: bool) -> Result<Presence, Error> {
-    let api: Api<ArtifactStore> = Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    apply::set_finalizer(&api, store, FINALIZER, present).await.map_err(Error::Finalizer)
-}
-
 /// `Delete` needs the finalizer; `Retain` needs none. A store deleted before its finalizer went on
 /// is `Gone`: it gets no bucket.
 async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<Presence, Error> {
     let wanted = store.spec.deletion_policy == DeletionPolicy::Delete;
-    if wanted != has_finalizer(store) {
-        return set_finalizer(store, ctx, wanted).await;
+    if wanted != apply::has_finalizer(store, FINALIZER) {
+        return subject::set_finalizer(ctx, store, FINALIZER, wanted).await.map_err(Error::Finalizer);
     }
     Ok(Presence::Exists)
 }
 
-async fn event(ctx: &Context, store: &ArtifactStore, type_: EventType, reason: Reason, note: String) {
-    ctx.publish_event(&store.object_ref(&()), type_, reason, note, "Delete").await;
-}
-
-/// Whether the store goes because its namespace or its CRD goes: then no bucket is deleted.
-///
-/// Read from the Namespace and the CRD. An operator with namespaced RBAC may read neither: it
-/// asks the apiserver instead with dry-run creates, which fail only while the namespace is being
-/// terminated or the CRD is being deleted.
-async fn deleted_in_bulk(store: &ArtifactStore, ctx: &Context) -> Result<Option<String>, Error> {
-    let namespace = store.namespace().unwrap_or_default();
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let namespace_going = match namespaces.get_opt(&namespace).await {
-        Ok(found) => found.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-        Err(error) if forbidden(&error) => {
-            let probe = ConfigMap {
-                metadata: kube::core::ObjectMeta { name: Some(PROBE_NAME.into()), ..Default::default() },
-                ..ConfigMap::default()
-            };
-            refused_create(&Api::namespaced(ctx.client.clone(), &namespace), &probe, "being terminated").await?
-        }
-        Err(error) => return Err(Error::DeletionScope(error)),
-    };
-    if namespace_going {
-        return Ok(Some(format!("namespace {namespace} is being deleted")));
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
-    let crd_going = match crds.get_opt("artifactstores.artifacts.dev").await {
-        Ok(found) => found.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
-        Err(error) if forbidden(&error) => {
-            let probe = ArtifactStore::new(PROBE_NAME, store.spec.clone());
-            refused_create(&Api::namespaced(ctx.client.clone(), &namespace), &probe, "terminating").await?
-        }
-        Err(error) => return Err(Error::DeletionScope(error)),
-    };
-    if crd_going {
-        return Ok(Some("the ArtifactStore CRD is being deleted".to_owned()));
-    }
-    Ok(None)
-}
-
-/// The name of the objects only ever created as dry runs to probe for a deletion in progress.
-const PROBE_NAME: &str = "artifact-operator-deletion-probe";
-
-fn forbidden(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 403)
-}
-
-/// Whether a dry-run create of `probe` is refused because what holds it is going away: the
-/// apiserver says so with `going` in its message, or no longer finds the namespace or resource.
-async fn refused_create<K>(api: &Api<K>, probe: &K, going: &str) -> Result<bool, Error>
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let params = kube::api::PostParams { dry_run: true, ..Default::default() };
-    match api.create(&params, probe).await {
-        Ok(_) => Ok(false),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
-        Err(kube::Error::Api(status))
-            if (status.code == 403 || status.code == 405) && status.message.contains(going) =>
-        {
-            Ok(true)
-        }
-        Err(error) => Err(Error::DeletionScope(error)),
-    }
-}
-
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     ctx.forget(&store.uid().unwrap_or_default(), &object_key(store));
-    if !has_finalizer(store) {
+    if !apply::has_finalizer(store, FINALIZER) {
         return Ok(Next::await_change());
     }
     let status = store.status.clone().unwrap_or_default();
     let bucket_name = status.bucket.as_deref().map_or_else(|| store.spec.path.clone(), str::to_owned);
     let bucket = &bucket_name;
     let retain = |why: String| async move {
-        event(ctx, store, EventType::Normal, Reason::BucketRetained, format!("bucket {bucket} is kept: {why}")).await;
-        set_finalizer(store, ctx, false).await.map(|_| Next::await_change())
+        let note = format!("bucket {bucket} is kept: {why}");
+        subject::event(ctx, store, EventType::Normal, Reason::BucketRetained, note, "Delete").await;
+        subject::set_finalizer(ctx, store, FINALIZER, false)
+            .await
+            .map(|_| Next::await_change())
+            .map_err(Error::Finalizer)
     };
     if store.spec.deletion_policy == DeletionPolicy::Retain {
         return retain("deletionPolicy is Retain".into()).await;
     }
-    if let Some(why) = deleted_in_bulk(store, ctx).await? {
+    let probe = |name: &str| ArtifactStore::new(name, store.spec.clone());
+    if let Some(why) = subject::deleted_in_bulk(ctx, store, probe).await.map_err(Error::DeletionScope)? {
         return retain(format!("{why}; buckets are deleted only when their ArtifactStore itself is deleted")).await;
     }
     if status.bucket_created != Some(true) && status.bucket_create_requested.is_none() {
         return retain("this operator did not create it".into()).await;
     }
     let blocked = |failure: Failure| async move {
-        write_ready_only(store, ctx, conditions::Observed::failed(READY, failure.reason, failure.message.clone()))
-            .await?;
+        let ready = conditions::Observed::failed(READY, failure.reason, failure.message.clone());
+        status::write_ready_only(store, ctx, ready).await.map_err(Error::Status)?;
         let failures = ctx.record_failure(&object_key(store));
         Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
@@ -559,15 +417,12 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     };
     match verify::delete_created_bucket(ctx, store, &resolved, &inputs).await {
         Ok(verify::Deletion::Deleted) => {
-            event(
-                ctx,
-                store,
-                EventType::Normal,
-                Reason::BucketDeleted,
-                format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)"),
-            )
-            .await;
-            set_finalizer(store, ctx, false).await.map(|_| Next::await_change())
+            let note = format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)");
+            subject::event(ctx, store, EventType::Normal, Reason::BucketDeleted, note, "Delete").await;
+            subject::set_finalizer(ctx, store, FINALIZER, false)
+                .await
+                .map(|_| Next::await_change())
+                .map_err(Error::Finalizer)
         }
         Ok(verify::Deletion::NotOurs) => retain("its creator tag does not name this ArtifactStore".into()).await,
         Err(failure) => blocked(failure).await,

@@ -1,6 +1,11 @@
-//! Status: conditions from what verification found. Pure.
+//! Status: conditions from what verification found (pure), and their write.
 
-use crate::conditions::{BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::ArtifactStore;
+use crate::api::artifact_store::ArtifactStoreStatus;
+use crate::conditions::{self, BUCKET_READY, CREDENTIALS_VALID, Observed, READY};
+use crate::controller::{Context, subject};
 use crate::reason::{Failure, Reason};
 
 use super::verify::BucketState;
@@ -65,6 +70,67 @@ pub fn observe(
         }
     };
     vec![ready, bucket_condition, credentials_condition]
+}
+
+/// Writes the status if anything but the verification time changed, and publishes an Event per
+/// condition transition.
+pub async fn write(
+    store: &ArtifactStore,
+    ctx: &Context,
+    observed: &[Observed],
+    fill: impl FnOnce(&mut ArtifactStoreStatus),
+) -> Result<(), kube::Error> {
+    let previous = store.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let (merged, transitions) = conditions::merge(&previous.conditions, observed, store.metadata.generation, &now);
+    let mut next = ArtifactStoreStatus {
+        observed_generation: store.metadata.generation,
+        conditions: merged,
+        last_verified_time: previous.last_verified_time.clone(),
+        verified_inputs: previous.verified_inputs.clone(),
+        ..ArtifactStoreStatus::default()
+    };
+    fill(&mut next);
+    if next == previous {
+        return Ok(());
+    }
+    next.last_verified_time = Some(now);
+    subject::write_status(ctx, store, &next, &transitions).await
+}
+
+/// Writes `ready` as the only condition and keeps every other status field as it was: for a pass
+/// that judged neither the bucket nor the credentials (a deletion blocked, a reconcile that panicked).
+pub async fn write_ready_only(store: &ArtifactStore, ctx: &Context, ready: Observed) -> Result<(), kube::Error> {
+    write(store, ctx, &[ready], |s| {
+        let previous = store.status.clone().unwrap_or_default();
+        *s = ArtifactStoreStatus {
+            conditions: std::mem::take(&mut s.conditions),
+            observed_generation: s.observed_generation,
+            ..previous
+        };
+    })
+    .await
+}
+
+/// Records in the status, before CreateBucket is sent, that this store is about to create its
+/// bucket, so that a stop before the creator tag is set cannot leave the bucket unrecognised. A
+/// request recorded by an earlier pass stands.
+pub async fn record_create_request(store: &ArtifactStore, ctx: &Context) -> Result<Time, Failure> {
+    let mut status = store.status.clone().unwrap_or_default();
+    if let Some(at) = &status.bucket_create_requested {
+        return Ok(at.clone());
+    }
+    let now = Time(jiff::Timestamp::now());
+    status.bucket_create_requested = Some(now.clone());
+    // A pass woken meanwhile would compute from this version, which the pass's last write
+    // supersedes: without this it would see the bucket just created as one that exists.
+    subject::write_intermediate_status(ctx, store, &status).await.map_err(|error| {
+        Failure::new(
+            Reason::StatusWriteFailed,
+            format!("the bucket was not created, because recording that it is about to be failed: {error}"),
+        )
+    })?;
+    Ok(now)
 }
 
 #[cfg(test)]
