@@ -31,7 +31,7 @@ use common::argo::{
     Case, check_case, controller_leads, controller_log, images, install_argo, payload, stack, stack_ready, store,
     workflow, workflows,
 };
-use common::{Operator, s3_root, test_env};
+use common::{Operator, s3_root};
 
 #[tokio::test]
 async fn argo_workflows_on_the_node_save_and_load_artifacts_through_stacks() {
@@ -48,13 +48,7 @@ async fn argo_workflows_on_the_node_save_and_load_artifacts_through_stacks() {
     // The stores: two buckets on the plain MinIO, one on the HTTPS MinIO with its private CA, all
     // at the addresses the pods reach (the gateway's relays), which this host reaches too.
     common::user_keys_secret(&client, &ns, "minio-keys").await;
-    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
-    common::apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s3-ca"}, "data": {"ca.crt": pem}}),
-    )
-    .await;
+    common::store::private_ca_config_map(&client, &ns, "s3-ca").await;
     let (first, second, secure) =
         (common::limited_bucket("argo-a"), common::limited_bucket("argo-b"), common::limited_bucket("argo-tls"));
     let plain = json!({"url": node["AO_POD_S3_ENDPOINT"], "addressingStyle": "Path"});

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use artifact_operator::api::{ArtifactStore, Stack};
 use aws_sdk_s3::primitives::ByteStream;
-use common::store::{TIMEOUT, apply_store, condition, minio_spec, wait_for};
+use common::conditions::{Wanted, wait_for_condition};
+use common::store::{TIMEOUT, apply_store, condition, minio_spec, private_ca_config_map, tls_spec_at, wait_for};
 use common::{Operator, S3Server, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
 use kube::Client;
@@ -256,17 +257,9 @@ async fn custom_ca_is_trusted_verification_is_on_by_default_and_can_be_skipped()
     // The TLS MinIO is a separate server: the operator creates the bucket there.
     let bucket = limited_bucket("tls");
     user_keys_secret(&client, &ns, "minio-keys").await;
-    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
-    let ca: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": pem}})).unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &ca).await.unwrap();
+    let pem = private_ca_config_map(&client, &ns, "s3-ca").await;
     let _operator = Operator::start(&ns, "10m");
-    let spec = json!({
-        "path": format!("s3://{bucket}"),
-        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}}},
-        "auth": {"secretRef": {"name": "minio-keys"}},
-        "provisioning": "Create",
-    });
+    let spec = tls_spec_at(&format!("s3://{bucket}"), json!({"name": "s3-ca"}));
     apply_store(&client, &ns, "ml", spec.clone()).await;
     wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("ml-artifact-store").await.unwrap();
@@ -455,9 +448,8 @@ async fn delete_policy_deletes_only_an_empty_created_bucket() {
     assert!(store.metadata.finalizers.unwrap().contains(&"artifacts.dev/bucket-deletion".to_owned()));
 
     // Switching to Retain lets the store go and keeps the bucket.
-    api.patch("full", &PatchParams::apply("tests").force(), &Patch::Apply(json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "full"}, "spec": minio_spec(&full, json!({"provisioning": "Create", "deletionPolicy": "Retain"}))})))
-        .await
-        .unwrap();
+    apply_store(&client, &ns, "full", minio_spec(&full, json!({"provisioning": "Create", "deletionPolicy": "Retain"})))
+        .await;
     gone(&client, &ns, "full").await;
     assert!(bucket_exists(&full).await);
 }
@@ -520,12 +512,7 @@ async fn steady_state_makes_no_kubernetes_requests_and_one_s3_call_per_resync() 
         .unwrap();
     Api::<Stack>::namespaced(client.clone(), &ns).patch("ml", &params, &Patch::Apply(&stack)).await.unwrap();
     wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
-    eventually(TIMEOUT, "the Stack to be Ready", || async {
-        let stack = Api::<Stack>::namespaced(client.clone(), &ns).get("ml").await.unwrap();
-        let conditions = stack.status.unwrap_or_default().conditions;
-        conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
-    .await;
+    wait_for_condition::<Stack>(&client, &ns, "ml", "Ready", Wanted::True, TIMEOUT).await;
     // The passes that follow the last writes (each write is seen once more) settle within a resync.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let versions = || async {

@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use artifact_operator::api::ArtifactStore;
-use common::{Operator, apply, eventually, test_env};
+use common::conditions::is_true;
+use common::store::{apply_store, minio_spec_at};
+use common::{Operator, eventually};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -18,23 +20,12 @@ use serde_json::json;
 
 /// A store in `ns` whose operator creates `bucket` and would delete it with the store.
 async fn deletable_store(client: &Client, ns: &str, bucket: &str) {
-    apply(
-        client,
-        ns,
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
-            "path": format!("s3://{bucket}"),
-            "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
-            "auth": {"secretRef": {"name": "minio-keys"}},
-            "provisioning": "Create",
-            "deletionPolicy": "Delete",
-        }}),
-    )
-    .await;
+    let spec = minio_spec_at(&format!("s3://{bucket}"), json!({"provisioning": "Create", "deletionPolicy": "Delete"}));
+    apply_store(client, ns, "ml", spec).await;
     let stores: Api<ArtifactStore> = Api::namespaced(client.clone(), ns);
     eventually(Duration::from_secs(60), "the store to be Ready with its finalizer", || async {
         let store = stores.get("ml").await.unwrap();
-        let ready = store.status.as_ref()?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        (ready && !store.metadata.finalizers.clone().unwrap_or_default().is_empty()).then_some(())
+        (is_true(&store, "Ready") && !store.metadata.finalizers.clone().unwrap_or_default().is_empty()).then_some(())
     })
     .await;
 }

@@ -39,30 +39,12 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use common::{Operator, argo, test_env};
+use common::conditions::{Wanted, status_reason_message, wait_for_condition};
+use common::{Operator, argo, repo, run, static_binary, test_env};
 
 const AUDIENCE: &str = "sts.amazonaws.com";
 const TOKEN_FILE: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
 const PRESET_KEY: &str = "AKIAPRESETKEYS000001";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(command: &mut Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
-
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("AO_STATIC_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/musl/x86_64-unknown-linux-musl/release/artifact-operator"));
-    assert!(path.is_file(), "{} is missing: build it with tests/env/build-static.sh", path.display());
-    path
-}
 
 /// Base64 in either alphabet, padded or not.
 fn base64_decode(text: &str) -> Vec<u8> {
@@ -203,14 +185,10 @@ struct Webhooks {
 impl Drop for Webhooks {
     fn drop(&mut self) {
         let name = self.config.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let client = common::client().await;
-                let api: Api<kube::api::DynamicObject> = Api::all_with(client, &webhook_resource());
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            })
-        })
-        .join();
+        common::clean_up_from_drop(|client| async move {
+            let api: Api<kube::api::DynamicObject> = Api::all_with(client, &webhook_resource());
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        });
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
@@ -420,21 +398,11 @@ fn check_pods(pods: &Mutex<BTreeMap<String, Pod>>, stack: &str) -> Vec<Pod> {
         .collect()
 }
 
-fn condition(stack: &Stack, type_: &str) -> Option<(String, String, String)> {
-    let c = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.to_string(), c.reason.to_string(), c.message.to_string()))
-}
-
-/// Waits until the Stack's `type_` condition is final for its generation (not Unknown).
+/// Waits until the Stack's `type_` condition is final for its generation (not Unknown); returns
+/// its status, reason and message.
 async fn settled(client: &Client, ns: &str, name: &str, type_: &str) -> (String, String, String) {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    common::eventually(Duration::from_secs(240), &format!("Stack {name} {type_} settled"), || async {
-        let stack = api.get(name).await.unwrap();
-        let c = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-        (c.status != "Unknown" && c.observed_generation == stack.metadata.generation)
-            .then(|| condition(&stack, type_).unwrap())
-    })
-    .await
+    let stack: Stack = wait_for_condition(client, ns, name, type_, Wanted::Settled, Duration::from_secs(240)).await;
+    status_reason_message(&stack, type_).unwrap()
 }
 
 /// The environment of a container, by name (values only; valueFrom shows as "<from ...>").

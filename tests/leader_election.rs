@@ -5,26 +5,19 @@ mod common;
 use std::time::{Duration, Instant};
 
 use artifact_operator::api::ArtifactStore;
-use common::{Operator, apply, eventually, setup, test_env};
+use common::conditions::{Wanted, wait_for_condition};
+use common::store::{minio_spec_at, store_object};
+use common::{Operator, apply, eventually, setup};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
 fn store(name: &str, bucket: &str) -> serde_json::Value {
-    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
-        "path": format!("s3://{bucket}"),
-        "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
-        "auth": {"secretRef": {"name": "minio-keys"}},
-    }})
+    store_object(name, minio_spec_at(&format!("s3://{bucket}"), json!({})))
 }
 
 async fn ready(client: &kube::Client, ns: &str, name: &str) {
-    let api: Api<ArtifactStore> = Api::namespaced(client.clone(), ns);
-    eventually(Duration::from_secs(60), &format!("{name} to be Ready"), || async {
-        let store = api.get(name).await.ok()?;
-        store.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
-    .await;
+    wait_for_condition::<ArtifactStore>(client, ns, name, "Ready", Wanted::True, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]

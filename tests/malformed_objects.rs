@@ -4,7 +4,8 @@
 
 mod common;
 
-use artifact_operator::api::ArtifactStore;
+use artifact_operator::api::{ArtifactStore, Stack};
+use common::conditions::wait_for_condition;
 use common::store::{apply_store, minio_spec, wait_for};
 use common::{Operator, apply, eventually, setup_with_bucket};
 use k8s_openapi::api::core::v1::Event;
@@ -41,13 +42,9 @@ async fn an_object_that_does_not_deserialize_gets_an_event_and_the_others_carry_
         "artifactStoreRef": {"name": "good"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"}}});
     apply(&client, &ns, stack).await;
     wait_for(&client, &ns, "good", "Ready", "True", "Ready").await;
-    let stacks: Api<artifact_operator::api::Stack> = Api::namespaced(client.clone(), &ns);
-    eventually(common::store::TIMEOUT, "the stack beside the malformed store to turn Ready", || async {
-        let stack = stacks.get("prod").await.unwrap();
-        let ready = stack.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-        (ready.status == "True").then_some(())
-    })
-    .await;
+    // The stack beside the malformed store turns Ready.
+    let ready = common::conditions::Wanted::True;
+    wait_for_condition::<Stack>(&client, &ns, "prod", "Ready", ready, common::store::TIMEOUT).await;
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let note = eventually(common::store::TIMEOUT, "an InvalidObject Event on the malformed store", || async {

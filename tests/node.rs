@@ -25,7 +25,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use common::{eventually, test_env};
+use common::conditions::{Wanted, message, wait_for_condition};
+use common::{eventually, repo, run, static_binary, test_env};
 
 /// The helm release of one run: uninstalled when dropped, so a failed run leaves no cluster-wide
 /// object behind for the next.
@@ -64,29 +65,9 @@ impl Drop for Release {
 }
 const IMAGE: &str = "artifact-operator:node-test";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a command and returns its stdout, failing the test with its output if it fails.
-fn run(command: &mut Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
-
 /// Starts the node (a no-op when it runs) and returns its env file's variables.
 fn node() -> BTreeMap<String, String> {
     common::node()
-}
-
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("AO_STATIC_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/musl/x86_64-unknown-linux-musl/release/artifact-operator"));
-    assert!(path.is_file(), "{} is missing: build it with tests/env/build-static.sh", path.display());
-    path
 }
 
 fn helm(args: &[&str]) -> String {
@@ -129,22 +110,15 @@ async fn apply(client: &Client, ns: &str, object: Value) {
     common::apply(client, ns, object).await;
 }
 
-/// Waits until the Stack's condition `type_` has `status` and `reason` for its generation.
+/// Waits until the Stack's condition `type_` has `status` and `reason` for its generation;
+/// returns its message.
 async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> String {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    let what = format!("Stack {ns}/{name} {type_}={status} ({reason})");
-    eventually(Duration::from_secs(180), &what, || async {
-        let stack = api.get(name).await.ok()?;
-        let condition = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?.clone();
-        let reached = condition.status == status
-            && condition.reason == reason
-            && condition.observed_generation == stack.metadata.generation;
-        if reached && type_ == "Ready" {
-            common::capture_health_fixture(&stack, ns);
-        }
-        reached.then(|| condition.message.to_string())
-    })
-    .await
+    let wanted = Wanted::Is { status, reason };
+    let stack: Stack = wait_for_condition(client, ns, name, type_, wanted, Duration::from_secs(180)).await;
+    if type_ == "Ready" {
+        common::capture_health_fixture(&stack, ns);
+    }
+    message(&stack, type_)
 }
 
 /// What the Stack's status records of its in-pod check: the inputs it ran with, and when its

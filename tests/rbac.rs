@@ -6,12 +6,20 @@ mod common;
 
 use std::time::Duration;
 
+use artifact_operator::api::Stack;
 use artifact_operator::store::FINALIZER;
 use common::chart::{account_and_lease, apply_all, client_for, namespaced_release, render, token_kubeconfig};
-use common::{Operator, apply, eventually, limited_bucket, test_env, user_keys_secret};
+use common::conditions::{Wanted, is_true, wait_for_condition};
+use common::store::{apply_store, minio_spec_at};
+use common::{Operator, apply, eventually, limited_bucket, user_keys_secret};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+
+/// A store's spec at `s3://BUCKET/p` whose operator creates the bucket and deletes it with the store.
+fn deletable_spec(bucket: &str) -> Value {
+    minio_spec_at(&format!("s3://{bucket}/p"), json!({"provisioning": "Create", "deletionPolicy": "Delete"}))
+}
 
 #[tokio::test]
 async fn the_operator_works_with_exactly_the_charts_permissions() {
@@ -33,10 +41,7 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
     let bucket = limited_bucket("rbac");
     user_keys_secret(&client, &ns, "minio-keys").await;
     apply(&client, &ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}})).await;
-    apply(&client, &ns, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
-        "path": format!("s3://{bucket}/p"), "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
-        "auth": {"secretRef": {"name": "minio-keys"}}, "provisioning": "Create", "deletionPolicy": "Delete"}}))
-    .await;
+    apply_store(&client, &ns, "ml", deletable_spec(&bucket)).await;
     apply(
         &client,
         &ns,
@@ -48,12 +53,8 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
 
     let flags = ["--leader-election", "--lease-namespace", &operator_ns, "--lease-name", &lease];
     let operator = Operator::start_as(&kubeconfig, &ns, "10m", &flags);
-    let stacks: Api<artifact_operator::api::Stack> = Api::namespaced(client.clone(), &ns);
-    eventually(Duration::from_secs(60), "the stack to be Ready under the chart's RBAC", || async {
-        let stack = stacks.get("prod").await.ok()?;
-        stack.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
-    .await;
+    // Ready under the chart's RBAC.
+    wait_for_condition::<Stack>(&client, &ns, "prod", "Ready", Wanted::True, Duration::from_secs(60)).await;
     // Deleting the store exercises the finalizer, the namespace and CRD checks and bucket deletion.
     Api::<artifact_operator::api::ArtifactStore>::namespaced(client.clone(), &ns)
         .delete("ml", &Default::default())
@@ -159,18 +160,14 @@ async fn in_namespaced_mode_deleting_a_store_deletes_its_bucket_and_deleting_the
     user_keys_secret(&client, &watched, "minio-keys").await;
     let (gone_bucket, kept_bucket) = (limited_bucket("rbac-gone"), limited_bucket("rbac-kept"));
     for (name, bucket) in [("gone", &gone_bucket), ("kept", &kept_bucket)] {
-        apply(&client, &watched, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": {
-            "path": format!("s3://{bucket}/p"), "endpoint": {"url": test_env().var("AO_S3_ENDPOINT"), "addressingStyle": "Path"},
-            "auth": {"secretRef": {"name": "minio-keys"}}, "provisioning": "Create", "deletionPolicy": "Delete"}}))
-        .await;
+        apply_store(&client, &watched, name, deletable_spec(bucket)).await;
     }
     let _operator = Operator::start_as(&kubeconfig, &watched, "10m", &[]);
     let stores: Api<artifact_operator::api::ArtifactStore> = Api::namespaced(client.clone(), &watched);
     for name in ["gone", "kept"] {
         eventually(Duration::from_secs(60), &format!("{name} to be Ready with its finalizer"), || async {
             let store = stores.get(name).await.ok()?;
-            let ready = store.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-            (ready && store.metadata.finalizers.is_some_and(|f| !f.is_empty())).then_some(())
+            (is_true(&store, "Ready") && store.metadata.finalizers.is_some_and(|f| !f.is_empty())).then_some(())
         })
         .await;
     }

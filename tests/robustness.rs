@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use artifact_operator::api::{ArtifactStore, Stack};
-use common::store::{apply_store, condition, minio_spec, wait_for};
+use common::store::{apply_store, condition, minio_spec, private_ca_pem, tls_spec_at, wait_for};
 use common::{
     Operator, apply, eventually, limited_bucket, secret, setup, setup_with_bucket, test_env, user_keys_secret,
 };
@@ -63,12 +63,7 @@ fn ca_config_map(name: &str, pem: &str) -> Value {
 }
 
 fn tls_spec(bucket: &str, ca: Value) -> Value {
-    json!({
-        "path": format!("s3://{bucket}"),
-        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": ca}},
-        "auth": {"secretRef": {"name": "minio-keys"}},
-        "provisioning": "Create",
-    })
+    tls_spec_at(&format!("s3://{bucket}"), ca)
 }
 
 /// A CA bundle is parsed by the operator before a TLS library sees it, and only its certificates
@@ -78,7 +73,7 @@ async fn broken_ca_bundles_are_refused_and_only_certificates_are_published() {
     let (client, ns) = setup("rb-ca").await;
     user_keys_secret(&client, &ns, "minio-keys").await;
     let mut operator = Operator::start(&ns, "10m");
-    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
+    let pem = private_ca_pem();
     let cases = [
         ("no-end", pem.replace("-----END CERTIFICATE-----", ""), "malformed"),
         (

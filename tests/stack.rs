@@ -15,12 +15,13 @@ use common::stacks::{
     DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, delete_stack, message, service_account, stack,
     store, wait_for,
 };
+use common::store::{apply_store, private_ca_config_map, tls_spec_at};
 use common::{
     Operator, apply, argo_uses_the_namespace_default, eventually, limited_bucket, setup, test_env, user_keys_secret,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 fn argo_consumer() -> PathBuf {
@@ -424,19 +425,11 @@ async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mo
     // The HTTPS MinIO is a separate server: the operator creates the bucket there.
     let bucket = limited_bucket("stk-ca");
     user_keys_secret(&client, &ns, "minio-keys").await;
-    let pem = std::fs::read_to_string(test_env().var("AO_S3_CA_FILE")).unwrap();
-    let ca: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": pem}})).unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &ca).await.unwrap();
+    private_ca_config_map(&client, &ns, "s3-ca").await;
     apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml"}, "spec": {
-        "path": format!("s3://{bucket}/pipelines"),
-        "endpoint": {"url": test_env().var("AO_S3_TLS_ENDPOINT"), "addressingStyle": "Path", "tls": {"caBundle": {"name": "s3-ca"}},
-                     "checksums": "WhenSupported"},
-        "auth": {"secretRef": {"name": "minio-keys"}},
-        "provisioning": "Create",
-    }}))
-    .await;
+    let mut spec = tls_spec_at(&format!("s3://{bucket}/pipelines"), json!({"name": "s3-ca"}));
+    spec["endpoint"]["checksums"] = json!("WhenSupported");
+    apply_store(&client, &ns, "ml", spec).await;
     apply(&client, &ns, stack("prod", "ml", json!(["ZenML", "Argo", "KFP", "MLflow"]), true)).await;
     let _operator = Operator::start(&ns, "10m");
     wait_for(&client, &ns, "prod", "True", "Ready").await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use artifact_operator::api::Stack;
 use artifact_operator::zenml::{Sessions, ZenmlError};
+use common::conditions::{self, Wanted, wait_for_condition};
 use common::store::{apply_store, minio_spec};
 use common::{Operator, apply, eventually, secret, setup_with_bucket, test_env};
 use kube::Client;
@@ -53,20 +54,7 @@ async fn prepare(test: &str, key: &str) -> (Client, String, String) {
 
 /// Waits for the Stack's condition `type_` to have `status` and `reason` for its generation.
 async fn wait_for(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> Stack {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    eventually(TIMEOUT, &format!("stack {ns}/{name} {type_}={status} ({reason})"), || async {
-        let stack = api.get_opt(name).await.unwrap()?;
-        let condition = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?.clone();
-        (condition.status == status
-            && condition.reason == reason
-            && condition.observed_generation == stack.metadata.generation)
-            .then_some(stack)
-    })
-    .await
-}
-
-fn condition_message(stack: &Stack, type_: &str) -> String {
-    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap().message.to_string()
+    wait_for_condition(client, ns, name, type_, Wanted::Is { status, reason }, TIMEOUT).await
 }
 
 /// GET `path` on the ZenML server as the service account of `key`.
@@ -104,7 +92,7 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     apply(&client, &ns, declared).await;
 
     let ready = wait_for(&client, &ns, "prod", "Ready", "True", "Ready").await;
-    let synced = condition_message(&ready, "ZenmlSynced");
+    let synced = conditions::message(&ready, "ZenmlSynced");
     assert!(synced.contains(&zenml_stack) && !synced.contains("no container registry"), "{synced}");
     let record = ready.status.as_ref().unwrap().zenml.clone().expect("the status records what was made");
     assert!(ready.metadata.finalizers.iter().flatten().any(|f| f == "artifacts.dev/zenml"));
@@ -167,7 +155,7 @@ async fn a_stack_appears_in_zenml_and_a_pipeline_runs_on_it_with_the_server_s_cr
     apply(&client, &ns, stack("prod", &zenml_stack, "zenml-api-key")).await;
     let without = eventually(TIMEOUT, "the registry to leave the stack", || async {
         let stack = api.get("prod").await.ok()?;
-        let synced = condition_message(&stack, "ZenmlSynced");
+        let synced = conditions::message(&stack, "ZenmlSynced");
         (stack.status.as_ref()?.zenml.as_ref()?.container_registry_id.is_none()
             && synced.contains("no container registry"))
         .then_some(synced)
@@ -225,9 +213,9 @@ async fn a_user_s_same_named_component_is_a_conflict_and_survives_the_stack() {
     let _operator = Operator::start(&ns, "10m");
     apply(&client, &ns, stack("prod", &zenml_stack, "zenml-api-key")).await;
     let stack = wait_for(&client, &ns, "prod", "ZenmlSynced", "False", "ZenmlNameConflict").await;
-    let message = condition_message(&stack, "ZenmlSynced");
+    let message = conditions::message(&stack, "ZenmlSynced");
     assert!(message.contains(&zenml_stack) && message.contains("did not make"), "{message}");
-    assert_eq!(condition_message(&stack, "Ready"), message, "Ready says the same");
+    assert_eq!(conditions::message(&stack, "Ready"), message, "Ready says the same");
 
     let api: Api<Stack> = Api::namespaced(client.clone(), &ns);
     api.delete("prod", &DeleteParams::default()).await.unwrap();
@@ -253,13 +241,13 @@ async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_t
     declared["spec"]["zenml"]["url"] = json!(closed);
     apply(&client, &ns, declared.clone()).await;
     let stack = wait_for(&client, &ns, "prod", "Ready", "False", "ZenmlUnreachable").await;
-    assert!(condition_message(&stack, "Ready").contains(&closed));
+    assert!(conditions::message(&stack, "Ready").contains(&closed));
 
     // The server, with a key it does not know.
     declared["spec"]["zenml"]["url"] = json!(zenml_url());
     apply(&client, &ns, declared.clone()).await;
     let stack = wait_for(&client, &ns, "prod", "Ready", "False", "ZenmlUnauthorized").await;
-    let message = condition_message(&stack, "Ready");
+    let message = conditions::message(&stack, "Ready");
     assert!(message.contains(zenml_url()) && !message.contains(wrong), "{message}");
     assert!(!operator.log_text().contains(wrong), "the key stays out of the log");
     assert!(!operator.log_text().contains("panicked"));
@@ -269,7 +257,7 @@ async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_t
     apply(&client, &ns, declared.clone()).await;
     secret(&client, &ns, "zenml-api-key", &[("api-key", test_env().var("AO_ZENML_API_KEY"))]).await;
     let stack = wait_for(&client, &ns, "prod", "Ready", "False", "ZenmlProjectNotFound").await;
-    assert!(condition_message(&stack, "Ready").contains("no-such-project"));
+    assert!(conditions::message(&stack, "Ready").contains("no-such-project"));
 
     // The default project: synced.
     declared["spec"]["zenml"].as_object_mut().unwrap().remove("project");

@@ -18,23 +18,12 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::test_env;
+use super::conditions::{Wanted, wait_for_condition};
+use super::{repo, run, test_env};
 
 /// The ServiceAccount the workflows' pods run as, named by every Stack.
 pub const WORKFLOW_ACCOUNT: &str = "argo-workflow";
 pub const ARGO_MODULE: &str = "github.com/argoproj/argo-workflows/v3";
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a command and returns its stdout, failing the test with its output if it fails.
-pub fn run(command: &mut Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
 
 /// The pinned Argo module's directory in the Go module cache (tests/env/argo/go.mod), where its
 /// CRDs and install manifests are read from.
@@ -274,15 +263,10 @@ pub struct Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         let ns = self.namespace.clone();
-        // A runtime of its own: the test's is blocked in this drop.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let client = super::client().await;
-                let api: Api<Deployment> = Api::namespaced(client, &ns);
-                let _ = api.delete("workflow-controller", &DeleteParams::background()).await;
-            })
-        })
-        .join();
+        super::clean_up_from_drop(|client| async move {
+            let api: Api<Deployment> = Api::namespaced(client, &ns);
+            let _ = api.delete("workflow-controller", &DeleteParams::background()).await;
+        });
     }
 }
 
@@ -313,26 +297,9 @@ pub async fn workflow_account(client: &Client, ns: &str) {
     .await;
 }
 
+/// Waits (up to 180 s) for the Stack's Ready=True for its generation.
 pub async fn stack_ready(client: &Client, ns: &str, name: &str) -> Stack {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    let mut last = String::new();
-    let ready = tokio::time::timeout(Duration::from_secs(180), async {
-        loop {
-            if let Some(stack) = api.get_opt(name).await.unwrap() {
-                let ready =
-                    stack.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
-                if let Some(ready) = ready {
-                    last = format!("{} ({}): {}", ready.status, ready.reason, ready.message);
-                    if ready.status == "True" && ready.observed_generation == stack.metadata.generation {
-                        return stack;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
-    .await;
-    ready.unwrap_or_else(|_| panic!("Stack {ns}/{name} not Ready in 180 s; last Ready={last}"))
+    wait_for_condition(client, ns, name, "Ready", Wanted::True, Duration::from_secs(180)).await
 }
 
 /// Two steps: `write` saves PAYLOAD as output artifact `out` (not archived, so the object is the

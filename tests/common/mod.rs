@@ -4,6 +4,7 @@
 
 pub mod argo;
 pub mod chart;
+pub mod conditions;
 pub mod scoped;
 pub mod stacks;
 pub mod store;
@@ -17,7 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::await_condition;
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
@@ -135,7 +136,7 @@ pub async fn install_crds(client: &Client) {
                 .unwrap_or_else(|e| panic!("CRD {name} is rejected: {e}"));
             tokio::time::timeout(
                 Duration::from_secs(30),
-                await_condition(api.clone(), &name, conditions::is_crd_established()),
+                await_condition(api.clone(), &name, kube::runtime::wait::conditions::is_crd_established()),
             )
             .await
             .expect("CRD becomes Established in time")
@@ -216,6 +217,42 @@ fn etcd_call(call: &str, body: serde_json::Value) {
         .output()
         .expect("curl runs");
     assert!(output.status.success(), "etcd {call} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The repository's root, where Cargo.toml is.
+pub fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command and returns its stdout, failing the test with its output if it fails.
+pub fn run(command: &mut std::process::Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{what} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The operator's static (musl) binary that the node's image carries: `AO_STATIC_BINARY`, or
+/// what tests/env/build-static.sh builds.
+pub fn static_binary() -> PathBuf {
+    let path = std::env::var_os("AO_STATIC_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/musl/x86_64-unknown-linux-musl/release/artifact-operator"));
+    assert!(path.is_file(), "{} is missing: build it with tests/env/build-static.sh", path.display());
+    path
+}
+
+/// Runs `clean_up` with an admin client on a runtime of its own, in a thread of its own, and waits
+/// for it: how a `Drop` reaches the apiserver while the test's runtime is blocked in that drop.
+pub fn clean_up_from_drop<F, Fut>(clean_up: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async { clean_up(client().await).await })
+    })
+    .join();
 }
 
 /// A fresh namespace named after the test.

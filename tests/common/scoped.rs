@@ -12,8 +12,9 @@ use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
 
+use super::conditions::{Wanted, wait_for_condition};
 use super::store::{apply_store, minio_spec};
-use super::{Operator, apply, eventually, setup_with_bucket, test_env};
+use super::{Operator, apply, setup_with_bucket, test_env};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,14 +40,7 @@ pub async fn prepare(test: &str) -> (Client, String, String) {
 
 /// Waits for the Stack's Ready=True for its generation.
 pub async fn ready(client: &Client, ns: &str, name: &str) -> Stack {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    eventually(TIMEOUT, &format!("stack {ns}/{name} Ready"), || async {
-        let stack = api.get_opt(name).await.unwrap()?;
-        let status = stack.status.as_ref()?;
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-        (ready.status == "True" && ready.observed_generation == stack.metadata.generation).then_some(stack)
-    })
-    .await
+    wait_for_condition(client, ns, name, "Ready", Wanted::True, TIMEOUT).await
 }
 
 /// A Secret's value as text.

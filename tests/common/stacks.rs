@@ -9,6 +9,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+use super::conditions::{Wanted, wait_for_condition};
 use super::eventually;
 use super::store::minio_spec;
 
@@ -37,22 +38,14 @@ pub fn service_account(name: &str) -> Value {
 
 /// Waits for the Stack's Ready condition to have `status` and `reason` for its generation.
 pub async fn wait_for(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> Stack {
-    let api: Api<Stack> = Api::namespaced(client.clone(), ns);
-    eventually(TIMEOUT, &format!("stack {ns}/{name} Ready={status} ({reason})"), || async {
-        let stack = api.get_opt(name).await.unwrap()?;
-        let ready = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
-        if ready.status != status || ready.reason != reason || ready.observed_generation != stack.metadata.generation {
-            return None;
-        }
-        super::capture_health_fixture(&stack, ns);
-        Some(stack)
-    })
-    .await
+    let stack: Stack = wait_for_condition(client, ns, name, "Ready", Wanted::Is { status, reason }, TIMEOUT).await;
+    super::capture_health_fixture(&stack, ns);
+    stack
 }
 
 /// The message of the Stack's Ready condition.
 pub fn message(stack: &Stack) -> String {
-    stack.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.to_string()
+    super::conditions::message(stack, "Ready")
 }
 
 pub async fn config_map(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
