@@ -658,14 +658,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     if next == previous {
         return Ok(());
     }
-    if !ctx.may_write_status(&stack.metadata) {
-        return Ok(());
-    }
-    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    apply::status(&api, &stack.name_any(), &next).await.map_err(Error::Status)?;
-    ctx.wrote_status(&stack.metadata);
-    ctx.announce_transitions(kind::<Stack>(), &stack.metadata, &stack.object_ref(&()), &transitions).await;
-    Ok(())
+    crate::controller::subject::write_status(ctx, stack, &next, &transitions).await.map_err(Error::Status)
 }
 
 /// The in-pod check's condition and inputs: this pass's verdict, or the last ones while the Stack
