@@ -9,8 +9,12 @@ use std::time::Duration;
 use artifact_operator::api::{ArtifactStore, Stack};
 use aws_sdk_s3::primitives::ByteStream;
 use common::conditions::{Wanted, wait_for_condition};
-use common::store::{TIMEOUT, apply_store, condition, minio_spec, private_ca_config_map, tls_spec_at, wait_for};
-use common::{Operator, S3Server, eventually, limited_bucket, secret, setup, test_env, user_keys_secret};
+use common::store::{
+    TIMEOUT, apply_store, condition, minio_spec, private_ca_config_map, ready_store, tls_spec_at, wait_for,
+};
+use common::{
+    Operator, S3Server, eventually, limited_bucket, secret, setup, setup_with_absent_bucket, test_env, user_keys_secret,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -68,12 +72,8 @@ async fn adopted_bucket_with_keys_becomes_ready_and_publishes_secret_free_config
 
 #[tokio::test]
 async fn create_provisions_the_bucket_with_its_settings() {
-    let (client, ns) = setup("ast-create").await;
-    let bucket = limited_bucket("create");
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let _operator = Operator::start(&ns, "10m");
-    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create", "bucket": {"versioning": true, "tags": {"team": "a"}, "lifecycle": {"noncurrentVersionExpirationDays": 30, "expireObjectsAfterDays": 365}}}))).await;
-    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    let settings = json!({"provisioning": "Create", "bucket": {"versioning": true, "tags": {"team": "a"}, "lifecycle": {"noncurrentVersionExpirationDays": 30, "expireObjectsAfterDays": 365}}});
+    let (_, _, bucket, _operator, store) = ready_store("ast-create", "create", settings).await;
     assert_eq!(condition(&store, "BucketReady").reason, "BucketCreated");
     assert_eq!(store.status.as_ref().unwrap().bucket_created, Some(true));
     let s3 = common::s3_root();
@@ -172,9 +172,7 @@ async fn an_acl_on_a_bucket_with_acls_disabled_is_refused_and_a_created_bucket_t
 
 #[tokio::test]
 async fn missing_bucket_is_reported_and_never_created_when_adopting() {
-    let (client, ns) = setup("ast-missing").await;
-    let bucket = limited_bucket("missing");
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = setup_with_absent_bucket("ast-missing", "missing").await;
     let _operator = Operator::start(&ns, "10m");
     apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({}))).await;
     let store = wait_for(&client, &ns, "ml", "BucketReady", "False", "BucketNotFound").await;
@@ -253,10 +251,8 @@ async fn region_mismatch_names_both_regions() {
 
 #[tokio::test]
 async fn custom_ca_is_trusted_verification_is_on_by_default_and_can_be_skipped() {
-    let (client, ns) = setup("ast-tls").await;
     // The TLS MinIO is a separate server: the operator creates the bucket there.
-    let bucket = limited_bucket("tls");
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = setup_with_absent_bucket("ast-tls", "tls").await;
     let pem = private_ca_config_map(&client, &ns, "s3-ca").await;
     let _operator = Operator::start(&ns, "10m");
     let spec = tls_spec_at(&format!("s3://{bucket}"), json!({"name": "s3-ca"}));
@@ -456,12 +452,8 @@ async fn delete_policy_deletes_only_an_empty_created_bucket() {
 
 #[tokio::test]
 async fn retain_keeps_the_bucket_and_needs_no_finalizer() {
-    let (client, ns) = setup("ast-retain").await;
-    let bucket = limited_bucket("retain");
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let _operator = Operator::start(&ns, "10m");
-    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create"}))).await;
-    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    let (client, ns, bucket, _operator, store) =
+        ready_store("ast-retain", "retain", json!({"provisioning": "Create"})).await;
     assert!(store.metadata.finalizers.unwrap_or_default().is_empty());
     delete_store(&client, &ns, "ml").await;
     gone(&client, &ns, "ml").await;
@@ -470,13 +462,8 @@ async fn retain_keeps_the_bucket_and_needs_no_finalizer() {
 
 #[tokio::test]
 async fn deleting_the_namespace_deletes_no_bucket() {
-    let (client, ns) = setup("ast-namespace").await;
-    let bucket = limited_bucket("nsdel");
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let _operator = Operator::start(&ns, "10m");
-    apply_store(&client, &ns, "ml", minio_spec(&bucket, json!({"provisioning": "Create", "deletionPolicy": "Delete"})))
-        .await;
-    wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    let deletable = json!({"provisioning": "Create", "deletionPolicy": "Delete"});
+    let (client, ns, bucket, _operator, _) = ready_store("ast-namespace", "nsdel", deletable).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(90), "the namespace to be gone", || async {

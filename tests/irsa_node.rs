@@ -40,6 +40,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use common::conditions::{Wanted, status_reason_message, wait_for_condition};
+use common::stacks::stack_object;
 use common::{Operator, argo, repo, run, static_binary, test_env};
 
 const AUDIENCE: &str = "sts.amazonaws.com";
@@ -398,6 +399,25 @@ fn check_pods(pods: &Mutex<BTreeMap<String, Pod>>, stack: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// The ServiceAccount `name`, annotated for IRSA with the role `role`.
+fn irsa_service_account(name: &str, role: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": role}}})
+}
+
+/// ArtifactStore `name` at `path` on moto's `endpoint`, whose pods assume `role` by IRSA as the
+/// ServiceAccount `account`.
+fn irsa_store(name: &str, path: &str, endpoint: &str, account: &str, role: &str) -> Value {
+    common::store::store_object(
+        name,
+        json!({
+            "path": path,
+            "endpoint": {"url": endpoint, "addressingStyle": "Path"},
+            "auth": {"implicit": {"serviceAccountName": account, "roleArn": role}},
+        }),
+    )
+}
+
 /// Waits until the Stack's `type_` condition is final for its generation (not Unknown); returns
 /// its status, reason and message.
 async fn settled(client: &Client, ns: &str, name: &str, type_: &str) -> (String, String, String) {
@@ -440,6 +460,19 @@ struct Write {
     key: String,
     access_key: String,
     assumed: Option<(String, Value)>,
+}
+
+impl Write {
+    /// The role and token claims of the AssumeRoleWithWebIdentity call that issued the write's
+    /// key; panics when no such call issued it.
+    fn assumed_role(&self, bucket: &str) -> (String, Value) {
+        self.assumed.clone().unwrap_or_else(|| {
+            panic!(
+                "s3://{bucket}/{} was signed with {}, a key no AssumeRoleWithWebIdentity issued",
+                self.key, self.access_key
+            )
+        })
+    }
 }
 
 fn writes(bucket: &str, prefix: &str) -> Vec<Write> {
@@ -531,40 +564,20 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
 
     for (sa, arn) in [("runner", &good), ("wrong", &wrong), ("preset", &preset)] {
-        common::apply(
-            &client,
-            &ns,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": sa, "annotations": {"eks.amazonaws.com/role-arn": arn}}}),
-        )
-        .await;
+        common::apply(&client, &ns, irsa_service_account(sa, arn)).await;
     }
     let _hooks = webhooks(&client, &ns, &dir, &node["AO_POD_MOTO_ENDPOINT"]).await;
     let pods = watch_pods(&client, &ns);
 
     for (name, sa, arn) in [("good", "runner", &good), ("wrong", "wrong", &wrong), ("preset", "preset", &preset)] {
-        common::apply(
-            &client,
-            &ns,
-            json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-            "metadata": {"name": name}, "spec": {
-                "path": format!("s3://{bucket}/{name}"),
-                "endpoint": {"url": node["AO_POD_MOTO_ENDPOINT"], "addressingStyle": "Path"},
-                "auth": {"implicit": {"serviceAccountName": sa, "roleArn": arn}},
-            }}),
-        )
-        .await;
-        common::apply(
-            &client,
-            &ns,
-            json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
-            "metadata": {"name": name}, "spec": {
-                "artifactStoreRef": {"name": name},
-                "orchestrator": {"type": "Kubernetes", "serviceAccountName": sa},
-                "verification": {"inPod": true},
-            }}),
-        )
-        .await;
+        let store = irsa_store(name, &format!("s3://{bucket}/{name}"), &node["AO_POD_MOTO_ENDPOINT"], sa, arn);
+        common::apply(&client, &ns, store).await;
+        let spec = json!({
+            "artifactStoreRef": {"name": name},
+            "orchestrator": {"type": "Kubernetes", "serviceAccountName": sa},
+            "verification": {"inPod": true},
+        });
+        common::apply(&client, &ns, stack_object(name, spec)).await;
     }
     let _operator = Operator::start_with(&ns, "10m", &["--check-image", &image]);
 
@@ -615,12 +628,7 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     let written = writes(&bucket, "good");
     assert!(!written.is_empty(), "no write of the check pod recorded under s3://{bucket}/good/");
     for write in &written {
-        let (arn, claims) = write.assumed.clone().unwrap_or_else(|| {
-            panic!(
-                "s3://{bucket}/{} was signed with {}, a key no AssumeRoleWithWebIdentity issued",
-                write.key, write.access_key
-            )
-        });
+        let (arn, claims) = write.assumed_role(&bucket);
         assert_eq!(arn, good);
         assert_eq!(claims["sub"], subject("runner"), "{claims}");
         assert_eq!(claims["aud"], json!([AUDIENCE]), "{claims}");
@@ -697,35 +705,15 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     argo::workflow_account(&client, &ns).await;
     let account = argo::WORKFLOW_ACCOUNT;
     let argo_role = role(&iam, &provider, &format!("irsa-argo-{ns}"), &subject(account)).await;
-    common::apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": account, "annotations": {"eks.amazonaws.com/role-arn": argo_role}}}),
-    )
-    .await;
-    common::apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-        "metadata": {"name": "argo"}, "spec": {
-            "path": format!("s3://{bucket}/argo"),
-            "endpoint": {"url": node["AO_POD_MOTO_ENDPOINT"], "addressingStyle": "Path"},
-            "auth": {"implicit": {"serviceAccountName": account, "roleArn": argo_role}},
-        }}),
-    )
-    .await;
-    common::apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
-        "metadata": {"name": "argo"}, "spec": {
-            "artifactStoreRef": {"name": "argo"},
-            "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": account},
-            "outputs": {"formats": ["Argo"]},
-        }}),
-    )
-    .await;
+    common::apply(&client, &ns, irsa_service_account(account, &argo_role)).await;
+    let store = irsa_store("argo", &format!("s3://{bucket}/argo"), &node["AO_POD_MOTO_ENDPOINT"], account, &argo_role);
+    common::apply(&client, &ns, store).await;
+    let spec = json!({
+        "artifactStoreRef": {"name": "argo"},
+        "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": account},
+        "outputs": {"formats": ["Argo"]},
+    });
+    common::apply(&client, &ns, stack_object("argo", spec)).await;
     argo::controller_leads(&client, &ns).await;
     argo::stack_ready(&client, &ns, "argo").await;
     let repositories = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("artifact-repositories").await.unwrap();
@@ -782,12 +770,7 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
     let write_pod = node_of("write")["id"].as_str().unwrap().to_owned();
     let mut signers = Vec::new();
     for write in &written {
-        let (arn, claims) = write.assumed.clone().unwrap_or_else(|| {
-            panic!(
-                "s3://{bucket}/{} was signed with {}, a key no AssumeRoleWithWebIdentity issued",
-                write.key, write.access_key
-            )
-        });
+        let (arn, claims) = write.assumed_role(&bucket);
         assert_eq!(arn, argo_role);
         assert_eq!(claims["sub"], subject(account), "{claims}");
         let pod_name = claims["kubernetes.io"]["pod"]["name"].as_str().unwrap().to_owned();

@@ -279,13 +279,17 @@ fn read_only_user(bucket: &str) -> (String, String) {
     (user, secret)
 }
 
-fn store(bucket: &str, endpoint: &str, secret: &str, provisioning: &str) -> Value {
-    json!({
-        "path": format!("s3://{bucket}/pipelines"),
-        "endpoint": {"url": endpoint, "addressingStyle": "Path"},
-        "auth": {"secretRef": {"name": secret}},
-        "provisioning": provisioning,
-    })
+/// ArtifactStore `name` at `s3://BUCKET/pipelines` on `endpoint`, with the keys of Secret `secret`.
+fn store(name: &str, bucket: &str, endpoint: &str, secret: &str, provisioning: &str) -> Value {
+    common::store::store_object(
+        name,
+        json!({
+            "path": format!("s3://{bucket}/pipelines"),
+            "endpoint": {"url": endpoint, "addressingStyle": "Path"},
+            "auth": {"secretRef": {"name": secret}},
+            "provisioning": provisioning,
+        }),
+    )
 }
 
 fn stack(name: &str, store: &str) -> Value {
@@ -341,13 +345,7 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     common::user_keys_secret(&client, &watched, "minio-keys").await;
     apply(&client, &watched, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}}))
         .await;
-    apply(
-        &client,
-        &watched,
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-        "metadata": {"name": "ml"}, "spec": store(&bucket, &node["AO_POD_S3_ENDPOINT"], "minio-keys", "Create")}),
-    )
-    .await;
+    apply(&client, &watched, store("ml", &bucket, &node["AO_POD_S3_ENDPOINT"], "minio-keys", "Create")).await;
     apply(&client, &watched, stack("prod", "ml")).await;
     let ready = Instant::now();
     let proven = stack_condition(&client, &watched, "prod", "WorkloadAccessVerified", "True", "Verified").await;
@@ -385,13 +383,7 @@ async fn the_chart_runs_on_a_real_node_and_pods_prove_their_own_access() {
     let (user, secret) = read_only_user(&read_only_bucket);
     common::secret(&client, &watched, "ro-keys", &[("aws_access_key_id", &user), ("aws_secret_access_key", &secret)])
         .await;
-    apply(
-        &client,
-        &watched,
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore",
-        "metadata": {"name": "ro"}, "spec": store(&read_only_bucket, &node["AO_POD_S3_ENDPOINT"], "ro-keys", "Adopt")}),
-    )
-    .await;
+    apply(&client, &watched, store("ro", &read_only_bucket, &node["AO_POD_S3_ENDPOINT"], "ro-keys", "Adopt")).await;
     apply(&client, &watched, stack("readonly", "ro")).await;
     let denied =
         stack_condition(&client, &watched, "readonly", "WorkloadAccessVerified", "False", "AccessDenied").await;

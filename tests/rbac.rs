@@ -23,10 +23,8 @@ fn deletable_spec(bucket: &str) -> Value {
 
 #[tokio::test]
 async fn the_operator_works_with_exactly_the_charts_permissions() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
+    let (client, ns) = common::setup("rbac-cluster").await;
     let operator_ns = common::namespace(&client, "rbac-operator").await;
-    let ns = common::namespace(&client, "rbac-cluster").await;
     // A release of its own: cluster-scoped names (ClusterRole, binding) must not collide with
     // other tests that install the chart.
     let release = format!("artifact-operator-{}", fastrand::u32(..) % 1_000_000);
@@ -93,9 +91,7 @@ async fn the_operator_works_with_exactly_the_charts_permissions() {
 
 #[tokio::test]
 async fn in_namespaced_mode_the_token_cannot_read_secrets_of_other_namespaces() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let watched = common::namespace(&client, "rbac-ns-watched").await;
+    let (client, watched) = common::setup("rbac-ns-watched").await;
     let other = common::namespace(&client, "rbac-ns-other").await;
     let (kubeconfig, objects) = namespaced_release(&client, &watched).await;
     assert!(
@@ -153,9 +149,7 @@ async fn the_rendered_manifests_in_deploy_apply() {
 
 #[tokio::test]
 async fn in_namespaced_mode_deleting_a_store_deletes_its_bucket_and_deleting_the_namespace_keeps_it() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let watched = common::namespace(&client, "rbac-nsdel").await;
+    let (client, watched) = common::setup("rbac-nsdel").await;
     let (kubeconfig, _) = namespaced_release(&client, &watched).await;
     user_keys_secret(&client, &watched, "minio-keys").await;
     let (gone_bucket, kept_bucket) = (limited_bucket("rbac-gone"), limited_bucket("rbac-kept"));

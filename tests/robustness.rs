@@ -11,7 +11,8 @@ use std::time::Duration;
 use artifact_operator::api::{ArtifactStore, Stack};
 use common::store::{apply_store, condition, minio_spec, private_ca_pem, tls_spec_at, wait_for};
 use common::{
-    Operator, apply, eventually, limited_bucket, secret, setup, setup_with_bucket, test_env, user_keys_secret,
+    Operator, apply, eventually, limited_bucket, secret, setup, setup_with_absent_bucket, setup_with_bucket, test_env,
+    user_keys_secret,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -307,9 +308,7 @@ impl KillSwitch {
 /// it, and checks that the bucket is recognised as the store's, completed (tags, versioning,
 /// encryption, lifecycle) and deleted with the store under `deletionPolicy: Delete`.
 async fn killed_while_creating(test: &str, call: &str, forward: bool) {
-    let (client, ns) = setup(test).await;
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let bucket = limited_bucket(test);
+    let (client, ns, bucket) = setup_with_absent_bucket(test, test).await;
     let minio: SocketAddr = test_env().var("AO_S3_ENDPOINT").trim_start_matches("http://").parse().unwrap();
     let switch = KillSwitch::start(minio).await;
     let spec = json!({
@@ -429,9 +428,7 @@ async fn fixing_a_malformed_key_makes_the_store_ready() {
 /// after pass, never Ready, the bucket keeps its creator tag, and fixing the spec completes it.
 #[tokio::test]
 async fn a_refused_bucket_setting_keeps_the_store_from_ready_until_fixed() {
-    let (client, ns) = setup("rb-settings").await;
-    user_keys_secret(&client, &ns, "minio-keys").await;
-    let bucket = limited_bucket("rb-settings");
+    let (client, ns, bucket) = setup_with_absent_bucket("rb-settings", "rb-settings").await;
     let _operator = Operator::start(&ns, "10m");
     let settings = |lifecycle: Value| json!({"provisioning": "Create", "deletionPolicy": "Delete", "bucket": {"tags": {"team": "a"}, "lifecycle": lifecycle}});
     let refused = json!({"abortIncompleteMultipartUploadDays": 7});

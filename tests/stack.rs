@@ -12,12 +12,13 @@ use std::path::PathBuf;
 
 use artifact_operator::api::Stack;
 use common::stacks::{
-    DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, delete_stack, message, service_account, stack,
-    store, wait_for,
+    DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, delete_stack, message, namespace_with_store,
+    ready_stack, service_account, stack, store, wait_for,
 };
 use common::store::{apply_store, private_ca_config_map, tls_spec_at};
 use common::{
-    Operator, apply, argo_uses_the_namespace_default, eventually, limited_bucket, setup, test_env, user_keys_secret,
+    Operator, apply, argo_uses_the_namespace_default, eventually, limited_bucket, setup, setup_with_absent_bucket,
+    test_env, user_keys_secret,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
@@ -272,16 +273,11 @@ fn assert_every_consumer_wrote(keys: &[String], prefix: &str) {
 
 #[tokio::test]
 async fn a_pod_with_the_stack_config_uses_every_consumer_with_its_own_code() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-consumer").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
     // ZenML's kubernetes orchestrator with a registry, so that zenml-stack.yaml carries one too.
     let mut prod = stack("prod", "ml", json!(["ZenML", "Argo", "KFP"]), true);
     prod["spec"]["orchestrator"] =
         json!({"type": "Kubernetes", "serviceAccountName": "runner", "containerRegistry": {"uri": "10.0.0.5:5000/ml"}});
-    apply(&client, &ns, prod).await;
-    let _operator = Operator::start(&ns, "10m");
-    wait_for(&client, &ns, "prod", "True", "Ready").await;
+    let (client, ns, bucket, _operator) = ready_stack("stk-consumer", prod).await;
 
     let pod = pod(&client, &ns, "prod", "ml").await;
     assert_check_proves_access(&pod);
@@ -376,12 +372,8 @@ async fn mlflow_consumers(pod: &Pod, s3: &aws_sdk_s3::Client, bucket: &str, pref
 
 #[tokio::test]
 async fn mlflow_s_server_and_clients_store_artifacts_with_only_the_stack_s_keys() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-mlflow").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
-    apply(&client, &ns, stack("tracking", "ml", json!(["MLflow"]), false)).await;
-    let _operator = Operator::start(&ns, "10m");
-    wait_for(&client, &ns, "tracking", "True", "Ready").await;
+    let tracking = stack("tracking", "ml", json!(["MLflow"]), false);
+    let (client, ns, bucket, _operator) = ready_stack("stk-mlflow", tracking).await;
     let pod = pod(&client, &ns, "tracking", "ml").await;
     assert_eq!(pod.env["MLFLOW_ARTIFACTS_DESTINATION"], format!("s3://{bucket}/pipelines"));
     assert_eq!(pod.env["MLFLOW_S3_ENDPOINT_URL"], test_env().var("AO_S3_ENDPOINT"));
@@ -392,12 +384,8 @@ async fn mlflow_s_server_and_clients_store_artifacts_with_only_the_stack_s_keys(
 /// of the Stack's ConfigMap and the store's credentials Secret, writes and reads under the prefix.
 #[tokio::test]
 async fn an_application_written_for_bucket_claims_uses_a_stack_unchanged() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-claim").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
-    apply(&client, &ns, stack("claim", "ml", json!(["BucketClaim"]), false)).await;
-    let _operator = Operator::start(&ns, "10m");
-    wait_for(&client, &ns, "claim", "True", "Ready").await;
+    let claim = stack("claim", "ml", json!(["BucketClaim"]), false);
+    let (client, ns, bucket, _operator) = ready_stack("stk-claim", claim).await;
 
     let data = config_map(&client, &ns, "claim-stack").await.unwrap().data.unwrap();
     let endpoint = test_env().var("AO_S3_ENDPOINT");
@@ -421,10 +409,8 @@ async fn an_application_written_for_bucket_claims_uses_a_stack_unchanged() {
 
 #[tokio::test]
 async fn with_a_private_ca_every_consumer_trusts_the_endpoint_through_the_one_mount() {
-    let (client, ns) = setup("stk-ca").await;
     // The HTTPS MinIO is a separate server: the operator creates the bucket there.
-    let bucket = limited_bucket("stk-ca");
-    user_keys_secret(&client, &ns, "minio-keys").await;
+    let (client, ns, bucket) = setup_with_absent_bucket("stk-ca", "stk-ca").await;
     private_ca_config_map(&client, &ns, "s3-ca").await;
     apply(&client, &ns, service_account("runner")).await;
     let mut spec = tls_spec_at(&format!("s3://{bucket}/pipelines"), json!({"name": "s3-ca"}));
@@ -517,12 +503,7 @@ fn every_argo_rendering_decodes_strictly_into_argo_types() {
 
 #[tokio::test]
 async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_launcher() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-shared").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
-    apply(&client, &ns, stack("a", "ml", json!(["Argo", "KFP"]), true)).await;
-    let _operator = Operator::start(&ns, "10m");
-    wait_for(&client, &ns, "a", "True", "Ready").await;
+    let (client, ns, _, _operator) = ready_stack("stk-shared", stack("a", "ml", json!(["Argo", "KFP"]), true)).await;
     apply(&client, &ns, stack("b", "ml", json!(["Argo"]), true)).await;
     let b = wait_for(&client, &ns, "b", "False", "DefaultRepositoryTaken").await;
     assert!(message(&b).contains("Stack a's key a"), "{}", message(&b));
@@ -574,9 +555,7 @@ async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_la
 
 #[tokio::test]
 async fn config_maps_the_user_made_are_never_taken_over() {
-    let (client, ns, bucket) = common::setup_with_bucket("stk-users").await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
+    let (client, ns, _) = namespace_with_store("stk-users").await;
     let users_repositories = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": REPOSITORIES, "annotations": {DEFAULT_ANNOTATION: "mine"}},
         "data": {"mine": "s3:\n  bucket: elsewhere\n"}});

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use artifact_operator::api::Stack;
 use common::stacks::{
-    DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, service_account, stack, store, wait_for,
+    DEFAULT_ANNOTATION, REPOSITORIES, TIMEOUT, apply_as, config_map, namespace_with_store, service_account, stack,
+    store, wait_for,
 };
 use common::{Operator, apply, eventually, setup_with_bucket};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -20,9 +21,7 @@ use serde_json::json;
 /// A namespace with ServiceAccount `runner`, store `ml` Ready and an operator resyncing every
 /// `resync` (so the sweep runs at its start and then at that pace).
 async fn prepared(test: &str, resync: &str) -> (Client, String, Operator) {
-    let (client, ns, bucket) = setup_with_bucket(test).await;
-    apply(&client, &ns, service_account("runner")).await;
-    apply(&client, &ns, store("ml", &bucket)).await;
+    let (client, ns, _) = namespace_with_store(test).await;
     let operator = Operator::start(&ns, resync);
     common::store::wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
     (client, ns, operator)

@@ -198,13 +198,7 @@ async fn load() {
         s3_calls / STORES as f64 / f64::from(STEADY_RESYNCS)
     );
     println!("memory, steady state:                   {}", mib(rss(operator.pid())));
-    let reconcile_errors: f64 = operator
-        .metrics()
-        .await
-        .lines()
-        .filter(|l| l.starts_with("artifact_operator_reconcile_errors_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |sum, value| sum + value);
+    let reconcile_errors = operator.metric_sum("artifact_operator_reconcile_errors_total").await;
     println!("reconcile errors during the run:        {reconcile_errors}");
 }
 

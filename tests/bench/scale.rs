@@ -565,14 +565,7 @@ async fn run(args: Args) {
         mib(restart_peak.peak()),
         restart_peak.peak() as f64 / steady as f64
     );
-    let errors: f64 = operator
-        .metrics()
-        .await
-        .lines()
-        .filter(|l| l.starts_with("artifact_operator_reconcile_errors_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        // Not sum(): the sum of no floats is -0.
-        .fold(0.0, |total, count| total + count);
+    let errors = operator.metric_sum("artifact_operator_reconcile_errors_total").await;
     println!("reconcile errors after the restart: {errors}");
 
     for name in &names {

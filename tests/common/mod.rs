@@ -477,6 +477,18 @@ impl Operator {
         (code, body)
     }
 
+    /// The sum of every series of the metric `name` in /metrics, whatever their labels; 0 when
+    /// there is none.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            // Not sum(): the sum of no floats is -0.
+            .fold(0.0, |total, value| total + value)
+    }
+
     /// The value of a counter line (`name{labels} value`) in /metrics, 0 when absent.
     pub async fn counter(&self, series: &str) -> f64 {
         self.metrics()
@@ -550,6 +562,15 @@ pub async fn setup_with_bucket(test: &str) -> (Client, String, String) {
     s3_root().create_bucket().bucket(&bucket).send().await.unwrap();
     user_keys_secret(&client, &ns, "minio-keys").await;
     (client, ns, bucket)
+}
+
+/// [`setup`], plus the limited MinIO user's keys in the Secret `minio-keys` and a fresh name,
+/// after `bucket`, of a bucket that does not exist (yet): for a store that creates it, or that
+/// finds it missing.
+pub async fn setup_with_absent_bucket(test: &str, bucket: &str) -> (Client, String, String) {
+    let (client, ns) = setup(test).await;
+    user_keys_secret(&client, &ns, "minio-keys").await;
+    (client, ns, limited_bucket(bucket))
 }
 
 /// Server-side applies a Secret with these string values.

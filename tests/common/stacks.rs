@@ -23,6 +23,11 @@ pub fn store(name: &str, bucket: &str) -> Value {
            "spec": minio_spec(bucket, json!({"client": {"maxAttempts": 4}}))})
 }
 
+/// The Stack `name` with `spec`, as JSON to apply.
+pub fn stack_object(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": spec})
+}
+
 /// Stack `name` on `store` for Argo's pods (ServiceAccount `runner`), publishing `formats`.
 pub fn stack(name: &str, store: &str, formats: Value, default_repository: bool) -> Value {
     json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
@@ -32,6 +37,28 @@ pub fn stack(name: &str, store: &str, formats: Value, default_repository: bool) 
     }})
 }
 
+/// A fresh namespace for `test` with a bucket, ServiceAccount `runner` and [`store`] `ml` on that
+/// bucket; returns the client, the namespace and the bucket.
+pub async fn namespace_with_store(test: &str) -> (Client, String, String) {
+    let (client, ns, bucket) = super::setup_with_bucket(test).await;
+    super::apply(&client, &ns, service_account("runner")).await;
+    super::apply(&client, &ns, store("ml", &bucket)).await;
+    (client, ns, bucket)
+}
+
+/// [`namespace_with_store`], plus `stack` (a Stack on `ml`) applied and an operator on the
+/// namespace that has made it Ready; returns the client, the namespace, the bucket and the
+/// operator.
+pub async fn ready_stack(test: &str, stack: Value) -> (Client, String, String, super::Operator) {
+    let (client, ns, bucket) = namespace_with_store(test).await;
+    let name = stack["metadata"]["name"].as_str().unwrap().to_owned();
+    super::apply(&client, &ns, stack).await;
+    let operator = super::Operator::start(&ns, "10m");
+    wait_for(&client, &ns, &name, "True", "Ready").await;
+    (client, ns, bucket, operator)
+}
+
+/// The ServiceAccount `name`, as JSON to apply.
 pub fn service_account(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
 }

@@ -9,7 +9,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::conditions::{Wanted, find, wait_for_condition};
-use super::test_env;
+use super::{Operator, test_env};
 
 /// How long a store may take to reach a condition.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +75,18 @@ pub async fn private_ca_config_map(client: &Client, ns: &str, name: &str) -> Str
     let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"ca.crt": pem}});
     super::apply(client, ns, object).await;
     pem
+}
+
+/// [`super::setup_with_absent_bucket`] for `test` and `bucket`, an operator on the namespace, and
+/// the store `ml` with [`minio_spec`] and `extra` (so with `"provisioning": "Create"` the operator
+/// creates the bucket), once it is Ready; returns the client, the namespace, the bucket, the
+/// operator and the store.
+pub async fn ready_store(test: &str, bucket: &str, extra: Value) -> (Client, String, String, Operator, ArtifactStore) {
+    let (client, ns, bucket) = super::setup_with_absent_bucket(test, bucket).await;
+    let operator = Operator::start(&ns, "10m");
+    apply_store(&client, &ns, "ml", minio_spec(&bucket, extra)).await;
+    let store = wait_for(&client, &ns, "ml", "Ready", "True", "Ready").await;
+    (client, ns, bucket, operator, store)
 }
 
 /// Waits until condition `type_` has `status` and `reason` for the current generation.
