@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use artifact_operator::api::Stack;
+use common::conditions::{find, status_reason_message};
 use common::store::{apply_store, minio_spec};
 use common::{Operator, apply, eventually, secret, setup_with_bucket, test_env};
 use kube::Client;
@@ -83,9 +84,8 @@ async fn store_ready(client: &Client, ns: &str) {
 
 /// The Stack's Ready condition as (status, reason, message), for its generation.
 fn ready(stack: &Stack) -> Option<(String, String, String)> {
-    let condition = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
-    (condition.observed_generation == stack.metadata.generation)
-        .then(|| (condition.status.to_string(), condition.reason.to_string(), condition.message.to_string()))
+    let condition = find(stack, "Ready")?;
+    (condition.observed_generation == stack.metadata.generation).then(|| status_reason_message(stack, "Ready").unwrap())
 }
 
 /// Applies the Stack `name` (no ZenML) and returns how long it took to turn Ready.

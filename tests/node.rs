@@ -25,7 +25,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use common::conditions::{Wanted, message, wait_for_condition};
+use common::conditions::{Wanted, find, message, wait_for_condition};
 use common::{eventually, repo, run, static_binary, test_env};
 
 /// The helm release of one run: uninstalled when dropped, so a failed run leaves no cluster-wide
@@ -125,9 +125,8 @@ async fn stack_condition(client: &Client, ns: &str, name: &str, type_: &str, sta
 /// condition last changed.
 async fn check_record(client: &Client, ns: &str, name: &str) -> (String, jiff::Timestamp) {
     let stack = Api::<Stack>::namespaced(client.clone(), ns).get(name).await.unwrap();
-    let status = stack.status.unwrap();
-    let condition = status.conditions.iter().find(|c| c.type_ == "WorkloadAccessVerified").unwrap();
-    (status.workload_check.unwrap(), condition.last_transition_time.0)
+    let changed = find(&stack, "WorkloadAccessVerified").unwrap().last_transition_time.0;
+    (stack.status.unwrap().workload_check.unwrap(), changed)
 }
 
 /// The operator's pods of the release, by name.

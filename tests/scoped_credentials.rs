@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use artifact_operator::api::Stack;
+use common::conditions::{find, status_reason_message};
 use common::scoped::{TIMEOUT, boto3, list, prepare, put, ready, s3_with, scoped_secret, stack, sts_calls, text};
 use common::{Operator, apply, eventually, limited_bucket, s3_root, test_env};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -128,9 +129,7 @@ fn set_minio_user(access_key: &str, status: &str) {
 
 /// The Stack's ScopedCredentials condition: (status, reason, message).
 async fn scoped_condition(api: &Api<Stack>, name: &str) -> Option<(String, String, String)> {
-    let stack = api.get(name).await.unwrap();
-    let condition = stack.status?.conditions.into_iter().find(|c| c.type_ == "ScopedCredentials")?;
-    Some((condition.status.to_string(), condition.reason.to_string(), condition.message.to_string()))
+    status_reason_message(&api.get(name).await.unwrap(), "ScopedCredentials")
 }
 
 #[tokio::test]
@@ -176,7 +175,7 @@ async fn a_failed_renewal_is_a_condition_while_the_current_credentials_last() {
     println!("{message}");
     assert!(message.contains(&first.expires_at), "says when the current ones expire: {message}");
     let stack = api.get("prod").await.unwrap();
-    let ready = stack.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = find(&stack, "Ready").unwrap();
     assert_eq!(ready.status, "True", "the current credentials still work: {}", ready.message);
 
     // STS answers again: the retry renews.

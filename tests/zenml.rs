@@ -274,12 +274,12 @@ async fn an_unreachable_server_a_wrong_key_and_a_missing_project_each_say_what_t
         let stack = api.get("prod").await.unwrap();
         let status = stack.status.clone()?;
         let gone = status.zenml.is_none()
-            && !status.conditions.iter().any(|c| c.type_ == "ZenmlSynced")
+            && conditions::find(&stack, "ZenmlSynced").is_none()
             && !stack.metadata.finalizers.iter().flatten().any(|f| f == "artifacts.dev/zenml");
         gone.then_some(stack)
     })
     .await;
-    assert!(stack.status.unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(conditions::is_true(&stack, "Ready"));
 }
 
 #[tokio::test]
