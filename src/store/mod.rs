@@ -394,25 +394,15 @@ async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
         let failures = ctx.record_failure(&object_key(store));
         Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
     };
+    let cannot_delete =
+        |why: String| Failure::new(Reason::DeletionBlocked, format!("cannot delete bucket {bucket_name}: {why}"));
     let resolved = match ResolvedStore::of(store) {
         Ok(resolved) => resolved,
-        Err(error) => {
-            return blocked(Failure::new(
-                Reason::DeletionBlocked,
-                format!("cannot delete bucket {bucket_name}: {error}"),
-            ))
-            .await;
-        }
+        Err(error) => return blocked(cannot_delete(error.to_string())).await,
     };
     let inputs = match dereference(ctx, store, &resolved).await {
         Ok(inputs) => inputs,
-        Err(dereference::Error::Invalid(failure)) => {
-            return blocked(Failure::new(
-                Reason::DeletionBlocked,
-                format!("cannot delete bucket {bucket_name}: {}", failure.message),
-            ))
-            .await;
-        }
+        Err(dereference::Error::Invalid(failure)) => return blocked(cannot_delete(failure.message)).await,
         Err(error) => return Err(Error::Dereference(error)),
     };
     match verify::delete_created_bucket(ctx, store, &resolved, &inputs).await {
