@@ -9,9 +9,14 @@
 //! cannot take every worker either (a server with nothing in flight still gets its first call:
 //! nothing says yet that it will not answer). Every call to an external server takes a place in
 //! its server's share first ([`enter`]) and gives it back when its answer, error or timeout comes (the
-//! [`Permit`] drops). When the share is taken, the call is not made and the reconcile does not
-//! wait for a place: it fails at once with [`Busy`], which each caller reports as its server's
-//! transient reason (`ZenmlUnreachable`, `EndpointUnreachable`, ...), and retries with backoff.
+//! [`Permit`] drops). When the share is taken by calls that have waited longer than a prompt
+//! answer takes, the call is not made and the reconcile does not wait for a place: it fails at
+//! once with [`Busy`], which each caller reports as its server's transient reason
+//! (`ZenmlUnreachable`, `EndpointUnreachable`, ...), and retries with backoff. When the calls
+//! that take the share are younger than that, nothing says yet that the server does not answer:
+//! the call waits until one of them is answered (then there is a place) or has waited that long
+//! (then it is refused), so that a burst of calls to a server that answers (the re-verifications
+//! that fall due together) is not turned away.
 //!
 //! A server that answers promptly never holds a worker long, however many calls it has in
 //! flight: while its last prompt answer is recent, it may take more than its share (one S3
@@ -44,6 +49,8 @@ pub struct Pool {
     /// together.
     slow_share: usize,
     servers: Mutex<HashMap<String, Server>>,
+    /// Woken when a call leaves or is answered: a call waiting for a place looks again.
+    changed: tokio::sync::Notify,
 }
 
 /// A server's calls in flight from one pool.
@@ -82,7 +89,7 @@ impl Pool {
         let workers = usize::from(workers);
         let (share, slow_share) =
             if workers == 0 { (usize::MAX, usize::MAX) } else { ((workers / 4).max(1), (workers / 2).max(1)) };
-        Arc::new(Self { workers, share, slow_share, servers: Mutex::default() })
+        Arc::new(Self { workers, share, slow_share, servers: Mutex::default(), changed: tokio::sync::Notify::new() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
@@ -92,6 +99,33 @@ impl Pool {
     /// A place for a call to `server` (as [`server_of`] names it), if its share has one.
     pub fn try_enter(self: &Arc<Self>, server: &str) -> Result<Permit, Busy> {
         self.try_enter_at(server, Instant::now())
+    }
+
+    /// A place for a call to `server`: at once if its share has one; otherwise, while the calls
+    /// that hold the share are younger than [`PROMPT`], once one of them is answered or leaves;
+    /// refused with [`Busy`] as soon as one of them has waited [`PROMPT`] unanswered.
+    pub async fn enter(self: &Arc<Self>, server: &str) -> Result<Permit, Busy> {
+        loop {
+            // Registered before looking, so that a call leaving in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let busy = match self.try_enter_at(server, now) {
+                Ok(permit) => return Ok(permit),
+                Err(busy) => busy,
+            };
+            let Some(judged_at) = self.undecided_until(server, now) else { return Err(busy) };
+            // Either a place comes free, or the oldest call becomes one that waited too long.
+            let _ = tokio::time::timeout_at(judged_at.into(), changed).await;
+        }
+    }
+
+    /// While every call in flight to `server` is younger than [`PROMPT`]: when the oldest one
+    /// reaches that age. None when one already has, or none is in flight.
+    fn undecided_until(&self, server: &str, now: Instant) -> Option<Instant> {
+        let oldest = self.lock().get(server)?.started.iter().min().copied()?;
+        Some(oldest + PROMPT).filter(|at| *at > now)
     }
 
     fn try_enter_at(self: &Arc<Self>, server: &str, now: Instant) -> Result<Permit, Busy> {
@@ -125,6 +159,7 @@ impl Pool {
         {
             entry.prompt = Some(now);
         }
+        self.changed.notify_waiters();
     }
 
     fn leave(&self, server: &str, started: Instant) {
@@ -138,6 +173,8 @@ impl Pool {
                 servers.remove(server);
             }
         }
+        drop(servers);
+        self.changed.notify_waiters();
     }
 
     #[cfg(test)]
@@ -173,11 +210,18 @@ pub fn within<F: std::future::Future>(pool: Arc<Pool>, future: F) -> impl std::f
     POOL.scope(pool, future)
 }
 
-/// A place for a call to the server of `url` in the current reconcile's pool; any call outside
-/// a reconcile gets one.
-pub fn enter(url: &str) -> Result<Permit, Busy> {
+/// A place for a call to the server of `url` in the current reconcile's pool (see
+/// [`Pool::enter`]); any call outside a reconcile gets one at once. The pool is taken when this
+/// is called, so the future may be awaited elsewhere.
+pub fn enter(url: &str) -> impl std::future::Future<Output = Result<Permit, Busy>> + Send + 'static {
     let server = server_of(url);
-    POOL.try_with(|pool| pool.try_enter(&server)).unwrap_or_else(|_| Ok(Permit { held: None, started: Instant::now() }))
+    let pool = POOL.try_with(Arc::clone).ok();
+    async move {
+        match pool {
+            Some(pool) => pool.enter(&server).await,
+            None => Ok(Permit { held: None, started: Instant::now() }),
+        }
+    }
 }
 
 /// The server of `url`: its scheme, host and port (the scheme's default when not given), e.g.
@@ -207,6 +251,26 @@ mod tests {
         assert!(busy.to_string().contains(SILENT) && busy.to_string().contains("4 of its 16"), "{busy}");
         assert_eq!(pool.waiting(SILENT), 4, "a refused call takes no place");
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_burst_to_a_server_that_answers_waits_for_a_place_rather_than_failing() {
+        let pool = Pool::new(16);
+        let held: Vec<Permit> = (0..4).map(|_| pool.try_enter(OTHER).expect("a place")).collect();
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.enter(OTHER).await.map(|_| Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the share is taken by calls just made: the fifth waits");
+        let answered_at = Instant::now();
+        held[0].answered();
+        drop(held);
+        let entered = waiting.await.unwrap().expect("a place once the server answered");
+        assert!(
+            entered.duration_since(answered_at) < PROMPT,
+            "entered at the answer, not after a prompt answer's time"
+        );
     }
 
     #[test]
@@ -287,15 +351,20 @@ mod tests {
     #[tokio::test]
     async fn calls_inside_a_reconcile_count_in_its_pool_and_others_in_none() {
         let pool = Pool::new(2);
-        let outside: Vec<Permit> = (0..5).map(|_| enter(SILENT).unwrap()).collect();
+        let mut outside = Vec::new();
+        for _ in 0..5 {
+            outside.push(enter(SILENT).await.unwrap());
+        }
         assert_eq!(pool.waiting(SILENT), 0, "outside a reconcile nothing is counted");
         drop(outside);
+        let started = Instant::now();
         let inside = within(pool.clone(), async {
-            let first = enter("http://127.0.0.1:9999/api/v1/version").unwrap();
-            (first, enter("HTTP://127.0.0.1:9999/api/v1/login"))
+            let first = enter("http://127.0.0.1:9999/api/v1/version").await.unwrap();
+            (first, enter("HTTP://127.0.0.1:9999/api/v1/login").await)
         })
         .await;
         assert!(inside.1.is_err(), "the same server under another path and case");
+        assert!(started.elapsed() >= PROMPT, "refused once the first call waited a prompt answer's time");
         assert_eq!(pool.waiting(SILENT), 1);
     }
 

@@ -536,6 +536,48 @@ async fn steady_state_makes_no_kubernetes_requests_and_one_s3_call_per_resync() 
 }
 
 #[tokio::test]
+async fn stores_re_verified_together_on_one_endpoint_stay_ready_without_a_write() {
+    // Twenty-four stores on one S3 endpoint fall due together at each resync: more quick checks
+    // at once than one server's share of the reconcile workers (4 of 16). A server that answers
+    // is not turned away for that: no store flips to EndpointUnreachable and back.
+    let (client, ns, bucket) = common::setup_with_bucket("ast-burst").await;
+    let operator = Operator::start(&ns, "2s");
+    let names: Vec<String> = (0..24).map(|i| format!("burst-{i}")).collect();
+    for name in &names {
+        let mut spec = minio_spec(&bucket, json!({}));
+        spec["path"] = json!(format!("s3://{bucket}/{name}"));
+        apply_store(&client, &ns, name, spec).await;
+    }
+    for name in &names {
+        wait_for(&client, &ns, name, "Ready", "True", "Ready").await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stores = Api::<ArtifactStore>::namespaced(client.clone(), &ns);
+    let versions = || async {
+        let listed = stores.list(&ListParams::default()).await.unwrap();
+        listed.items.into_iter().map(|s| (s.metadata.name.unwrap(), s.metadata.resource_version)).collect::<Vec<_>>()
+    };
+    let before = versions().await;
+    let s3_before = operator.counter("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}").await;
+    let window = Duration::from_secs(16);
+    tokio::time::sleep(window).await;
+    let calls = operator.counter("artifact_operator_aws_calls_total{service=\"s3\",outcome=\"ok\"}").await - s3_before;
+    let events = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+    let unreachable: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("EndpointUnreachable"))
+        .map(|e| {
+            format!("{}: {}", e.involved_object.name.clone().unwrap_or_default(), e.message.clone().unwrap_or_default())
+        })
+        .collect();
+    println!("24 stores over {window:?} at a 2s resync: {calls} S3 calls; EndpointUnreachable events {unreachable:?}");
+    assert!(calls >= 24.0, "the window spans at least one re-verification of every store: {calls} S3 calls");
+    assert!(unreachable.is_empty(), "a server that answers is never reported unreachable: {unreachable:?}");
+    assert_eq!(versions().await, before, "no status written while the stores stay Ready");
+}
+
+#[tokio::test]
 async fn one_operator_watches_exactly_the_listed_namespaces() {
     let (client, first) = setup("ast-list-a").await;
     let second = common::namespace(&client, "ast-list-b").await;

@@ -215,7 +215,8 @@ pub fn https_client_trusting(pem: &str) -> Result<SharedHttpClient, ConnectError
 
 /// `client` with each attempt of each call holding a place in its server's bulkhead
 /// ([`crate::bulkhead`]): an attempt whose server has its share of the reconcile
-/// workers waiting already fails at once (a dispatch failure the retry policy does not repeat).
+/// workers waiting fails (a dispatch failure the retry policy does not repeat) once those calls
+/// have waited longer than a prompt answer takes.
 pub fn bulkheaded(client: SharedHttpClient) -> SharedHttpClient {
     SharedHttpClient::new(Bulkheaded(client))
 }
@@ -234,13 +235,11 @@ struct BulkheadedConnector(SharedHttpConnector);
 
 impl HttpConnector for BulkheadedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let permit = match crate::bulkhead::enter(request.uri()) {
-            Ok(permit) => permit,
-            Err(busy) => return HttpConnectorFuture::ready(Err(ConnectorError::other(Box::new(busy), None))),
-        };
-        let call = self.0.call(request);
+        let place = crate::bulkhead::enter(request.uri());
+        let connector = self.0.clone();
         HttpConnectorFuture::new(async move {
-            let answer = call.await;
+            let permit = place.await.map_err(|busy| ConnectorError::other(Box::new(busy), None))?;
+            let answer = connector.call(request).await;
             if answer.is_ok() {
                 permit.answered();
             }

@@ -212,7 +212,7 @@ impl Sessions {
         }
         let request = request.body(Full::new(bytes)).map_err(|e| unreachable(format!("invalid request: {e}")))?;
         // A server that keeps its share of the workers waiting gets no more (see bulkhead).
-        let permit = bulkhead::enter(base).map_err(|busy| unreachable(busy.to_string()))?;
+        let permit = bulkhead::enter(base).await.map_err(|busy| unreachable(busy.to_string()))?;
         let exchange = async {
             let response = http.request(request).await.map_err(|e| unreachable(error_chain(&e)))?;
             permit.answered();
