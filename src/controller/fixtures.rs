@@ -15,6 +15,16 @@ use super::context::Settings;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// A Stack named `prod` in `namespace`, with `uid` and `spec` (JSON, as a user would write it).
+pub fn stack(namespace: &str, uid: &str, spec: Value) -> crate::api::Stack {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
+        "metadata": {"name": "prod", "namespace": namespace, "uid": uid},
+        "spec": spec,
+    }))
+    .expect("a valid Stack")
+}
+
 /// A context whose every Kubernetes call goes to the returned verifier; it makes no AWS call.
 pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
     test_context_with_check_image(None)

@@ -165,6 +165,33 @@ where
     Err(Next::await_change())
 }
 
+/// One reconcile of a watched object, as both controllers run it: an object that does not
+/// deserialize is reported and left; a panic inside `reconcile` is contained to this object and
+/// answered by `on_panic` (which writes the status that says so); the pass is timed.
+pub async fn reconcile_guarded<'a, K, E, Pass, Panicked>(
+    ctx: &'a Context,
+    guarded: &'a DeserializeGuard<K>,
+    reconcile: impl FnOnce(&'a K) -> Pass,
+    on_panic: impl FnOnce(&'a K) -> Panicked,
+) -> Result<Next, E>
+where
+    K: Resource<DynamicType = ()>,
+    Pass: std::future::Future<Output = Result<Next, E>>,
+    Panicked: std::future::Future<Output = Result<Next, E>>,
+{
+    let object = match deserialized(ctx, guarded).await {
+        Ok(object) => object,
+        Err(action) => return Ok(action),
+    };
+    let started = std::time::Instant::now();
+    let result = match contained(&object_key(object), reconcile(object)).await {
+        Some(result) => result,
+        None => on_panic(object).await,
+    };
+    ctx.metrics.reconciled(crate::api::kind::<K>(), started.elapsed());
+    result
+}
+
 /// The requeue after a reconcile error: counted by category, logged with its source, backed off.
 pub fn error_action(
     ctx: &Context,

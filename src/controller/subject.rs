@@ -1,39 +1,25 @@
 //! The object a reconcile is about, as its own writes address it: its status, its finalizers and
 //! the Events about it.
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::{Resource, ResourceExt};
 
 use super::Context;
 use super::apply::{self, Presence};
+use super::caches::Watched;
 use super::context::EventType;
 use crate::conditions::Transition;
 use crate::reason::Reason;
 
-/// What the reconcilers' own kinds are to these functions.
-pub trait Subject:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
-{
-}
-
-impl<K> Subject for K where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-{
-}
-
-fn api<K: Subject>(ctx: &Context, object: &K) -> Api<K> {
+fn api<K: Watched>(ctx: &Context, object: &K) -> Api<K> {
     Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
 }
 
 /// Writes `status` of `object` by server-side apply, unless the cache has not caught up with this
 /// process's last write (see [`Context::may_write_status`]); then announces `transitions`.
-pub async fn write_status<K: Subject>(
+pub async fn write_status<K: Watched>(
     ctx: &Context,
     object: &K,
     status: &impl serde::Serialize,
@@ -53,7 +39,7 @@ pub async fn write_status<K: Subject>(
 
 /// Writes `status` of `object` ahead of the pass's last write, which then supersedes it (see
 /// [`Context::wrote_intermediate_status`]).
-pub async fn write_intermediate_status<K: Subject>(
+pub async fn write_intermediate_status<K: Watched>(
     ctx: &Context,
     object: &K,
     status: &impl serde::Serialize,
@@ -64,7 +50,7 @@ pub async fn write_intermediate_status<K: Subject>(
 }
 
 /// Adds `finalizer` to `object` or removes it (see [`apply::set_finalizer`]).
-pub async fn set_finalizer<K: Subject>(
+pub async fn set_finalizer<K: Watched>(
     ctx: &Context,
     object: &K,
     finalizer: &str,
@@ -74,7 +60,7 @@ pub async fn set_finalizer<K: Subject>(
 }
 
 /// Publishes an Event about `object` (see [`Context::publish_event`]).
-pub async fn event<K: Subject>(
+pub async fn event<K: Watched>(
     ctx: &Context,
     object: &K,
     type_: EventType,
@@ -90,7 +76,7 @@ pub async fn event<K: Subject>(
 /// Read from the Namespace and the CRD. An operator with namespaced RBAC may read neither: it
 /// asks the apiserver instead with dry-run creates (of a ConfigMap, and of `probe`'s object of the
 /// same kind), which fail only while the namespace is being terminated or the CRD is being deleted.
-pub async fn deleted_in_bulk<K: Subject + serde::Serialize>(
+pub async fn deleted_in_bulk<K: Watched + serde::Serialize>(
     ctx: &Context,
     object: &K,
     probe: impl FnOnce(&str) -> K,

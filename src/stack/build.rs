@@ -216,13 +216,12 @@ mod tests {
     use super::*;
 
     fn stack(formats: Value) -> Stack {
-        serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
-            "metadata": {"name": "prod", "namespace": "ml", "uid": "s-1"},
-            "spec": {"artifactStoreRef": {"name": "store"}, "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"},
-                     "outputs": {"formats": formats}},
-        }))
-        .unwrap()
+        crate::controller::fixtures::stack(
+            "ml",
+            "s-1",
+            json!({"artifactStoreRef": {"name": "store"},
+            "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "outputs": {"formats": formats}}),
+        )
     }
 
     fn store(auth: Value, endpoint: Value) -> ResolvedStore {

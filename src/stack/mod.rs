@@ -10,7 +10,6 @@ pub mod workload;
 pub mod zenml;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -110,19 +109,11 @@ pub fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc
 }
 
 pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Next, Error> {
-    let stack = match crate::controller::deserialized(&ctx, &guarded).await {
-        Ok(stack) => stack,
-        Err(action) => return Ok(action),
+    let on_panic = async |stack| {
+        write_status(stack, &ctx, Report::failed(crate::controller::panicked())).await?;
+        Err(Error::Panicked)
     };
-    let started = Instant::now();
-    let result = match crate::controller::contained(&object_key(stack), reconcile_inner(stack, &ctx)).await {
-        Some(result) => result,
-        None => {
-            write_status(stack, &ctx, Report::failed(crate::controller::panicked())).await.and(Err(Error::Panicked))
-        }
-    };
-    ctx.metrics.reconciled(kind::<Stack>(), started.elapsed());
-    result
+    crate::controller::reconcile_guarded(&ctx, &guarded, |stack| reconcile_inner(stack, &ctx), on_panic).await
 }
 
 /// What the stack's consumers need from the store, once it is usable by them.

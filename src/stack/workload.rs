@@ -250,13 +250,12 @@ mod tests {
     use crate::controller::fixtures::test_context_with_check_image;
 
     fn stack() -> Stack {
-        serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
-            "metadata": {"name": "prod", "namespace": "ml", "uid": "s-1"},
-            "spec": {"artifactStoreRef": {"name": "store"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"},
-                     "verification": {"inPod": true}},
-        }))
-        .unwrap()
+        crate::controller::fixtures::stack(
+            "ml",
+            "s-1",
+            json!({"artifactStoreRef": {"name": "store"},
+            "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"}, "verification": {"inPod": true}}),
+        )
     }
 
     fn store(auth: serde_json::Value) -> ResolvedStore {

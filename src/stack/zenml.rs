@@ -540,13 +540,12 @@ mod tests {
     use crate::api::ArtifactStore;
 
     fn stack(zenml: Value) -> Stack {
-        serde_json::from_value(json!({
-            "apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack",
-            "metadata": {"name": "prod", "namespace": "team", "uid": "u-1"},
-            "spec": {"artifactStoreRef": {"name": "ml"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"},
-                     "zenml": zenml},
-        }))
-        .unwrap()
+        crate::controller::fixtures::stack(
+            "team",
+            "u-1",
+            json!({"artifactStoreRef": {"name": "ml"},
+            "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"}, "zenml": zenml}),
+        )
     }
 
     fn store(auth: Value) -> ResolvedStore {

@@ -102,20 +102,11 @@ pub fn error_policy(store: Arc<DeserializeGuard<ArtifactStore>>, error: &Error, 
 }
 
 pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<Context>) -> Result<Next, Error> {
-    let store = match crate::controller::deserialized(&ctx, &guarded).await {
-        Ok(store) => store,
-        Err(action) => return Ok(action),
+    let on_panic = async |store| {
+        status::write_ready_only(store, &ctx, crate::controller::panicked()).await.map_err(Error::Status)?;
+        Err(Error::Panicked)
     };
-    let started = Instant::now();
-    let result = match crate::controller::contained(&object_key(store), reconcile_inner(store, &ctx)).await {
-        Some(result) => result,
-        None => status::write_ready_only(store, &ctx, crate::controller::panicked())
-            .await
-            .map_err(Error::Status)
-            .and(Err(Error::Panicked)),
-    };
-    ctx.metrics.reconciled(kind::<ArtifactStore>(), started.elapsed());
-    result
+    crate::controller::reconcile_guarded(&ctx, &guarded, |store| reconcile_inner(store, &ctx), on_panic).await
 }
 
 /// (steady: nothing changed) → resolve the spec → dereference → (recheck: verified with these
