@@ -126,7 +126,34 @@ impl Context {
     /// last, otherwise from the apiserver (also when the caches do not hold it yet: they may lag
     /// behind an object just created).
     pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
-        let key = key::<K>(namespace, name);
+        self.read_kept(namespace, name, Keep::Slim).await
+    }
+
+    /// [`Context::read`], with the apiserver's record of field managers kept: for a shared object
+    /// whose parts belong to several writers (`artifact-repositories`, a key per Stack).
+    pub async fn read_with_managers<K: Cached>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        self.read_kept(namespace, name, Keep::Managers).await
+    }
+
+    /// Records `object`, as this process's own write of it returned it (field managers included),
+    /// as read at its resourceVersion: the next [`Context::read_with_managers`] takes it from
+    /// memory once the caches have seen that version, unless someone wrote it since.
+    pub fn remember_written_with_managers<K: Cached>(&self, object: K) {
+        let (namespace, name) = namespace_and_name(&object);
+        self.known.remember_read(Keep::Managers.key::<K>(&namespace, &name), Arc::new(object));
+    }
+
+    async fn read_kept<K: Cached>(
+        &self,
+        namespace: &str,
+        name: &str,
+        keep: Keep,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        let key = keep.key::<K>(namespace, name);
         let remembered = || match self.cached_version::<K>(namespace, name) {
             Some(Some(version)) => self.known.read::<K>(&key, version),
             _ => None,
@@ -141,7 +168,9 @@ impl Context {
             return Ok(Some(object));
         }
         let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(|mut object| {
-            slim(&mut object);
+            if keep == Keep::Slim {
+                slim(&mut object);
+            }
             Arc::new(object)
         });
         if let Some(object) = &found {
@@ -205,6 +234,25 @@ impl Context {
     }
 }
 
+/// What a read keeps of an object; each is remembered apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// What [`slim`] leaves.
+    Slim,
+    /// Everything, field managers included.
+    Managers,
+}
+
+impl Keep {
+    fn key<K: Cached>(self, namespace: &str, name: &str) -> Key {
+        match self {
+            Self::Slim => key::<K>(namespace, name),
+            // Another key for the same object, so that a slim copy is never taken for a whole one.
+            Self::Managers => key::<K>(namespace, name).rotate_left(1) ^ 1,
+        }
+    }
+}
+
 /// Drops what no reconcile reads of an object kept whole, and what makes most of its size:
 /// the apiserver's record of field managers (kept decoded as a tree of JSON maps) and kubectl's
 /// copy of the whole object in an annotation.
@@ -243,6 +291,16 @@ mod tests {
         assert!(known.read::<Secret>(&key, version_of("5")).is_some());
         assert!(known.read::<Secret>(&key, version_of("6")).is_none(), "changed since: read again");
         assert!(known.read::<ConfigMap>(&key, version_of("5")).is_none(), "never another type");
+    }
+
+    #[test]
+    fn a_whole_copy_and_a_slim_one_of_the_same_object_are_remembered_apart() {
+        let known = Known::default();
+        let (slim_key, whole_key) =
+            (Keep::Slim.key::<Secret>("ns", "keys"), Keep::Managers.key::<Secret>("ns", "keys"));
+        assert_ne!(slim_key, whole_key);
+        known.remember_read(slim_key, secret("5"));
+        assert!(known.read::<Secret>(&whole_key, version_of("5")).is_none(), "a slim copy is not a whole one");
     }
 
     #[test]

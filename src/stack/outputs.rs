@@ -239,11 +239,15 @@ async fn argo_claim(
 
     let name = stack.name_any();
     let value = build::argo_repository(stack, store);
-    let current = config_maps(ctx, stack).get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
-    let exists = current.is_some();
-    let current = current.unwrap_or_default();
+    // Read whole only when someone wrote it since this process last read or wrote it: the Stacks
+    // of a namespace that share it take each other's writes from memory.
+    let read = ctx.read_with_managers::<ConfigMap>(&namespace, argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    let exists = read.is_some();
+    let none = ConfigMap::default();
+    let current = read.as_deref().unwrap_or(&none);
     let owned = owned_fields(&current.metadata, &field_manager(&name));
-    let data = current.data.clone().unwrap_or_default();
+    let no_data = BTreeMap::new();
+    let data = current.data.as_ref().unwrap_or(&no_data);
     if data.contains_key(&name) && !owned.key(&name) {
         return Err(Error::Invalid(Failure::new(
             Reason::NameConflict,
@@ -300,9 +304,11 @@ impl ArgoPart {
             create_argo_config_map(&api).await?;
         }
         let manager = field_manager(&stack.name_any());
-        api.patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
+        let written = api
+            .patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
             .await
             .map_err(Error::Publish)?;
+        ctx.remember_written_with_managers(written);
         Ok(())
     }
 }
