@@ -435,24 +435,6 @@ fn container_env(container: &k8s_openapi::api::core::v1::Container) -> BTreeMap<
         .collect()
 }
 
-/// The keys that would win over the web identity in the SDKs' chains, or point them elsewhere.
-const CHAIN_BREAKERS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_STS",
-    "AWS_STS_REGIONAL_ENDPOINTS",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-];
-
 /// What the recorder and moto's state say about the pod's S3 writes under `prefix`: for each,
 /// the key, the access key it was signed with, and, when moto issued that key for an
 /// AssumeRoleWithWebIdentity call, the call's role and the claims of its token.
@@ -620,7 +602,7 @@ async fn pods_get_irsa_credentials_from_their_own_projected_token() {
         let name = &source.config_map_ref.as_ref().unwrap().name;
         let map = Api::<ConfigMap>::namespaced(client.clone(), &ns).get(name).await.unwrap();
         let keys: Vec<&String> = map.data.as_ref().unwrap().keys().collect();
-        for key in CHAIN_BREAKERS {
+        for key in artifact_operator::render::env::WEB_IDENTITY_CHAIN_BREAKERS {
             assert!(!keys.iter().any(|k| k == key), "the Stack's ConfigMap {name} renders {key}: {keys:?}");
         }
     }

@@ -7,6 +7,27 @@ use std::collections::BTreeMap;
 use crate::api::artifact_store::AddressingStyle;
 use crate::resolve::{ConsumerCredentials, ResolvedStore, SESSION_CONFIG_KEY, SESSION_MOUNT_PATH};
 
+/// The variables that, set in a pod, would come before IRSA's web identity in the SDKs' credential
+/// chains (keys, a profile, a credentials file, the container endpoint) or send its
+/// AssumeRoleWithWebIdentity elsewhere (a global or STS endpoint). Implicit auth renders none of
+/// them: the pod's ServiceAccount decides, not the Stack.
+pub const WEB_IDENTITY_CHAIN_BREAKERS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+];
+
 /// The key with the custom endpoint's addressing style, in botocore's words.
 pub const ADDRESSING_STYLE: &str = "ARTIFACT_STORE_ADDRESSING_STYLE";
 
@@ -91,29 +112,10 @@ mod tests {
 
     #[test]
     fn implicit_auth_leaves_the_web_identity_chain_alone() {
-        // What would come before IRSA's web identity in the SDKs' chains (keys, a profile, a
-        // credentials file or process, the container endpoint), or send its AssumeRoleWithWebIdentity
-        // elsewhere (a global or STS endpoint): the pod's ServiceAccount must decide, not the Stack.
         let env = env_of(json!({"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"},
             "auth": {"implicit": {"serviceAccountName": "runner", "roleArn": "arn:aws:iam::123456789012:role/ml"}}}));
-        for key in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_CONFIG_FILE",
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_STS",
-            "AWS_STS_REGIONAL_ENDPOINTS",
-            "ARTIFACT_STORE_CREDENTIALS_SECRET",
-        ] {
-            assert!(!env.contains_key(key), "{key} is rendered: {env:?}");
+        for key in WEB_IDENTITY_CHAIN_BREAKERS.iter().chain(&["ARTIFACT_STORE_CREDENTIALS_SECRET"]) {
+            assert!(!env.contains_key(*key), "{key} is rendered: {env:?}");
         }
         assert_eq!(env["AWS_ENDPOINT_URL_S3"], "http://minio:9000", "the endpoint is S3's alone");
     }
