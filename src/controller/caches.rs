@@ -581,6 +581,59 @@ fn strip_object<K: Resource<DynamicType = ()>>(object: &mut K) {
     };
 }
 
+/// The watch of `kind` and its initial list. Streamed where the apiserver offers it (the WatchList
+/// feature, on by default from Kubernetes 1.34): the objects come one by one from the watch cache
+/// and are stripped as they come, so the whole list is never held decoded. An apiserver that
+/// refuses a streaming list (1.33 and older, where the feature is off by default, answer 422)
+/// is listed in pages of 500 instead, for the life of this watch. kube-core then leaves out
+/// resourceVersion=0, so each page is read from etcd (a restart with 10,000 stores and Stacks took
+/// some 13 s to list them); a whole list from the watch cache took 5 s, but held every object
+/// decoded with its managedFields until stripped: a restart peaked at 227 to 249 MiB, against
+/// the chart's 256Mi limit.
+fn initial_lists<K>(
+    api: kube::Api<K>,
+    kind: String,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let streamed = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    futures::stream::unfold(Lists::Streamed(streamed, Box::new(api)), move |lists| {
+        let kind = kind.clone();
+        async move {
+            match lists {
+                Lists::Streamed(mut streamed, api) => match streamed.next().await? {
+                    Err(error) if streaming_refused(&error) => {
+                        tracing::info!(kind = %kind, %error, "the apiserver does not stream lists: listing in pages");
+                        let mut paged = watcher(*api, watcher::Config::default().any_semantic()).boxed();
+                        let event = paged.next().await?;
+                        Some((event, Lists::Paged(paged)))
+                    }
+                    event => Some((event, Lists::Streamed(streamed, api))),
+                },
+                Lists::Paged(mut paged) => {
+                    let event = paged.next().await?;
+                    Some((event, Lists::Paged(paged)))
+                }
+            }
+        }
+    })
+}
+
+type Events<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// How a watch lists: streamed until the apiserver refuses it, then in pages.
+enum Lists<K: Resource + Clone> {
+    Streamed(Events<K>, Box<kube::Api<K>>),
+    Paged(Events<K>),
+}
+
+/// Whether the apiserver refused a watch because it does not stream lists: it finds
+/// `sendInitialEvents` invalid (422), or does not know it (400).
+fn streaming_refused(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 422 || status.code == 400)
+}
+
 /// The events of the watch of `kind`, started with backoff; its errors are told to `health` and
 /// logged, and the watch goes on (an error is the apiserver's, never the input's).
 fn watch_events<K>(
@@ -591,11 +644,7 @@ fn watch_events<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    // Listed in pages of 500. kube-core then leaves out resourceVersion=0, so each page is read
-    // from etcd (a restart with 10,000 stores and Stacks takes some 13 s to list them). A whole
-    // list from the watch cache took 5 s, but held every object decoded with its managedFields
-    // until stripped: a restart peaked at 227 to 249 MiB, against the chart's 256Mi limit.
-    watcher(api, watcher::Config::default().any_semantic())
+    initial_lists(api, kind.clone())
         .default_backoff()
         .filter_map(move |event| {
             let event = event.map_err(|error| {
@@ -731,6 +780,35 @@ fn spawn_version_watch<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_apiserver_that_does_not_stream_lists_is_listed_in_pages() {
+        let (ctx, mut api) = crate::controller::fixtures::test_context();
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), "ns");
+        let mut events = initial_lists(secrets, "Secret".to_owned()).boxed();
+        let listed = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(event) = events.next().await {
+                match event.expect("no error reaches the caller") {
+                    watcher::Event::Init => seen.push("init".to_owned()),
+                    watcher::Event::InitApply(secret) => seen.push(secret.name_any()),
+                    watcher::Event::InitDone => return seen,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            seen
+        });
+        let path = "/api/v1/namespaces/ns/secrets";
+        let refused = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+            "reason": "Invalid", "message": "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"});
+        let (_, streaming) = api.handle(http::Method::GET, path, |_| (422, refused)).await;
+        assert!(streaming.contains("watch=true") && streaming.contains("sendInitialEvents=true"), "{streaming}");
+        let list = serde_json::json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"},
+            "items": [{"metadata": {"name": "keys", "namespace": "ns", "resourceVersion": "9"}}]});
+        let (_, paged) = api.handle(http::Method::GET, path, |_| (200, list)).await;
+        assert!(paged.contains("limit=500") && !paged.contains("watch"), "a list in pages: {paged}");
+        assert_eq!(listed.await.unwrap(), ["init", "keys"]);
+    }
 
     fn meta(managers: &[&str], digest: Option<&str>) -> kube::core::ObjectMeta {
         serde_json::from_value(serde_json::json!({

@@ -185,7 +185,11 @@ start_all() {
     --service-cluster-ip-range 10.96.0.0/24 \
     --allow-privileged=true \
     --endpoint-reconciler-type none \
+    --feature-gates WatchList=true \
     --profiling=false
+  # (WatchList=true: streaming lists, on by default from Kubernetes 1.34 and off in 1.33 alone; the
+  # operator's watches stream their first lists where it is on, and fall back to pages where the
+  # apiserver refuses them, which src/controller/caches.rs's tests cover.)
   # (--endpoint-reconciler-type none: the default reconciler would try to publish 127.0.0.1 as the
   # endpoint of the "kubernetes" Service, which validation rejects as loopback, and log it forever.)
   # Node,RBAC and NodeRestriction: a kubelet (node-up.sh) gets exactly a real node's permissions.
