@@ -147,6 +147,13 @@ impl Context {
         self.known.remember_read(Keep::Managers.key::<K>(&namespace, &name), Arc::new(object));
     }
 
+    /// `K` `name` in `namespace`, whole with its field managers, if this process read or wrote it at
+    /// the version the caches hold now: what a read would return, without the read.
+    pub fn held_with_managers<K: Cached>(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let Some(Some(version)) = self.cached_version::<K>(namespace, name) else { return None };
+        self.known.read::<K>(&Keep::Managers.key::<K>(namespace, name), version)
+    }
+
     async fn read_kept<K: Cached>(
         &self,
         namespace: &str,

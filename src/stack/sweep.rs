@@ -13,7 +13,9 @@
 //!
 //! A Stack is taken for gone only when neither the cache nor the apiserver has it, and every
 //! removal is conditional on the version read, so a Stack created meanwhile keeps what it writes.
-//! A sweep is one LIST per ConfigMap name, of metadata only, filtered by name on the server.
+//! A sweep is one LIST per ConfigMap name, of metadata only, filtered by name on the server. A
+//! namespace's sweep lists none that the caches say is absent, nor an `artifact-repositories` whose
+//! version this process read or wrote itself (it holds that copy, field managers and all).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -136,11 +138,24 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
     };
     let all: Api<ConfigMap> = scoped_api(&ctx.client, scope);
     let named = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
-    for shared in all.list_metadata(&named(argo::CONFIG_MAP)).await? {
-        let namespace = shared.metadata.namespace.clone().unwrap_or_default();
+    let listed = async |params: &ListParams| -> Result<Vec<ObjectMeta>, kube::Error> {
+        Ok(all.list_metadata(params).await?.items.into_iter().map(|shared| shared.metadata).collect())
+    };
+    // One namespace's `artifact-repositories`: none when the caches hold none; the copy this process
+    // holds when it read or wrote the version the caches hold (a ramp of Stacks changes it in every
+    // namespace, each change theirs); else as listed.
+    let argo_maps = match scope {
+        Some(namespace) if ctx.cached_absent::<ConfigMap>(namespace, argo::CONFIG_MAP) => Vec::new(),
+        Some(namespace) => match ctx.held_with_managers::<ConfigMap>(namespace, argo::CONFIG_MAP) {
+            Some(held) => vec![held.metadata.clone()],
+            None => listed(&named(argo::CONFIG_MAP)).await?,
+        },
+        None => listed(&named(argo::CONFIG_MAP)).await?,
+    };
+    for mut read in argo_maps {
+        let namespace = read.namespace.clone().unwrap_or_default();
         namespaces.insert(namespace.clone());
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-        let mut read = shared.metadata;
         for stack in outputs::stacks_with_fields(&read) {
             if stack_exists(ctx, caches, &namespace, &stack, None).await? {
                 continue;
@@ -165,15 +180,19 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
         label_selector: Some(crate::controller::apply::MANAGED_BY_SELECTOR.to_owned()),
         ..named(kfp::CONFIG_MAP)
     };
-    for launcher in all.list_metadata(&ours).await? {
-        let namespace = launcher.metadata.namespace.clone().unwrap_or_default();
+    let launchers = match scope {
+        Some(namespace) if ctx.cached_absent::<ConfigMap>(namespace, kfp::CONFIG_MAP) => Vec::new(),
+        _ => listed(&ours).await?,
+    };
+    for launcher in launchers {
+        let namespace = launcher.namespace.clone().unwrap_or_default();
         namespaces.insert(namespace.clone());
-        let Some((stack, uid)) = controlling_stack(&launcher.metadata) else { continue };
+        let Some((stack, uid)) = controlling_stack(&launcher) else { continue };
         if stack_exists(ctx, caches, &namespace, &stack, Some(&uid)).await? {
             continue;
         }
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-        match outputs::delete_exact(&api, &launcher.metadata).await {
+        match outputs::delete_exact(&api, &launcher).await {
             Ok(()) => removed += 1,
             Err(error) => tracing::debug!(%error, namespace, stack, "a leftover launcher was not removed this time"),
         }
