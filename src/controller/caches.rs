@@ -597,25 +597,21 @@ fn initial_lists<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    let streamed = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
-    futures::stream::unfold(Lists::Streamed(streamed, Box::new(api)), move |lists| {
-        let kind = kind.clone();
-        async move {
-            match lists {
-                Lists::Streamed(mut streamed, api) => match streamed.next().await? {
-                    Err(error) if streaming_refused(&error) => {
-                        tracing::info!(kind = %kind, %error, "the apiserver does not stream lists: listing in pages");
-                        let mut paged = watcher(*api, watcher::Config::default().any_semantic()).boxed();
-                        let event = paged.next().await?;
-                        Some((event, Lists::Paged(paged)))
-                    }
-                    event => Some((event, Lists::Streamed(streamed, api))),
-                },
-                Lists::Paged(mut paged) => {
-                    let event = paged.next().await?;
-                    Some((event, Lists::Paged(paged)))
-                }
+    let events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let streamed = Lists::Streamed { events, api: Box::new(api), kind };
+    futures::stream::unfold(streamed, async |lists| match lists {
+        Lists::Streamed { mut events, api, kind } => match events.next().await? {
+            Err(error) if streaming_refused(&error) => {
+                tracing::info!(kind = %kind, %error, "the apiserver does not stream lists: listing in pages");
+                let mut paged = watcher(*api, watcher::Config::default().any_semantic()).boxed();
+                let event = paged.next().await?;
+                Some((event, Lists::Paged(paged)))
             }
+            event => Some((event, Lists::Streamed { events, api, kind })),
+        },
+        Lists::Paged(mut paged) => {
+            let event = paged.next().await?;
+            Some((event, Lists::Paged(paged)))
         }
     })
 }
@@ -624,7 +620,12 @@ type Events<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, w
 
 /// How a watch lists: streamed until the apiserver refuses it, then in pages.
 enum Lists<K: Resource + Clone> {
-    Streamed(Events<K>, Box<kube::Api<K>>),
+    /// The streaming watch, with what a switch to pages needs: the Api, and the kind for the log.
+    Streamed {
+        events: Events<K>,
+        api: Box<kube::Api<K>>,
+        kind: String,
+    },
     Paged(Events<K>),
 }
 

@@ -150,8 +150,14 @@ impl Context {
     /// `K` `name` in `namespace`, whole with its field managers, if this process read or wrote it at
     /// the version the caches hold now: what a read would return, without the read.
     pub fn held_with_managers<K: Cached>(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.held(namespace, name, Keep::Managers)
+    }
+
+    /// What this process read or wrote of `K` `name`, kept as `keep` says, if the caches hold
+    /// that version now.
+    fn held<K: Cached>(&self, namespace: &str, name: &str, keep: Keep) -> Option<Arc<K>> {
         let Some(Some(version)) = self.cached_version::<K>(namespace, name) else { return None };
-        self.known.read::<K>(&Keep::Managers.key::<K>(namespace, name), version)
+        self.known.read::<K>(&keep.key::<K>(namespace, name), version)
     }
 
     async fn read_kept<K: Cached>(
@@ -160,18 +166,14 @@ impl Context {
         name: &str,
         keep: Keep,
     ) -> Result<Option<Arc<K>>, kube::Error> {
-        let key = keep.key::<K>(namespace, name);
-        let remembered = || match self.cached_version::<K>(namespace, name) {
-            Some(Some(version)) => self.known.read::<K>(&key, version),
-            _ => None,
-        };
-        if let Some(object) = remembered() {
+        if let Some(object) = self.held(namespace, name, keep) {
             return Ok(Some(object));
         }
         // Another pass may be reading it right now: wait for its answer rather than ask again.
+        let key = keep.key::<K>(namespace, name);
         let gate = self.known.reading(key);
         let _reading = gate.lock().await;
-        if let Some(object) = remembered() {
+        if let Some(object) = self.held(namespace, name, keep) {
             return Ok(Some(object));
         }
         let found = Api::<K>::namespaced(self.client.clone(), namespace).get_opt(name).await?.map(|mut object| {
