@@ -275,15 +275,22 @@ async fn a_scoped_prefix_is_literal_so_no_stack_reaches_another_team() {
 /// the escalation out.
 #[test]
 fn moto_reads_the_operator_s_session_policy_as_one_literal_prefix() {
+    use artifact_operator::api::stack::Access;
     use artifact_operator::stack::credentials::{Scope, session_policy};
+    use artifact_operator::stack::resolved::{DEFAULT_DURATION, ScopeRequest};
     let store: artifact_operator::api::ArtifactStore = serde_json::from_value(json!({
         "apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": "ml", "namespace": "t"},
         "spec": {"path": "s3://bucket/teams", "auth": {"secretRef": {"name": "keys"}}, "endpoint": {"url": "http://s3:9000"}},
     }))
     .unwrap();
     let resolved = artifact_operator::resolve::ResolvedStore::new(&store, "us-east-1", false).unwrap();
-    let spec = serde_json::from_value(json!({"mode": "Scoped", "prefix": "team-a"})).unwrap();
-    let policy = session_policy(&Scope::of(&spec, &resolved).unwrap(), "us-east-1").unwrap();
+    let request = ScopeRequest {
+        access: Access::ReadWrite,
+        duration: DEFAULT_DURATION,
+        prefix: Some("team-a".to_owned()),
+        role_arn: None,
+    };
+    let policy = session_policy(&Scope::of(&request, &resolved).unwrap(), "us-east-1").unwrap();
     let requests = [
         ("s3:GetObject", "teams/team-a/model.pkl", "PERMITTED"),
         ("s3:PutObject", "teams/team-a/runs/1", "PERMITTED"),

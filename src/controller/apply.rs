@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 
@@ -24,17 +25,56 @@ pub fn labels(owner_label: &str, name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The metadata of an object named `name` that `owner` owns: in its namespace, with its labels and
-/// a controller reference to it, so the garbage collector removes it with the owner.
-pub fn owned_meta<K: kube::Resource<DynamicType = ()>>(owner: &K, owner_label: &str, name: String) -> ObjectMeta {
-    let meta = owner.meta();
-    ObjectMeta {
-        name: Some(name),
-        namespace: meta.namespace.clone(),
-        labels: Some(labels(owner_label, meta.name.as_deref().unwrap_or_default())),
-        owner_references: owner.controller_owner_ref(&()).map(|owner| vec![owner]),
-        ..ObjectMeta::default()
+/// Who owns what the operator publishes for an ArtifactStore or a Stack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// The controller reference its objects carry.
+    reference: Option<OwnerReference>,
+}
+
+impl Owner {
+    pub fn of<K: kube::Resource<DynamicType = ()>>(object: &K) -> Self {
+        let meta = object.meta();
+        Self {
+            kind: K::kind(&()).into_owned(),
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            reference: object.controller_owner_ref(&()),
+        }
     }
+
+    /// The metadata of an object named `name` that this owner owns: in its namespace, with its
+    /// labels and a controller reference to it, so the garbage collector removes it with the owner.
+    pub fn owned_meta(&self, owner_label: &str, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels(owner_label, &self.name)),
+            owner_references: self.reference.clone().map(|reference| vec![reference]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The failure of a `kind` named `name` that exists and is not this owner's.
+    pub fn name_conflict(&self, kind: &str, name: &str) -> crate::reason::Failure {
+        crate::reason::Failure::new(
+            crate::reason::Reason::NameConflict,
+            format!(
+                "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",
+                self.kind, self.name, self.kind,
+            ),
+        )
+    }
+}
+
+/// [`Owner::owned_meta`] of `owner`.
+pub fn owned_meta<K: kube::Resource<DynamicType = ()>>(owner: &K, owner_label: &str, name: String) -> ObjectMeta {
+    Owner::of(owner).owned_meta(owner_label, name)
 }
 
 /// What publishing an owned object came to.
@@ -151,16 +191,7 @@ fn with_digest<K: Owned>(mut object: K, hash: u64) -> K {
 /// The failure for an object of `kind` named `name` that `owner` would publish, but that exists
 /// and is not ours.
 pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::reason::Failure {
-    use kube::ResourceExt;
-    crate::reason::Failure::new(
-        crate::reason::Reason::NameConflict,
-        format!(
-            "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",
-            O::kind(&()),
-            owner.name_any(),
-            O::kind(&()),
-        ),
-    )
+    Owner::of(owner).name_conflict(kind, name)
 }
 
 /// A Secret's `stringData` moved into `data`, the form the apiserver stores and returns, so that

@@ -15,10 +15,10 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::core::ObjectMeta;
 
-use crate::api::Stack;
+use super::resolved::ResolvedStack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
-use crate::controller::apply;
+use crate::controller::apply::Owner;
 use crate::reason::{Failure, Reason};
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ConsumerCredentials, ResolvedStore, SESSION_MOUNT_PATH};
@@ -109,8 +109,8 @@ pub fn zenml_pod_settings(wiring: &PodWiring) -> serde_json::Value {
     })
 }
 
-fn owned_meta(stack: &Stack, name: String) -> ObjectMeta {
-    apply::owned_meta(stack, "stack", name)
+fn owned_meta(owner: &Owner, name: String) -> ObjectMeta {
+    owner.owned_meta("stack", name)
 }
 
 /// What a format that adds keys to the Stack's ConfigMap renders: its keys, or the setting of the
@@ -119,14 +119,14 @@ type FormatKeys = fn(&ResolvedStore) -> Result<BTreeMap<String, String>, String>
 
 /// The keys of the formats the Stack asks for that add to its ConfigMap (BucketClaim, MLflow), or
 /// one failure naming each of them that cannot serve the store as it is.
-fn format_keys(stack: &Stack, store: &ResolvedStore) -> Result<BTreeMap<String, String>, Failure> {
+fn format_keys(stack: &ResolvedStack, store: &ResolvedStore) -> Result<BTreeMap<String, String>, Failure> {
     let formats: [(OutputFormat, &str, FormatKeys); 2] = [
         (OutputFormat::BucketClaim, "BucketClaim", render::bucket_claim::render),
         (OutputFormat::Mlflow, "MLflow", render::mlflow::render),
     ];
     let mut keys = BTreeMap::new();
     let mut refused = Vec::new();
-    for (_, name, render) in formats.into_iter().filter(|(format, _, _)| stack.spec.wants(*format)) {
+    for (_, name, render) in formats.into_iter().filter(|(format, _, _)| stack.wants(*format)) {
         match render(store) {
             Ok(rendered) => keys.extend(rendered),
             Err(why) => refused.push(format!("{name}: {why}")),
@@ -137,42 +137,43 @@ fn format_keys(stack: &Stack, store: &ResolvedStore) -> Result<BTreeMap<String, 
 
 /// The Stack's ConfigMap and its content hash, or why a format it asks for cannot serve the store.
 /// `ca_pem` is the bundle the store publishes.
-pub fn config_map(stack: &Stack, store: &ResolvedStore, ca_pem: Option<&str>) -> Result<(ConfigMap, String), Failure> {
+pub fn config_map(
+    stack: &ResolvedStack,
+    store: &ResolvedStore,
+    ca_pem: Option<&str>,
+) -> Result<(ConfigMap, String), Failure> {
     let format_keys = format_keys(stack, store)?;
-    let name = stack.metadata.name.clone().unwrap_or_default();
-    let namespace = stack.metadata.namespace.clone().unwrap_or_default();
-    let orchestrator = &stack.spec.orchestrator;
+    let name = stack.name();
     let mut data = render::env::render(store);
-    data.insert("STACK_NAME".into(), name.clone());
-    data.insert("ORCHESTRATOR_TYPE".into(), format!("{:?}", orchestrator.kind));
-    data.insert("ORCHESTRATOR_SERVICE_ACCOUNT".into(), orchestrator.service_account_name.clone());
+    data.insert("STACK_NAME".into(), name.to_owned());
+    data.insert("ORCHESTRATOR_TYPE".into(), format!("{:?}", stack.orchestrator));
+    data.insert("ORCHESTRATOR_SERVICE_ACCOUNT".into(), stack.service_account.clone());
     if let (Some(pem), Some(_)) = (ca_pem, store.ca_bundle_path()) {
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
     data.extend(format_keys);
-    if stack.spec.wants(OutputFormat::ZenML) {
-        let pod_settings = zenml_pod_settings(&pod_wiring(&name, store));
-        let registry = orchestrator.container_registry.as_ref().map(|registry| registry.uri.as_str());
+    if stack.wants(OutputFormat::ZenML) {
+        let pod_settings = zenml_pod_settings(&pod_wiring(name, store));
         let export = render::zenml::stack_export(
-            &name,
+            name,
             store,
-            &namespace,
-            &orchestrator.service_account_name,
+            stack.namespace(),
+            &stack.service_account,
             &pod_settings,
-            registry,
+            stack.container_registry.as_deref(),
         );
         data.insert(ZENML_STACK_KEY.into(), serde_yaml_ng::to_string(&export).expect("JSON values serialize to YAML"));
     }
     let hash = render::content_hash(&data);
-    let mut meta = owned_meta(stack, config_map_name(&name));
+    let mut meta = owned_meta(&stack.owner, config_map_name(name));
     meta.annotations = Some(BTreeMap::from([(CONTENT_HASH_ANNOTATION.to_owned(), hash.clone())]));
     Ok((ConfigMap { metadata: meta, data: Some(data), ..ConfigMap::default() }, hash))
 }
 
 /// The namespace's `kfp-launcher` ConfigMap, owned by this Stack.
-pub fn kfp_launcher(stack: &Stack, store: &ResolvedStore) -> ConfigMap {
+pub fn kfp_launcher(stack: &ResolvedStack, store: &ResolvedStore) -> ConfigMap {
     ConfigMap {
-        metadata: owned_meta(stack, kfp::CONFIG_MAP.to_owned()),
+        metadata: owned_meta(&stack.owner, kfp::CONFIG_MAP.to_owned()),
         data: Some(kfp::launcher_data(store)),
         ..ConfigMap::default()
     }
@@ -180,22 +181,18 @@ pub fn kfp_launcher(stack: &Stack, store: &ResolvedStore) -> ConfigMap {
 
 /// Where Argo's `caSecret` points: the user's Secret as is, or, for a CA in a ConfigMap, the
 /// Secret [`ca_secret`] publishes.
-pub fn argo_ca(stack: &Stack, store: &ResolvedStore) -> Option<argo::CaSecret> {
+pub fn argo_ca(stack: &ResolvedStack, store: &ResolvedStore) -> Option<argo::CaSecret> {
     let ca = store.endpoint.as_ref()?.ca_bundle.as_ref()?;
     Some(match ca.kind {
         CaBundleKind::Secret => argo::CaSecret { name: ca.name.clone(), key: ca.key.clone() },
-        CaBundleKind::ConfigMap => argo::CaSecret {
-            name: ca_secret_name(&stack.metadata.name.clone().unwrap_or_default()),
-            key: CA_BUNDLE_KEY.to_owned(),
-        },
+        CaBundleKind::ConfigMap => argo::CaSecret { name: ca_secret_name(stack.name()), key: CA_BUNDLE_KEY.to_owned() },
     })
 }
 
 /// The Secret with the store's CA certificates, for Argo's `caSecret`.
-pub fn ca_secret(stack: &Stack, pem: &str) -> Secret {
-    let name = ca_secret_name(&stack.metadata.name.clone().unwrap_or_default());
+pub fn ca_secret(owner: &Owner, pem: &str) -> Secret {
     Secret {
-        metadata: owned_meta(stack, name),
+        metadata: owned_meta(owner, ca_secret_name(&owner.name)),
         data: Some(BTreeMap::from([(CA_BUNDLE_KEY.to_owned(), k8s_openapi::ByteString(pem.as_bytes().to_vec()))])),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -203,9 +200,8 @@ pub fn ca_secret(stack: &Stack, pem: &str) -> Secret {
 }
 
 /// The Stack's Argo artifact repository, as the YAML value of its key in `artifact-repositories`.
-pub fn argo_repository(stack: &Stack, store: &ResolvedStore) -> String {
-    let options =
-        argo::Options { ca_secret: argo_ca(stack, store), addressing_style: stack.spec.outputs.argo_addressing_style };
+pub fn argo_repository(stack: &ResolvedStack, store: &ResolvedStore) -> String {
+    let options = argo::Options { ca_secret: argo_ca(stack, store), addressing_style: stack.argo_addressing_style };
     serde_yaml_ng::to_string(&argo::artifact_repository(store, &options)).expect("JSON values serialize to YAML")
 }
 
@@ -215,13 +211,14 @@ mod tests {
 
     use super::*;
 
-    fn stack(formats: Value) -> Stack {
-        crate::controller::fixtures::stack(
+    fn stack(formats: Value) -> ResolvedStack {
+        let stack = crate::controller::fixtures::stack(
             "ml",
             "s-1",
             json!({"artifactStoreRef": {"name": "store"},
             "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "outputs": {"formats": formats}}),
-        )
+        );
+        ResolvedStack::of(&stack).expect("a valid Stack")
     }
 
     fn store(auth: Value, endpoint: Value) -> ResolvedStore {
@@ -270,7 +267,7 @@ mod tests {
         let copied = store(keys(), from("ConfigMap"));
         let repository: Value = serde_yaml_ng::from_str(&argo_repository(&stack(json!(["Argo"])), &copied)).unwrap();
         assert_eq!(repository["s3"]["caSecret"], json!({"name": "prod-ca-bundle", "key": CA_BUNDLE_KEY}));
-        let secret = ca_secret(&stack(json!(["Argo"])), "PEM");
+        let secret = ca_secret(&stack(json!(["Argo"])).owner, "PEM");
         assert_eq!(secret.metadata.name.as_deref(), Some("prod-ca-bundle"));
         assert_eq!(secret.data.unwrap()[CA_BUNDLE_KEY].0, b"PEM");
     }

@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::Error;
+use super::resolved::{ResolvedStack, ScopeRequest, pattern_character};
 use crate::api::Stack;
-use crate::api::stack::{Access, CredentialsMode, CredentialsStatus, ScopedCredentials};
+use crate::api::stack::{Access, CredentialsStatus, StackStatus};
 use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::aws::failure::{CallError, source_chain};
-use crate::controller::{Context, apply};
+use crate::controller::Context;
+use crate::controller::apply::{self, Owner};
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 use crate::s3path::S3Path;
@@ -40,8 +41,6 @@ pub const CONFIG_KEY: &str = "config";
 pub const EXPIRES_AT_ANNOTATION: &str = "artifacts.dev/expires-at";
 pub const RENEW_AT_ANNOTATION: &str = "artifacts.dev/renew-at";
 pub const SCOPE_ANNOTATION: &str = "artifacts.dev/credentials-scope";
-/// The lifetime unless `spec.credentials.duration` says otherwise.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 /// The role a session is assumed for on an S3-compatible server whose STS assumes the caller's
 /// own user (MinIO takes and ignores it; the SDK requires one).
 const OWN_USER_ROLE: &str = "arn:aws:iam::000000000000:role/artifact-operator-own-user";
@@ -66,9 +65,9 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The scope `spec` asks for on `store`. The prefix and duration passed admission; they are
-    /// checked again here, as anything past it must not reach a policy.
-    pub fn of(spec: &ScopedCredentials, store: &ResolvedStore) -> Result<Self, Failure> {
+    /// The scope `request` asks for on `store`. The request's prefix is literal; the store's path
+    /// is checked here, as anything that reaches a policy must be.
+    pub fn of(request: &ScopeRequest, store: &ResolvedStore) -> Result<Self, Failure> {
         let unsupported = |message: String| Failure::new(Reason::ScopedCredentialsUnsupported, message);
         if store.auth.keys().is_none() {
             return Err(unsupported(format!(
@@ -76,31 +75,14 @@ impl Scope {
                 store.name
             )));
         }
-        if store.endpoint.is_none() && spec.role_arn.is_none() {
+        if store.endpoint.is_none() && request.role_arn.is_none() {
             return Err(unsupported(
                 "on AWS, scoped credentials come from a role the store's keys may assume: set spec.credentials.roleArn"
                     .to_owned(),
             ));
         }
-        let duration = match spec.duration.as_deref() {
-            None => DEFAULT_DURATION,
-            Some(text) => crate::controller::timing::parse_duration(
-                text,
-                Duration::from_secs(15 * 60),
-                Duration::from_secs(12 * 3600),
-            )
-            .map_err(|why| unsupported(format!("spec.credentials.duration {text:?} is {why}")))?,
-        };
         let mut path = store.path.clone();
-        if let Some(below) = spec.prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
-            if below.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
-                return Err(unsupported(format!("spec.credentials.prefix {below:?} is not a plain key prefix")));
-            }
-            if let Some(pattern) = pattern_character(below) {
-                return Err(unsupported(format!(
-                    "spec.credentials.prefix {below:?} contains {pattern:?}, which IAM reads as a pattern or a variable in a policy: the credentials would reach more than the prefix; use a literal prefix"
-                )));
-            }
+        if let Some(below) = &request.prefix {
             path.prefix = if path.prefix.is_empty() { below.to_owned() } else { format!("{}/{below}", path.prefix) };
         }
         if let Some(pattern) = pattern_character(&path.prefix) {
@@ -109,7 +91,7 @@ impl Scope {
                 store.name, store.path
             )));
         }
-        Ok(Self { path, access: spec.access, duration, role_arn: spec.role_arn.clone() })
+        Ok(Self { path, access: request.access, duration: request.duration, role_arn: request.role_arn.clone() })
     }
 
     /// Identifies the scope, to tell when the credentials no longer match it.
@@ -133,15 +115,6 @@ fn partition(region: &str) -> &'static str {
     } else {
         "aws"
     }
-}
-
-/// The characters IAM reads as a pattern (`*` and `?` in a resource ARN and in `StringLike`) or
-/// as the start of a policy variable (`$`): none of them may reach a policy from a user's value.
-const PATTERN_CHARACTERS: [char; 3] = ['*', '?', '$'];
-
-/// The first character of `text` that IAM would not read literally in a policy.
-pub fn pattern_character(text: &str) -> Option<char> {
-    text.chars().find(|c| PATTERN_CHARACTERS.contains(c))
 }
 
 /// The session policy: listing only under the prefix, and reading (and with ReadWrite writing
@@ -209,7 +182,7 @@ pub fn config_file() -> String {
 }
 
 /// The Secret with `issued`. Pure.
-pub fn secret(stack: &Stack, issued: &Issued, held: &Held) -> Secret {
+pub fn secret(owner: &Owner, issued: &Issued, held: &Held) -> Secret {
     let process = json!({
         "Version": 1,
         "AccessKeyId": issued.keys.access_key_id,
@@ -217,7 +190,7 @@ pub fn secret(stack: &Stack, issued: &Issued, held: &Held) -> Secret {
         "SessionToken": issued.keys.session_token,
         "Expiration": issued.expires_at.to_string(),
     });
-    let mut meta = apply::owned_meta(stack, "stack", secret_name(&stack.name_any()));
+    let mut meta = owner.owned_meta("stack", secret_name(&owner.name));
     meta.annotations = Some(BTreeMap::from([
         (EXPIRES_AT_ANNOTATION.to_owned(), held.expires_at.to_string()),
         (RENEW_AT_ANNOTATION.to_owned(), held.renew_at.to_string()),
@@ -311,11 +284,6 @@ pub fn until(renew_at: &str) -> Option<Duration> {
     Some(Duration::try_from(renew.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
 }
 
-/// Whether the Stack asks for scoped credentials.
-pub fn wanted(stack: &Stack) -> bool {
-    stack.spec.credentials.as_ref().is_some_and(|c| c.mode == CredentialsMode::Scoped)
-}
-
 /// What [`ensure`] came to.
 pub enum Outcome {
     /// Valid session credentials: the record for the status, and the store as the Stack's pods
@@ -330,13 +298,13 @@ pub enum Outcome {
 /// that write yet, so a renewal is never repeated.
 pub async fn ensure(
     ctx: &Context,
-    stack: &Stack,
-    spec: &ScopedCredentials,
+    stack: &ResolvedStack,
+    request: &ScopeRequest,
     store: &ResolvedStore,
     ca_pem: Option<String>,
     keys: Option<StaticKeys>,
 ) -> Result<Outcome, Error> {
-    let scope = match Scope::of(spec, store) {
+    let scope = match Scope::of(request, store) {
         Ok(scope) => scope,
         Err(failure) => return Ok(Outcome::Failed(failure)),
     };
@@ -347,23 +315,23 @@ pub async fn ensure(
         )));
     };
     let digest = scope.digest();
-    let name = secret_name(&stack.name_any());
-    let namespace = stack.namespace().unwrap_or_default();
-    let uid = stack.uid().unwrap_or_default();
+    let owner = &stack.owner;
+    let name = secret_name(&owner.name);
+    let uid = &owner.uid;
     let now = Timestamp::now();
-    let current = ctx.read::<Secret>(&namespace, &name).await.map_err(Error::Dereference)?;
-    let owned = apply::owned_meta(stack, "stack", name.clone());
+    let current = ctx.read::<Secret>(&owner.namespace, &name).await.map_err(Error::Dereference)?;
+    let owned = owner.owned_meta("stack", name.clone());
     let ours = current.as_deref().filter(|s| apply::is_ours(&s.metadata, &owned));
     if current.is_some() && ours.is_none() {
-        return Ok(Outcome::Failed(apply::name_conflict("Secret", &name, stack)));
+        return Ok(Outcome::Failed(owner.name_conflict("Secret", &name)));
     }
-    let held = newest(ours.and_then(Held::of), ours.and(ctx.issued::<Held>(&uid)).as_deref());
+    let held = newest(ours.and_then(Held::of), ours.and(ctx.issued::<Held>(uid)).as_deref());
     let narrowed = narrowed(store, &scope, &name);
     let due = due(held.as_ref(), &digest, now);
     if let (Due::Fresh, Some(held)) = (&due, &held) {
         return Ok(Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal: None });
     }
-    let issued = match assume(ctx, store, &scope, ca_pem, &keys, stack).await {
+    let issued = match assume(ctx, store, &scope, ca_pem, &keys, owner).await {
         Ok(issued) => issued,
         Err(failure) => {
             return Ok(match (&due, held) {
@@ -382,11 +350,11 @@ pub async fn ensure(
         renew_at: renew_at(now, lifetime, fastrand::f64() * 2.0 - 1.0),
         scope: digest,
     };
-    match apply::publish(ctx, &secret(stack, &issued, &held)).await.map_err(Error::Publish)? {
-        apply::Applied::NotOurs => return Ok(Outcome::Failed(apply::name_conflict("Secret", &name, stack))),
+    match apply::publish(ctx, &secret(owner, &issued, &held)).await.map_err(Error::Publish)? {
+        apply::Applied::NotOurs => return Ok(Outcome::Failed(owner.name_conflict("Secret", &name))),
         apply::Applied::Written | apply::Applied::Unchanged => {}
     }
-    ctx.remember_issued(&uid, std::sync::Arc::new(held.clone()));
+    ctx.remember_issued(uid, std::sync::Arc::new(held.clone()));
     Ok(Outcome::Scoped { record: held.record(&scope, &name), store: narrowed, renewal: None })
 }
 
@@ -413,11 +381,12 @@ fn renewal_failed(failure: &Failure, held: &Held, secret_name: &str) -> Failure 
 
 /// Empties the Stack's Secret of scoped credentials once it no longer asks for them (`Shared`):
 /// no key stays behind. (The operator may not delete Secrets; the empty one goes with the Stack.)
-pub async fn retire(ctx: &Context, stack: &Stack) -> Result<(), Error> {
-    if stack.status.as_ref().and_then(|s| s.credentials.as_ref()).is_none() {
+/// (`status`: the Stack's, as last written.)
+pub async fn retire(ctx: &Context, owner: &Owner, status: Option<&StackStatus>) -> Result<(), Error> {
+    if status.and_then(|s| s.credentials.as_ref()).is_none() {
         return Ok(());
     }
-    let meta = apply::owned_meta(stack, "stack", secret_name(&stack.name_any()));
+    let meta = owner.owned_meta("stack", secret_name(&owner.name));
     let empty = Secret { metadata: meta, data: Some(BTreeMap::new()), ..Secret::default() };
     // Another's Secret of that name (NotOurs) is never touched.
     apply::publish(ctx, &empty).await.map_err(Error::Publish)?;
@@ -439,14 +408,13 @@ async fn assume(
     scope: &Scope,
     ca_pem: Option<String>,
     keys: &StaticKeys,
-    stack: &Stack,
+    owner: &Owner,
 ) -> Result<Issued, Failure> {
     let connection = S3Connection::to_store(store, ca_pem, Some(keys.clone()));
     let sts = ctx.aws.sts_at(&connection).map_err(|e| Failure::new(Reason::InvalidTlsSettings, e.to_string()))?;
     let policy = session_policy(scope, &store.region)?.to_string();
     // At most 64 characters of [\w+=,.@-]: the namespace and name fit, cut if need be.
-    let session: String =
-        format!("ao.{}.{}", stack.namespace().unwrap_or_default(), stack.name_any()).chars().take(64).collect();
+    let session: String = format!("ao.{}.{}", owner.namespace, owner.name).chars().take(64).collect();
     ctx.aws.iam_limiter.acquire(&connection.account_key()).await;
     let answer = sts
         .assume_role()
@@ -508,6 +476,7 @@ fn assume_failure(error: &CallError, chain: &str, store: &ResolvedStore) -> Fail
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stack::resolved::{DEFAULT_DURATION, PodCredentials};
 
     fn store(auth: Value, endpoint: bool) -> ResolvedStore {
         let mut spec = json!({"path": "s3://bucket/team", "auth": auth});
@@ -517,46 +486,52 @@ mod tests {
         crate::resolve::test_store(spec, "us-east-1")
     }
 
-    fn spec(value: Value) -> ScopedCredentials {
-        serde_json::from_value(value).unwrap()
+    /// The scope of a Stack with `credentials` on `store`, as a pass comes to it.
+    fn scope_of(credentials: Value, store: &ResolvedStore) -> Result<Scope, Failure> {
+        let stack = crate::controller::fixtures::stack(
+            "ml",
+            "s-1",
+            json!({"artifactStoreRef": {"name": "store"},
+            "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "credentials": credentials}),
+        );
+        let PodCredentials::Scoped(request) = ResolvedStack::of(&stack)?.credentials else { panic!("scoped") };
+        Scope::of(&request, store)
     }
 
     #[test]
     fn the_scope_narrows_the_store_s_path_and_keeps_its_bounds() {
         let keys = json!({"secretRef": {"name": "k"}});
-        let scope = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a/b"})), &store(keys.clone(), true)).unwrap();
+        let scope = scope_of(json!({"mode": "Scoped", "prefix": "a/b"}), &store(keys.clone(), true)).unwrap();
         assert_eq!(scope.path.to_string(), "s3://bucket/team/a/b");
         assert_eq!(scope.duration, DEFAULT_DURATION);
         assert_eq!(scope.access, Access::ReadWrite);
-        let fifteen =
-            Scope::of(&spec(json!({"mode": "Scoped", "duration": "15m"})), &store(keys.clone(), true)).unwrap();
+        let fifteen = scope_of(json!({"mode": "Scoped", "duration": "15m"}), &store(keys.clone(), true)).unwrap();
         assert_eq!(
             (fifteen.path.to_string(), fifteen.duration),
             ("s3://bucket/team".to_owned(), Duration::from_secs(900))
         );
         assert_ne!(scope.digest(), fifteen.digest());
-        let short = Scope::of(&spec(json!({"mode": "Scoped", "duration": "5m"})), &store(keys.clone(), true));
+        let short = scope_of(json!({"mode": "Scoped", "duration": "5m"}), &store(keys.clone(), true));
         assert_eq!(short.unwrap_err().reason, Reason::ScopedCredentialsUnsupported);
-        let climbing = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "../x"})), &store(keys.clone(), true));
+        let climbing = scope_of(json!({"mode": "Scoped", "prefix": "../x"}), &store(keys.clone(), true));
         assert!(climbing.is_err());
-        let implicit = Scope::of(&spec(json!({"mode": "Scoped"})), &store(json!({"implicit": {}}), true));
+        let implicit = scope_of(json!({"mode": "Scoped"}), &store(json!({"implicit": {}}), true));
         assert!(implicit.unwrap_err().message.contains("implicit auth"));
-        let aws = Scope::of(&spec(json!({"mode": "Scoped"})), &store(keys, false));
+        let aws = scope_of(json!({"mode": "Scoped"}), &store(keys, false));
         assert!(aws.unwrap_err().message.contains("roleArn"));
     }
 
     #[test]
     fn the_policy_allows_only_the_prefix() {
         let keys = json!({"secretRef": {"name": "k"}});
-        let read_write =
-            Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &store(keys.clone(), true)).unwrap();
+        let read_write = scope_of(json!({"mode": "Scoped", "prefix": "a"}), &store(keys.clone(), true)).unwrap();
         let policy = session_policy(&read_write, "us-east-1").unwrap();
         let statements = policy["Statement"].as_array().unwrap();
         assert_eq!(statements[0]["Resource"][0], "arn:aws:s3:::bucket");
         assert_eq!(statements[0]["Condition"]["StringLike"]["s3:prefix"], json!(["team/a", "team/a/*"]));
         assert_eq!(statements[2]["Resource"][0], "arn:aws:s3:::bucket/team/a/*");
         assert!(statements[2]["Action"].as_array().unwrap().contains(&json!("s3:PutObject")));
-        let read_only = Scope::of(&spec(json!({"mode": "Scoped", "access": "ReadOnly"})), &store(keys, true)).unwrap();
+        let read_only = scope_of(json!({"mode": "Scoped", "access": "ReadOnly"}), &store(keys, true)).unwrap();
         let policy = session_policy(&read_only, "cn-north-1").unwrap();
         assert_eq!(policy["Statement"][2]["Action"], json!(["s3:GetObject"]));
         assert_eq!(policy["Statement"][2]["Resource"][0], "arn:aws-cn:s3:::bucket/team/*");
@@ -566,7 +541,7 @@ mod tests {
     fn no_pattern_or_variable_reaches_the_session_policy() {
         let keys = json!({"secretRef": {"name": "k"}});
         for prefix in ["t*", "*", "team-?", "${aws:username}", "a/b*c"] {
-            let scope = Scope::of(&spec(json!({"mode": "Scoped", "prefix": prefix})), &store(keys.clone(), true));
+            let scope = scope_of(json!({"mode": "Scoped", "prefix": prefix}), &store(keys.clone(), true));
             let failure = scope.unwrap_err();
             assert_eq!(failure.reason, Reason::ScopedCredentialsUnsupported, "{prefix}");
             assert!(failure.message.contains("spec.credentials.prefix"), "{}", failure.message);
@@ -574,10 +549,10 @@ mod tests {
         // From the store's path, which admission lets carry any key character.
         let mut wild = store(keys.clone(), true);
         wild.path = S3Path::parse("s3://bucket/te*ms").unwrap();
-        let failure = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &wild).unwrap_err();
+        let failure = scope_of(json!({"mode": "Scoped", "prefix": "a"}), &wild).unwrap_err();
         assert!(failure.message.contains("path of ArtifactStore ml"), "{}", failure.message);
         // And again where the policy is built, whatever built the scope.
-        let mut scope = Scope::of(&spec(json!({"mode": "Scoped", "prefix": "a"})), &store(keys, true)).unwrap();
+        let mut scope = scope_of(json!({"mode": "Scoped", "prefix": "a"}), &store(keys, true)).unwrap();
         scope.path.prefix = "team/*".to_owned();
         assert_eq!(session_policy(&scope, "us-east-1").unwrap_err().reason, Reason::ScopedCredentialsUnsupported);
     }
@@ -632,7 +607,7 @@ mod tests {
             renew_at: "2026-11-29T10:40:00Z".parse().unwrap(),
             scope: "s".into(),
         };
-        let secret = secret(&stack, &issued, &held);
+        let secret = secret(&Owner::of(&stack), &issued, &held);
         assert_eq!(Held::of(&secret), Some(held), "the Secret says what it holds");
         assert_eq!(secret.metadata.name.as_deref(), Some("prod-scoped-credentials"));
         let annotations = secret.metadata.annotations.as_ref().unwrap();

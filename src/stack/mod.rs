@@ -5,6 +5,7 @@
 pub mod build;
 pub mod credentials;
 pub mod outputs;
+pub mod resolved;
 pub mod sweep;
 pub mod workload;
 pub mod zenml;
@@ -30,6 +31,7 @@ use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
+use resolved::{Asks, PodCredentials, ResolvedStack};
 use workload::Verdict;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +112,7 @@ pub fn error_policy(stack: Arc<DeserializeGuard<Stack>>, error: &Error, ctx: Arc
 
 pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>) -> Result<Next, Error> {
     let on_panic = async |stack| {
-        write_status(stack, &ctx, Report::failed(crate::controller::panicked())).await?;
+        write_status(stack, &ctx, Report::keeping(crate::controller::panicked())).await?;
         Err(Error::Panicked)
     };
     crate::controller::reconcile_guarded(&ctx, &guarded, |stack| reconcile_inner(stack, &ctx), on_panic).await
@@ -123,23 +125,28 @@ struct Usable {
     fingerprint: String,
 }
 
-async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
-    if stack.metadata.deletion_timestamp.is_some() {
-        return finalize(ctx, stack).await;
+/// (`object` is the Stack as read: its metadata and last status; `stack` its spec, resolved.)
+async fn reconcile_inner(object: &Stack, ctx: &Context) -> Result<Next, Error> {
+    if object.metadata.deletion_timestamp.is_some() {
+        return finalize(ctx, object).await;
     }
-    let uid = stack.uid().unwrap_or_default();
+    let stack = match ResolvedStack::of(object) {
+        Ok(stack) => stack,
+        Err(failure) => return unresolved(ctx, object, failure).await,
+    };
+    let uid = &stack.owner.uid;
     // The finalizer goes on before anything is made in ZenML; its watch event brings the next pass.
-    if stack.spec.zenml.is_some() && !apply::has_finalizer(stack, zenml::FINALIZER) {
-        set_zenml_finalizer(ctx, stack, true).await?;
+    if stack.zenml.is_some() && !apply::has_finalizer(object, zenml::FINALIZER) {
+        set_zenml_finalizer(ctx, object, true).await?;
         return Ok(Next::await_change());
     }
-    let record = stack.status.as_ref().and_then(|s| s.zenml.as_ref());
-    let removal = match &stack.spec.zenml {
-        None => remove_zenml(ctx, stack).await?,
+    let record = object.status.as_ref().and_then(|s| s.zenml.as_ref());
+    let removal = match &stack.zenml {
+        None => remove_zenml(ctx, object).await?,
         // Moved to another server: what the old one holds goes (or is left, with a Warning).
-        Some(spec) => {
-            if let Some(old) = record.filter(|r| r.url != spec.url) {
-                remove_record(ctx, stack, old, false).await?;
+        Some(target) => {
+            if let Some(old) = record.filter(|r| r.url != target.url) {
+                remove_record(ctx, object, old, false).await?;
             }
             None
         }
@@ -147,48 +154,52 @@ async fn reconcile_inner(stack: &Stack, ctx: &Context) -> Result<Next, Error> {
     // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
     // (A Stack with ZenML looks at the server each resync: someone may have changed it there. One
     // whose scoped credentials are due renews them.)
-    let watermark = ctx.caches(&stack.namespace().unwrap_or_default()).map(|c| c.watermark(stack));
-    let settles = stack.spec.zenml.is_none() && removal.is_none();
-    let renewal_due = credentials::until_renewal(stack).is_some_and(|left| left.is_zero());
-    if settles && !renewal_due && watermark.as_deref().and_then(|w| ctx.settled::<()>(&uid, w)).is_some() {
-        return Ok(Next::requeue(next_pass(ctx, stack, None)));
+    let watermark = ctx.caches(stack.namespace()).map(|c| c.watermark(object));
+    let settles = stack.zenml.is_none() && removal.is_none();
+    let renewal_due = credentials::until_renewal(object).is_some_and(|left| left.is_zero());
+    if settles && !renewal_due && watermark.as_deref().and_then(|w| ctx.settled::<()>(uid, w)).is_some() {
+        return Ok(Next::requeue(next_pass(ctx, object, None)));
     }
-    let mut report = Report {
-        ready: Observed::unknown(READY, Reason::Ready, String::new()),
-        published: None,
-        check: None,
-        zenml: removal.unwrap_or(ZenmlReport::Keep),
-        credentials: CredentialsReport::Keep,
-    };
-    match full_pass(ctx, stack, &mut report).await.or_else(Pass::failed)? {
+    let ready = Observed::unknown(READY, Reason::Ready, String::new());
+    let mut report = Report { zenml: removal.unwrap_or(ZenmlReport::Keep), ..Report::keeping(ready) };
+    match full_pass(ctx, object, &stack, &mut report).await.or_else(Pass::failed)? {
         Pass::Ready { fingerprint, message } => {
             report.ready = Observed::ok(READY, Reason::Ready, message);
             let renewed = report.credentials.record().cloned();
             let renewal_failed = report.credentials.renewal_failed();
-            write_status(stack, ctx, report).await?;
-            ctx.mark_verified(&uid, &fingerprint);
+            write_status(object, ctx, report).await?;
+            ctx.mark_verified(uid, &fingerprint);
             if renewal_failed {
-                let failures = ctx.record_failure(&object_key(stack));
+                let failures = ctx.record_failure(&object_key(object));
                 return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
             }
-            ctx.record_success(&object_key(stack));
+            ctx.record_success(&object_key(object));
             if settles {
-                ctx.settle(&uid, watermark, Arc::new(()));
+                ctx.settle(uid, watermark, Arc::new(()));
             }
-            Ok(Next::requeue(next_pass(ctx, stack, renewed.as_ref())))
+            Ok(Next::requeue(next_pass(ctx, object, renewed.as_ref())))
         }
         Pass::Running(message) => {
             report.ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message);
-            write_status(stack, ctx, report).await?;
+            write_status(object, ctx, report).await?;
             Ok(Next::requeue(CHECK_POLL))
         }
         Pass::Failed(failure) => {
             report.ready = Observed::failed(READY, failure.reason, failure.message.clone());
-            write_status(stack, ctx, report).await?;
-            Ok(after_failure(ctx, stack, &failure, if settles { watermark } else { None }))
+            write_status(object, ctx, report).await?;
+            Ok(after_failure(ctx, object, &failure, if settles { watermark } else { None }))
         }
         Pass::Gone => Ok(Next::await_change()),
     }
+}
+
+/// A Stack whose spec does not resolve (what admission refuses, in an object made before a rule
+/// existed): Ready and its credentials' condition say what to fix; only a change of the spec helps.
+async fn unresolved(ctx: &Context, object: &Stack, failure: Failure) -> Result<Next, Error> {
+    let ready = Observed::failed(READY, failure.reason, failure.message.clone());
+    let report = Report { credentials: CredentialsReport::Failed(failure), ..Report::keeping(ready) };
+    write_status(object, ctx, report).await?;
+    Ok(Next::await_change())
 }
 
 /// What a full pass came to.
@@ -218,15 +229,16 @@ impl Pass {
 /// The steps of a full pass, each filling in its part of `report`: the store and identity are
 /// usable → the pods' credentials (scoped ones when asked for) → publish → the in-pod check →
 /// ZenML. What the user must fix ends it as [`Error::Invalid`].
-async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<Pass, Error> {
+async fn full_pass(ctx: &Context, object: &Stack, stack: &ResolvedStack, report: &mut Report) -> Result<Pass, Error> {
+    let status = object.status.as_ref();
     let usable = usable(stack, ctx).await?;
-    let store = pods_store(ctx, stack, &usable.resolved, report).await?;
-    let (name, hash) = match outputs::publish(ctx, stack, &store).await? {
+    let store = pods_store(ctx, stack, status, &usable.resolved, report).await?;
+    let (name, hash) = match outputs::publish(ctx, object, stack, &store).await? {
         outputs::Publication::Done { name, hash } => (name, hash),
         outputs::Publication::Gone => return Ok(Pass::Gone),
     };
     report.published = Some((name.clone(), hash.clone()));
-    let check = workload_check(ctx, stack, &store, &hash).await?;
+    let check = workload_check(ctx, stack, status, &store, &hash).await?;
     let verdict = check.as_ref().map(|(verdict, _)| verdict.clone());
     report.check = check;
     match verdict {
@@ -234,15 +246,13 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
         Some(Verdict::Failed(failure)) => return Err(Error::Invalid(failure)),
         None | Some(Verdict::Proven(_)) => {}
     }
-    let mut message = format!(
-        "pods running as {} can use {}; configuration in ConfigMap {name}",
-        stack.spec.orchestrator.service_account_name, store.path
-    );
+    let mut message =
+        format!("pods running as {} can use {}; configuration in ConfigMap {name}", stack.service_account, store.path);
     if let Some(record) = report.credentials.record() {
         message.push_str(&format!("; scoped credentials in Secret {} until {}", record.secret_name, record.expires_at));
     }
-    if let Some(spec) = &stack.spec.zenml {
-        match zenml::sync(ctx, stack, spec, &store).await {
+    if let Some(target) = &stack.zenml {
+        match zenml::sync(ctx, stack, status, target, &store).await {
             Ok(record) => {
                 message.push_str(&format!(
                     "; ZenML stack {} in {}",
@@ -265,18 +275,19 @@ async fn full_pass(ctx: &Context, stack: &Stack, report: &mut Report) -> Result<
 /// their own, issued or renewed when due (`Scoped`).
 async fn pods_store(
     ctx: &Context,
-    stack: &Stack,
+    stack: &ResolvedStack,
+    status: Option<&StackStatus>,
     store: &ResolvedStore,
     report: &mut Report,
 ) -> Result<ResolvedStore, Error> {
-    let Some(spec) = stack.spec.credentials.as_ref().filter(|_| credentials::wanted(stack)) else {
-        credentials::retire(ctx, stack).await?;
+    let PodCredentials::Scoped(request) = &stack.credentials else {
+        credentials::retire(ctx, &stack.owner, status).await?;
         report.credentials = CredentialsReport::Shared;
         return Ok(store.clone());
     };
-    let ca_pem = outputs::store_ca_bundle(ctx, stack, store).await?;
-    let keys = consumer_keys(ctx, &stack.namespace().unwrap_or_default(), store).await?;
-    match credentials::ensure(ctx, stack, spec, store, ca_pem, keys).await? {
+    let ca_pem = outputs::store_ca_bundle(ctx, stack.namespace(), store).await?;
+    let keys = consumer_keys(ctx, stack.namespace(), store).await?;
+    match credentials::ensure(ctx, stack, request, store, ca_pem, keys).await? {
         credentials::Outcome::Scoped { record, store, renewal } => {
             report.credentials = CredentialsReport::Issued(record, renewal);
             Ok(*store)
@@ -339,7 +350,7 @@ async fn finalize(ctx: &Context, stack: &Stack) -> Result<Next, Error> {
             failure.reason,
             format!("the Stack is being deleted, and its ZenML objects cannot be removed yet: {}", failure.message),
         );
-        let report = Report { zenml: ZenmlReport::Failed(failure), ..Report::failed(ready) };
+        let report = Report { zenml: ZenmlReport::Failed(failure), ..Report::keeping(ready) };
         write_status(stack, ctx, report).await?;
         let failures = ctx.record_failure(&object_key(stack));
         return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
@@ -406,16 +417,17 @@ const CHECK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 /// The check from inside a pod, when the Stack asks for it: its verdict and what it ran with.
 async fn workload_check(
     ctx: &Context,
-    stack: &Stack,
+    stack: &ResolvedStack,
+    status: Option<&StackStatus>,
     store: &ResolvedStore,
     config_map_hash: &str,
 ) -> Result<Option<(Verdict, String)>, Error> {
-    if !workload::wanted(stack) {
+    if !stack.asks.in_pod_check {
         return Ok(None);
     }
     let image = ctx.settings.check_image.as_deref().unwrap_or_default();
     let inputs = workload::inputs(stack, store, config_map_hash, image);
-    Ok(Some((workload::verify(ctx, stack, store, &inputs).await?, inputs)))
+    Ok(Some((workload::verify(ctx, stack, status, store, &inputs).await?, inputs)))
 }
 
 /// The requeue after a failure: backoff while it may pass by itself, else the resync (settled
@@ -468,10 +480,10 @@ fn waits_for_a_change(reason: Reason) -> bool {
 
 /// Dereferences and validates: the store exists and is Ready, the ServiceAccount exists, and that
 /// identity can use the store.
-async fn usable(stack: &Stack, ctx: &Context) -> Result<Usable, Error> {
-    let namespace = stack.namespace().unwrap_or_default();
-    let store_name = &stack.spec.artifact_store_ref.name;
-    let Some(store) = read_store(ctx, &namespace, store_name).await? else {
+async fn usable(stack: &ResolvedStack, ctx: &Context) -> Result<Usable, Error> {
+    let namespace = stack.namespace();
+    let store_name = &stack.store;
+    let Some(store) = read_store(ctx, namespace, store_name).await? else {
         return Err(Error::Invalid(Failure::new(
             Reason::ArtifactStoreNotFound,
             format!(
@@ -481,8 +493,8 @@ async fn usable(stack: &Stack, ctx: &Context) -> Result<Usable, Error> {
     };
     let status = store.status.clone().unwrap_or_default();
     ready(&store, &status).map_err(Error::Invalid)?;
-    let account_name = &stack.spec.orchestrator.service_account_name;
-    let Some(account) = ctx.read::<ServiceAccount>(&namespace, account_name).await.map_err(Error::Dereference)? else {
+    let account_name = &stack.service_account;
+    let Some(account) = ctx.read::<ServiceAccount>(namespace, account_name).await.map_err(Error::Dereference)? else {
         return Err(Error::Invalid(Failure::new(
             Reason::ServiceAccountNotFound,
             format!(
@@ -518,16 +530,16 @@ fn ready(store: &ArtifactStore, status: &ArtifactStoreStatus) -> Result<(), Fail
 /// its keys exists, or (IRSA) the orchestrator's ServiceAccount is wired as the store's is.
 async fn identity_can_use(
     ctx: &Context,
-    stack: &Stack,
+    stack: &ResolvedStack,
     account: &ServiceAccount,
     resolved: &ResolvedStore,
     fingerprint: &str,
 ) -> Result<(), Error> {
-    let namespace = stack.namespace().unwrap_or_default();
-    let store_name = &stack.spec.artifact_store_ref.name;
+    let namespace = stack.namespace();
+    let store_name = &stack.store;
     let role = match resolved.auth.consumer_credentials() {
         ConsumerCredentials::Keys { env_secret: secret_name, .. } => {
-            if !ctx.exists::<Secret>(&namespace, secret_name).await.map_err(Error::Dereference)? {
+            if !ctx.exists::<Secret>(namespace, secret_name).await.map_err(Error::Dereference)? {
                 return Err(Error::Invalid(Failure::new(
                     Reason::CredentialsSecretNotFound,
                     format!(
@@ -544,14 +556,14 @@ async fn identity_can_use(
     };
     // IRSA: the orchestrator's identity must be wired as the store's is. Checked again only when
     // the store or the ServiceAccount changes.
-    if ctx.verification_due(&stack.uid().unwrap_or_default(), fingerprint).is_some() {
+    if ctx.verification_due(&stack.owner.uid, fingerprint).is_some() {
         return Ok(());
     }
     let permissions = crate::aws::iam::required_permissions(resolved);
-    let ca_pem = outputs::store_ca_bundle(ctx, stack, resolved).await?;
+    let ca_pem = outputs::store_ca_bundle(ctx, namespace, resolved).await?;
     let connection = S3Connection::to_store(resolved, ca_pem, None);
     let probe = Probe { connection, path: &resolved.path, write: resolved.write_probe };
-    let proven = crate::identity::check_workload_identity(ctx, &namespace, account, role, &permissions, probe).await;
+    let proven = crate::identity::check_workload_identity(ctx, namespace, account, role, &permissions, probe).await;
     proven.map(|_| ()).map_err(Error::Invalid)
 }
 
@@ -580,7 +592,8 @@ struct Report {
 }
 
 impl Report {
-    fn failed(ready: Observed) -> Self {
+    /// Ready as observed; the rest of the status as it was.
+    fn keeping(ready: Observed) -> Self {
         Self { ready, published: None, check: None, zenml: ZenmlReport::Keep, credentials: CredentialsReport::Keep }
     }
 }
@@ -627,9 +640,10 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
     let Report { ready, published, check, zenml, credentials } = report;
     let previous = stack.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
-    let (workload_observed, workload_check) = workload_condition(stack, check, &previous);
+    let asks = Asks::of(&stack.spec);
+    let (workload_observed, workload_check) = workload_condition(asks, check, &previous);
     let (zenml_observed, zenml) = zenml_condition(zenml, &previous);
-    let (credentials_observed, credentials) = credentials_condition(stack, credentials, &previous);
+    let (credentials_observed, credentials) = credentials_condition(asks, credentials, &previous);
     let observed: Vec<Observed> =
         std::iter::once(ready).chain(workload_observed).chain(zenml_observed).chain(credentials_observed).collect();
     let (conditions, transitions) = conditions::merge(&previous.conditions, &observed, stack.metadata.generation, &now);
@@ -655,7 +669,7 @@ async fn write_status(stack: &Stack, ctx: &Context, report: Report) -> Result<()
 /// The in-pod check's condition and inputs: this pass's verdict, or the last ones while the Stack
 /// still asks for the check.
 fn workload_condition(
-    stack: &Stack,
+    asks: Asks,
     check: Option<(Verdict, String)>,
     previous: &StackStatus,
 ) -> (Option<Observed>, Option<String>) {
@@ -670,7 +684,7 @@ fn workload_condition(
             };
             (Some(observed), Some(inputs))
         }
-        None if workload::wanted(stack) => match observed_again(&previous.conditions, WORKLOAD_ACCESS_VERIFIED) {
+        None if asks.in_pod_check => match observed_again(&previous.conditions, WORKLOAD_ACCESS_VERIFIED) {
             Some(kept) => (Some(kept), previous.workload_check.clone()),
             None => (None, None),
         },
@@ -705,7 +719,7 @@ fn zenml_condition(zenml: ZenmlReport, previous: &StackStatus) -> (Option<Observ
 
 /// The scoped credentials' condition and record.
 fn credentials_condition(
-    stack: &Stack,
+    asks: Asks,
     credentials: CredentialsReport,
     previous: &StackStatus,
 ) -> (Option<Observed>, Option<Box<CredentialsStatus>>) {
@@ -728,7 +742,7 @@ fn credentials_condition(
         CredentialsReport::Failed(failure) => {
             (Some(Observed::failed(SCOPED_CREDENTIALS, failure.reason, failure.message)), previous.credentials.clone())
         }
-        CredentialsReport::Keep if credentials::wanted(stack) => {
+        CredentialsReport::Keep if asks.scoped_credentials => {
             (observed_again(&previous.conditions, SCOPED_CREDENTIALS), previous.credentials.clone())
         }
         CredentialsReport::Keep | CredentialsReport::Shared => (None, None),

@@ -17,11 +17,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 
+use super::resolved::ResolvedStack;
 use super::{Error, build};
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::api::{Stack, kind};
-use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Presence};
+use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Owner, Presence};
 use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
@@ -34,8 +35,8 @@ pub fn field_manager(stack: &str) -> String {
     format!("{FIELD_MANAGER}/stack/{stack}")
 }
 
-fn config_maps(ctx: &crate::controller::Context, stack: &Stack) -> Api<ConfigMap> {
-    Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default())
+fn config_maps(ctx: &crate::controller::Context, namespace: &str) -> Api<ConfigMap> {
+    Api::namespaced(ctx.client.clone(), namespace)
 }
 
 /// What publishing a Stack came to.
@@ -51,22 +52,24 @@ pub enum Publication {
 /// each is checked first, and while any is refused none is written anew (what the Stack already
 /// holds stays). The finalizer that removes the Stack's key goes on before the key is written.
 /// What the Stack could not take is [`Error::Invalid`], every part of it named.
+/// (`object`: the Stack as read, whose finalizers this may change.)
 pub async fn publish(
     ctx: &crate::controller::Context,
-    stack: &Stack,
+    object: &Stack,
+    stack: &ResolvedStack,
     store: &ResolvedStore,
 ) -> Result<Publication, Error> {
-    let ca_pem = store_ca_bundle(ctx, stack, store).await?;
+    let ca_pem = store_ca_bundle(ctx, stack.namespace(), store).await?;
     let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref()).map_err(Error::Invalid)?;
-    let name = build::config_map_name(&stack.name_any());
+    let name = build::config_map_name(stack.name());
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
-        return Err(Error::Invalid(apply::name_conflict("ConfigMap", &name, stack)));
+        return Err(Error::Invalid(stack.owner.name_conflict("ConfigMap", &name)));
     }
-    if stack.spec.wants(OutputFormat::Argo) && set_finalizer(ctx, stack, true).await? == Presence::Gone {
+    if stack.wants(OutputFormat::Argo) && set_finalizer(ctx, object, true).await? == Presence::Gone {
         return Ok(Publication::Gone);
     }
     let kfp = Error::split(kfp_claim(ctx, stack, store).await)?;
-    let argo = Error::split(argo_claim(ctx, stack, store, ca_pem.as_deref()).await)?;
+    let argo = Error::split(argo_claim(ctx, object, stack, store, ca_pem.as_deref()).await)?;
     let (kfp, argo) = match (kfp, argo) {
         (Ok(kfp), Ok(argo)) => (kfp, argo),
         (kfp, argo) => {
@@ -75,13 +78,13 @@ pub async fn publish(
         }
     };
     if let Some(argo) = &argo {
-        argo.publish_ca_secret(ctx, stack).await?;
+        argo.publish_ca_secret(ctx, &stack.owner).await?;
     }
     if let Some(launcher) = kfp {
-        publish_kfp_launcher(ctx, stack, &launcher).await?;
+        publish_kfp_launcher(ctx, &stack.owner, &launcher).await?;
     }
     if let Some(argo) = argo {
-        argo.publish_key(ctx, stack).await?;
+        argo.publish_key(ctx, &stack.owner).await?;
     }
     Ok(Publication::Done { name, hash })
 }
@@ -103,15 +106,14 @@ fn refused_together(refused: impl IntoIterator<Item = Failure>) -> Failure {
 /// The CA bundle (certificates only) the store publishes in its ConfigMap, when it has one.
 pub async fn store_ca_bundle(
     ctx: &crate::controller::Context,
-    stack: &Stack,
+    namespace: &str,
     store: &ResolvedStore,
 ) -> Result<Option<String>, Error> {
     if store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_none() {
         return Ok(None);
     }
     let name = store_config_map_name(&store.name);
-    let namespace = stack.namespace().unwrap_or_default();
-    let published = ctx.read::<ConfigMap>(&namespace, &name).await.map_err(Error::Dereference)?;
+    let published = ctx.read::<ConfigMap>(namespace, &name).await.map_err(Error::Dereference)?;
     match published.as_ref().and_then(|cm| cm.data.as_ref()).and_then(|data| data.get(CA_BUNDLE_KEY)).cloned() {
         Some(pem) => Ok(Some(pem)),
         None => Err(Error::Invalid(Failure::new(
@@ -125,24 +127,24 @@ pub async fn store_ca_bundle(
 /// another Stack or the user holds it. Ours is removed when the Stack no longer asks for KFP.
 async fn kfp_claim(
     ctx: &crate::controller::Context,
-    stack: &Stack,
+    stack: &ResolvedStack,
     store: &ResolvedStore,
 ) -> Result<Option<ConfigMap>, Error> {
     let desired = build::kfp_launcher(stack, store);
-    let namespace = stack.namespace().unwrap_or_default();
-    if !stack.spec.wants(OutputFormat::Kfp) && ctx.cached_absent::<ConfigMap>(&namespace, kfp::CONFIG_MAP) {
+    let namespace = stack.namespace();
+    if !stack.wants(OutputFormat::Kfp) && ctx.cached_absent::<ConfigMap>(namespace, kfp::CONFIG_MAP) {
         return Ok(None);
     }
-    let current = ctx.read::<ConfigMap>(&namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    let current = ctx.read::<ConfigMap>(namespace, kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let ours = current.as_ref().is_some_and(|current| apply::is_ours(&current.metadata, &desired.metadata));
-    if !stack.spec.wants(OutputFormat::Kfp) {
+    if !stack.wants(OutputFormat::Kfp) {
         if let Some(current) = current.filter(|_| ours) {
-            delete_exact(&config_maps(ctx, stack), &current.metadata).await?;
+            delete_exact(&config_maps(ctx, namespace), &current.metadata).await?;
         }
         return Ok(None);
     }
     match current {
-        Some(theirs) if !ours => Err(Error::Invalid(kfp_launcher_taken(&theirs.metadata, stack))),
+        Some(theirs) if !ours => Err(Error::Invalid(kfp_launcher_taken(&theirs.metadata, &stack.owner))),
         _ => Ok(Some(desired)),
     }
 }
@@ -150,18 +152,18 @@ async fn kfp_claim(
 /// Publishes the launcher claimed; one taken meanwhile is refused as the claim would have been.
 async fn publish_kfp_launcher(
     ctx: &crate::controller::Context,
-    stack: &Stack,
+    owner: &Owner,
     launcher: &ConfigMap,
 ) -> Result<(), Error> {
     if apply::publish(ctx, launcher).await.map_err(Error::Publish)? != Applied::NotOurs {
         return Ok(());
     }
-    let current = config_maps(ctx, stack).get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
-    Err(Error::Invalid(kfp_launcher_taken(&current.unwrap_or_default().metadata, stack)))
+    let current = config_maps(ctx, &owner.namespace).get_opt(kfp::CONFIG_MAP).await.map_err(Error::Dereference)?;
+    Err(Error::Invalid(kfp_launcher_taken(&current.unwrap_or_default().metadata, owner)))
 }
 
 /// Why `kfp-launcher` (as `meta` shows it) cannot be the Stack's.
-fn kfp_launcher_taken(meta: &ObjectMeta, stack: &Stack) -> Failure {
+fn kfp_launcher_taken(meta: &ObjectMeta, owner: &Owner) -> Failure {
     match holder(meta) {
         Some(holder) => Failure::new(
             Reason::KfpLauncherTaken,
@@ -170,7 +172,7 @@ fn kfp_launcher_taken(meta: &ObjectMeta, stack: &Stack) -> Failure {
                 kfp::CONFIG_MAP
             ),
         ),
-        None => apply::name_conflict("ConfigMap", kfp::CONFIG_MAP, stack),
+        None => owner.name_conflict("ConfigMap", kfp::CONFIG_MAP),
     }
 }
 
@@ -206,49 +208,39 @@ struct ArgoPart {
 
 /// The Stack's key of `artifact-repositories` (and the CA Secret it names) that it may write:
 /// refused when the key is someone else's, or when it asks for the namespace default another
-/// holds. When the Stack no longer asks for Argo, its key and CA Secret are removed here, and then
-/// the finalizer.
+/// holds. When the Stack no longer asks for Argo, what it held there goes ([`release_argo`]).
 async fn argo_claim(
     ctx: &crate::controller::Context,
-    stack: &Stack,
+    object: &Stack,
+    stack: &ResolvedStack,
     store: &ResolvedStore,
     ca_pem: Option<&str>,
 ) -> Result<Option<ArgoPart>, Error> {
     let from_config_map =
         store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_some_and(|ca| ca.kind == CaBundleKind::ConfigMap);
-    let namespace = stack.namespace().unwrap_or_default();
-    if !stack.spec.wants(OutputFormat::Argo) {
-        // Nothing to remove from a ConfigMap that is not there (most Stacks of a cluster without
-        // Argo): no read.
-        if !ctx.cached_absent::<ConfigMap>(&namespace, argo::CONFIG_MAP) {
-            remove_argo_key(ctx, stack).await?;
-        }
-        if from_config_map {
-            remove_ca_secret(&Api::namespaced(ctx.client.clone(), &namespace), stack).await?;
-        }
-        return set_finalizer(ctx, stack, false).await.map(|_| None);
+    if !stack.wants(OutputFormat::Argo) {
+        return release_argo(ctx, object, &stack.owner, from_config_map).await.map(|()| None);
     }
-    let ca_secret = ca_pem.filter(|_| from_config_map).map(|pem| build::ca_secret(stack, pem));
+    let namespace = stack.namespace();
+    let name = stack.name();
+    let ca_secret = ca_pem.filter(|_| from_config_map).map(|pem| build::ca_secret(&stack.owner, pem));
     if let Some(secret) = &ca_secret {
-        let name = build::ca_secret_name(&stack.name_any());
-        let current = ctx.read::<Secret>(&namespace, &name).await.map_err(Error::Dereference)?;
+        let secret_name = build::ca_secret_name(name);
+        let current = ctx.read::<Secret>(namespace, &secret_name).await.map_err(Error::Dereference)?;
         if current.is_some_and(|current| !apply::is_ours(&current.metadata, &secret.metadata)) {
-            return Err(Error::Invalid(apply::name_conflict("Secret", &name, stack)));
+            return Err(Error::Invalid(stack.owner.name_conflict("Secret", &secret_name)));
         }
     }
-
-    let name = stack.name_any();
     let value = build::argo_repository(stack, store);
     // Read whole only when someone wrote it since this process last read or wrote it: the Stacks
     // of a namespace that share it take each other's writes from memory.
-    let read = ctx.read_with_managers::<ConfigMap>(&namespace, argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
-    let exists = read.is_some();
+    let read = ctx.read_with_managers::<ConfigMap>(namespace, argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let none = ConfigMap::default();
     let current = read.as_deref().unwrap_or(&none);
-    let owned = owned_fields(&current.metadata, &field_manager(&name));
+    let owned = owned_fields(&current.metadata, &field_manager(name));
     let no_data = BTreeMap::new();
     let data = current.data.as_ref().unwrap_or(&no_data);
-    if data.contains_key(&name) && !owned.key(&name) {
+    if data.contains_key(name) && !owned.key(name) {
         return Err(Error::Invalid(Failure::new(
             Reason::NameConflict,
             format!(
@@ -257,9 +249,9 @@ async fn argo_claim(
             ),
         )));
     }
-    let default = stack.spec.outputs.argo_default_repository;
+    let default = stack.argo_default_repository;
     let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION);
-    if let Some(key) = annotation.filter(|key| default && **key != name) {
+    if let Some(key) = annotation.filter(|key| default && *key != name) {
         return Err(Error::Invalid(Failure::new(
             Reason::DefaultRepositoryTaken,
             format!(
@@ -270,40 +262,60 @@ async fn argo_claim(
             ),
         )));
     }
-    let unchanged = data.get(&name) == Some(&value)
-        && owned.key(&name)
+    let unchanged = data.get(name) == Some(&value)
+        && owned.key(name)
         && owned.default_annotation == default
-        && (!default || annotation == Some(&name));
-    let apply = (!unchanged).then(|| {
-        let mut metadata = json!({"name": argo::CONFIG_MAP});
-        if default {
-            metadata["annotations"] = json!({ (argo::DEFAULT_REPOSITORY_ANNOTATION): name });
-        }
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { &name: value }})
-    });
-    Ok(Some(ArgoPart { ca_secret, exists, apply }))
+        && (!default || annotation.map(String::as_str) == Some(name));
+    let apply = (!unchanged).then(|| argo_apply(name, &value, default));
+    Ok(Some(ArgoPart { ca_secret, exists: read.is_some(), apply }))
+}
+
+/// The server-side apply of the Stack `name`'s key (and of the default annotation).
+fn argo_apply(name: &str, value: &str, default: bool) -> Value {
+    let mut metadata = json!({"name": argo::CONFIG_MAP});
+    if default {
+        metadata["annotations"] = json!({ (argo::DEFAULT_REPOSITORY_ANNOTATION): name });
+    }
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { name: value }})
+}
+
+/// Once the Stack no longer asks for Argo: its key, its CA Secret, then the finalizer go.
+async fn release_argo(
+    ctx: &crate::controller::Context,
+    object: &Stack,
+    owner: &Owner,
+    from_config_map: bool,
+) -> Result<(), Error> {
+    // Nothing to remove from a ConfigMap that is not there (most Stacks of a cluster without
+    // Argo): no read.
+    if !ctx.cached_absent::<ConfigMap>(&owner.namespace, argo::CONFIG_MAP) {
+        remove_argo_key(ctx, owner).await?;
+    }
+    if from_config_map {
+        remove_ca_secret(&Api::namespaced(ctx.client.clone(), &owner.namespace), owner).await?;
+    }
+    set_finalizer(ctx, object, false).await.map(|_| ())
 }
 
 impl ArgoPart {
     /// Publishes the CA Secret; one taken meanwhile is refused as the claim would have been.
-    async fn publish_ca_secret(&self, ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+    async fn publish_ca_secret(&self, ctx: &crate::controller::Context, owner: &Owner) -> Result<(), Error> {
         let Some(secret) = &self.ca_secret else { return Ok(()) };
         if apply::publish(ctx, secret).await.map_err(Error::Publish)? == Applied::NotOurs {
-            let name = build::ca_secret_name(&stack.name_any());
-            return Err(Error::Invalid(apply::name_conflict("Secret", &name, stack)));
+            return Err(Error::Invalid(owner.name_conflict("Secret", &build::ca_secret_name(&owner.name))));
         }
         Ok(())
     }
 
     /// Writes the Stack's key (and the default annotation) with its own field manager, creating
     /// an empty `artifact-repositories` first if there is none.
-    async fn publish_key(self, ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
+    async fn publish_key(self, ctx: &crate::controller::Context, owner: &Owner) -> Result<(), Error> {
         let Some(apply) = self.apply else { return Ok(()) };
-        let api = config_maps(ctx, stack);
+        let api = config_maps(ctx, &owner.namespace);
         if !self.exists {
             create_argo_config_map(&api).await?;
         }
-        let manager = field_manager(&stack.name_any());
+        let manager = field_manager(&owner.name);
         let written = api
             .patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
             .await
@@ -314,10 +326,10 @@ impl ArgoPart {
 }
 
 /// Deletes the Stack's CA Secret for Argo, if it is there and ours.
-async fn remove_ca_secret(secrets: &Api<Secret>, stack: &Stack) -> Result<(), Error> {
-    let desired = build::ca_secret(stack, "");
+async fn remove_ca_secret(secrets: &Api<Secret>, owner: &Owner) -> Result<(), Error> {
+    let desired = build::ca_secret(owner, "");
     let Some(current) =
-        secrets.get_metadata_opt(&build::ca_secret_name(&stack.name_any())).await.map_err(Error::Dereference)?
+        secrets.get_metadata_opt(&build::ca_secret_name(&owner.name)).await.map_err(Error::Dereference)?
     else {
         return Ok(());
     };
@@ -417,12 +429,12 @@ fn owned_fields(meta: &ObjectMeta, manager: &str) -> Owned {
 
 /// Removes everything the Stack's field manager owns in `artifact-repositories` (its key, and the
 /// default annotation if it set it), and the ConfigMap if that leaves one the operator created empty.
-pub async fn remove_argo_key(ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
-    let api = config_maps(ctx, stack);
+pub async fn remove_argo_key(ctx: &crate::controller::Context, owner: &Owner) -> Result<(), Error> {
+    let api = config_maps(ctx, &owner.namespace);
     let Some(current) = api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? else {
         return Ok(());
     };
-    let manager = field_manager(&stack.name_any());
+    let manager = field_manager(&owner.name);
     let current = if owned_fields(&current.metadata, &manager).anything() {
         match drop_fields(&api, &current.metadata, &manager).await? {
             Some(updated) => updated,
@@ -475,7 +487,7 @@ pub async fn set_finalizer(ctx: &crate::controller::Context, stack: &Stack, pres
 /// On deletion: the Stack's key of `artifact-repositories` goes, then the finalizer.
 pub async fn cleanup(ctx: &crate::controller::Context, stack: &Stack) -> Result<(), Error> {
     if has_finalizer(stack) {
-        remove_argo_key(ctx, stack).await?;
+        remove_argo_key(ctx, &Owner::of(stack)).await?;
         // A Stack already gone has no finalizer left to remove.
         set_finalizer(ctx, stack, false).await.map(|_| ())?;
     }

@@ -19,10 +19,11 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Propagati
 
 use super::Error;
 use super::build::pod_wiring;
-use crate::api::Stack;
+use super::resolved::ResolvedStack;
+use crate::api::stack::StackStatus;
 use crate::check::{Outcome, Step};
 use crate::conditions::{self, WORKLOAD_ACCESS_VERIFIED};
-use crate::controller::{Context, apply};
+use crate::controller::Context;
 use crate::reason::{Failure, Reason};
 use crate::resolve::ResolvedStore;
 
@@ -42,20 +43,15 @@ pub enum Verdict {
     Failed(Failure),
 }
 
-/// Whether the Stack asks for the check.
-pub fn wanted(stack: &Stack) -> bool {
-    stack.spec.verification.as_ref().is_some_and(|v| v.in_pod)
-}
-
 /// What the check runs with: the Stack's spec (its generation), the published ConfigMap's
 /// content, the ServiceAccount, the credentials Secret and the image. A change of any of them runs
 /// it again. Pure.
-pub fn inputs(stack: &Stack, store: &ResolvedStore, config_map_hash: &str, image: &str) -> String {
+pub fn inputs(stack: &ResolvedStack, store: &ResolvedStore, config_map_hash: &str, image: &str) -> String {
     let credentials = store.auth.consumer_secret().unwrap_or_default();
     let parts = BTreeMap::from([
-        ("generation".to_owned(), stack.metadata.generation.unwrap_or_default().to_string()),
+        ("generation".to_owned(), stack.generation.to_string()),
         ("configMap".to_owned(), config_map_hash.to_owned()),
-        ("serviceAccount".to_owned(), stack.spec.orchestrator.service_account_name.clone()),
+        ("serviceAccount".to_owned(), stack.service_account.clone()),
         ("credentials".to_owned(), credentials.to_owned()),
         ("image".to_owned(), image.to_owned()),
     ]);
@@ -70,11 +66,11 @@ pub fn job_name(stack: &str, inputs: &str) -> String {
 }
 
 /// The check's Job. Pure.
-pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> Job {
-    let name = stack.name_any();
-    let mut meta = apply::owned_meta(stack, "stack", job_name(&name, inputs));
-    meta.labels.get_or_insert_with(BTreeMap::new).insert(CHECK_LABEL.to_owned(), name.clone());
-    let wiring = pod_wiring(&name, store);
+pub fn job(stack: &ResolvedStack, store: &ResolvedStore, inputs: &str, image: &str) -> Job {
+    let name = stack.name();
+    let mut meta = stack.owner.owned_meta("stack", job_name(name, inputs));
+    meta.labels.get_or_insert_with(BTreeMap::new).insert(CHECK_LABEL.to_owned(), name.to_owned());
+    let wiring = pod_wiring(name, store);
     let container = Container {
         name: "check".to_owned(),
         image: Some(image.to_owned()),
@@ -99,7 +95,7 @@ pub fn job(stack: &Stack, store: &ResolvedStore, inputs: &str, image: &str) -> J
         ..Container::default()
     };
     let pod = PodSpec {
-        service_account_name: Some(stack.spec.orchestrator.service_account_name.clone()),
+        service_account_name: Some(stack.service_account.clone()),
         restart_policy: Some("Never".to_owned()),
         containers: vec![container],
         volumes: Some(wiring.volumes),
@@ -179,8 +175,8 @@ pub fn verdict(job: &Job, pods: &[Pod], account: &str) -> Option<Verdict> {
 }
 
 /// The verdict the status already records for `inputs`, if final: nothing to run again.
-fn recorded(stack: &Stack, inputs: &str) -> Option<Verdict> {
-    let status = stack.status.as_ref()?;
+fn recorded(status: Option<&StackStatus>, inputs: &str) -> Option<Verdict> {
+    let status = status?;
     if status.workload_check.as_deref() != Some(inputs) {
         return None;
     }
@@ -195,20 +191,27 @@ fn recorded(stack: &Stack, inputs: &str) -> Option<Verdict> {
 
 /// Runs the check for `inputs` or reads its result: the recorded verdict when final, else the
 /// Job's (created when missing, deleted once read).
-pub async fn verify(ctx: &Context, stack: &Stack, store: &ResolvedStore, inputs: &str) -> Result<Verdict, Error> {
-    if let Some(verdict) = recorded(stack, inputs) {
+/// (`status`: the Stack's, as last written.)
+pub async fn verify(
+    ctx: &Context,
+    stack: &ResolvedStack,
+    status: Option<&StackStatus>,
+    store: &ResolvedStore,
+    inputs: &str,
+) -> Result<Verdict, Error> {
+    if let Some(verdict) = recorded(status, inputs) {
         return Ok(verdict);
     }
-    let account = &stack.spec.orchestrator.service_account_name;
+    let account = &stack.service_account;
     let Some(image) = ctx.settings.check_image.as_deref() else {
         return Ok(Verdict::Failed(Failure::new(
             Reason::WorkloadCheckFailed,
             "the operator runs without --check-image, so it cannot start the check: set it (the chart sets its own image), or remove verification.inPod",
         )));
     };
-    let namespace = stack.namespace().unwrap_or_default();
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let name = job_name(&stack.name_any(), inputs);
+    let namespace = stack.namespace();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = job_name(stack.name(), inputs);
     let Some(job) = jobs.get_opt(&name).await.map_err(Error::Dereference)? else {
         let wanted = self::job(stack, store, inputs, image);
         match jobs.create(&PostParams::default(), &wanted).await {
@@ -222,7 +225,7 @@ pub async fn verify(ctx: &Context, stack: &Stack, store: &ResolvedStore, inputs:
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Verdict::Running(format!("waiting for the previous check Job {name} to go")));
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!("job-name={name}");
     let pods = pods.list(&ListParams::default().labels(&selector)).await.map_err(Error::Dereference)?;
     let Some(verdict) = verdict(&job, &pods.items, account) else {
@@ -249,13 +252,14 @@ mod tests {
     use super::*;
     use crate::controller::fixtures::test_context_with_check_image;
 
-    fn stack() -> Stack {
-        crate::controller::fixtures::stack(
+    fn stack() -> ResolvedStack {
+        ResolvedStack::of(&crate::controller::fixtures::stack(
             "ml",
             "s-1",
             json!({"artifactStoreRef": {"name": "store"},
             "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"}, "verification": {"inPod": true}}),
-        )
+        ))
+        .expect("a valid Stack")
     }
 
     fn store(auth: serde_json::Value) -> ResolvedStore {
@@ -357,9 +361,9 @@ mod tests {
         use crate::api::Condition;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
         let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
-        let mut stack = stack();
+        let stack = stack();
         let inputs = inputs(&stack, &keys_store(), "hash", "image:1");
-        stack.status = Some(crate::api::stack::StackStatus {
+        let status = Some(crate::api::stack::StackStatus {
             workload_check: Some(inputs.clone()),
             conditions: vec![Condition {
                 type_: WORKLOAD_ACCESS_VERIFIED.into(),
@@ -371,7 +375,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let verdict = verify(&ctx, &stack, &keys_store(), &inputs).await.unwrap();
+        let verdict = verify(&ctx, &stack, status.as_ref(), &keys_store(), &inputs).await.unwrap();
         assert_eq!(verdict, Verdict::Proven("proven".into()));
         api.no_more_requests().await;
     }
@@ -382,7 +386,8 @@ mod tests {
         let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
         let name = job_name("prod", &inputs);
         let checking = inputs.clone();
-        let verdict = tokio::spawn(async move { verify(&ctx, &stack(), &keys_store(), &checking).await.unwrap() });
+        let verdict =
+            tokio::spawn(async move { verify(&ctx, &stack(), None, &keys_store(), &checking).await.unwrap() });
         api.not_found(&format!("{JOBS}/{name}")).await;
         let (job, _) = api.handle(http::Method::POST, JOBS, |body| (201, body.clone())).await;
         assert_eq!(job["metadata"]["name"], name.as_str());
@@ -397,7 +402,8 @@ mod tests {
         let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
         let name = job_name("prod", &inputs);
         let checking = inputs.clone();
-        let verdict = tokio::spawn(async move { verify(&ctx, &stack(), &keys_store(), &checking).await.unwrap() });
+        let verdict =
+            tokio::spawn(async move { verify(&ctx, &stack(), None, &keys_store(), &checking).await.unwrap() });
         let mut job = finished("Failed");
         job.metadata.name = Some(name.clone());
         let job = serde_json::to_value(&job).unwrap();

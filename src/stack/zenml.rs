@@ -17,8 +17,9 @@ use serde_json::{Map, Value, json};
 
 use super::Error;
 use super::build::{pod_wiring, zenml_pod_settings};
+use super::resolved::{ResolvedStack, ZenmlTarget};
 use crate::api::Stack;
-use crate::api::stack::{ApiKeySecretRef, Zenml, ZenmlStatus};
+use crate::api::stack::{ApiKeySecretRef, StackStatus, ZenmlStatus};
 use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
 use crate::reason::{Failure, Reason};
@@ -32,8 +33,6 @@ pub const OWNER_LABEL: &str = "artifacts.dev/stack-uid";
 /// The secret value that marks a ZenML secret as the Stack's (its UID); ZenML's AWS secret schema
 /// ignores keys it does not know.
 pub const SECRET_OWNER_KEY: &str = "artifacts_dev_stack_uid";
-/// The project a Stack's pipelines run in unless `spec.zenml.project` says otherwise.
-const DEFAULT_PROJECT: &str = "default";
 
 /// Everything the Stack declares in the ZenML server. Holds the store's keys: never logged.
 pub struct Declared {
@@ -47,23 +46,23 @@ pub struct Declared {
     pub container_registry: Option<Value>,
 }
 
-/// The ZenML stack's name: `spec.zenml.stackName`, or `NAMESPACE-NAME`.
-pub fn stack_name(stack: &Stack, spec: &Zenml) -> String {
-    spec.stack_name.clone().unwrap_or_else(|| format!("{}-{}", stack.namespace().unwrap_or_default(), stack.name_any()))
-}
-
 /// The ZenML secret's name for the stack `name`.
 pub fn secret_name(name: &str) -> String {
     format!("{name}-s3-keys")
 }
 
 /// What the Stack declares in ZenML. Pure.
-pub fn declare(stack: &Stack, spec: &Zenml, store: &ResolvedStore, keys: Option<&StaticKeys>) -> Declared {
-    let name = stack_name(stack, spec);
-    let uid = stack.uid().unwrap_or_default();
+pub fn declare(
+    stack: &ResolvedStack,
+    target: &ZenmlTarget,
+    store: &ResolvedStore,
+    keys: Option<&StaticKeys>,
+) -> Declared {
+    let name = target.stack_name.clone();
+    let uid = &stack.owner.uid;
     let labels = json!({
         OWNER_LABEL: uid,
-        "artifacts.dev/stack": format!("{}/{}", stack.namespace().unwrap_or_default(), stack.name_any()),
+        "artifacts.dev/stack": format!("{}/{}", stack.namespace(), stack.name()),
         "app.kubernetes.io/managed-by": "artifact-operator",
     });
     let secret = keys.map(|keys| {
@@ -80,18 +79,10 @@ pub fn declare(stack: &Stack, spec: &Zenml, store: &ResolvedStore, keys: Option<
     if let (Some((secret, _)), Some(fields)) = (&secret, artifact_store.as_object_mut()) {
         fields.insert("authentication_secret".into(), json!(secret));
     }
-    let pod_settings = zenml_pod_settings(&pod_wiring(&stack.name_any(), store));
-    let orchestrator = crate::render::zenml::orchestrator_config(
-        &stack.namespace().unwrap_or_default(),
-        &stack.spec.orchestrator.service_account_name,
-        &pod_settings,
-    );
-    let container_registry = stack
-        .spec
-        .orchestrator
-        .container_registry
-        .as_ref()
-        .map(|registry| crate::render::zenml::container_registry_config(&registry.uri));
+    let pod_settings = zenml_pod_settings(&pod_wiring(stack.name(), store));
+    let orchestrator =
+        crate::render::zenml::orchestrator_config(stack.namespace(), &stack.service_account, &pod_settings);
+    let container_registry = stack.container_registry.as_deref().map(crate::render::zenml::container_registry_config);
     Declared { stack_name: name, labels, secret, artifact_store, orchestrator, container_registry }
 }
 
@@ -432,17 +423,24 @@ async fn api_key(ctx: &Context, namespace: &str, reference: &ApiKeySecretRef) ->
 }
 
 /// Makes the ZenML server hold what the Stack declares; returns what to record in the status.
-pub async fn sync(ctx: &Context, stack: &Stack, spec: &Zenml, store: &ResolvedStore) -> Result<ZenmlStatus, Error> {
-    let namespace = stack.namespace().unwrap_or_default();
-    let uid = stack.uid().unwrap_or_default();
-    let key = api_key(ctx, &namespace, &spec.api_key_secret_ref).await?;
-    let keys = super::consumer_keys(ctx, &namespace, store).await?;
-    let declared = declare(stack, spec, store, keys.as_ref());
-    let previous = stack.status.as_ref().and_then(|s| s.zenml.as_ref()).filter(|s| s.url == spec.url);
+/// (`status`: the Stack's, as last written.)
+pub async fn sync(
+    ctx: &Context,
+    stack: &ResolvedStack,
+    status: Option<&StackStatus>,
+    target: &ZenmlTarget,
+    store: &ResolvedStore,
+) -> Result<ZenmlStatus, Error> {
+    let namespace = stack.namespace();
+    let uid = stack.owner.uid.clone();
+    let key = api_key(ctx, namespace, &target.api_key_secret_ref).await?;
+    let keys = super::consumer_keys(ctx, namespace, store).await?;
+    let declared = declare(stack, target, store, keys.as_ref());
+    let previous = status.and_then(|s| s.zenml.as_ref()).filter(|s| s.url == target.url);
     let result = async {
-        let server = ctx.zenml.server(&spec.url, &key).await?;
+        let server = ctx.zenml.server(&target.url, &key).await?;
         ctx.zenml.remember(&uid, &server);
-        let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        let project = &target.project;
         if !server.has_project(project).await? {
             return Err(Failure::new(
                 Reason::ZenmlProjectNotFound,
@@ -474,14 +472,14 @@ pub async fn sync(ctx: &Context, stack: &Stack, spec: &Zenml, store: &ResolvedSt
             ids.container_registry = None;
         }
         Ok(ZenmlStatus {
-            url: spec.url.clone(),
+            url: target.url.clone(),
             stack_id: ids.stack,
             stack_name: Some(name.clone()),
             artifact_store_id: ids.artifact_store,
             orchestrator_id: ids.orchestrator,
             container_registry_id: ids.container_registry,
             secret_id: ids.secret,
-            api_key_secret_ref: spec.api_key_secret_ref.clone(),
+            api_key_secret_ref: target.api_key_secret_ref.clone(),
         })
     };
     // Every ZenML error is reported (see [`failure`]), not retried with a backoff.
@@ -539,13 +537,14 @@ mod tests {
     use super::*;
     use crate::api::ArtifactStore;
 
-    fn stack(zenml: Value) -> Stack {
-        crate::controller::fixtures::stack(
+    fn stack(zenml: Value) -> ResolvedStack {
+        ResolvedStack::of(&crate::controller::fixtures::stack(
             "team",
             "u-1",
             json!({"artifactStoreRef": {"name": "ml"},
             "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"}, "zenml": zenml}),
-        )
+        ))
+        .expect("a valid Stack")
     }
 
     fn store(auth: Value) -> ResolvedStore {
@@ -564,8 +563,8 @@ mod tests {
     #[test]
     fn key_auth_declares_a_marked_secret_the_artifact_store_names() {
         let stack = stack(json!({"url": "http://zenml", "apiKeySecretRef": {"name": "zk"}}));
-        let spec = stack.spec.zenml.clone().unwrap();
-        let declared = declare(&stack, &spec, &store(json!({"secretRef": {"name": "keys"}})), Some(&keys()));
+        let target = stack.zenml.clone().unwrap();
+        let declared = declare(&stack, &target, &store(json!({"secretRef": {"name": "keys"}})), Some(&keys()));
         assert_eq!(declared.stack_name, "team-prod");
         let (secret, values) = declared.secret.as_ref().unwrap();
         assert_eq!(secret, "team-prod-s3-keys");
@@ -586,8 +585,8 @@ mod tests {
     #[test]
     fn implicit_auth_declares_no_secret_and_a_named_stack() {
         let stack = stack(json!({"url": "http://zenml", "apiKeySecretRef": {"name": "zk"}, "stackName": "gpu"}));
-        let spec = stack.spec.zenml.clone().unwrap();
-        let declared = declare(&stack, &spec, &store(json!({"implicit": {}})), None);
+        let target = stack.zenml.clone().unwrap();
+        let declared = declare(&stack, &target, &store(json!({"implicit": {}})), None);
         assert_eq!(declared.stack_name, "gpu");
         assert!(declared.secret.is_none());
         assert!(declared.artifact_store.get("authentication_secret").is_none());
@@ -597,21 +596,20 @@ mod tests {
     #[test]
     fn a_container_registry_is_a_default_component_the_stack_lists() {
         let mut stack = stack(json!({"url": "http://zenml", "apiKeySecretRef": {"name": "zk"}}));
-        let spec = stack.spec.zenml.clone().unwrap();
+        let target = stack.zenml.clone().unwrap();
         let ids = Ids {
             artifact_store: Some("a".into()),
             orchestrator: Some("o".into()),
             container_registry: Some("r".into()),
             ..Ids::default()
         };
-        let without = declare(&stack, &spec, &store(json!({"implicit": {}})), None);
+        let without = declare(&stack, &target, &store(json!({"implicit": {}})), None);
         assert!(without.container_registry.is_none());
         let listed = wanted(Kind::Stack, "team-prod", &without, &ids);
         assert!(listed["components"].get("container_registry").is_none(), "no registry, none listed: {listed}");
 
-        stack.spec.orchestrator.container_registry =
-            Some(crate::api::stack::ContainerRegistry { uri: "10.0.0.5:5000/ml".into() });
-        let declared = declare(&stack, &spec, &store(json!({"implicit": {}})), None);
+        stack.container_registry = Some("10.0.0.5:5000/ml".into());
+        let declared = declare(&stack, &target, &store(json!({"implicit": {}})), None);
         assert_eq!(declared.container_registry, Some(json!({"uri": "10.0.0.5:5000/ml"})));
         let create =
             create_request(Kind::ContainerRegistry, wanted(Kind::ContainerRegistry, "team-prod", &declared, &ids));
@@ -641,8 +639,8 @@ mod tests {
     #[test]
     fn what_the_server_holds_compares_with_what_is_wanted() {
         let stack = stack(json!({"url": "http://zenml", "apiKeySecretRef": {"name": "zk"}}));
-        let spec = stack.spec.zenml.clone().unwrap();
-        let declared = declare(&stack, &spec, &store(json!({"secretRef": {"name": "keys"}})), Some(&keys()));
+        let target = stack.zenml.clone().unwrap();
+        let declared = declare(&stack, &target, &store(json!({"secretRef": {"name": "keys"}})), Some(&keys()));
         let ids = Ids { artifact_store: Some("a".into()), orchestrator: Some("o".into()), ..Ids::default() };
         let component = json!({"id": "a", "name": "team-prod",
             "metadata": {"configuration": declared.artifact_store, "labels": declared.labels, "connector": null}});
