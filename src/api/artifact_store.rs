@@ -8,7 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Word, validation};
+use super::condition::{Condition, Word};
+use super::validation;
 
 /// ZenML's default Secret key names for access keys.
 pub const DEFAULT_ACCESS_KEY_ID_KEY: &str = "aws_access_key_id";

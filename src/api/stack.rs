@@ -5,7 +5,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, validation};
+use super::condition::Condition;
+use super::validation;
 
 /// An artifact store combined with an orchestrator, as ZenML's stacks are.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column

@@ -36,7 +36,7 @@ struct Inner<K: kube::Resource<DynamicType = ()>> {
 
 /// An object's key in the gate: the digest of its namespace and name.
 fn key(namespace: Option<&str>, name: &str) -> u64 {
-    super::digest((namespace.unwrap_or_default(), name))
+    super::memory::digest((namespace.unwrap_or_default(), name))
 }
 
 impl<K: kube::Resource<DynamicType = ()>> Gate<K> {

@@ -9,7 +9,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::digest;
+/// A 64-bit digest of `value`, the same in every process (fixed keys): what the per-object
+/// memories keep in place of names, UIDs, resourceVersions and watermarks, to stay small at ten
+/// thousands of objects. An entry is used only when two digests agree (the object's, and its
+/// version's or inputs'), so a mix-up needs two 64-bit collisions at once.
+pub fn digest(value: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// When a pass last touched the entry, the digest of the caches' watermark its full pass read
 /// them at, and what it read.

@@ -15,6 +15,7 @@ pub mod timetable;
 pub mod timing;
 
 pub use context::Context;
+pub use memory::digest;
 pub use timetable::{Next, Timetable};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -22,17 +23,6 @@ use kube::core::DeserializeGuard;
 use kube::{Api, Client, Resource};
 
 use crate::bulkhead;
-
-/// A 64-bit digest of `value`, the same in every process (fixed keys): what the per-object
-/// memories keep in place of names, UIDs, resourceVersions and watermarks, to stay small at ten
-/// thousands of objects. An entry is used only when two digests agree (the object's, and its
-/// version's or inputs'), so a mix-up needs two 64-bit collisions at once.
-pub fn digest(value: impl std::hash::Hash) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
-}
 
 /// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
 /// ArtifactStore of the same name never share a failure count.

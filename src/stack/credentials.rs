@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use super::Error;
+use super::error::Error;
 use super::resolved::{ResolvedStack, ScopeRequest, pattern_character};
 use crate::api::Stack;
 use crate::api::stack::{Access, CredentialsStatus, StackStatus};
@@ -470,6 +470,27 @@ fn assume_failure(error: &CallError, chain: &str, store: &ResolvedStore) -> Fail
             Failure::new(Reason::StsError, format!("STS AssumeRole at {at} failed: {chain}"))
         }
         _ => Failure::new(Reason::AssumeRoleDenied, format!("STS at {at} refused AssumeRole: {code}: {said}")),
+    }
+}
+
+/// The keys the Stack's consumers get, read from the Secret that holds them under AWS
+/// environment variable names: the one the store publishes, or the Stack's session credentials.
+/// None with implicit auth.
+pub async fn consumer_keys(ctx: &Context, namespace: &str, store: &ResolvedStore) -> Result<Option<StaticKeys>, Error> {
+    let Some(name) = store.auth.consumer_secret() else { return Ok(None) };
+    let secret = ctx.read::<Secret>(namespace, name).await.map_err(Error::Dereference)?;
+    let data = secret.as_ref().and_then(|s| s.data.as_ref());
+    let value = |key: &str| {
+        data.and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty())
+    };
+    match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") }))
+        }
+        _ => Err(Error::Invalid(Failure::new(
+            Reason::CredentialsSecretNotFound,
+            format!("Secret {name}, which holds the keys for the Stack's pods, is not complete yet"),
+        ))),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod credentials;
+mod error;
 pub mod outputs;
 pub mod resolved;
 pub mod sweep;
@@ -21,7 +22,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
 use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack, kind};
-use crate::aws::clients::{S3Connection, StaticKeys};
+use crate::aws::clients::S3Connection;
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
@@ -31,45 +32,9 @@ use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
+pub use error::Error;
 use resolved::{Asks, PodCredentials, ResolvedStack};
 use workload::Verdict;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("failed to read the stack's inputs")]
-    Dereference(#[source] kube::Error),
-    #[error("failed to publish the stack's configuration")]
-    Publish(#[source] kube::Error),
-    #[error("failed to write the stack's status")]
-    Status(#[source] kube::Error),
-    #[error("the reconcile panicked")]
-    Panicked,
-    /// What the user must fix, as the store's steps say it too: a full pass ends on it and reports
-    /// it as Ready=False; it goes no further up.
-    #[error("{}", .0.message)]
-    Invalid(Failure),
-}
-
-impl Error {
-    pub fn category(&self) -> &'static str {
-        match self {
-            Self::Dereference(_) => "dereference",
-            Self::Publish(_) => "publish",
-            Self::Status(_) => "status",
-            Self::Panicked => "panic",
-            Self::Invalid(_) => "invalid",
-        }
-    }
-
-    /// `result` with what the user must fix split off, for a step that gathers such failures.
-    pub fn split<T>(result: Result<T, Error>) -> Result<Result<T, Failure>, Error> {
-        match result {
-            Ok(value) => Ok(Ok(value)),
-            Err(Error::Invalid(failure)) => Ok(Err(failure)),
-            Err(error) => Err(error),
-        }
-    }
-}
 
 impl Referrer for Stack {
     const PUBLISHES: &'static [Published] = &[
@@ -286,7 +251,7 @@ async fn pods_store(
         return Ok(store.clone());
     };
     let ca_pem = outputs::store_ca_bundle(ctx, stack.namespace(), store).await?;
-    let keys = consumer_keys(ctx, stack.namespace(), store).await?;
+    let keys = credentials::consumer_keys(ctx, stack.namespace(), store).await?;
     match credentials::ensure(ctx, stack, request, store, ca_pem, keys).await? {
         credentials::Outcome::Scoped { record, store, renewal } => {
             report.credentials = CredentialsReport::Issued(record, renewal);
@@ -296,31 +261,6 @@ async fn pods_store(
             report.credentials = CredentialsReport::Failed(failure.clone());
             Err(Error::Invalid(failure))
         }
-    }
-}
-
-/// The keys the Stack's consumers get, read from the Secret that holds them under AWS
-/// environment variable names: the one the store publishes, or the Stack's session credentials.
-/// None with implicit auth.
-pub(crate) async fn consumer_keys(
-    ctx: &Context,
-    namespace: &str,
-    store: &ResolvedStore,
-) -> Result<Option<StaticKeys>, Error> {
-    let Some(name) = store.auth.consumer_secret() else { return Ok(None) };
-    let secret = ctx.read::<Secret>(namespace, name).await.map_err(Error::Dereference)?;
-    let data = secret.as_ref().and_then(|s| s.data.as_ref());
-    let value = |key: &str| {
-        data.and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty())
-    };
-    match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
-        (Some(access_key_id), Some(secret_access_key)) => {
-            Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token: value("AWS_SESSION_TOKEN") }))
-        }
-        _ => Err(Error::Invalid(Failure::new(
-            Reason::CredentialsSecretNotFound,
-            format!("Secret {name}, which holds the keys for the Stack's pods, is not complete yet"),
-        ))),
     }
 }
 

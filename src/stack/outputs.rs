@@ -17,8 +17,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 
+use super::build;
+use super::error::Error;
 use super::resolved::ResolvedStack;
-use super::{Error, build};
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::api::{Stack, kind};

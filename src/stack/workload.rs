@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, PropagationPolicy};
 
-use super::Error;
 use super::build::pod_wiring;
+use super::error::Error;
 use super::resolved::ResolvedStack;
 use crate::api::stack::StackStatus;
 use crate::check::{Outcome, Step};

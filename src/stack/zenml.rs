@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
-use super::Error;
 use super::build::{pod_wiring, zenml_pod_settings};
+use super::error::Error;
 use super::resolved::{ResolvedStack, ZenmlTarget};
 use crate::api::Stack;
 use crate::api::stack::{ApiKeySecretRef, StackStatus, ZenmlStatus};
@@ -434,7 +434,7 @@ pub async fn sync(
     let namespace = stack.namespace();
     let uid = stack.owner.uid.clone();
     let key = api_key(ctx, namespace, &target.api_key_secret_ref).await?;
-    let keys = super::consumer_keys(ctx, namespace, store).await?;
+    let keys = super::credentials::consumer_keys(ctx, namespace, store).await?;
     let declared = declare(stack, target, store, keys.as_ref());
     let previous = status.and_then(|s| s.zenml.as_ref()).filter(|s| s.url == target.url);
     let result = async {
