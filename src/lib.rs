@@ -1,7 +1,7 @@
 //! artifact-operator: S3 artifact stores for ML pipelines as Kubernetes custom resources.
 //!
-//! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`render`] and
-//! [`conditions`] are pure; [`reason`] lists every condition and Event reason (and
+//! Layout: [`api`] holds the custom resources; [`s3path`], [`ca_bundle`], [`resolve`], [`owner`],
+//! [`render`] and [`conditions`] are pure; [`reason`] lists every condition and Event reason (and
 //! [`reason::Failure`], one with its message); [`aws`] is the AWS edge (S3, IAM, STS); [`zenml`] the
 //! edge to ZenML servers' REST API; [`bulkhead`] keeps each external server those edges call to a
 //! share of the workers; [`identity`] proves who the operator, a store's keys or a ServiceAccount
@@ -21,6 +21,7 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod owner;
 pub mod reason;
 pub mod render;
 pub mod resolve;

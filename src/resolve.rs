@@ -5,6 +5,7 @@ use crate::api::artifact_store::{
     AddressingStyle, ArtifactStore, ArtifactStoreStatus, Auth, BucketSettings, CaBundleRef, Checksums, ClientSettings,
     Endpoint, ObjectDefaults, Provisioning, RetryMode,
 };
+use crate::owner::Owner;
 use crate::s3path::{PathError, S3Path};
 
 /// Where a CA bundle published in the store's ConfigMap is expected when that ConfigMap is mounted
@@ -21,7 +22,12 @@ pub const SESSION_CONFIG_KEY: &str = "config";
 /// checked once (see [`ResolvedStore::of`]), never the raw spec again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedStore {
+    /// The ArtifactStore, as what it publishes and the messages about it name it.
+    pub owner: Owner,
+    /// Its name (the owner's), as the renderings use it.
     pub name: String,
+    /// The generation of the spec resolved.
+    pub generation: Option<i64>,
     pub path: S3Path,
     /// The bucket's region as the operator knows it: the store's status's (see [`status_region`]),
     /// or the one a verification found (see [`ResolvedStore::in_region`]).
@@ -286,6 +292,8 @@ impl ResolvedStore {
             provisioning: spec.provisioning,
             bucket: spec.bucket.as_deref().cloned(),
             write_probe: spec.verification.as_ref().is_some_and(|v| v.write_probe),
+            owner: Owner::of(store),
+            generation: store.metadata.generation,
             name,
         })
     }

@@ -285,43 +285,28 @@ impl Bucket {
 
     fn lifecycle_rules(&self, settings: &BucketSettings) -> Option<Vec<LifecycleRule>> {
         let lifecycle = settings.lifecycle.as_ref()?;
-        let prefix_filter = || LifecycleRuleFilter::builder().prefix(self.path.key_prefix()).build();
-        let mut rules = Vec::new();
-        if let Some(days) = lifecycle.noncurrent_version_expiration_days {
-            rules.push(
-                LifecycleRule::builder()
-                    .id("artifact-operator-noncurrent-versions")
-                    .status(ExpirationStatus::Enabled)
-                    .filter(prefix_filter())
+        let rule = |id: &str| {
+            let filter = LifecycleRuleFilter::builder().prefix(self.path.key_prefix()).build();
+            LifecycleRule::builder().id(id).status(ExpirationStatus::Enabled).filter(filter)
+        };
+        let rules: Vec<LifecycleRule> = [
+            lifecycle.noncurrent_version_expiration_days.map(|days| {
+                rule("artifact-operator-noncurrent-versions")
                     .noncurrent_version_expiration(NoncurrentVersionExpiration::builder().noncurrent_days(days).build())
-                    .build()
-                    .expect("status is set"),
-            );
-        }
-        if let Some(days) = lifecycle.abort_incomplete_multipart_upload_days {
-            rules.push(
-                LifecycleRule::builder()
-                    .id("artifact-operator-abort-multipart")
-                    .status(ExpirationStatus::Enabled)
-                    .filter(prefix_filter())
-                    .abort_incomplete_multipart_upload(
-                        AbortIncompleteMultipartUpload::builder().days_after_initiation(days).build(),
-                    )
-                    .build()
-                    .expect("status is set"),
-            );
-        }
-        if let Some(days) = lifecycle.expire_objects_after_days {
-            rules.push(
-                LifecycleRule::builder()
-                    .id("artifact-operator-expire-objects")
-                    .status(ExpirationStatus::Enabled)
-                    .filter(prefix_filter())
-                    .expiration(LifecycleExpiration::builder().days(days).build())
-                    .build()
-                    .expect("status is set"),
-            );
-        }
+            }),
+            lifecycle.abort_incomplete_multipart_upload_days.map(|days| {
+                rule("artifact-operator-abort-multipart").abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder().days_after_initiation(days).build(),
+                )
+            }),
+            lifecycle.expire_objects_after_days.map(|days| {
+                rule("artifact-operator-expire-objects").expiration(LifecycleExpiration::builder().days(days).build())
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|rule| rule.build().expect("status is set"))
+        .collect();
         (!rules.is_empty()).then_some(rules)
     }
 

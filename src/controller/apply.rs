@@ -6,71 +6,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 
 pub use super::caches::{FIELD_MANAGER, PUBLISHED_DIGEST_ANNOTATION};
 
-/// The label on everything the operator makes, and its selector for watches.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "artifact-operator");
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=artifact-operator";
-
-/// The labels of what the operator makes for an owner: [`MANAGED_BY`], and the owner's name under
-/// `artifacts.dev/<owner_label>` (`artifact-store` or `stack`).
-pub fn labels(owner_label: &str, name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-        (format!("artifacts.dev/{owner_label}"), name.to_owned()),
-    ])
-}
-
-/// Who owns what the operator publishes for an ArtifactStore or a Stack.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Owner {
-    pub kind: String,
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
-    /// The controller reference its objects carry.
-    reference: Option<OwnerReference>,
-}
-
-impl Owner {
-    pub fn of<K: kube::Resource<DynamicType = ()>>(object: &K) -> Self {
-        let meta = object.meta();
-        Self {
-            kind: K::kind(&()).into_owned(),
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            uid: meta.uid.clone().unwrap_or_default(),
-            reference: object.controller_owner_ref(&()),
-        }
-    }
-
-    /// The metadata of an object named `name` that this owner owns: in its namespace, with its
-    /// labels and a controller reference to it, so the garbage collector removes it with the owner.
-    pub fn owned_meta(&self, owner_label: &str, name: String) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name),
-            namespace: Some(self.namespace.clone()),
-            labels: Some(labels(owner_label, &self.name)),
-            owner_references: self.reference.clone().map(|reference| vec![reference]),
-            ..ObjectMeta::default()
-        }
-    }
-
-    /// The failure of a `kind` named `name` that exists and is not this owner's.
-    pub fn name_conflict(&self, kind: &str, name: &str) -> crate::reason::Failure {
-        crate::reason::Failure::new(
-            crate::reason::Reason::NameConflict,
-            format!(
-                "{kind} {name} already exists and was not created by artifact-operator for {} {}; the operator never takes over an object it did not create: rename or delete that {kind}, or rename the {}",
-                self.kind, self.name, self.kind,
-            ),
-        )
-    }
-}
+pub use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR, Owner, labels};
 
 /// [`Owner::owned_meta`] of `owner`.
 pub fn owned_meta<K: kube::Resource<DynamicType = ()>>(owner: &K, owner_label: &str, name: String) -> ObjectMeta {

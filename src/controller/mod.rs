@@ -24,11 +24,10 @@ use kube::{Api, Client, Resource};
 
 use crate::bulkhead;
 
-/// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
-/// ArtifactStore of the same name never share a failure count.
+/// `object`'s key in per-object memory and logs (see [`crate::owner::key`]).
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     use kube::ResourceExt;
-    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+    crate::owner::key(&K::kind(&()), &object.namespace().unwrap_or_default(), &object.name_any())
 }
 
 /// An Api over one namespace, or over all of them.

@@ -18,7 +18,7 @@ use kube::core::ObjectMeta;
 use super::resolved::ResolvedStack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
-use crate::controller::apply::Owner;
+use crate::owner::Owner;
 use crate::reason::{Failure, Reason};
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ConsumerCredentials, ResolvedStore, SESSION_MOUNT_PATH};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::api::Stack;
 use crate::api::stack::{Access, ApiKeySecretRef, CredentialsMode, OrchestratorKind, OutputFormat, StackSpec};
-use crate::controller::apply::Owner;
+use crate::owner::Owner;
 use crate::reason::{Failure, Reason};
 
 /// The scoped credentials' lifetime unless `spec.credentials.duration` says otherwise.

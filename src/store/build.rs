@@ -5,22 +5,21 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::ObjectMeta;
 
-use crate::api::ArtifactStore;
 use crate::aws::StaticKeys;
-use crate::controller::apply;
+use crate::owner::Owner;
 use crate::render;
 use crate::resolve::{CA_BUNDLE_KEY, ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
 
 /// The ConfigMap key with ZenML's S3 artifact store configuration.
 pub const ZENML_KEY: &str = "zenml-artifact-store.json";
 
-fn owned_meta(store: &ArtifactStore, name: String) -> ObjectMeta {
-    apply::owned_meta(store, "artifact-store", name)
+fn owned_meta(owner: &Owner, name: String) -> ObjectMeta {
+    owner.owned_meta("artifact-store", name)
 }
 
 /// The store's ConfigMap: env keys, ZenML's config, the credentials' whereabouts (never values),
 /// and the CA bundle when there is one.
-pub fn config_map(store: &ArtifactStore, resolved: &ResolvedStore, ca_pem: Option<&str>) -> ConfigMap {
+pub fn config_map(resolved: &ResolvedStore, ca_pem: Option<&str>) -> ConfigMap {
     let mut data = render::env::render(resolved);
     data.insert(ZENML_KEY.to_owned(), render::to_json(&render::zenml::artifact_store_config(resolved)));
     if let ConsumerCredentials::Keys { source, .. } = resolved.auth.consumer_credentials() {
@@ -35,11 +34,11 @@ pub fn config_map(store: &ArtifactStore, resolved: &ResolvedStore, ca_pem: Optio
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
     let name = store_config_map_name(&resolved.name);
-    ConfigMap { metadata: owned_meta(store, name), data: Some(data), ..ConfigMap::default() }
+    ConfigMap { metadata: owned_meta(&resolved.owner, name), data: Some(data), ..ConfigMap::default() }
 }
 
 /// The owned Secret with the user's keys under the names AWS SDKs read, for `envFrom`.
-pub fn env_secret(store: &ArtifactStore, keys: &StaticKeys) -> Secret {
+pub fn env_secret(owner: &Owner, keys: &StaticKeys) -> Secret {
     let mut data = BTreeMap::from([
         ("AWS_ACCESS_KEY_ID".to_owned(), keys.access_key_id.clone()),
         ("AWS_SECRET_ACCESS_KEY".to_owned(), keys.secret_access_key.clone()),
@@ -47,9 +46,8 @@ pub fn env_secret(store: &ArtifactStore, keys: &StaticKeys) -> Secret {
     if let Some(token) = &keys.session_token {
         data.insert("AWS_SESSION_TOKEN".to_owned(), token.clone());
     }
-    let name = store_env_secret_name(&store.metadata.name.clone().unwrap_or_default());
     Secret {
-        metadata: owned_meta(store, name),
+        metadata: owned_meta(owner, store_env_secret_name(&owner.name)),
         string_data: Some(data),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -59,6 +57,7 @@ pub fn env_secret(store: &ArtifactStore, keys: &StaticKeys) -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ArtifactStore;
 
     fn store(spec: serde_json::Value) -> ArtifactStore {
         serde_json::from_value(serde_json::json!({
@@ -78,7 +77,7 @@ mod tests {
             "client": {"retryMode": "standard", "maxAttempts": 4}
         }));
         let resolved = ResolvedStore::new(&store, "us-east-1", false).unwrap();
-        let cm = config_map(&store, &resolved, None);
+        let cm = config_map(&resolved, None);
         assert_eq!(cm.metadata.name.as_deref(), Some("ml-artifact-store"));
         assert_eq!(cm.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
         let data = cm.data.unwrap();
@@ -100,7 +99,7 @@ mod tests {
     fn env_secret_uses_aws_names() {
         let store = store(serde_json::json!({"path": "s3://bucket", "auth": {"secretRef": {"name": "creds"}}}));
         let keys = StaticKeys { access_key_id: "AKID".into(), secret_access_key: "SECRET".into(), session_token: None };
-        let secret = env_secret(&store, &keys);
+        let secret = env_secret(&Owner::of(&store), &keys);
         let data = secret.string_data.unwrap();
         assert_eq!(data["AWS_ACCESS_KEY_ID"], "AKID");
         assert_eq!(data["AWS_SECRET_ACCESS_KEY"], "SECRET");

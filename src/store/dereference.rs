@@ -5,7 +5,6 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 
-use crate::api::ArtifactStore;
 use crate::api::artifact_store::{CaBundleKind, CaBundleRef};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
@@ -46,28 +45,28 @@ fn value(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// Reads what `resolved` names, through the caches (see [`crate::controller::reads`]).
-pub async fn dereference(ctx: &Context, store: &ArtifactStore, resolved: &ResolvedStore) -> Result<Inputs, Error> {
-    let namespace = store.namespace().unwrap_or_default();
-    let mut versions = vec![store.metadata.generation.unwrap_or_default().to_string()];
+pub async fn dereference(ctx: &Context, resolved: &ResolvedStore) -> Result<Inputs, Error> {
+    let namespace = &resolved.owner.namespace;
+    let mut versions = vec![resolved.generation.unwrap_or_default().to_string()];
     // The Secret first, then the CA bundle, then the ServiceAccount: the first failure is the
     // one reported, and the fingerprint lists their versions in this order.
     let mut keys = None;
     if let Some(refs) = resolved.auth.keys() {
-        let secret = ctx.read::<Secret>(&namespace, &refs.secret_name).await;
+        let secret = ctx.read::<Secret>(namespace, &refs.secret_name).await;
         let secret = secret.map_err(read("Secret", &refs.secret_name))?;
-        let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(refs, &namespace)))?;
+        let secret = secret.ok_or_else(|| Error::Invalid(secret_not_found(refs, namespace)))?;
         versions.push(secret.resource_version().unwrap_or_default());
         keys = Some(keys_in(&secret, refs).map_err(Error::Invalid)?);
     }
     let mut ca_pem = None;
     if let Some(ca) = resolved.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()) {
-        let (pem, version) = read_ca_bundle(ctx, &namespace, ca).await?;
+        let (pem, version) = read_ca_bundle(ctx, namespace, ca).await?;
         ca_pem = Some(pem);
         versions.push(version.unwrap_or_default());
     }
     let mut service_account = None;
     if let Some(name) = resolved.auth.service_account() {
-        let account = read_service_account(ctx, &namespace, name).await?;
+        let account = read_service_account(ctx, namespace, name).await?;
         versions.push(account.resource_version().unwrap_or_default());
         service_account = Some(account);
     }

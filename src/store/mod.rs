@@ -15,7 +15,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
 use crate::api::artifact_store::{CaBundleKind, DeletionPolicy};
-use crate::api::{ArtifactStore, Word, kind};
+use crate::api::{ArtifactStore, ArtifactStoreStatus, Word, kind};
 use crate::conditions::{self, READY};
 use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
@@ -128,14 +128,14 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
             return Ok(Next::await_change());
         }
     };
-    let uid = store.uid().unwrap_or_default();
+    let uid = &resolved.owner.uid;
     // What the caches hold of the store and of everything it names, before anything is read.
-    let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
-    if let Some(action) = steady(store, &resolved, ctx, watermark.as_deref()).await {
+    let watermark = ctx.caches(&resolved.owner.namespace).map(|c| c.watermark(store));
+    if let Some(action) = steady(&resolved, ctx, watermark.as_deref()).await {
         return Ok(action);
     }
 
-    let inputs = match dereference(ctx, store, &resolved).await {
+    let inputs = match dereference(ctx, &resolved).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => {
             let path = &resolved.path;
@@ -146,24 +146,26 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
             .await
             .map_err(Error::Status)?;
             // Only a change to what the store names fixes this, and the watches bring it at once.
-            ctx.settle(&uid, watermark, Arc::new(Pass::Waiting));
+            ctx.settle(uid, watermark, Arc::new(Pass::Waiting));
             return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
         }
         Err(error) => return Err(Error::Dereference(error)),
     };
 
-    let ready_for = match recheck(store, &resolved, ctx, &inputs).await? {
+    let previous = store.status.clone().unwrap_or_default();
+    let ready_for = match recheck(&previous, &resolved, ctx, &inputs).await? {
         Some(wait) => Some(wait),
         None => verify_and_publish(store, &resolved, ctx, &inputs).await?,
     };
+    let key = resolved.owner.key();
     match ready_for {
         Some(wait) => {
-            ctx.record_success(&object_key(store));
-            ctx.settle(&uid, watermark, Arc::new(Pass::Ready(Box::new(inputs))));
+            ctx.record_success(&key);
+            ctx.settle(uid, watermark, Arc::new(Pass::Ready(Box::new(inputs))));
             Ok(Next::requeue(wait))
         }
         None => {
-            let failures = ctx.record_failure(&object_key(store));
+            let failures = ctx.record_failure(&key);
             Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
         }
     }
@@ -181,52 +183,47 @@ enum Pass {
 /// The steady state: nothing the store reads or publishes changed since a full pass found it
 /// Ready (or waiting for such a change), so nothing is read from the apiserver; S3 is called
 /// once, when the re-verification of a Ready store is due. None when a full pass is needed.
-async fn steady(
-    store: &ArtifactStore,
-    resolved: &ResolvedStore,
-    ctx: &Context,
-    watermark: Option<&str>,
-) -> Option<Next> {
-    let uid = store.uid()?;
-    let pass = ctx.settled::<Pass>(&uid, watermark?)?;
+async fn steady(resolved: &ResolvedStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
+    let uid = Some(&resolved.owner.uid).filter(|uid| !uid.is_empty())?;
+    let pass = ctx.settled::<Pass>(uid, watermark?)?;
     let inputs = match &*pass {
         Pass::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
         Pass::Ready(inputs) => inputs,
     };
-    let due = ctx.verification_due(&uid, &inputs.fingerprint)?;
+    let due = ctx.verification_due(uid, &inputs.fingerprint)?;
     let now = Instant::now();
     if due > now {
         return Some(Next::requeue(due - now));
     }
     verify::quick_check(ctx, resolved, inputs).await.ok()?;
     ctx.metrics.verified();
-    Some(Next::requeue(ctx.mark_verified(&uid, &inputs.fingerprint)))
+    Some(Next::requeue(ctx.mark_verified(uid, &inputs.fingerprint)))
 }
 
 /// A store already Ready with these inputs needs no full verification: only the cheap check when
 /// it is due (or, first seen by this process, a due time spread over one interval), and its
 /// published objects healed. Returns how long it stays verified; None when a full verification
-/// is needed (not Ready, new inputs, a failed check, or a name conflict to report).
+/// is needed (not Ready, new inputs, a failed check, or a name conflict to report). (`previous`:
+/// the status as last written.)
 async fn recheck(
-    store: &ArtifactStore,
+    previous: &ArtifactStoreStatus,
     resolved: &ResolvedStore,
     ctx: &Context,
     inputs: &Inputs,
 ) -> Result<Option<Duration>, Error> {
-    let previous = store.status.clone().unwrap_or_default();
-    let up_to_date = conditions::is_true_for(&previous.conditions, READY, store.metadata.generation)
+    let up_to_date = conditions::is_true_for(&previous.conditions, READY, resolved.generation)
         && previous.verified_inputs.as_deref() == Some(inputs.fingerprint.as_str());
     if !up_to_date {
         return Ok(None);
     }
-    let uid = store.uid().unwrap_or_default();
+    let uid = &resolved.owner.uid;
     let now = Instant::now();
-    let wait = match ctx.verification_due(&uid, &inputs.fingerprint) {
+    let wait = match ctx.verification_due(uid, &inputs.fingerprint) {
         Some(due) if due > now => due - now,
         Some(_) => match verify::quick_check(ctx, resolved, inputs).await {
             Ok(()) => {
                 ctx.metrics.verified();
-                ctx.mark_verified(&uid, &inputs.fingerprint)
+                ctx.mark_verified(uid, &inputs.fingerprint)
             }
             Err(_) => return Ok(None),
         },
@@ -236,11 +233,11 @@ async fn recheck(
             // so that a restart with thousands of stores makes no burst of AWS calls.
             let resync = ctx.settings.resync_interval;
             let wait = resync + spread(resync);
-            ctx.verification_due_in(&uid, &inputs.fingerprint, wait);
+            ctx.verification_due_in(uid, &inputs.fingerprint, wait);
             wait
         }
     };
-    Ok(publish(store, resolved, ctx, inputs).await?.is_none().then_some(wait))
+    Ok(publish(resolved, ctx, inputs).await?.is_none().then_some(wait))
 }
 
 /// The full verification: bucket found or provisioned, access proven, configuration published,
@@ -258,14 +255,14 @@ async fn verify_and_publish(
         create_requested: previous.bucket_create_requested.is_some(),
     };
     let record = async || status::record_create_request(store, ctx).await;
-    let outcome = verify::verify(ctx, store, resolved, inputs, &provenance, record).await;
+    let outcome = verify::verify(ctx, resolved, inputs, &provenance, record).await;
     let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
-    let config_map_name = store_config_map_name(&store.name_any());
+    let config_map_name = store_config_map_name(&resolved.name);
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
         true => {
             let found = resolved.in_region(region.as_deref().unwrap_or(DEFAULT_REGION));
-            publish(store, &found, ctx, inputs).await?
+            publish(&found, ctx, inputs).await?
         }
         false => None,
     };
@@ -299,7 +296,7 @@ async fn verify_and_publish(
         }
         if ready {
             s.config_map_name = Some(config_map_name.clone());
-            s.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&store.name_any()));
+            s.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&resolved.name));
             s.verified_inputs = Some(inputs.fingerprint.clone());
         } else {
             s.config_map_name = previous.config_map_name.clone();
@@ -312,33 +309,29 @@ async fn verify_and_publish(
         return Ok(None);
     }
     ctx.metrics.verified();
-    Ok(Some(ctx.mark_verified(&store.uid().unwrap_or_default(), &inputs.fingerprint)))
+    Ok(Some(ctx.mark_verified(&resolved.owner.uid, &inputs.fingerprint)))
 }
 
 /// Publishes the store's ConfigMap (and, for key auth, the env Secret) where they differ. A name
 /// taken by an object this operator did not make is left alone and returned as a `NameConflict`.
-async fn publish(
-    store: &ArtifactStore,
-    resolved: &ResolvedStore,
-    ctx: &Context,
-    inputs: &Inputs,
-) -> Result<Option<Failure>, Error> {
+async fn publish(resolved: &ResolvedStore, ctx: &Context, inputs: &Inputs) -> Result<Option<Failure>, Error> {
+    let owner = &resolved.owner;
     let resolved = resolved.clone().with_session_token(inputs.has_session_token);
-    let config_map = build::config_map(store, &resolved, inputs.ca_pem.as_deref());
-    let config_map_name = store_config_map_name(&store.name_any());
+    let config_map = build::config_map(&resolved, inputs.ca_pem.as_deref());
+    let config_map_name = store_config_map_name(&owner.name);
     let written = match apply::publish(ctx, &config_map).await.map_err(Error::Publish)? {
-        Applied::NotOurs => return Ok(Some(apply::name_conflict("ConfigMap", &config_map_name, store))),
+        Applied::NotOurs => return Ok(Some(owner.name_conflict("ConfigMap", &config_map_name))),
         applied => applied == Applied::Written,
     };
     if let Some(keys) = &inputs.keys {
-        let secret = apply::secret_with_data(build::env_secret(store, keys));
+        let secret = apply::secret_with_data(build::env_secret(owner, keys));
         let applied = apply::publish(ctx, &secret).await.map_err(Error::Publish)?;
         if applied == Applied::NotOurs {
-            return Ok(Some(apply::name_conflict("Secret", &store_env_secret_name(&store.name_any()), store)));
+            return Ok(Some(owner.name_conflict("Secret", &store_env_secret_name(&owner.name))));
         }
     }
     if written {
-        tracing::info!(store = %object_key(store), config_map = %config_map_name, "published the store's configuration");
+        tracing::info!(store = %owner.key(), config_map = %config_map_name, "published the store's configuration");
     }
     Ok(None)
 }
@@ -353,59 +346,71 @@ async fn sync_finalizer(store: &ArtifactStore, ctx: &Context) -> Result<Presence
     Ok(Presence::Exists)
 }
 
+/// On deletion: the bucket is deleted when the user asked for it and this store created it,
+/// else kept; either way an Event says which, and the finalizer goes. What blocks the deletion is
+/// Ready=False, retried with a backoff.
 async fn cleanup(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     ctx.forget(&store.uid().unwrap_or_default(), &object_key(store));
     if !apply::has_finalizer(store, FINALIZER) {
         return Ok(Next::await_change());
     }
     let status = store.status.clone().unwrap_or_default();
-    let bucket_name = status.bucket.as_deref().map_or_else(|| store.spec.path.clone(), str::to_owned);
-    let bucket = &bucket_name;
-    let retain = |why: String| async move {
-        let note = format!("bucket {bucket} is kept: {why}");
-        subject::event(ctx, store, EventType::Normal, Reason::BucketRetained, note, "Delete").await;
-        subject::set_finalizer(ctx, store, FINALIZER, false)
-            .await
-            .map(|_| Next::await_change())
-            .map_err(Error::Finalizer)
+    let bucket = status.bucket.as_deref().map_or_else(|| store.spec.path.clone(), str::to_owned);
+    let (reason, note) = match ending(store, &status, &bucket, ctx).await? {
+        Ending::Kept(why) => (Reason::BucketRetained, format!("bucket {bucket} is kept: {why}")),
+        Ending::Deleted => (Reason::BucketDeleted, format!("deleted empty bucket {bucket} (deletionPolicy Delete)")),
+        Ending::Blocked(failure) => {
+            let ready = conditions::Observed::failed(READY, failure.reason, failure.message);
+            status::write_ready_only(store, ctx, ready).await.map_err(Error::Status)?;
+            let failures = ctx.record_failure(&object_key(store));
+            return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
+        }
     };
+    subject::event(ctx, store, EventType::Normal, reason, note, "Delete").await;
+    subject::set_finalizer(ctx, store, FINALIZER, false).await.map(|_| Next::await_change()).map_err(Error::Finalizer)
+}
+
+/// What becomes of a deleted store's bucket.
+enum Ending {
+    Kept(String),
+    Deleted,
+    /// It cannot be deleted yet: why, and what to fix.
+    Blocked(Failure),
+}
+
+/// Whether the bucket of the deleted `store` goes: only with `deletionPolicy: Delete`, when the
+/// store itself is deleted (not its namespace or CRD), and when this store created it.
+async fn ending(
+    store: &ArtifactStore,
+    status: &ArtifactStoreStatus,
+    bucket: &str,
+    ctx: &Context,
+) -> Result<Ending, Error> {
     if store.spec.deletion_policy == DeletionPolicy::Retain {
-        return retain("deletionPolicy is Retain".into()).await;
+        return Ok(Ending::Kept("deletionPolicy is Retain".into()));
     }
     let probe = |name: &str| ArtifactStore::new(name, store.spec.clone());
     if let Some(why) = subject::deleted_in_bulk(ctx, store, probe).await.map_err(Error::DeletionScope)? {
-        return retain(format!("{why}; buckets are deleted only when their ArtifactStore itself is deleted")).await;
+        return Ok(Ending::Kept(format!("{why}; buckets are deleted only when their ArtifactStore itself is deleted")));
     }
     if status.bucket_created != Some(true) && status.bucket_create_requested.is_none() {
-        return retain("this operator did not create it".into()).await;
+        return Ok(Ending::Kept("this operator did not create it".into()));
     }
-    let blocked = |failure: Failure| async move {
-        let ready = conditions::Observed::failed(READY, failure.reason, failure.message.clone());
-        status::write_ready_only(store, ctx, ready).await.map_err(Error::Status)?;
-        let failures = ctx.record_failure(&object_key(store));
-        Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
+    let cannot_delete = |why: String| {
+        Ending::Blocked(Failure::new(Reason::DeletionBlocked, format!("cannot delete bucket {bucket}: {why}")))
     };
-    let cannot_delete =
-        |why: String| Failure::new(Reason::DeletionBlocked, format!("cannot delete bucket {bucket_name}: {why}"));
     let resolved = match ResolvedStore::of(store) {
         Ok(resolved) => resolved,
-        Err(error) => return blocked(cannot_delete(error.to_string())).await,
+        Err(error) => return Ok(cannot_delete(error.to_string())),
     };
-    let inputs = match dereference(ctx, store, &resolved).await {
+    let inputs = match dereference(ctx, &resolved).await {
         Ok(inputs) => inputs,
-        Err(dereference::Error::Invalid(failure)) => return blocked(cannot_delete(failure.message)).await,
+        Err(dereference::Error::Invalid(failure)) => return Ok(cannot_delete(failure.message)),
         Err(error) => return Err(Error::Dereference(error)),
     };
-    match verify::delete_created_bucket(ctx, store, &resolved, &inputs).await {
-        Ok(verify::Deletion::Deleted) => {
-            let note = format!("deleted empty bucket {bucket_name} (deletionPolicy Delete)");
-            subject::event(ctx, store, EventType::Normal, Reason::BucketDeleted, note, "Delete").await;
-            subject::set_finalizer(ctx, store, FINALIZER, false)
-                .await
-                .map(|_| Next::await_change())
-                .map_err(Error::Finalizer)
-        }
-        Ok(verify::Deletion::NotOurs) => retain("its creator tag does not name this ArtifactStore".into()).await,
-        Err(failure) => blocked(failure).await,
-    }
+    Ok(match verify::delete_created_bucket(ctx, &resolved, &inputs).await {
+        Ok(verify::Deletion::Deleted) => Ending::Deleted,
+        Ok(verify::Deletion::NotOurs) => Ending::Kept("its creator tag does not name this ArtifactStore".into()),
+        Err(failure) => Ending::Blocked(failure),
+    })
 }

@@ -2,10 +2,8 @@
 //! credentials, or the IRSA wiring, really work.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 
 use super::dereference::Inputs;
-use crate::api::ArtifactStore;
 use crate::api::artifact_store::Provisioning;
 use crate::api::validation::CREATED_BY_TAG;
 use crate::aws::S3Connection;
@@ -84,7 +82,6 @@ pub async fn quick_check(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) 
 /// CreateBucket is sent, that the operator is about to create the bucket, and returns when.
 pub async fn verify(
     ctx: &Context,
-    object: &ArtifactStore,
     store: &ResolvedStore,
     inputs: &Inputs,
     provenance: &Provenance,
@@ -107,7 +104,7 @@ pub async fn verify(
         Err(failure) => return Outcome::bucket_failed(None, failure, None),
     };
     let endpoint = connection(store, inputs, &region).endpoint_display();
-    let mut found = Found { store, bucket, provenance, uid: object.uid().unwrap_or_default(), region, endpoint };
+    let mut found = Found { store, bucket, provenance, uid: store.owner.uid.clone(), region, endpoint };
     let missing = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
     let mut create_requested = None;
     let bucket = match head {
@@ -135,7 +132,7 @@ pub async fn verify(
             return Outcome { region, bucket: Err(failure), credentials: Err(credentials), create_requested };
         }
     };
-    let credentials = prove_access(ctx, object, &found, inputs, identity).await;
+    let credentials = prove_access(ctx, &found, inputs, identity).await;
     Outcome { region: Some(found.region.clone()), bucket: Ok(state), credentials, create_requested }
 }
 
@@ -369,13 +366,12 @@ async fn locate(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result
 /// and delete there), then whose access the pods will use.
 async fn prove_access(
     ctx: &Context,
-    object: &ArtifactStore,
     found: &Found<'_>,
     inputs: &Inputs,
     identity: Option<String>,
 ) -> Result<Identity, Failure> {
     found.bucket.prove_access(found.store.write_probe).await.map_err(|(step, error)| found.classify(&error, &step))?;
-    pod_identity(ctx, object, found.store, inputs, &found.region, identity).await
+    pod_identity(ctx, found.store, inputs, &found.region, identity).await
 }
 
 /// Whether this store created the bucket: its creator tag names the store, or it has no creator
@@ -444,7 +440,6 @@ async fn apply_settings(
 /// Whose access the pods will use, and whether it works for them.
 async fn pod_identity(
     ctx: &Context,
-    object: &ArtifactStore,
     store: &ResolvedStore,
     inputs: &Inputs,
     region: &str,
@@ -462,11 +457,11 @@ async fn pod_identity(
     };
     match &inputs.service_account {
         Some(account) => {
-            let namespace = object.namespace().unwrap_or_default();
+            let namespace = &store.owner.namespace;
             let permissions = crate::aws::iam::required_permissions(store);
             let connection = S3Connection { keys: None, ..connection(store, inputs, region) };
             let probe = Probe { connection, path, write: store.write_probe };
-            check_workload_identity(ctx, &namespace, account, role_arn, &permissions, probe).await
+            check_workload_identity(ctx, namespace, account, role_arn, &permissions, probe).await
         }
         None => Ok(Identity {
             summary: format!(
@@ -488,12 +483,7 @@ pub enum Deletion {
 
 /// Deletes the bucket only if its creator tag names this store and it holds nothing, not even old
 /// versions. A missing bucket counts as deleted.
-pub async fn delete_created_bucket(
-    ctx: &Context,
-    object: &ArtifactStore,
-    store: &ResolvedStore,
-    inputs: &Inputs,
-) -> Result<Deletion, Failure> {
+pub async fn delete_created_bucket(ctx: &Context, store: &ResolvedStore, inputs: &Inputs) -> Result<Deletion, Failure> {
     let (path, region) = (&store.path, store.region.as_str());
     let connection = connection(store, inputs, region);
     let bucket = bucket_client(ctx, &connection, store)?;
@@ -503,7 +493,7 @@ pub async fn delete_created_bucket(
     };
     let gone = |error: &CallError| error.http_status == Some(404) || error.code.as_deref() == Some("NoSuchBucket");
     match bucket.creator().await {
-        Ok(Some(uid)) if Some(uid.as_str()) == object.uid().as_deref() => {}
+        Ok(Some(uid)) if !store.owner.uid.is_empty() && uid == store.owner.uid => {}
         Ok(_) => return Ok(Deletion::NotOurs),
         Err(error) if gone(&error) => return Ok(Deletion::Deleted),
         Err(error) => return Err(classify("read the bucket's tags before deleting it", &error)),

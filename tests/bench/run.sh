@@ -11,6 +11,9 @@ source tests/env/lib.sh
 tests/env/build.sh
 static=$(tests/env/build-static.sh | tail -n 1)
 
+# A fresh environment: what the tests left (stores, Stacks, namespaces) would be reconciled beside
+# the benchmark's own objects and counted in its figures.
+tests/env/down.sh >/dev/null
 tests/env/up.sh >/dev/null
 trap 'tests/env/down.sh >/dev/null 2>&1 || true' EXIT
 AO_STATIC_BINARY="$static" cargo bench --locked --bench footprint

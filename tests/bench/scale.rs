@@ -515,6 +515,18 @@ async fn run(args: Args) {
             .await;
     }
 
+    // The operator watches every namespace: what other runs left in this cluster would be
+    // reconciled too, and counted in every figure below.
+    let others = (
+        Api::<ArtifactStore>::all(client.clone()).list_metadata(&Default::default()).await.unwrap().items.len(),
+        Api::<Stack>::all(client.clone()).list_metadata(&Default::default()).await.unwrap().items.len(),
+    );
+    if others != (0, 0) {
+        println!(
+            "WARNING: {} ArtifactStores and {} Stacks of other runs are in the cluster; their reconciles count in the figures below (tests/bench/run.sh starts a fresh environment)",
+            others.0, others.1
+        );
+    }
     let resync_flag = format!("{}s", resync.as_secs());
     let mut operator = start_operator(&resync_flag);
     ready_in(&operator).await;
@@ -610,9 +622,7 @@ async fn run(args: Args) {
         per_object_resync(writes),
     );
     println!("steady state, the operator's own count of its requests: {own:?}");
-    // The operator watches every namespace: other stores left in the environment count too.
-    let watched =
-        Api::<ArtifactStore>::all(client.clone()).list_metadata(&Default::default()).await.unwrap().items.len();
+    let watched = stores + others.0;
     println!(
         "steady state: {s3_calls} S3 calls for {watched} stores = {:.2} per store per resync; CPU seconds: operator {:.1}, apiserver {:.1}",
         s3_calls / watched as f64 / f64::from(STEADY_RESYNCS),
