@@ -6,9 +6,14 @@
 # distribution registry the node pulls images from (node-up.sh), and
 # moto (IAM/STS), ZenML (client and server) and boto3 in a virtual environment, MLflow's server and
 # client in another; and installs the
-# Debian packages the node of node-up.sh needs (containerd, ...).
+# Debian packages the node of node-up.sh needs (containerd, ...) and musl-tools for the static binary.
 # Everything is cached under $CACHE_DIR keyed by version: a second run is a no-op.
 # One part only: build.sh go|python|helm|node.
+#
+# From empty caches the whole takes about 25 minutes on two cores, most of it compiling Go. What
+# waits on the network instead runs beside the compiler: the Debian packages come first (one apt
+# transaction), then the Python environments are installed in the background, and the Go modules of
+# every tool are downloaded ahead of the build that needs them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -68,14 +73,15 @@ build_python_tools() {
 # a static busybox for the main containers of Argo's workflow pods (tests/argo_node.rs), iproute2
 # for its bridge, iptables, which the CNI plugins call for masquerading and port
 # mapping (both off on this node), and debootstrap, with which tests/env/zenml-image.sh builds the
-# image of ZenML's pods. Installed with apt only when a binary is missing, so a warm
+# image of ZenML's pods; and musl-tools, whose musl-gcc compiles aws-lc-sys for the operator's static
+# binary (tests/env/build-static.sh). Installed with apt only when a binary is missing, so a warm
 # machine needs neither root nor the network here.
 install_node_packages() {
   local wanted=(containerd:/usr/bin/containerd containerd:/usr/bin/containerd-shim-runc-v2
     containerd:/usr/bin/ctr runc:/usr/sbin/runc containernetworking-plugins:/usr/lib/cni/bridge
     containernetworking-plugins:/usr/lib/cni/host-local containernetworking-plugins:/usr/lib/cni/loopback
     socat:/usr/bin/socat catatonit:/usr/bin/catatonit busybox-static:/bin/busybox iproute2:/usr/sbin/ip
-    iptables:/usr/sbin/iptables debootstrap:/usr/sbin/debootstrap)
+    iptables:/usr/sbin/iptables debootstrap:/usr/sbin/debootstrap musl-tools:/usr/bin/musl-gcc)
   local entry missing=()
   for entry in "${wanted[@]}"; do
     [[ -x "${entry#*:}" ]] || missing+=("${entry%%:*}")
@@ -126,8 +132,46 @@ argo_source() {
   echo "-modfile=$modfile"
 }
 
+# Every Go tool this script builds: its module directory under tests/env, one binary it makes, and
+# its main packages.
+GO_TOOLS=(
+  "etcd etcd go.etcd.io/etcd/server/v3"
+  "k8s kubelet k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet"
+  "minio minio github.com/minio/minio"
+  "versitygw versitygw github.com/versity/versitygw/cmd/versitygw"
+  "argo-consumer argo-consumer ."
+  "argo argoexec github.com/argoproj/argo-workflows/v3/cmd/workflow-controller github.com/argoproj/argo-workflows/v3/cmd/argoexec"
+  "pod-identity-webhook pod-identity-webhook github.com/aws/amazon-eks-pod-identity-webhook"
+  "registry registry github.com/distribution/distribution/v3/cmd/registry"
+  "helm helm helm.sh/helm/v3/cmd/helm"
+)
+
+# Downloads the modules of every tool's packages, in order, while the compiler works on the first:
+# `go list -deps` loads (and so downloads) exactly what `go build` will, and Go's module cache takes
+# concurrent downloads of one module. A tool whose binary this machine has built before is passed
+# over (a changed pin then downloads at its build, as without this).
+download_go_modules() {
+  local tool module binary packages
+  for tool in "${GO_TOOLS[@]}"; do
+    read -r module binary packages <<<"$tool"
+    [[ ! -e "$CACHE_DIR/bin/$binary" ]] || continue
+    # shellcheck disable=SC2086 # the packages are words
+    (cd "$ENV_DIR/$module" && CGO_ENABLED=0 go list -deps $packages >/dev/null) ||
+      log "downloading the modules of $module failed; its build will try again"
+  done
+}
+
 mkdir -p "$CACHE_DIR/bin"
 what="${1:-all}"
+background=()
+trap 'kill "${background[@]}" 2>/dev/null || true' EXIT
+if [[ $what == all ]]; then
+  install_node_packages
+  build_python_tools &
+  background+=($!)
+  download_go_modules &
+  background+=($!)
+fi
 case "$what" in
   all|go)
     build_tool etcd etcd go.etcd.io/etcd/server/v3
@@ -148,7 +192,9 @@ case "$what" in
     # The CNCF distribution registry, which node-up.sh starts for the node's pods to pull from.
     build_tool registry registry github.com/distribution/distribution/v3/cmd/registry
     ;;&
-  all|python) build_python_tools ;;&
+  python) build_python_tools ;;&
   all|helm) "$ENV_DIR/build-helm.sh" >/dev/null ;;&
-  all|node) install_node_packages ;;
+  node) install_node_packages ;;
 esac
+# The Python environments and the downloads started above: a failed install fails the build.
+for job in "${background[@]}"; do wait "$job"; done
