@@ -16,35 +16,31 @@ use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::health::{self, Health};
-use super::scoped_api;
 use crate::api::{ArtifactStore, Stack};
 
-/// What a watched kind must be: a namespaced resource the operator can decode, copy and share
-/// between tasks.
-pub trait Watched:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + std::fmt::Debug
-    + serde::de::DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
+/// An Api over one namespace, or over all of them.
+pub fn scoped_api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
+    client: &Client,
+    namespace: &Option<String>,
+) -> Api<K> {
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
-impl<K> Watched for K where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-{
-}
+/// A value the operator can decode, copy and share between tasks.
+pub trait Shareable: Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static {}
+
+impl<T: Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static> Shareable for T {}
+
+/// What a watched kind must be: a namespaced resource whose objects are [`Shareable`].
+pub trait Watched: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Shareable {}
+
+impl<K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Shareable> Watched for K {}
 
 /// A kind the caches hold as metadata, and the reconcilers read or publish whole.
 pub trait Cached: Watched + serde::Serialize {
@@ -131,7 +127,7 @@ pub const PUBLISHED_DIGEST_ANNOTATION: &str = "artifacts.dev/published-digest";
 pub type Version = u64;
 
 pub fn version_of(resource_version: &str) -> Version {
-    super::digest(resource_version)
+    super::memory::digest(resource_version)
 }
 
 /// The caches of one watched scope (a namespace, or all of them): stores and Stacks whole, and of
@@ -214,7 +210,7 @@ pub struct Index<K: Resource<DynamicType = ()>> {
 type Target = u64;
 
 pub(super) fn target(kind: Kind, namespace: &str, name: &str) -> Target {
-    super::digest((kind, namespace, name))
+    super::memory::digest((kind, namespace, name))
 }
 
 struct IndexInner<K: Resource<DynamicType = ()>> {

@@ -36,7 +36,7 @@ pub struct Context {
     /// Per-object memory of this process: failures for backoff, verification times.
     memory: super::memory::Memory,
     /// What this process read whole or published, by resourceVersion (see [`super::reads`]).
-    pub(super) known: super::reads::Known,
+    pub(super) known: super::known::Known,
     issuer: tokio::sync::OnceCell<String>,
     /// The caches of each watched scope (None: all namespaces), set once the watches start.
     caches: std::sync::OnceLock<Vec<(Option<String>, super::caches::Caches)>>,
@@ -63,7 +63,7 @@ impl Context {
             health: std::sync::Arc::default(),
             zenml: crate::zenml::Sessions::default(),
             memory,
-            known: super::reads::Known::default(),
+            known: super::known::Known::default(),
             issuer: tokio::sync::OnceCell::new(),
             caches: std::sync::OnceLock::new(),
         }

@@ -4,23 +4,26 @@
 pub mod apply;
 pub mod caches;
 pub mod context;
+mod error;
 #[cfg(test)]
 pub mod fixtures;
 pub mod gate;
 pub mod health;
+mod known;
 pub mod memory;
 pub mod reads;
 pub mod subject;
 pub mod timetable;
 pub mod timing;
 
+pub use caches::scoped_api;
 pub use context::Context;
+pub use error::Error;
 pub use memory::digest;
 pub use timetable::{Next, Timetable};
 
-use k8s_openapi::NamespaceResourceScope;
+use kube::Resource;
 use kube::core::DeserializeGuard;
-use kube::{Api, Client, Resource};
 
 use crate::bulkhead;
 
@@ -28,17 +31,6 @@ use crate::bulkhead;
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     use kube::ResourceExt;
     crate::owner::key(&K::kind(&()), &object.namespace().unwrap_or_default(), &object.name_any())
-}
-
-/// An Api over one namespace, or over all of them.
-pub fn scoped_api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>(
-    client: &Client,
-    namespace: &Option<String>,
-) -> Api<K> {
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// The controller for `K` objects: it reconciles what `queue` names (see [`caches::watch`]: the

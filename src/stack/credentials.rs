@@ -18,13 +18,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use super::error::Error;
 use super::resolved::{ResolvedStack, ScopeRequest, pattern_character};
 use crate::api::Stack;
 use crate::api::stack::{Access, CredentialsStatus, StackStatus};
 use crate::aws::clients::{S3Connection, StaticKeys};
 use crate::aws::failure::{CallError, source_chain};
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::controller::apply;
 use crate::owner::Owner;
 use crate::reason::{Failure, Reason};

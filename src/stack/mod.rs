@@ -4,7 +4,6 @@
 
 pub mod build;
 pub mod credentials;
-mod error;
 pub mod outputs;
 pub mod resolved;
 pub mod sweep;
@@ -32,7 +31,8 @@ use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
-pub use error::Error;
+/// Why a Stack's reconcile did not finish.
+pub type Error = crate::controller::Error;
 use resolved::{Asks, PodCredentials, ResolvedStack};
 use workload::Verdict;
 

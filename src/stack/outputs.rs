@@ -18,11 +18,11 @@ use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::build;
-use super::error::Error;
 use super::resolved::ResolvedStack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
 use crate::api::{Stack, kind};
+use crate::controller::Error;
 use crate::controller::apply::{self, Applied, FIELD_MANAGER, MANAGED_BY, Presence};
 use crate::owner::Owner;
 use crate::reason::{Failure, Reason};

@@ -206,7 +206,7 @@ async fn drop_leftover(
     api: &Api<ConfigMap>,
     read: &ObjectMeta,
     stack: &str,
-) -> Result<Option<ConfigMap>, super::error::Error> {
+) -> Result<Option<ConfigMap>, crate::controller::Error> {
     let Some(updated) = outputs::drop_fields(api, read, &outputs::field_manager(stack)).await? else {
         return Ok(None);
     };

@@ -18,12 +18,12 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, PropagationPolicy};
 
 use super::build::pod_wiring;
-use super::error::Error;
 use super::resolved::ResolvedStack;
 use crate::api::stack::StackStatus;
 use crate::check::{Outcome, Step};
 use crate::conditions::{self, WORKLOAD_ACCESS_VERIFIED};
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::reason::{Failure, Reason};
 use crate::resolve::ResolvedStore;
 
@@ -250,7 +250,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::controller::fixtures::test_context_with_check_image;
+    use crate::controller::fixtures::{ApiServerVerifier, test_context_with_check_image};
 
     fn stack() -> ResolvedStack {
         ResolvedStack::of(&crate::controller::fixtures::stack(
@@ -380,14 +380,19 @@ mod tests {
         api.no_more_requests().await;
     }
 
-    #[tokio::test]
-    async fn new_inputs_start_the_check_as_a_job() {
-        let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
+    /// A check of new inputs with the image `image:1`, under way in a task: the API's handle, the
+    /// check's Job name and the task that returns its verdict.
+    fn first_check() -> (ApiServerVerifier, String, tokio::task::JoinHandle<Verdict>) {
+        let (ctx, api) = test_context_with_check_image(Some("image:1"));
         let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
         let name = job_name("prod", &inputs);
-        let checking = inputs.clone();
-        let verdict =
-            tokio::spawn(async move { verify(&ctx, &stack(), None, &keys_store(), &checking).await.unwrap() });
+        let verdict = tokio::spawn(async move { verify(&ctx, &stack(), None, &keys_store(), &inputs).await.unwrap() });
+        (api, name, verdict)
+    }
+
+    #[tokio::test]
+    async fn new_inputs_start_the_check_as_a_job() {
+        let (mut api, name, verdict) = first_check();
         api.not_found(&format!("{JOBS}/{name}")).await;
         let (job, _) = api.handle(http::Method::POST, JOBS, |body| (201, body.clone())).await;
         assert_eq!(job["metadata"]["name"], name.as_str());
@@ -398,12 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_job_is_read_then_deleted() {
-        let (ctx, mut api) = test_context_with_check_image(Some("image:1"));
-        let inputs = inputs(&stack(), &keys_store(), "hash", "image:1");
-        let name = job_name("prod", &inputs);
-        let checking = inputs.clone();
-        let verdict =
-            tokio::spawn(async move { verify(&ctx, &stack(), None, &keys_store(), &checking).await.unwrap() });
+        let (mut api, name, verdict) = first_check();
         let mut job = finished("Failed");
         job.metadata.name = Some(name.clone());
         let job = serde_json::to_value(&job).unwrap();

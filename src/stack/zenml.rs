@@ -16,12 +16,12 @@ use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
 use super::build::{pod_wiring, zenml_pod_settings};
-use super::error::Error;
 use super::resolved::{ResolvedStack, ZenmlTarget};
 use crate::api::Stack;
 use crate::api::stack::{ApiKeySecretRef, StackStatus, ZenmlStatus};
 use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::reason::{Failure, Reason};
 use crate::resolve::ResolvedStore;
 use crate::zenml::{Server, ZenmlError};

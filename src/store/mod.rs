@@ -33,35 +33,8 @@ use dereference::{Inputs, dereference};
 /// Held while a store with `deletionPolicy: Delete` may still have to delete its bucket.
 pub const FINALIZER: &str = "artifacts.dev/bucket-deletion";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("failed to dereference the store's inputs")]
-    Dereference(#[source] dereference::Error),
-    #[error("failed to publish the store's configuration")]
-    Publish(#[source] kube::Error),
-    #[error("failed to write the store's status")]
-    Status(#[source] kube::Error),
-    #[error("failed to update the store's finalizer")]
-    Finalizer(#[source] kube::Error),
-    #[error("failed to check whether the namespace or the CRD is being deleted")]
-    DeletionScope(#[source] kube::Error),
-    #[error("the reconcile panicked")]
-    Panicked,
-}
-
-impl Error {
-    /// A static label for metrics.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Self::Dereference(_) => "dereference",
-            Self::Publish(_) => "publish",
-            Self::Status(_) => "status",
-            Self::Finalizer(_) => "finalizer",
-            Self::DeletionScope(_) => "deletion_scope",
-            Self::Panicked => "panic",
-        }
-    }
-}
+/// Why a store's reconcile did not finish: its reads name the object they could not read.
+pub type Error = crate::controller::Error<dereference::Error>;
 
 impl Referrer for ArtifactStore {
     const PUBLISHES: &'static [Published] = &[
