@@ -33,16 +33,17 @@ expect_error() { # description pattern command...
   fi
 }
 
-# Renders the chart into $WORK/NAME.yaml; a failed render counts as a failed case.
-render() { # name helm-template-args...
-  local name=$1 out
-  shift
-  if out=$("$HELM" template "$RELEASE" "$CHART_DIR" --namespace "$NS" "$@" 2>&1 >"$WORK/$name.yaml"); then
+# Renders a chart into $WORK/NAME.yaml; a failed render counts as a failed case.
+render_chart() { # chart-dir name helm-template-args...
+  local chart=$1 name=$2 out
+  shift 2
+  if out=$("$HELM" template "$RELEASE" "$chart" --namespace "$NS" "$@" 2>&1 >"$WORK/$name.yaml"); then
     pass "render $name"
   else
     fail "render $name" "$out"
   fi
 }
+render() { render_chart "$CHART_DIR" "$@"; } # name helm-template-args...
 
 # One assertion of assert_chart.py on a rendered file.
 check() { # description check rendered-name args...
@@ -154,15 +155,7 @@ check "image.digest replaces the tag" deployment_fields digest 2 \
 cp -r "$CHART_DIR" "$WORK/chart"
 cp "$CHART_TESTS_DIR/fixtures/crd-example.artifacts.dev.yaml" "$WORK/chart/files/crds/"
 FIXTURE_CRD="$CHART_TESTS_DIR/fixtures/crd-example.artifacts.dev.yaml"
-crd_render() { # name args...
-  local name=$1 out
-  shift
-  if out=$("$HELM" template "$RELEASE" "$WORK/chart" --namespace "$NS" "$@" 2>&1 >"$WORK/$name.yaml"); then
-    pass "render $name"
-  else
-    fail "render $name" "$out"
-  fi
-}
+crd_render() { render_chart "$WORK/chart" "$@"; } # name helm-template-args...
 crd_render crds-default
 check "crds.install: the CRD file rendered intact, with helm.sh/resource-policy: keep" crds crds-default "$FIXTURE_CRD" true
 crd_render crds-no-keep --set crds.keep=false

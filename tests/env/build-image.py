@@ -25,13 +25,15 @@ org.opencontainers.image.ref.name, as containerd's own docker-archive importer d
 import argparse
 import hashlib
 import io
-import json
 import os
 import re
 import shlex
 import struct
 import sys
 import tarfile
+
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
+from ocilib import canonical, fail, json_strings  # noqa: E402 (after the line above)
 
 # Every timestamp is the epoch, as in build.sh's version stamps (and distroless's own layers).
 MTIME = 0
@@ -74,8 +76,7 @@ ARGO_USER = 8737
 
 
 def die(message):
-    print(f"[testenv] ERROR: build-image: {message}", file=sys.stderr)
-    sys.exit(1)
+    fail("build-image", message)
 
 
 # --- the Dockerfile ------------------------------------------------------------------------------
@@ -113,11 +114,8 @@ def substitute(text, args):
 
 
 def json_form(instruction, rest):
-    try:
-        value = json.loads(rest)
-    except ValueError:
-        value = None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    value = json_strings(rest)
+    if value is None:
         die(f"{instruction} must stay in JSON (exec) form, found: {rest}")
     return value
 
@@ -241,10 +239,6 @@ def layer(entries):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data else None)
     return buf.getvalue()
-
-
-def canonical(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def sha256(data):

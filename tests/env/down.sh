@@ -7,7 +7,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PIDS="$STATE_DIR/pids"
 KEPT_LOGS="$(dirname "$STATE_DIR")/testenv-logs"
-GRACE_SECONDS="${AO_TESTENV_STOP_GRACE:-5}"
 
 # One up.sh or down.sh at a time; up.sh holds the lock already when it runs us.
 if [[ "${_AO_TESTENV_LOCKED:-}" != 1 ]]; then

@@ -6,6 +6,13 @@ REPO_ROOT="$(cd "$ENV_DIR/../.." && pwd)"
 CACHE_DIR="${ARTIFACT_OPERATOR_CACHE:-$HOME/.cache/artifact-operator}"
 # A running environment writes its state (certificates, data, logs, env file) here.
 STATE_DIR="${ARTIFACT_OPERATOR_ENV:-$REPO_ROOT/target/testenv}"
+# The built binaries; the certificates (up.sh's CAs, and the node's as node-*); the logs of every
+# daemon, the control plane's and the node's together, which down.sh keeps.
+BIN="$CACHE_DIR/bin"
+PKI="$STATE_DIR/pki"
+LOGS="$STATE_DIR/logs"
+# Seconds a daemon has after SIGTERM before it is killed (down.sh, node-down.sh).
+GRACE_SECONDS="${AO_TESTENV_STOP_GRACE:-5}"
 
 # The node (node-up.sh) puts pods on a private bridge with this subnet; the host is its gateway, and
 # the control plane's and S3's certificates carry the gateway's IP because pods reach them there.
@@ -50,7 +57,7 @@ module_key() { # module-dir [ldflags]
 }
 
 # --- helpers of the scripts that start daemons (up.sh, node-up.sh) -------------------------------
-# They use the caller's LOGS (log directory), PIDS (pid file directory), PKI (certificates) and
+# They use LOGS and PKI above, the caller's PIDS (pid file directory) and
 # API_PORT, and the marker variable AO_TESTENV_STATE the caller exports before it starts anything.
 
 # Seconds each component gets to become ready; generous because the machine may be busy compiling.

@@ -9,9 +9,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PIDS="$NODE_DIR/pids"
-PKI="$STATE_DIR/pki"
-LOGS="$STATE_DIR/logs"
-GRACE_SECONDS="${AO_TESTENV_STOP_GRACE:-5}"
 
 ((EUID == 0)) || die "node-down.sh needs root, as node-up.sh does"
 

@@ -22,11 +22,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BIN="$CACHE_DIR/bin"
 CNI_BIN_DIR=/usr/lib/cni
 
-PKI="$STATE_DIR/pki"                 # up.sh's CAs; the node's certificates go there as node-*
-LOGS="$STATE_DIR/logs"               # beside the control plane's, so down.sh keeps them too
 PIDS="$NODE_DIR/pids"
 NODE_ENV_FILE="$NODE_DIR/env"
 NODE_PORTS_FILE="$NODE_DIR/ports"

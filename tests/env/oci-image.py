@@ -26,6 +26,9 @@ import ssl
 import sys
 import urllib.parse
 
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
+from ocilib import canonical, fail, json_strings  # noqa: E402 (after the line above)
+
 CREATED = "1970-01-01T00:00:00Z"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -35,12 +38,7 @@ CHUNK = 1 << 20
 
 
 def die(message):
-    print(f"[testenv] ERROR: oci-image: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def canonical(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    fail("oci-image", message)
 
 
 def file_digest(path):
@@ -70,11 +68,8 @@ def pairs(values, what):
 
 
 def json_list(text, what):
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    value = json_strings(text)
+    if value is None:
         die(f"{what} must be a JSON list of strings, found: {text}")
     return value
 

@@ -12,13 +12,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BIN="$CACHE_DIR/bin"
 VENV="$CACHE_DIR/venv"
 OIDC_ISSUER="https://oidc.artifact-operator.test/cluster"
 S3_REGION="us-east-1"
 
-PKI="$STATE_DIR/pki"
-LOGS="$STATE_DIR/logs"
 PIDS="$STATE_DIR/pids"
 ENV_FILE="$STATE_DIR/env"
 PORTS_FILE="$STATE_DIR/ports"   # the ports of a running environment, for the health check

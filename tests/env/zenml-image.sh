@@ -9,9 +9,9 @@
 #            an import of zenml, kubernetes, s3fs and boto3, and `zenml version`.
 # The image's PATH starts with /opt/venv/bin, so `python3`, `python` and `zenml` are the venv's.
 # The result is an OCI image layout directory under $CACHE_DIR/zenml-image, named after a hash of
-# its inputs (this script, tests/env/oci-image.py, the requirements, the Debian suite and packages):
-# a second run finds it and costs nothing. The Debian layer is cached on its own, so changed
-# requirements redo only the venv. Needs root (debootstrap, chroot) and the network (Debian's
+# its inputs (this script, tests/env/oci-image.py and ocilib.py, the requirements, the Debian suite
+# and packages): a second run finds it and costs nothing. The Debian layer is cached on its own, so
+# changed requirements redo only the venv. Needs root (debootstrap, chroot) and the network (Debian's
 # mirror, $AO_DEBIAN_MIRROR to use another; PyPI, through the host's CA bundle).
 #
 #   tests/env/zenml-image.sh            prints the layout directory
@@ -52,7 +52,7 @@ esac
 command -v debootstrap >/dev/null || die "debootstrap is missing: run tests/env/build.sh node (or apt-get install debootstrap)"
 
 base_key=$(printf '%s\n' "$BASE_VERSION" "$SUITE" "$DEBIAN_PACKAGES" "$ARCH" | sha256sum | cut -c1-16)
-image_key=$(cat "${BASH_SOURCE[0]}" "$ENV_DIR/oci-image.py" "$REQUIREMENTS" <(echo "$base_key") | sha256sum | cut -c1-16)
+image_key=$(cat "${BASH_SOURCE[0]}" "$ENV_DIR/oci-image.py" "$ENV_DIR/ocilib.py" "$REQUIREMENTS" <(echo "$base_key") | sha256sum | cut -c1-16)
 BASE="$WORK/base-$base_key"       # base.tar: the Debian layer
 LAYOUT="$WORK/image-$image_key"   # the image, an OCI layout directory (complete when it exists)
 # The CA bundle pip trusts inside the chroot: the host's (which knows any proxy's CA), never copied
