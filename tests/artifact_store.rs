@@ -604,14 +604,19 @@ async fn metrics_show_reconciles_aws_calls_and_readiness() {
     apply_store(&client, &ns, "missing", minio_spec(&limited_bucket("absent"), json!({}))).await;
     wait_for(&client, &ns, "ready", "Ready", "True", "Ready").await;
     wait_for(&client, &ns, "missing", "BucketReady", "False", "BucketNotFound").await;
-    // The status is written before a reconcile returns and records its metrics: wait for both.
-    let metrics = eventually(Duration::from_secs(15), "both reconciles to be counted", || async {
+    // The status is written before a reconcile returns and records its metrics, and the gauge
+    // counts the cache, which sees the status after the test does: wait for both stores in both.
+    // (The missing bucket's store alone may reconcile twice before the other returns.)
+    let metrics = eventually(Duration::from_secs(15), "both stores to be counted", || async {
         let metrics = operator.metrics().await;
-        let reconciles = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("artifact_operator_reconciles_total{kind=\"ArtifactStore\"} "))
-            .and_then(|v| v.parse::<f64>().ok());
-        (reconciles >= Some(2.0)).then_some(metrics)
+        let series =
+            |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+        let reconciles = series("artifact_operator_reconciles_total{kind=\"ArtifactStore\"}");
+        let ready = series("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"True\"}");
+        let failed = series("artifact_operator_objects{kind=\"ArtifactStore\",ready=\"False\"}");
+        let verified = series("artifact_operator_store_verifications_total");
+        (reconciles >= Some(2.0) && ready == Some(1.0) && failed == Some(1.0) && verified >= Some(1.0))
+            .then_some(metrics)
     })
     .await;
     let value = |series: &str| -> f64 {
