@@ -5,9 +5,9 @@
 # directory of its own (target/musl), so it never waits on the debug builds of the tests.
 #
 #   tests/env/build-static.sh          the release build, exactly the image's (the benchmarks)
-#   tests/env/build-static.sh --dev    the same binary in cargo's dev profile: the node tests check
-#                                      what the image does, not how fast; from empty caches it
-#                                      builds in less than half the release build's time
+#   tests/env/build-static.sh --dev    the same binary in cargo's dev profile, far quicker to build
+#                                      from empty caches: the node tests check what the image does,
+#                                      not how fast
 #
 # The last line on stdout is the binary's path.
 set -euo pipefail

@@ -164,13 +164,16 @@ download_go_modules() {
 mkdir -p "$CACHE_DIR/bin"
 what="${1:-all}"
 background=()
-trap 'kill "${background[@]}" 2>/dev/null || true' EXIT
+# A failed build stops what runs in the background, whole: each job is a process group of its own.
+trap 'for job in "${background[@]}"; do kill -- "-$job" 2>/dev/null || true; done' EXIT
 if [[ $what == all ]]; then
   install_node_packages
+  set -m
   build_python_tools &
   background+=($!)
   download_go_modules &
   background+=($!)
+  set +m
 fi
 case "$what" in
   all|go)
