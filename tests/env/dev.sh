@@ -52,7 +52,7 @@ for _ in $(seq 60); do
   stack=$(show /apis/artifacts.dev/v1alpha1/namespaces/$ns/stacks/minio)
   echo "ArtifactStore $ns/minio: $store"
   echo "Stack $ns/minio: $stack"
-  [[ "$stack" == Ready=True* ]] && break
+  [[ "$store" == Ready=True* && "$stack" == Ready=True* ]] && break
   sleep 1
 done
 for cm in minio-artifact-store minio-stack; do
