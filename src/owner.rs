@@ -14,7 +14,7 @@ pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=artifact-ope
 
 /// The labels of what the operator makes for an owner: [`MANAGED_BY`], and the owner's name under
 /// `artifacts.dev/<owner_label>` (`artifact-store` or `stack`).
-pub fn labels(owner_label: &str, name: &str) -> BTreeMap<String, String> {
+fn labels(owner_label: &str, name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
         (format!("artifacts.dev/{owner_label}"), name.to_owned()),

@@ -11,13 +11,6 @@ use kube::core::ObjectMeta;
 
 pub use super::caches::{FIELD_MANAGER, PUBLISHED_DIGEST_ANNOTATION};
 
-pub use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR, Owner, labels};
-
-/// [`Owner::owned_meta`] of `owner`.
-pub fn owned_meta<K: kube::Resource<DynamicType = ()>>(owner: &K, owner_label: &str, name: String) -> ObjectMeta {
-    Owner::of(owner).owned_meta(owner_label, name)
-}
-
 /// What publishing an owned object came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -127,12 +120,6 @@ fn with_digest<K: Owned>(mut object: K, hash: u64) -> K {
         .get_or_insert_with(BTreeMap::new)
         .insert(PUBLISHED_DIGEST_ANNOTATION.to_owned(), format!("{hash:016x}"));
     object
-}
-
-/// The failure for an object of `kind` named `name` that `owner` would publish, but that exists
-/// and is not ours.
-pub fn name_conflict<O: kube::Resource<DynamicType = ()>>(kind: &str, name: &str, owner: &O) -> crate::reason::Failure {
-    Owner::of(owner).name_conflict(kind, name)
 }
 
 /// A Secret's `stringData` moved into `data`, the form the apiserver stores and returns, so that

@@ -38,7 +38,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Known {
-    pub(super) fn prune(&self, now: Instant) {
+    fn prune(&self, now: Instant) {
         {
             let mut pruned = lock(&self.pruned);
             if pruned.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(3600)) {

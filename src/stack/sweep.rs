@@ -31,10 +31,10 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::outputs;
 use crate::api::{Stack, kind};
-use crate::controller::apply::MANAGED_BY;
 use crate::controller::caches::{Caches, Kind, Reference, Version};
 use crate::controller::timing::jittered;
 use crate::controller::{Context, scoped_api};
+use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR};
 use crate::render::{argo, kfp};
 
 /// How long after a Stack's deletion its namespace is swept: the pass that was running for it
@@ -176,10 +176,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
             }
         }
     }
-    let ours = ListParams {
-        label_selector: Some(crate::controller::apply::MANAGED_BY_SELECTOR.to_owned()),
-        ..named(kfp::CONFIG_MAP)
-    };
+    let ours = ListParams { label_selector: Some(MANAGED_BY_SELECTOR.to_owned()), ..named(kfp::CONFIG_MAP) };
     let launchers = match scope {
         Some(namespace) if ctx.cached_absent::<ConfigMap>(namespace, kfp::CONFIG_MAP) => Vec::new(),
         _ => listed(&ours).await?,

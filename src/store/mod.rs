@@ -128,7 +128,7 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
     let previous = store.status.clone().unwrap_or_default();
     let ready_for = match recheck(&previous, &resolved, ctx, &inputs).await? {
         Some(wait) => Some(wait),
-        None => verify_and_publish(store, &resolved, ctx, &inputs).await?,
+        None => verify_and_publish(store, &previous, &resolved, ctx, &inputs).await?,
     };
     let key = resolved.owner.key();
     match ready_for {
@@ -214,15 +214,16 @@ async fn recheck(
 }
 
 /// The full verification: bucket found or provisioned, access proven, configuration published,
-/// status written. Returns how long the store stays verified when it is Ready.
+/// status written. Returns how long the store stays verified when it is Ready. (`previous`: the
+/// status as last written.)
 async fn verify_and_publish(
     store: &ArtifactStore,
+    previous: &ArtifactStoreStatus,
     resolved: &ResolvedStore,
     ctx: &Context,
     inputs: &Inputs,
 ) -> Result<Option<Duration>, Error> {
     let path = &resolved.path;
-    let previous = store.status.clone().unwrap_or_default();
     let provenance = verify::Provenance {
         created: previous.bucket_created == Some(true),
         create_requested: previous.bucket_create_requested.is_some(),
