@@ -11,13 +11,14 @@ pub mod workload;
 pub mod zenml;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
 use crate::api::stack::{CredentialsStatus, OutputFormat, StackStatus, ZenmlStatus};
 use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack, kind};
@@ -25,16 +26,17 @@ use crate::aws::clients::S3Connection;
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
-use crate::controller::context::EventType;
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
+use crate::owner::Owner;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
 /// Why a Stack's reconcile did not finish.
 pub type Error = crate::controller::Error;
 use resolved::{Asks, PodCredentials, ResolvedStack};
 use workload::Verdict;
+use zenml::ZenmlReport;
 
 impl Referrer for Stack {
     const PUBLISHES: &'static [Published] = &[
@@ -80,7 +82,21 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<Stack>>, ctx: Arc<Context>)
         write_status(stack, &ctx, Report::keeping(crate::controller::panicked())).await?;
         Err(Error::Panicked)
     };
-    crate::controller::reconcile_guarded(&ctx, &guarded, |stack| reconcile_inner(stack, &ctx), on_panic).await
+    crate::controller::reconcile_guarded(&ctx, &guarded, |stack| lifecycle(stack, &ctx), on_panic).await
+}
+
+/// Where the Stack is in its life: deleted, what it made goes ([`finalize`]); asking for ZenML
+/// without the finalizer that guards what it makes there, the finalizer goes on first (its watch
+/// event brings the next pass); otherwise it is reconciled.
+async fn lifecycle(object: &Stack, ctx: &Context) -> Result<Next, Error> {
+    if object.metadata.deletion_timestamp.is_some() {
+        return finalize(ctx, object).await;
+    }
+    if object.spec.zenml.is_some() && !apply::has_finalizer(object, zenml::FINALIZER) {
+        zenml::set_finalizer(ctx, object, true).await?;
+        return Ok(Next::await_change());
+    }
+    reconcile_inner(object, ctx).await
 }
 
 /// What the stack's consumers need from the store, once it is usable by them.
@@ -90,81 +106,97 @@ struct Usable {
     fingerprint: String,
 }
 
-/// (`object` is the Stack as read: its metadata and last status; `stack` its spec, resolved.)
+/// resolve the spec → (steady: nothing changed) → the full pass → the status, written once, at
+/// the end of the pass. (`object` is the Stack as read: its metadata and last status.)
 async fn reconcile_inner(object: &Stack, ctx: &Context) -> Result<Next, Error> {
-    if object.metadata.deletion_timestamp.is_some() {
-        return finalize(ctx, object).await;
-    }
-    let stack = match ResolvedStack::of(object) {
-        Ok(stack) => stack,
-        Err(failure) => return unresolved(ctx, object, failure).await,
-    };
-    let uid = &stack.owner.uid;
-    // The finalizer goes on before anything is made in ZenML; its watch event brings the next pass.
-    if stack.zenml.is_some() && !apply::has_finalizer(object, zenml::FINALIZER) {
-        set_zenml_finalizer(ctx, object, true).await?;
-        return Ok(Next::await_change());
-    }
-    let record = object.status.as_ref().and_then(|s| s.zenml.as_ref());
-    let removal = match &stack.zenml {
-        None => remove_zenml(ctx, object).await?,
-        // Moved to another server: what the old one holds goes (or is left, with a Warning).
-        Some(target) => {
-            if let Some(old) = record.filter(|r| r.url != target.url) {
-                remove_record(ctx, object, old, false).await?;
-            }
-            None
+    let conclusion = match ResolvedStack::of(object) {
+        Ok(stack) => pass(ctx, object, &stack).await?,
+        // What admission refuses, in an object made before a rule existed: Ready and the
+        // credentials' condition say what to fix; only a change of the spec helps.
+        Err(failure) => {
+            let ready = Observed::failed(READY, failure.reason, failure.message.clone());
+            let report = Report { credentials: CredentialsReport::Failed(failure), ..Report::keeping(ready) };
+            Conclusion { report: Some(report), after: After::Next(Next::await_change()) }
         }
     };
+    if let Some(report) = conclusion.report {
+        write_status(object, ctx, report).await?;
+    }
+    Ok(conclusion.after.finish(ctx))
+}
+
+/// The steps of a pass once the spec resolved: what ZenML holds that the Stack no longer asks for
+/// goes → (steady: nothing the Stack reads or publishes changed) → the full pass.
+async fn pass(ctx: &Context, object: &Stack, stack: &ResolvedStack) -> Result<Conclusion, Error> {
+    let removal = zenml::withdraw(ctx, object, stack).await?;
     // Nothing the Stack reads or publishes changed since a full pass found it Ready: read nothing.
     // (A Stack with ZenML looks at the server each resync: someone may have changed it there. One
     // whose scoped credentials are due renews them.)
     let watermark = ctx.caches(stack.namespace()).map(|c| c.watermark(object));
     let settles = stack.zenml.is_none() && removal.is_none();
     let renewal_due = credentials::until_renewal(object).is_some_and(|left| left.is_zero());
+    let uid = &stack.owner.uid;
     if settles && !renewal_due && watermark.as_deref().and_then(|w| ctx.settled::<()>(uid, w)).is_some() {
-        return Ok(Next::requeue(next_pass(ctx, object, None)));
+        return Ok(Conclusion { report: None, after: After::Next(Next::requeue(next_pass(ctx, object, None))) });
     }
+    let watermark = watermark.filter(|_| settles);
     let ready = Observed::unknown(READY, Reason::Ready, String::new());
     let mut report = Report { zenml: removal.unwrap_or(ZenmlReport::Keep), ..Report::keeping(ready) };
-    match full_pass(ctx, object, &stack, &mut report).await.or_else(Pass::failed)? {
+    let owner = stack.owner.clone();
+    let after = match full_pass(ctx, object, stack, &mut report).await.or_else(Pass::failed)? {
         Pass::Ready { fingerprint, message } => {
             report.ready = Observed::ok(READY, Reason::Ready, message);
-            let renewed = report.credentials.record().cloned();
-            let renewal_failed = report.credentials.renewal_failed();
-            write_status(object, ctx, report).await?;
-            ctx.mark_verified(uid, &fingerprint);
-            if renewal_failed {
-                let failures = ctx.record_failure(&object_key(object));
-                return Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)));
-            }
-            ctx.record_success(&object_key(object));
-            if settles {
-                ctx.settle(uid, watermark, Arc::new(()));
-            }
-            Ok(Next::requeue(next_pass(ctx, object, renewed.as_ref())))
+            let next = next_pass(ctx, object, report.credentials.record());
+            After::Ready { owner, fingerprint, renewal_failed: report.credentials.renewal_failed(), watermark, next }
         }
         Pass::Running(message) => {
             report.ready = Observed::failed(READY, Reason::WorkloadCheckRunning, message);
-            write_status(object, ctx, report).await?;
-            Ok(Next::requeue(CHECK_POLL))
+            After::Next(Next::requeue(CHECK_POLL))
         }
         Pass::Failed(failure) => {
             report.ready = Observed::failed(READY, failure.reason, failure.message.clone());
-            write_status(object, ctx, report).await?;
-            Ok(after_failure(ctx, object, &failure, if settles { watermark } else { None }))
+            After::Failed { owner, failure, watermark }
         }
-        Pass::Gone => Ok(Next::await_change()),
-    }
+        Pass::Gone => return Ok(Conclusion { report: None, after: After::Next(Next::await_change()) }),
+    };
+    Ok(Conclusion { report: Some(report), after })
 }
 
-/// A Stack whose spec does not resolve (what admission refuses, in an object made before a rule
-/// existed): Ready and its credentials' condition say what to fix; only a change of the spec helps.
-async fn unresolved(ctx: &Context, object: &Stack, failure: Failure) -> Result<Next, Error> {
-    let ready = Observed::failed(READY, failure.reason, failure.message.clone());
-    let report = Report { credentials: CredentialsReport::Failed(failure), ..Report::keeping(ready) };
-    write_status(object, ctx, report).await?;
-    Ok(Next::await_change())
+/// What a pass found: the status to write, if any, and what follows the write.
+struct Conclusion {
+    report: Option<Report>,
+    after: After,
+}
+
+/// What follows a pass's status write.
+enum After {
+    /// Nothing to record: the next pass is due then.
+    Next(Next),
+    /// The pods can use the store, checked with these inputs; the pass settles at `watermark`
+    /// (None: it may not), and the next one is due in `next` unless the renewal failed.
+    Ready { owner: Owner, fingerprint: String, renewal_failed: bool, watermark: Option<String>, next: Duration },
+    /// The pass failed: retried with a backoff, or (settled at `watermark`) at the resync.
+    Failed { owner: Owner, failure: Failure, watermark: Option<String> },
+}
+
+impl After {
+    /// Records the pass's outcome and says when the Stack is reconciled next.
+    fn finish(self, ctx: &Context) -> Next {
+        match self {
+            Self::Next(next) => next,
+            Self::Ready { owner, fingerprint, renewal_failed, watermark, next } => {
+                ctx.mark_verified(&owner.uid, &fingerprint);
+                if renewal_failed {
+                    let failures = ctx.record_failure(&owner.key());
+                    return Next::requeue(backoff(failures, ctx.settings.resync_interval));
+                }
+                ctx.record_success(&owner.key());
+                ctx.settle(&owner.uid, watermark, Arc::new(()));
+                Next::requeue(next)
+            }
+            Self::Failed { owner, failure, watermark } => after_failure(ctx, &owner, &failure, watermark),
+        }
+    }
 }
 
 /// What a full pass came to.
@@ -266,7 +298,7 @@ async fn pods_store(
 
 /// When the next pass is due: the resync, or the renewal of the scoped credentials if sooner
 /// (`renewed`: what this pass issued, newer than the status the cache holds).
-fn next_pass(ctx: &Context, stack: &Stack, renewed: Option<&CredentialsStatus>) -> std::time::Duration {
+fn next_pass(ctx: &Context, stack: &Stack, renewed: Option<&CredentialsStatus>) -> Duration {
     let resync = jittered(ctx.settings.resync_interval);
     let renewal = match renewed {
         Some(record) => credentials::until(&record.renew_at),
@@ -284,7 +316,7 @@ async fn finalize(ctx: &Context, stack: &Stack) -> Result<Next, Error> {
         if apply::has_finalizer(stack, zenml::FINALIZER) {
             return Ok(Next::await_change());
         }
-    } else if let Some(ZenmlReport::Failed(failure)) = remove_zenml(ctx, stack).await? {
+    } else if let Some(ZenmlReport::Failed(failure)) = zenml::release(ctx, stack).await? {
         let ready = Observed::failed(
             READY,
             failure.reason,
@@ -298,57 +330,6 @@ async fn finalize(ctx: &Context, stack: &Stack) -> Result<Next, Error> {
     ctx.forget(&uid, &object_key(stack));
     ctx.zenml.forget(&uid);
     Ok(Next::await_change())
-}
-
-/// Removes what the Stack made in ZenML once it no longer asks for it (or goes), then drops the
-/// finalizer. None: there was nothing to remove; Failed: an outage, retried.
-async fn remove_zenml(ctx: &Context, stack: &Stack) -> Result<Option<ZenmlReport>, Error> {
-    let outcome = match stack.status.as_ref().and_then(|s| s.zenml.as_ref()) {
-        Some(record) => Some(remove_record(ctx, stack, record, true).await?),
-        None => None,
-    };
-    if matches!(outcome, Some(ZenmlReport::Failed(_))) {
-        return Ok(outcome);
-    }
-    if apply::has_finalizer(stack, zenml::FINALIZER) {
-        set_zenml_finalizer(ctx, stack, false).await?;
-    }
-    Ok(outcome)
-}
-
-/// Removes the objects `record` names, with an Event. What the operator cannot remove (the API
-/// key is gone, the server refuses; with `retry` false, an outage too) is left, and the Warning
-/// Event names it; with `retry`, an outage is reported as Failed, to try again.
-async fn remove_record(ctx: &Context, stack: &Stack, record: &ZenmlStatus, retry: bool) -> Result<ZenmlReport, Error> {
-    let left = match zenml::remove(ctx, stack, record).await? {
-        zenml::Removal::Retry(failure) if retry => return Ok(ZenmlReport::Failed(failure)),
-        zenml::Removal::Retry(failure) => format!("{}: {}", describe_record(record), failure.message),
-        zenml::Removal::Left(why) => why,
-        zenml::Removal::Done => {
-            let note = format!("removed the {} from ZenML", describe_record(record));
-            ctx.publish_event(&stack.object_ref(&()), EventType::Normal, Reason::ZenmlRemoved, note, "RemoveZenml")
-                .await;
-            return Ok(ZenmlReport::Gone);
-        }
-    };
-    let note = format!("left in ZenML, to delete by hand: {left}");
-    ctx.publish_event(&stack.object_ref(&()), EventType::Warning, Reason::ZenmlObjectsLeft, note, "RemoveZenml").await;
-    Ok(ZenmlReport::Gone)
-}
-
-fn describe_record(record: &ZenmlStatus) -> String {
-    format!(
-        "stack {} and its components in the server at {}",
-        record.stack_name.as_deref().unwrap_or_default(),
-        record.url
-    )
-}
-
-async fn set_zenml_finalizer(ctx: &Context, stack: &Stack, present: bool) -> Result<(), Error> {
-    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    // Either way the pass ends (adding) or the Stack is done with ZenML (removing): a Stack
-    // already gone needs nothing more.
-    apply::set_finalizer(&api, stack, zenml::FINALIZER, present).await.map(|_| ()).map_err(Error::Publish)
 }
 
 /// How often a Stack looks at its running in-pod check.
@@ -372,16 +353,15 @@ async fn workload_check(
 
 /// The requeue after a failure: backoff while it may pass by itself, else the resync (settled
 /// when only a change of the objects the Stack names can fix it).
-fn after_failure(ctx: &Context, stack: &Stack, failure: &Failure, watermark: Option<String>) -> Next {
-    let uid = stack.uid().unwrap_or_default();
+fn after_failure(ctx: &Context, owner: &Owner, failure: &Failure, watermark: Option<String>) -> Next {
     if failure.is_transient() {
-        let failures = ctx.record_failure(&object_key(stack));
+        let failures = ctx.record_failure(&owner.key());
         Next::requeue(backoff(failures, ctx.settings.resync_interval))
     } else {
         // A reason in the objects the Stack names: the watches bring the fix at once, and until
         // then another pass would find the same. (IAM's answers are checked again each resync.)
         if waits_for_a_change(failure.reason) {
-            ctx.settle(&uid, watermark, Arc::new(()));
+            ctx.settle(&owner.uid, watermark, Arc::new(()));
         }
         Next::requeue(jittered(ctx.settings.resync_interval))
     }
@@ -561,18 +541,6 @@ impl CredentialsReport {
     fn renewal_failed(&self) -> bool {
         matches!(self, Self::Issued(_, Some(_)))
     }
-}
-
-/// The ZenML sync's part of the status.
-#[derive(Clone)]
-enum ZenmlReport {
-    /// Not reached in this pass: the last condition and record stay.
-    Keep,
-    Synced(ZenmlStatus),
-    /// The record stays (it names what to remove later).
-    Failed(Failure),
-    /// Removed: no condition, no record.
-    Gone,
 }
 
 /// Writes Ready, the in-pod check's condition and the ZenML sync's, when something changed.

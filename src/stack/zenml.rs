@@ -12,7 +12,8 @@
 //! Declaring is pure ([`declare`]); [`sync`] and [`remove`] do the I/O.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use super::build::{pod_wiring, zenml_pod_settings};
@@ -22,6 +23,8 @@ use crate::api::stack::{ApiKeySecretRef, StackStatus, ZenmlStatus};
 use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
 use crate::controller::Error;
+use crate::controller::apply;
+use crate::controller::context::EventType;
 use crate::reason::{Failure, Reason};
 use crate::resolve::ResolvedStore;
 use crate::zenml::{Server, ZenmlError};
@@ -530,6 +533,83 @@ pub async fn remove(ctx: &Context, stack: &Stack, status: &ZenmlStatus) -> Resul
 fn removal_failed(error: ZenmlError, what: &str) -> Removal {
     let failure = failure(error);
     if failure.is_transient() { Removal::Retry(failure) } else { Removal::Left(format!("{what}: {}", failure.message)) }
+}
+
+/// Removes what the Stack made in ZenML when it no longer asks for ZenML, or for that server
+/// (what the old one holds goes, or is left with a Warning). None: there was nothing to remove.
+pub async fn withdraw(ctx: &Context, object: &Stack, stack: &ResolvedStack) -> Result<Option<ZenmlReport>, Error> {
+    let Some(target) = &stack.zenml else {
+        return release(ctx, object).await;
+    };
+    let record = object.status.as_ref().and_then(|s| s.zenml.as_ref());
+    if let Some(old) = record.filter(|r| r.url != target.url) {
+        remove_record(ctx, object, old, false).await?;
+    }
+    Ok(None)
+}
+
+/// Removes what the Stack made in ZenML once it no longer asks for it (or goes), then drops the
+/// finalizer. None: there was nothing to remove; Failed: an outage, retried.
+pub async fn release(ctx: &Context, stack: &Stack) -> Result<Option<ZenmlReport>, Error> {
+    let outcome = match stack.status.as_ref().and_then(|s| s.zenml.as_ref()) {
+        Some(record) => Some(remove_record(ctx, stack, record, true).await?),
+        None => None,
+    };
+    if matches!(outcome, Some(ZenmlReport::Failed(_))) {
+        return Ok(outcome);
+    }
+    if apply::has_finalizer(stack, FINALIZER) {
+        set_finalizer(ctx, stack, false).await?;
+    }
+    Ok(outcome)
+}
+
+/// Removes the objects `record` names, with an Event. What the operator cannot remove (the API
+/// key is gone, the server refuses; with `retry` false, an outage too) is left, and the Warning
+/// Event names it; with `retry`, an outage is reported as Failed, to try again.
+async fn remove_record(ctx: &Context, stack: &Stack, record: &ZenmlStatus, retry: bool) -> Result<ZenmlReport, Error> {
+    let left = match remove(ctx, stack, record).await? {
+        Removal::Retry(failure) if retry => return Ok(ZenmlReport::Failed(failure)),
+        Removal::Retry(failure) => format!("{}: {}", describe_record(record), failure.message),
+        Removal::Left(why) => why,
+        Removal::Done => {
+            let note = format!("removed the {} from ZenML", describe_record(record));
+            ctx.publish_event(&stack.object_ref(&()), EventType::Normal, Reason::ZenmlRemoved, note, "RemoveZenml")
+                .await;
+            return Ok(ZenmlReport::Gone);
+        }
+    };
+    let note = format!("left in ZenML, to delete by hand: {left}");
+    ctx.publish_event(&stack.object_ref(&()), EventType::Warning, Reason::ZenmlObjectsLeft, note, "RemoveZenml").await;
+    Ok(ZenmlReport::Gone)
+}
+
+fn describe_record(record: &ZenmlStatus) -> String {
+    format!(
+        "stack {} and its components in the server at {}",
+        record.stack_name.as_deref().unwrap_or_default(),
+        record.url
+    )
+}
+
+/// Adds the ZenML finalizer to `stack` or removes it.
+pub async fn set_finalizer(ctx: &Context, stack: &Stack, present: bool) -> Result<(), Error> {
+    let api: Api<Stack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    // Either way the pass ends (adding) or the Stack is done with ZenML (removing): a Stack
+    // already gone needs nothing more.
+    apply::set_finalizer(&api, stack, FINALIZER, present).await.map(|_| ()).map_err(Error::Publish)
+}
+
+/// The ZenML sync's part of the status.
+#[derive(Clone)]
+pub enum ZenmlReport {
+    /// Not reached in this pass: the last condition and record stay.
+    Keep,
+    Synced(ZenmlStatus),
+    /// The record stays (it names what to remove later).
+    Failed(Failure),
+    /// Removed: no condition, no record.
+    Gone,
 }
 
 #[cfg(test)]

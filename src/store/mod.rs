@@ -10,19 +10,21 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
 use crate::api::artifact_store::{CaBundleKind, DeletionPolicy};
 use crate::api::{ArtifactStore, ArtifactStoreStatus, Word, kind};
-use crate::conditions::{self, READY};
+use crate::conditions::{self, Observed, READY};
 use crate::controller::apply::{self, Applied, Presence};
 use crate::controller::caches::{Kind, Published, Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::subject;
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
+use crate::owner::Owner;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{
     DEFAULT_REGION, ResolvedAuth, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX,
@@ -79,73 +81,149 @@ pub async fn reconcile(guarded: Arc<DeserializeGuard<ArtifactStore>>, ctx: Arc<C
         status::write_ready_only(store, &ctx, crate::controller::panicked()).await.map_err(Error::Status)?;
         Err(Error::Panicked)
     };
-    crate::controller::reconcile_guarded(&ctx, &guarded, |store| reconcile_inner(store, &ctx), on_panic).await
+    crate::controller::reconcile_guarded(&ctx, &guarded, |store| lifecycle(store, &ctx), on_panic).await
 }
 
-/// (steady: nothing changed) → resolve the spec → dereference → (recheck: verified with these
-/// inputs) → verify → publish → status.
-async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
+/// Where the store is in its life: deleted, it is cleaned up; with its finalizer out of step with
+/// its deletion policy, that is mended first; otherwise it is reconciled.
+async fn lifecycle(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
     if store.metadata.deletion_timestamp.is_some() {
         return cleanup(store, ctx).await;
     }
     if sync_finalizer(store, ctx).await? == Presence::Gone {
         return Ok(Next::await_change());
     }
+    reconcile_inner(store, ctx).await
+}
+
+/// resolve the spec → (steady: nothing changed) → dereference → (recheck: verified with these
+/// inputs) → verify → publish → the status, written once, at the end of the pass.
+async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, Error> {
+    // What the caches hold of the store and of everything it names, before anything is read.
+    let watermark = ctx.caches(&store.namespace().unwrap_or_default()).map(|c| c.watermark(store));
+    let previous = store.status.clone().unwrap_or_default();
+    let record = async || status::record_create_request(store, ctx).await;
     // The spec, parsed and checked once: also what the schema could not check (objects created
     // before a rule existed).
-    let resolved = match ResolvedStore::of(store) {
-        Ok(resolved) => resolved,
-        Err(error) => {
-            let failure = Failure::new(Reason::InvalidPath, error.to_string());
-            status::write(store, ctx, &status::unresolved(&failure), |_| {}).await.map_err(Error::Status)?;
-            return Ok(Next::await_change());
-        }
+    let verdict = match ResolvedStore::of(store) {
+        Ok(resolved) => pass(&resolved, &previous, ctx, watermark.as_deref(), record).await?,
+        Err(error) => Conclusion::unresolved(Failure::new(Reason::InvalidPath, error.to_string())),
     };
-    let uid = &resolved.owner.uid;
-    // What the caches hold of the store and of everything it names, before anything is read.
-    let watermark = ctx.caches(&resolved.owner.namespace).map(|c| c.watermark(store));
-    if let Some(action) = steady(&resolved, ctx, watermark.as_deref()).await {
-        return Ok(action);
+    if let Some((observed, fields)) = verdict.status {
+        status::write(store, ctx, &observed, fields).await.map_err(Error::Status)?;
     }
+    Ok(verdict.after.finish(ctx, watermark))
+}
 
-    let inputs = match dereference(ctx, &resolved).await {
+/// The steps of a pass after the spec resolved. (`previous`: the status as last written;
+/// `record`: records in it that the bucket is about to be created, see [`verify::verify`].)
+async fn pass(
+    resolved: &ResolvedStore,
+    previous: &ArtifactStoreStatus,
+    ctx: &Context,
+    watermark: Option<&str>,
+    record: impl AsyncFnOnce() -> Result<Time, Failure>,
+) -> Result<Conclusion, Error> {
+    if let Some(next) = steady(resolved, ctx, watermark).await {
+        return Ok(Conclusion { status: None, after: After::Steady(next) });
+    }
+    let inputs = match dereference(ctx, resolved).await {
         Ok(inputs) => inputs,
-        Err(dereference::Error::Invalid(failure)) => {
-            let path = &resolved.path;
-            status::write(store, ctx, &status::unresolved(&failure), |s| {
-                s.bucket = Some(Word::new(&path.bucket));
-                s.prefix = Some(path.prefix.clone());
-            })
-            .await
-            .map_err(Error::Status)?;
-            // Only a change to what the store names fixes this, and the watches bring it at once.
-            ctx.settle(uid, watermark, Arc::new(Pass::Waiting));
-            return Ok(Next::requeue(jittered(ctx.settings.resync_interval)));
-        }
+        Err(dereference::Error::Invalid(failure)) => return Ok(Conclusion::waiting(resolved, &failure)),
         Err(error) => return Err(Error::Dereference(error)),
     };
+    if let Some(wait) = recheck(previous, resolved, ctx, &inputs).await? {
+        let after =
+            After::Ready { owner: resolved.owner.clone(), verified: Verified::Until(wait), inputs: Box::new(inputs) };
+        return Ok(Conclusion { status: None, after });
+    }
+    verify_and_publish(previous, resolved, ctx, inputs, record).await
+}
 
-    let previous = store.status.clone().unwrap_or_default();
-    let ready_for = match recheck(&previous, &resolved, ctx, &inputs).await? {
-        Some(wait) => Some(wait),
-        None => verify_and_publish(store, &previous, &resolved, ctx, &inputs).await?,
-    };
-    let key = resolved.owner.key();
-    match ready_for {
-        Some(wait) => {
-            ctx.record_success(&key);
-            ctx.settle(uid, watermark, Arc::new(Pass::Ready(Box::new(inputs))));
-            Ok(Next::requeue(wait))
-        }
-        None => {
-            let failures = ctx.record_failure(&key);
-            Ok(Next::requeue(backoff(failures, ctx.settings.resync_interval)))
+/// What a pass found: the status to write (its conditions and other fields), if any, and what
+/// follows the write.
+struct Conclusion {
+    status: Option<(Vec<Observed>, ArtifactStoreStatus)>,
+    after: After,
+}
+
+impl Conclusion {
+    /// A spec that does not resolve: only a change of it helps.
+    fn unresolved(failure: Failure) -> Self {
+        let status = (status::unresolved(&failure), ArtifactStoreStatus::default());
+        Self { status: Some(status), after: After::AwaitChange }
+    }
+
+    /// Not Ready for a reason in the objects the store names (a missing Secret, an invalid CA
+    /// bundle): only a change to one of them fixes this, and the watches bring it at once.
+    fn waiting(resolved: &ResolvedStore, failure: &Failure) -> Self {
+        let fields = ArtifactStoreStatus {
+            bucket: Some(Word::new(&resolved.path.bucket)),
+            prefix: Some(resolved.path.prefix.clone()),
+            ..ArtifactStoreStatus::default()
+        };
+        Self { status: Some((status::unresolved(failure), fields)), after: After::Waiting(resolved.owner.uid.clone()) }
+    }
+}
+
+/// What follows a pass's status write.
+enum After {
+    /// The steady state: nothing was read or written.
+    Steady(Next),
+    AwaitChange,
+    /// Waiting for a change of an object the store names (the store's uid).
+    Waiting(String),
+    /// Ready with these inputs.
+    Ready {
+        owner: Owner,
+        verified: Verified,
+        inputs: Box<Inputs>,
+    },
+    /// Verification failed: retried with a backoff.
+    Failed(Owner),
+}
+
+/// How long a Ready store stays verified.
+enum Verified {
+    /// Until its next check is due.
+    Until(Duration),
+    /// For an interval from now: this pass verified it.
+    Now(String),
+}
+
+impl After {
+    /// Records the pass's outcome (`watermark`: the caches as the pass began) and says when the
+    /// store is reconciled next.
+    fn finish(self, ctx: &Context, watermark: Option<String>) -> Next {
+        match self {
+            Self::Steady(next) => next,
+            Self::AwaitChange => Next::await_change(),
+            Self::Waiting(uid) => {
+                ctx.settle(&uid, watermark, Arc::new(Settled::Waiting));
+                Next::requeue(jittered(ctx.settings.resync_interval))
+            }
+            Self::Ready { owner, verified, inputs } => {
+                let wait = match verified {
+                    Verified::Until(wait) => wait,
+                    Verified::Now(fingerprint) => {
+                        ctx.metrics.verified();
+                        ctx.mark_verified(&owner.uid, &fingerprint)
+                    }
+                };
+                ctx.record_success(&owner.key());
+                ctx.settle(&owner.uid, watermark, Arc::new(Settled::Ready(inputs)));
+                Next::requeue(wait)
+            }
+            Self::Failed(owner) => {
+                let failures = ctx.record_failure(&owner.key());
+                Next::requeue(backoff(failures, ctx.settings.resync_interval))
+            }
         }
     }
 }
 
 /// What a full pass came to, kept while nothing the store names changes.
-enum Pass {
+enum Settled {
     /// Ready, with these inputs.
     Ready(Box<Inputs>),
     /// Not Ready for a reason in the objects the store names (a missing Secret, an invalid CA
@@ -158,10 +236,10 @@ enum Pass {
 /// once, when the re-verification of a Ready store is due. None when a full pass is needed.
 async fn steady(resolved: &ResolvedStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
     let uid = Some(&resolved.owner.uid).filter(|uid| !uid.is_empty())?;
-    let pass = ctx.settled::<Pass>(uid, watermark?)?;
+    let pass = ctx.settled::<Settled>(uid, watermark?)?;
     let inputs = match &*pass {
-        Pass::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
-        Pass::Ready(inputs) => inputs,
+        Settled::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
+        Settled::Ready(inputs) => inputs,
     };
     let due = ctx.verification_due(uid, &inputs.fingerprint)?;
     let now = Instant::now();
@@ -213,30 +291,28 @@ async fn recheck(
     Ok(publish(resolved, ctx, inputs).await?.is_none().then_some(wait))
 }
 
-/// The full verification: bucket found or provisioned, access proven, configuration published,
-/// status written. Returns how long the store stays verified when it is Ready. (`previous`: the
-/// status as last written.)
+/// The full verification: bucket found or provisioned, access proven, configuration published.
+/// (`previous`: the status as last written.)
 async fn verify_and_publish(
-    store: &ArtifactStore,
     previous: &ArtifactStoreStatus,
     resolved: &ResolvedStore,
     ctx: &Context,
-    inputs: &Inputs,
-) -> Result<Option<Duration>, Error> {
+    inputs: Inputs,
+    record: impl AsyncFnOnce() -> Result<Time, Failure>,
+) -> Result<Conclusion, Error> {
     let path = &resolved.path;
     let provenance = verify::Provenance {
         created: previous.bucket_created == Some(true),
         create_requested: previous.bucket_create_requested.is_some(),
     };
-    let record = async || status::record_create_request(store, ctx).await;
-    let outcome = verify::verify(ctx, resolved, inputs, &provenance, record).await;
+    let outcome = verify::verify(ctx, resolved, &inputs, &provenance, record).await;
     let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
     let config_map_name = store_config_map_name(&resolved.name);
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
         true => {
             let found = resolved.in_region(region.as_deref().unwrap_or(DEFAULT_REGION));
-            publish(&found, ctx, inputs).await?
+            publish(&found, ctx, &inputs).await?
         }
         false => None,
     };
@@ -253,37 +329,31 @@ async fn verify_and_publish(
         resolved.endpoint.as_ref().map(|e| e.url.as_str()),
         region.as_deref().unwrap_or(DEFAULT_REGION),
     );
-    status::write(store, ctx, &observed, |s| {
-        s.bucket = Some(Word::new(&path.bucket));
-        s.prefix = Some(path.prefix.clone());
-        s.region = region.as_deref().map(Word::new);
-        s.endpoint = Some(Word::new(&endpoint));
-        if let Ok(bucket) = &outcome.bucket {
-            s.bucket_created = Some(bucket.created_by_operator);
-        } else {
-            s.bucket_created = previous.bucket_created;
-        }
-        s.bucket_create_requested =
-            outcome.create_requested.clone().or_else(|| previous.bucket_create_requested.clone());
-        if let Ok(identity) = &outcome.credentials {
-            s.identity_arn = identity.arn.as_deref().map(Word::new);
-        }
-        if ready {
-            s.config_map_name = Some(config_map_name.clone());
-            s.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&resolved.name));
-            s.verified_inputs = Some(inputs.fingerprint.clone());
-        } else {
-            s.config_map_name = previous.config_map_name.clone();
-            s.credentials_secret_name = previous.credentials_secret_name.clone();
-        }
-    })
-    .await
-    .map_err(Error::Status)?;
+    let bucket_created = match &outcome.bucket {
+        Ok(bucket) => Some(bucket.created_by_operator),
+        Err(_) => previous.bucket_created,
+    };
+    let mut fields = ArtifactStoreStatus {
+        bucket: Some(Word::new(&path.bucket)),
+        prefix: Some(path.prefix.clone()),
+        region: region.as_deref().map(Word::new),
+        endpoint: Some(Word::new(&endpoint)),
+        bucket_created,
+        bucket_create_requested: outcome.create_requested.or_else(|| previous.bucket_create_requested.clone()),
+        identity_arn: outcome.credentials.as_ref().ok().and_then(|identity| identity.arn.as_deref().map(Word::new)),
+        config_map_name: previous.config_map_name.clone(),
+        credentials_secret_name: previous.credentials_secret_name.clone(),
+        ..ArtifactStoreStatus::default()
+    };
     if !ready {
-        return Ok(None);
+        return Ok(Conclusion { status: Some((observed, fields)), after: After::Failed(resolved.owner.clone()) });
     }
-    ctx.metrics.verified();
-    Ok(Some(ctx.mark_verified(&resolved.owner.uid, &inputs.fingerprint)))
+    fields.config_map_name = Some(config_map_name);
+    fields.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&resolved.name));
+    fields.verified_inputs = Some(inputs.fingerprint.clone());
+    let verified = Verified::Now(inputs.fingerprint.clone());
+    let after = After::Ready { owner: resolved.owner.clone(), verified, inputs: Box::new(inputs) };
+    Ok(Conclusion { status: Some((observed, fields)), after })
 }
 
 /// Publishes the store's ConfigMap (and, for key auth, the env Secret) where they differ. A name

@@ -72,13 +72,14 @@ pub fn observe(
     vec![ready, bucket_condition, credentials_condition]
 }
 
-/// Writes the status if anything but the verification time changed, and publishes an Event per
-/// condition transition.
+/// Writes the status, `observed` merged into its conditions and the other fields from `fields`
+/// (its verified inputs kept unless `fields` names new ones), if anything but the verification
+/// time changed; and publishes an Event per condition transition.
 pub async fn write(
     store: &ArtifactStore,
     ctx: &Context,
     observed: &[Observed],
-    fill: impl FnOnce(&mut ArtifactStoreStatus),
+    fields: ArtifactStoreStatus,
 ) -> Result<(), kube::Error> {
     let previous = store.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
@@ -87,10 +88,9 @@ pub async fn write(
         observed_generation: store.metadata.generation,
         conditions: merged,
         last_verified_time: previous.last_verified_time.clone(),
-        verified_inputs: previous.verified_inputs.clone(),
-        ..ArtifactStoreStatus::default()
+        verified_inputs: fields.verified_inputs.or_else(|| previous.verified_inputs.clone()),
+        ..fields
     };
-    fill(&mut next);
     if next == previous {
         return Ok(());
     }
@@ -101,15 +101,7 @@ pub async fn write(
 /// Writes `ready` as the only condition and keeps every other status field as it was: for a pass
 /// that judged neither the bucket nor the credentials (a deletion blocked, a reconcile that panicked).
 pub async fn write_ready_only(store: &ArtifactStore, ctx: &Context, ready: Observed) -> Result<(), kube::Error> {
-    write(store, ctx, &[ready], |s| {
-        let previous = store.status.clone().unwrap_or_default();
-        *s = ArtifactStoreStatus {
-            conditions: std::mem::take(&mut s.conditions),
-            observed_generation: s.observed_generation,
-            ..previous
-        };
-    })
-    .await
+    write(store, ctx, &[ready], store.status.clone().unwrap_or_default()).await
 }
 
 /// Records in the status, before CreateBucket is sent, that this store is about to create its
