@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -160,33 +159,6 @@ func use(namespace, key string) error {
 			return fmt.Errorf("argo %s: the namespace default is key %q, not %q", r.name, resolved, key)
 		}
 		fmt.Printf("argo %s: resolved the namespace default to artifact-repositories/%s; saved and loaded %s\n", r.name, resolved, url)
-	}
-	return nil
-}
-
-// artifactKey expands the placeholders of a repository's keyFormat the way the controller would
-// for one workflow and pod.
-func artifactKey(keyFormat, workflow string) string {
-	key := strings.ReplaceAll(keyFormat, "{{workflow.name}}", workflow)
-	key = strings.ReplaceAll(key, "{{pod.name}}", workflow+"-step")
-	return key + "/artifact.txt"
-}
-
-// payload writes a file to save and returns its path and content.
-func payload(dir, release string) (string, []byte, error) {
-	content := []byte(fmt.Sprintf("saved by argo %s's S3 driver at %s", release, time.Now().Format(time.RFC3339Nano)))
-	path := filepath.Join(dir, release+"-out.txt")
-	return path, content, os.WriteFile(path, content, 0o600)
-}
-
-// loaded checks a loaded file against what was saved.
-func loaded(path string, want []byte) error {
-	got, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(got, want) {
-		return fmt.Errorf("loaded %q, saved %q", got, want)
 	}
 	return nil
 }

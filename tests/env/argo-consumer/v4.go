@@ -2,27 +2,18 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"path/filepath"
 
 	wfv1 "github.com/argoproj/argo-workflows/v4/pkg/apis/workflow/v1alpha1"
 	"github.com/argoproj/argo-workflows/v4/util/logging"
 	"github.com/argoproj/argo-workflows/v4/workflow/artifactrepositories"
 	"github.com/argoproj/argo-workflows/v4/workflow/artifacts/s3"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 )
 
 var v4Release = release{
-	name: moduleVersion("github.com/argoproj/argo-workflows/v4"),
-	decode: func(data []byte) ([]byte, error) {
-		var repository wfv1.ArtifactRepository
-		if err := yaml.UnmarshalStrict(data, &repository); err != nil {
-			return nil, err
-		}
-		return json.Marshal(repository)
-	},
+	name:   moduleVersion("github.com/argoproj/argo-workflows/v4"),
+	decode: decodeStrictly[wfv1.ArtifactRepository],
 	use: func(ctx context.Context, k kubernetes.Interface, namespace string, secrets secretReader, dir string) (string, string, error) {
 		// v4 takes its logger from the context, as its controller and executor set it up.
 		ctx = logging.WithLogger(ctx, logging.NewSlogLogger(logging.Warn, logging.Text))
@@ -34,60 +25,25 @@ var v4Release = release{
 			return "", "", fmt.Errorf("resolved %v without an S3 repository", ref)
 		}
 		repo := ref.ArtifactRepository.S3
-		driver, err := v4Driver(ctx, &repo.S3Bucket, secrets)
+		read, err := readS3Secrets(ctx, secrets, repo.AccessKeySecret, repo.SecretKeySecret, repo.SessionTokenSecret, repo.CASecret)
 		if err != nil {
 			return "", "", err
+		}
+		// The driver the v4 executor's newDriver builds for this bucket.
+		driver := &s3.ArtifactDriver{
+			Endpoint: repo.Endpoint, Region: repo.Region, Secure: repo.Insecure == nil || !*repo.Insecure,
+			RoleARN: repo.RoleARN, UseSDKCreds: repo.UseSDKCreds,
+			AccessKey: read.accessKey, SecretKey: read.secretKey, SessionToken: read.sessionToken, TrustedCA: read.trustedCA,
+		}
+		if options := repo.EncryptionOptions; options != nil {
+			driver.EnableEncryption, driver.KmsKeyID = options.EnableEncryption, options.KmsKeyId
 		}
 		artifact := &wfv1.Artifact{ArtifactLocation: wfv1.ArtifactLocation{S3: &wfv1.S3Artifact{
 			S3Bucket: repo.S3Bucket, Key: artifactKey(repo.KeyFormat, "wf-v4"),
 		}}}
-		path, content, err := payload(dir, "v4")
-		if err != nil {
-			return "", "", err
-		}
-		if err := driver.Save(ctx, path, artifact); err != nil {
-			return "", "", fmt.Errorf("save: %w", err)
-		}
-		back := filepath.Join(dir, "v4-in.txt")
-		if err := driver.Load(ctx, artifact, back); err != nil {
-			return "", "", fmt.Errorf("load: %w", err)
-		}
-		url := fmt.Sprintf("s3://%s/%s", repo.Bucket, artifact.S3.Key)
-		return ref.Key, url, loaded(back, content)
+		err = roundTrip(dir, "v4",
+			func(path string) error { return driver.Save(ctx, path, artifact) },
+			func(path string) error { return driver.Load(ctx, artifact, path) })
+		return ref.Key, s3URL(repo.Bucket, artifact.S3.Key), err
 	},
-}
-
-// v4Driver builds the S3 driver from a repository's bucket as the v4 executor's newDriver does:
-// keys (with a session token) and CA from the Secrets the repository names, TLS unless insecure.
-func v4Driver(ctx context.Context, bucket *wfv1.S3Bucket, secrets secretReader) (*s3.ArtifactDriver, error) {
-	driver := &s3.ArtifactDriver{
-		Endpoint:    bucket.Endpoint,
-		Region:      bucket.Region,
-		Secure:      bucket.Insecure == nil || !*bucket.Insecure,
-		RoleARN:     bucket.RoleARN,
-		UseSDKCreds: bucket.UseSDKCreds,
-	}
-	var err error
-	if bucket.AccessKeySecret != nil && bucket.AccessKeySecret.Name != "" {
-		if driver.AccessKey, err = secrets(ctx, bucket.AccessKeySecret.Name, bucket.AccessKeySecret.Key); err != nil {
-			return nil, err
-		}
-		if driver.SecretKey, err = secrets(ctx, bucket.SecretKeySecret.Name, bucket.SecretKeySecret.Key); err != nil {
-			return nil, err
-		}
-		if bucket.SessionTokenSecret != nil && bucket.SessionTokenSecret.Name != "" {
-			if driver.SessionToken, err = secrets(ctx, bucket.SessionTokenSecret.Name, bucket.SessionTokenSecret.Key); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if bucket.CASecret != nil && bucket.CASecret.Name != "" {
-		if driver.TrustedCA, err = secrets(ctx, bucket.CASecret.Name, bucket.CASecret.Key); err != nil {
-			return nil, err
-		}
-	}
-	if options := bucket.EncryptionOptions; options != nil {
-		driver.EnableEncryption, driver.KmsKeyID = options.EnableEncryption, options.KmsKeyId
-	}
-	return driver, nil
 }
