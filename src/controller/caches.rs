@@ -192,6 +192,13 @@ impl Caches {
         );
     }
 
+    /// The ServiceAccount `name` in `namespace`, as far as the reconcilers read one (see
+    /// [`AccountSketch`]); None when the caches do not hold it.
+    pub fn service_account(&self, namespace: &str, name: &str) -> Option<ServiceAccount> {
+        let sketch = self.accounts.account(target(Kind::ServiceAccount, namespace, name))?;
+        Some(sketch.account(namespace, name))
+    }
+
     /// The cached ArtifactStore `name` in `namespace`, when it exists and deserializes.
     pub fn store(&self, namespace: &str, name: &str) -> Option<Arc<DeserializeGuard<ArtifactStore>>> {
         self.stores.get(&ObjectRef::new(name).within(namespace))
@@ -275,9 +282,10 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
 
 /// Which objects of one kind exist, and at which resourceVersion, by [`Target`]: all the
 /// operator keeps of ConfigMaps, Secrets and ServiceAccounts, about 40 bytes an object where a
-/// cached copy of the metadata alone took some 800. Whatever else a reconcile needs of them (a
-/// Secret's keys, a ServiceAccount's role, the owners of a published object) it reads whole when
-/// the version changes (see [`super::reads`]).
+/// cached copy of the metadata alone took some 800. Of a ServiceAccount it also keeps what the
+/// reconcilers read ([`AccountSketch`]). Whatever else a reconcile needs of them (a Secret's keys,
+/// the owners of a published object) it reads whole when the version changes (see
+/// [`super::reads`]).
 ///
 /// Of the objects that carry the digest this operator wrote them with, and that nobody else has
 /// written since, it also keeps that digest (see [`claim`]): a restarted process knows from the
@@ -286,6 +294,7 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
 struct Versions {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
     claims: Arc<Mutex<HashMap<Target, u64>>>,
+    accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
     complete: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -293,7 +302,46 @@ struct Versions {
 struct VersionsWriter {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
     claims: Arc<Mutex<HashMap<Target, u64>>>,
+    accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
     complete: tokio::sync::watch::Sender<bool>,
+}
+
+/// All the operator reads of a ServiceAccount, kept from the metadata its watch sees: its
+/// resourceVersion (which the fingerprints of a check's inputs name) and its IRSA role. With it
+/// a ServiceAccount is never read whole.
+#[derive(Clone, Debug, PartialEq)]
+struct AccountSketch {
+    resource_version: Box<str>,
+    role_arn: Option<Box<str>>,
+}
+
+impl AccountSketch {
+    fn of(meta: &kube::core::ObjectMeta) -> Self {
+        let role_arn = meta.annotations.as_ref().and_then(|a| a.get(crate::aws::iam::ROLE_ARN_ANNOTATION));
+        Self {
+            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            role_arn: role_arn.map(|arn| arn.as_str().into()),
+        }
+    }
+
+    /// The ServiceAccount as the reconcilers read it: its name, namespace, resourceVersion and
+    /// role annotation.
+    fn account(&self, namespace: &str, name: &str) -> ServiceAccount {
+        let annotations = self
+            .role_arn
+            .as_ref()
+            .map(|arn| [(crate::aws::iam::ROLE_ARN_ANNOTATION.to_owned(), arn.to_string())].into());
+        ServiceAccount {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                resource_version: Some(self.resource_version.to_string()),
+                annotations,
+                ..Default::default()
+            },
+            ..ServiceAccount::default()
+        }
+    }
 }
 
 /// The digest an object was published with ([`PUBLISHED_DIGEST_ANNOTATION`]), when
@@ -313,9 +361,11 @@ impl Versions {
     fn new() -> (Self, VersionsWriter) {
         let by_target = Arc::new(Mutex::new(HashMap::new()));
         let claims = Arc::new(Mutex::new(HashMap::new()));
+        let accounts = Arc::new(Mutex::new(HashMap::new()));
         let (complete, listed) = tokio::sync::watch::channel(false);
-        let reader = Self { by_target: by_target.clone(), claims: claims.clone(), complete: listed };
-        (reader, VersionsWriter { by_target, claims, complete })
+        let reader =
+            Self { by_target: by_target.clone(), claims: claims.clone(), accounts: accounts.clone(), complete: listed };
+        (reader, VersionsWriter { by_target, claims, accounts, complete })
     }
 
     fn get(&self, target: Target) -> Option<Version> {
@@ -330,6 +380,13 @@ impl Versions {
         (self.get(target) == Some(version)).then_some((version, digest))
     }
 
+    /// The ServiceAccount `target` as kept ([`AccountSketch`]), at the version cached.
+    fn account(&self, target: Target) -> Option<AccountSketch> {
+        let version = self.get(target)?;
+        let sketch = lock(&self.accounts).get(&target).cloned()?;
+        (version_of(&sketch.resource_version) == version).then_some(sketch)
+    }
+
     /// Returns once the first complete list is in.
     async fn listed(&self) {
         let _ = self.complete.clone().wait_for(|complete| *complete).await;
@@ -337,20 +394,24 @@ impl Versions {
 }
 
 impl VersionsWriter {
-    /// Records `target` at `version`, with its claimed digest; true when that is new (created,
-    /// or changed).
-    fn set(&self, target: Target, version: Version, claimed: Option<u64>) -> bool {
+    /// Records `target` at `version`, with its claimed digest and, of a ServiceAccount, its
+    /// sketch; true when that is new (created, or changed).
+    fn set(&self, target: Target, version: Version, claimed: Option<u64>, account: Option<AccountSketch>) -> bool {
         let mut by_target = lock(&self.by_target);
         match claimed {
             Some(digest) => lock(&self.claims).insert(target, digest),
             None => lock(&self.claims).remove(&target),
         };
+        if let Some(sketch) = account {
+            lock(&self.accounts).insert(target, sketch);
+        }
         by_target.insert(target, version) != Some(version)
     }
 
     /// Forgets `target`; true when it was there.
     fn remove(&self, target: Target) -> bool {
         lock(&self.claims).remove(&target);
+        lock(&self.accounts).remove(&target);
         lock(&self.by_target).remove(&target).is_some()
     }
 
@@ -359,9 +420,11 @@ impl VersionsWriter {
         let mut by_target = lock(&self.by_target);
         let gone: Vec<Target> = by_target.keys().filter(|t| !listed.contains(t)).copied().collect();
         let mut claims = lock(&self.claims);
+        let mut accounts = lock(&self.accounts);
         for target in &gone {
             by_target.remove(target);
             claims.remove(target);
+            accounts.remove(target);
         }
         gone
     }
@@ -750,7 +813,8 @@ fn spawn_version_watch<K>(
                         listed.insert(target);
                     }
                     let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
-                    if versions.set(target, version, claim(&object.metadata)) {
+                    let account = (K::KIND == Kind::ServiceAccount).then(|| AccountSketch::of(&object.metadata));
+                    if versions.set(target, version, claim(&object.metadata), account) {
                         fanout.changed(K::KIND, namespace, name);
                     }
                 }
@@ -826,13 +890,45 @@ mod tests {
         assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("not hex"))), None);
 
         let (versions, writer) = Versions::new();
-        writer.set(7, 1, Some(255));
+        writer.set(7, 1, Some(255), None);
         assert_eq!(versions.claimed(7), Some((1, 255)));
-        writer.set(7, 2, None);
+        writer.set(7, 2, None, None);
         assert_eq!(versions.claimed(7), None, "changed by someone: no longer claimed");
-        writer.set(7, 3, Some(9));
+        writer.set(7, 3, Some(9), None);
         writer.remove(7);
         assert_eq!(versions.claimed(7), None);
+    }
+
+    #[test]
+    fn a_service_account_is_kept_as_its_version_and_role() {
+        let mut meta = kube::core::ObjectMeta { resource_version: Some("41".into()), ..Default::default() };
+        meta.annotations = Some(
+            [
+                (crate::aws::iam::ROLE_ARN_ANNOTATION.to_owned(), "arn:aws:iam::1:role/ml".to_owned()),
+                ("team".to_owned(), "a".to_owned()),
+            ]
+            .into(),
+        );
+        let (versions, writer) = Versions::new();
+        writer.set(7, version_of("41"), None, Some(AccountSketch::of(&meta)));
+        let account = versions.account(7).expect("kept").account("ns", "runner");
+        assert_eq!(account.metadata.name.as_deref(), Some("runner"));
+        assert_eq!(account.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(account.metadata.resource_version.as_deref(), Some("41"));
+        let role = [(crate::aws::iam::ROLE_ARN_ANNOTATION.to_owned(), "arn:aws:iam::1:role/ml".to_owned())].into();
+        assert_eq!(account.metadata.annotations, Some(role), "the role only");
+
+        // Unannotated (Pod Identity, or not wired yet): no annotation at all.
+        meta.annotations = None;
+        meta.resource_version = Some("42".into());
+        writer.set(7, version_of("42"), None, Some(AccountSketch::of(&meta)));
+        let account = versions.account(7).expect("kept").account("ns", "runner");
+        assert_eq!((account.metadata.annotations, account.metadata.resource_version.as_deref()), (None, Some("42")));
+        // A sketch behind the version it was kept with is not served.
+        writer.set(7, version_of("43"), None, None);
+        assert_eq!(versions.account(7), None);
+        writer.remove(7);
+        assert_eq!(versions.account(7), None);
     }
 
     #[test]
@@ -990,10 +1086,10 @@ mod tests {
     async fn versions_tell_what_changed_and_what_went() {
         let (versions, writer) = Versions::new();
         let (keys, ca) = (target(Kind::Secret, "ns", "keys"), target(Kind::ConfigMap, "ns", "ca"));
-        assert!(writer.set(keys, version_of("5"), None), "created");
-        assert!(!writer.set(keys, version_of("5"), None), "the same version again is no change");
-        assert!(writer.set(keys, version_of("6"), None), "changed");
-        assert!(writer.set(ca, version_of("1"), None));
+        assert!(writer.set(keys, version_of("5"), None, None), "created");
+        assert!(!writer.set(keys, version_of("5"), None, None), "the same version again is no change");
+        assert!(writer.set(keys, version_of("6"), None, None), "changed");
+        assert!(writer.set(ca, version_of("1"), None, None));
         assert_eq!(versions.get(keys), Some(version_of("6")));
 
         // A re-list that no longer holds `ca`: it went meanwhile.

@@ -1,11 +1,13 @@
 //! Reads and writes of whole objects, through the caches. The caches hold only metadata; an object
-//! the operator needs whole (a Secret's keys, a CA bundle, a ServiceAccount's annotations) is
-//! fetched from the apiserver only when the watch says its resourceVersion changed since the last
-//! read (twenty stores that share one Secret cost one read). An object the operator published is
-//! read back only when the watch says someone else changed it since.
+//! the operator needs whole (a Secret's keys, a CA bundle) is fetched from the apiserver only when
+//! the watch says its resourceVersion changed since the last read (twenty stores that share one
+//! Secret cost one read). A ServiceAccount is never read whole: the caches keep what is read of it.
+//! An object the operator published is read back only when the watch says someone else changed it
+//! since.
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 
 use super::Context;
@@ -31,6 +33,20 @@ impl Context {
     /// behind an object just created).
     pub async fn read<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         self.read_kept(namespace, name, Keep::Slim).await
+    }
+
+    /// The ServiceAccount `name` in `namespace`, as far as the reconcilers read one (its
+    /// resourceVersion and IRSA role): from the caches, which keep that much of each; read only
+    /// when they do not hold it yet (they may lag behind an object just created).
+    pub async fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<ServiceAccount>>, kube::Error> {
+        if let Some(account) = self.caches(namespace).and_then(|caches| caches.service_account(namespace, name)) {
+            return Ok(Some(Arc::new(account)));
+        }
+        self.read::<ServiceAccount>(namespace, name).await
     }
 
     /// [`Context::read`], with the apiserver's record of field managers kept: for a shared object

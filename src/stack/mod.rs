@@ -414,7 +414,7 @@ async fn usable(stack: &ResolvedStack, ctx: &Context) -> Result<Usable, Error> {
     let status = store.status.clone().unwrap_or_default();
     ready(&store, &status).map_err(Error::Invalid)?;
     let account_name = &stack.service_account;
-    let Some(account) = ctx.read::<ServiceAccount>(namespace, account_name).await.map_err(Error::Dereference)? else {
+    let Some(account) = ctx.service_account(namespace, account_name).await.map_err(Error::Dereference)? else {
         return Err(Error::Invalid(Failure::new(
             Reason::ServiceAccountNotFound,
             format!(

@@ -82,7 +82,7 @@ fn read(kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
 
 /// The ServiceAccount `name` of `spec.auth.implicit`, which must exist.
 async fn read_service_account(ctx: &Context, namespace: &str, name: &str) -> Result<Arc<ServiceAccount>, Error> {
-    let account = ctx.read::<ServiceAccount>(namespace, name).await.map_err(read("ServiceAccount", name))?;
+    let account = ctx.service_account(namespace, name).await.map_err(read("ServiceAccount", name))?;
     account.ok_or_else(|| {
         Error::Invalid(Failure::new(
             Reason::ServiceAccountNotFound,
