@@ -112,6 +112,19 @@ pub async fn publish<K: Owned>(ctx: &super::Context, desired: &K) -> Result<Appl
     }
 }
 
+/// Whether `desired` is published as it is (by this process, or, after a restart, as the watch
+/// says): [`publish`] would write nothing.
+pub fn is_published<K: Owned>(ctx: &super::Context, desired: &K) -> bool {
+    ctx.published_unchanged(desired, super::reads::content_hash(desired))
+}
+
+/// Whether `K` `name` in `namespace` is a publication of this operator that nobody else has
+/// written since (see [`super::caches::Caches::claimed`]), whatever it holds.
+pub fn is_intact<K: super::caches::Cached>(ctx: &super::Context, namespace: &str, name: &str) -> bool {
+    let reference = super::caches::Reference::new(K::KIND, name);
+    ctx.caches(namespace).and_then(|caches| caches.claimed(namespace, &reference)).is_some()
+}
+
 /// `object` carrying the digest of what it is published as ([`PUBLISHED_DIGEST_ANNOTATION`]).
 fn with_digest<K: Owned>(mut object: K, hash: u64) -> K {
     object

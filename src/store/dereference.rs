@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use crate::api::artifact_store::{CaBundleKind, CaBundleRef};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
+use crate::controller::caches::{Kind, Reference, version_of};
 use crate::reason::{Failure, Reason};
 use crate::resolve::{KeyRefs, ResolvedStore};
 
@@ -72,6 +73,33 @@ pub async fn dereference(ctx: &Context, resolved: &ResolvedStore) -> Result<Inpu
     }
     let has_session_token = keys.as_ref().is_some_and(|k| k.session_token.is_some());
     Ok(Inputs { keys, has_session_token, ca_pem, service_account, fingerprint: versions.join("/") })
+}
+
+/// Whether the inputs `fingerprint` names (see [`dereference`]) are those the caches hold now:
+/// the same generation, and each object the store reads at the same resourceVersion, so that
+/// nothing needs reading to know they did not change. False when the caches do not hold one of
+/// them, and for a store with a CA bundle (whose PEM its ConfigMap carries, which only a read
+/// tells).
+pub fn unchanged_since(ctx: &Context, resolved: &ResolvedStore, fingerprint: &str) -> bool {
+    let namespace = &resolved.owner.namespace;
+    let Some(caches) = ctx.caches(namespace) else { return false };
+    if resolved.endpoint.as_ref().is_some_and(|e| e.ca_bundle.is_some()) {
+        return false;
+    }
+    let mut read = Vec::new();
+    if let Some(refs) = resolved.auth.keys() {
+        read.push(Reference::new(Kind::Secret, &refs.secret_name));
+    }
+    if let Some(name) = resolved.auth.service_account() {
+        read.push(Reference::new(Kind::ServiceAccount, name));
+    }
+    let mut versions = fingerprint.split('/');
+    let generation = resolved.generation.unwrap_or_default().to_string();
+    versions.next() == Some(generation.as_str())
+        && read.iter().all(|reference| {
+            versions.next().is_some_and(|version| caches.version(namespace, reference) == Some(version_of(version)))
+        })
+        && versions.next().is_none()
 }
 
 /// A failed read of the `kind` named `name`.

@@ -10,6 +10,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
@@ -127,14 +128,17 @@ async fn pass(
     if let Some(next) = steady(resolved, ctx, watermark).await {
         return Ok(Conclusion { status: None, after: After::Steady(next) });
     }
+    if let Some(conclusion) = trusted(resolved, previous, ctx) {
+        return Ok(conclusion);
+    }
     let inputs = match dereference(ctx, resolved).await {
         Ok(inputs) => inputs,
         Err(dereference::Error::Invalid(failure)) => return Ok(Conclusion::waiting(resolved, &failure)),
         Err(error) => return Err(Error::Dereference(error)),
     };
     if let Some(wait) = recheck(previous, resolved, ctx, &inputs).await? {
-        let after =
-            After::Ready { owner: resolved.owner.clone(), verified: Verified::Until(wait), inputs: Box::new(inputs) };
+        let settled = Settled::Ready(Box::new(inputs));
+        let after = After::Ready { owner: resolved.owner.clone(), verified: Verified::Until(wait), settled };
         return Ok(Conclusion { status: None, after });
     }
     verify_and_publish(previous, resolved, ctx, inputs, record).await
@@ -173,11 +177,11 @@ enum After {
     AwaitChange,
     /// Waiting for a change of an object the store names (the store's uid).
     Waiting(String),
-    /// Ready with these inputs.
+    /// Ready, as `settled` says.
     Ready {
         owner: Owner,
         verified: Verified,
-        inputs: Box<Inputs>,
+        settled: Settled,
     },
     /// Verification failed: retried with a backoff.
     Failed(Owner),
@@ -202,7 +206,7 @@ impl After {
                 ctx.settle(&uid, watermark, Arc::new(Settled::Waiting));
                 Next::requeue(jittered(ctx.settings.resync_interval))
             }
-            Self::Ready { owner, verified, inputs } => {
+            Self::Ready { owner, verified, settled } => {
                 let wait = match verified {
                     Verified::Until(wait) => wait,
                     Verified::Now(fingerprint) => {
@@ -211,7 +215,7 @@ impl After {
                     }
                 };
                 ctx.record_success(&owner.key());
-                ctx.settle(&owner.uid, watermark, Arc::new(Settled::Ready(inputs)));
+                ctx.settle(&owner.uid, watermark, Arc::new(settled));
                 Next::requeue(wait)
             }
             Self::Failed(owner) => {
@@ -226,6 +230,9 @@ impl After {
 enum Settled {
     /// Ready, with these inputs.
     Ready(Box<Inputs>),
+    /// Ready as the status says, with the inputs of this fingerprint, not read yet (see
+    /// [`trusted`]): they are read when the store's check falls due.
+    Unread(String),
     /// Not Ready for a reason in the objects the store names (a missing Secret, an invalid CA
     /// bundle): until one of them changes, another pass would find the same.
     Waiting,
@@ -237,18 +244,58 @@ enum Settled {
 async fn steady(resolved: &ResolvedStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
     let uid = Some(&resolved.owner.uid).filter(|uid| !uid.is_empty())?;
     let pass = ctx.settled::<Settled>(uid, watermark?)?;
-    let inputs = match &*pass {
+    let (fingerprint, inputs) = match &*pass {
         Settled::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
-        Settled::Ready(inputs) => inputs,
+        Settled::Unread(fingerprint) => (fingerprint, None),
+        Settled::Ready(inputs) => (&inputs.fingerprint, Some(inputs)),
     };
-    let due = ctx.verification_due(uid, &inputs.fingerprint)?;
+    let due = ctx.verification_due(uid, fingerprint)?;
     let now = Instant::now();
     if due > now {
         return Some(Next::requeue(due - now));
     }
+    // Due, with the inputs not read yet: a full pass reads them.
+    let inputs = inputs?;
     verify::quick_check(ctx, resolved, inputs).await.ok()?;
     ctx.metrics.verified();
     Some(Next::requeue(ctx.mark_verified(uid, &inputs.fingerprint)))
+}
+
+/// First seen by this process (after a restart), a store whose status says Ready with inputs the
+/// caches still hold at the same versions, and whose publications are still as this operator
+/// wrote them, is trusted for one interval, as the process that wrote the status did, and
+/// nothing is read: its inputs are read when its check falls due, those checks spread over the
+/// next interval. None when a pass must read them now (another fingerprint, a CA bundle, a
+/// publication changed or not this operator's).
+fn trusted(resolved: &ResolvedStore, previous: &ArtifactStoreStatus, ctx: &Context) -> Option<Conclusion> {
+    let uid = Some(&resolved.owner.uid).filter(|uid| !uid.is_empty())?;
+    let fingerprint = previous.verified_inputs.as_deref()?;
+    let ready = conditions::is_true_for(&previous.conditions, READY, resolved.generation);
+    if !ready || ctx.verification_due(uid, fingerprint).is_some() {
+        return None;
+    }
+    if !dereference::unchanged_since(ctx, resolved, fingerprint) || !still_published(resolved, ctx) {
+        return None;
+    }
+    let resync = ctx.settings.resync_interval;
+    let wait = resync + spread(resync);
+    ctx.verification_due_in(uid, fingerprint, wait);
+    let settled = Settled::Unread(fingerprint.to_owned());
+    let after = After::Ready { owner: resolved.owner.clone(), verified: Verified::Until(wait), settled };
+    Some(Conclusion { status: None, after })
+}
+
+/// Whether what the store publishes is there as [`publish`] would write it, without its inputs:
+/// the ConfigMap as rendered (with or without a session token, which only the keys tell), and
+/// with key auth the env Secret, which only this operator wrote.
+fn still_published(resolved: &ResolvedStore, ctx: &Context) -> bool {
+    let rendered = |token: bool| build::config_map(&resolved.clone().with_session_token(token), None);
+    let config_map = apply::is_published(ctx, &rendered(false)) || apply::is_published(ctx, &rendered(true));
+    let env_secret = || {
+        let owner = &resolved.owner;
+        apply::is_intact::<Secret>(ctx, &owner.namespace, &store_env_secret_name(&owner.name))
+    };
+    config_map && (resolved.auth.keys().is_none() || env_secret())
 }
 
 /// A store already Ready with these inputs needs no full verification: only the cheap check when
@@ -352,7 +399,8 @@ async fn verify_and_publish(
     fields.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&resolved.name));
     fields.verified_inputs = Some(inputs.fingerprint.clone());
     let verified = Verified::Now(inputs.fingerprint.clone());
-    let after = After::Ready { owner: resolved.owner.clone(), verified, inputs: Box::new(inputs) };
+    let settled = Settled::Ready(Box::new(inputs));
+    let after = After::Ready { owner: resolved.owner.clone(), verified, settled };
     Ok(Conclusion { status: Some((observed, fields)), after })
 }
 

@@ -662,6 +662,18 @@ async fn run(args: Args) {
         mib(restart_peak.peak()),
         restart_peak.peak() as f64 / steady as f64
     );
+    // The second resync: trusted at the start, each store reads its inputs and checks S3 when its
+    // check falls due, those checks spread over this interval.
+    let requests_before = apiserver_requests(&client).await;
+    tokio::time::sleep(resync).await;
+    let requests = difference(&apiserver_requests(&client).await, &requests_before);
+    let (reads, writes) = reads_and_writes(&requests);
+    let checked_s3 = operator.counter(s3).await - restarted_s3;
+    println!(
+        "restart, its second resync ({} s), as the stores' checks fall due: {writes} writes, {reads} reads, {checked_s3} S3 calls ({:.2} per store) {requests:?}",
+        resync.as_secs(),
+        checked_s3 / stores as f64
+    );
     let errors = operator.metric_sum("artifact_operator_reconcile_errors_total").await;
     println!("reconcile errors after the restart: {errors}");
 
