@@ -178,11 +178,27 @@ async fn client(health: &Arc<Health>) -> Result<Client, kube::Error> {
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&AnswerLayer(health.clone())).build())
 }
 
+/// Applies the CRDs, then waits (up to 30 s each) until the apiserver serves them: the watches
+/// that start next would otherwise fail on a kind not served yet, and retry.
 async fn install_crds(client: &Client) -> Result<(), kube::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
     for crd in crate::api::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
+    for name in names {
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(30), established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(crd = %name, %error, "could not watch the CRD until it is established"),
+            Err(_) => tracing::warn!(crd = %name, "the CRD is not established after 30 s; its watch retries"),
+        }
     }
     Ok(())
 }
