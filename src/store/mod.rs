@@ -106,14 +106,14 @@ async fn reconcile_inner(store: &ArtifactStore, ctx: &Context) -> Result<Next, E
     let record = async || status::record_create_request(store, ctx).await;
     // The spec, parsed and checked once: also what the schema could not check (objects created
     // before a rule existed).
-    let verdict = match ResolvedStore::of(store) {
+    let conclusion = match ResolvedStore::of(store) {
         Ok(resolved) => pass(&resolved, &previous, ctx, watermark.as_deref(), record).await?,
         Err(error) => Conclusion::unresolved(Failure::new(Reason::InvalidPath, error.to_string())),
     };
-    if let Some((observed, fields)) = verdict.status {
+    if let Some((observed, fields)) = conclusion.status {
         status::write(store, ctx, &observed, fields).await.map_err(Error::Status)?;
     }
-    Ok(verdict.after.finish(ctx, watermark))
+    Ok(conclusion.after.finish(ctx, watermark))
 }
 
 /// The steps of a pass after the spec resolved. (`previous`: the status as last written;
@@ -243,8 +243,8 @@ enum Settled {
 /// once, when the re-verification of a Ready store is due. None when a full pass is needed.
 async fn steady(resolved: &ResolvedStore, ctx: &Context, watermark: Option<&str>) -> Option<Next> {
     let uid = Some(&resolved.owner.uid).filter(|uid| !uid.is_empty())?;
-    let pass = ctx.settled::<Settled>(uid, watermark?)?;
-    let (fingerprint, inputs) = match &*pass {
+    let settled = ctx.settled::<Settled>(uid, watermark?)?;
+    let (fingerprint, inputs) = match &*settled {
         Settled::Waiting => return Some(Next::requeue(jittered(ctx.settings.resync_interval))),
         Settled::Unread(fingerprint) => (fingerprint, None),
         Settled::Ready(inputs) => (&inputs.fingerprint, Some(inputs)),
@@ -277,12 +277,20 @@ fn trusted(resolved: &ResolvedStore, previous: &ArtifactStoreStatus, ctx: &Conte
     if !dereference::unchanged_since(ctx, resolved, fingerprint) || !still_published(resolved, ctx) {
         return None;
     }
-    let resync = ctx.settings.resync_interval;
-    let wait = resync + spread(resync);
-    ctx.verification_due_in(uid, fingerprint, wait);
+    let wait = trust_first_sight(ctx, uid, fingerprint);
     let settled = Settled::Unread(fingerprint.to_owned());
     let after = After::Ready { owner: resolved.owner.clone(), verified: Verified::Until(wait), settled };
     Some(Conclusion { status: None, after })
+}
+
+/// First sight since this process started: the status is trusted for one interval, as the process
+/// that wrote it did, then re-verifications are spread over the next one, so that a restart with
+/// thousands of stores makes no burst of AWS calls. Returns how long until `uid` is due.
+fn trust_first_sight(ctx: &Context, uid: &str, fingerprint: &str) -> Duration {
+    let resync = ctx.settings.resync_interval;
+    let wait = resync + spread(resync);
+    ctx.verification_due_in(uid, fingerprint, wait);
+    wait
 }
 
 /// Whether what the store publishes is there as [`publish`] would write it, without its inputs:
@@ -325,15 +333,7 @@ async fn recheck(
             }
             Err(_) => return Ok(None),
         },
-        None => {
-            // First sight since this process started: the status is trusted for one interval, as
-            // the process that wrote it did, then re-verifications are spread over the next one,
-            // so that a restart with thousands of stores makes no burst of AWS calls.
-            let resync = ctx.settings.resync_interval;
-            let wait = resync + spread(resync);
-            ctx.verification_due_in(uid, &inputs.fingerprint, wait);
-            wait
-        }
+        None => trust_first_sight(ctx, uid, &inputs.fingerprint),
     };
     Ok(publish(resolved, ctx, inputs).await?.is_none().then_some(wait))
 }
