@@ -150,24 +150,26 @@ async fn serve(listener: tokio::net::TcpListener, endpoints: Endpoints) {
         .route(
             "/healthz",
             get(|State(e): State<Endpoints>| async move {
-                match e.health.liveness(Instant::now()) {
-                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
-                    Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, why),
-                }
+                probe(e.health.liveness(Instant::now()), StatusCode::INTERNAL_SERVER_ERROR)
             }),
         )
         .route(
             "/readyz",
             get(|State(e): State<Endpoints>| async move {
-                match e.health.readiness(Instant::now()) {
-                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                }
+                probe(e.health.readiness(Instant::now()), StatusCode::SERVICE_UNAVAILABLE)
             }),
         )
         .with_state(endpoints);
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "the HTTP server stopped");
+    }
+}
+
+/// A probe's answer: 200 and "ok", or `failing` and why.
+fn probe(outcome: Result<(), String>, failing: StatusCode) -> (StatusCode, String) {
+    match outcome {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(why) => (failing, why),
     }
 }
 
