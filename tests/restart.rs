@@ -63,7 +63,9 @@ async fn a_restart_reads_back_nothing_it_published_and_still_undoes_a_user_s_edi
             "metadata": {"name": format!("ml-{i}")}, "spec": {
                 "artifactStoreRef": {"name": format!("ml-{i}")},
                 "orchestrator": {"type": "Kubernetes", "serviceAccountName": "runner"},
-                "outputs": {"formats": ["ZenML"]},
+                // Every Stack owns a key of the namespace's `artifact-repositories`, the first
+                // also its default annotation.
+                "outputs": {"formats": ["ZenML", "Argo"], "argoDefaultRepository": i == 0},
             }}),
         )
         .await;
@@ -75,11 +77,17 @@ async fn a_restart_reads_back_nothing_it_published_and_still_undoes_a_user_s_edi
     let published = config_maps.get("ml-0-stack").await.unwrap();
     let digest = published.metadata.annotations.clone().unwrap_or_default();
     assert!(digest.contains_key("artifacts.dev/published-digest"), "published with its digest: {digest:?}");
+    let repositories = config_maps.get("artifact-repositories").await.unwrap();
+    let annotations = repositories.metadata.annotations.clone().unwrap_or_default();
+    for i in 0..STORES {
+        let part = format!("parts.artifacts.dev/ml-{i}");
+        assert!(annotations.contains_key(&part), "each Stack's part with its digest: {annotations:?}");
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(first);
 
     // A restart with nothing changed: the new process lists, and reads back none of the 3 x 6
-    // objects it published. The stores' status says Ready with the keys' Secret at the version
+    // objects it published, nor the shared `artifact-repositories` its 6 Stacks wrote into. The stores' status says Ready with the keys' Secret at the version
     // the watch shows: the keys are read when the first check falls due (10 minutes and more from
     // now), not at the start.
     let second = Operator::start(&ns, "10m");
@@ -102,8 +110,9 @@ async fn a_restart_reads_back_nothing_it_published_and_still_undoes_a_user_s_edi
     drop(second);
 
     // A user edits published objects while no operator runs: a Stack's ConfigMap, a store's
-    // ConfigMap and a store's env Secret. The next process sees each edit and restores what was
-    // published, without waiting for the store's check to fall due.
+    // ConfigMap, a store's env Secret, and a Stack's key of `artifact-repositories` (removed). The
+    // next process sees each edit and restores what was published, without waiting for the
+    // store's check to fall due.
     let store_published = config_maps.get("ml-1-artifact-store").await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let env_published = secrets.get("ml-2-aws-credentials").await.unwrap();
@@ -114,13 +123,19 @@ async fn a_restart_reads_back_nothing_it_published_and_still_undoes_a_user_s_edi
     }
     let edit = json!({"stringData": {"AWS_ACCESS_KEY_ID": "edited-by-hand"}});
     secrets.patch("ml-2-aws-credentials", &by_hand, &Patch::Merge(&edit)).await.unwrap();
+    let removed = json!({"data": {"ml-3": null}});
+    config_maps.patch("artifact-repositories", &by_hand, &Patch::Merge(&removed)).await.unwrap();
+    let keys = |config_map: ConfigMap| config_map.data.unwrap_or_default().into_keys().collect::<Vec<_>>();
+    let left = keys(config_maps.get("artifact-repositories").await.unwrap());
+    assert!(!left.contains(&"ml-3".to_owned()) && left.len() == STORES - 1, "removed by hand: {left:?}");
     // (A short resync: the stores' first checks fall due within seconds.)
     let third = Operator::start(&ns, "4s");
     eventually(TIMEOUT, "the edits undone", || async {
         let stack = config_maps.get("ml-0-stack").await.ok()?.data == published.data;
         let store = config_maps.get("ml-1-artifact-store").await.ok()?.data == store_published.data;
         let env = secrets.get("ml-2-aws-credentials").await.ok()?.data == env_published.data;
-        (stack && store && env).then_some(())
+        let argo = config_maps.get("artifact-repositories").await.ok()?.data == repositories.data;
+        (stack && store && env && argo).then_some(())
     })
     .await;
     // Trusted at the start, each store reads its keys and checks S3 when its check falls due,

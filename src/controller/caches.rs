@@ -19,6 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::health::{self, Health};
+use super::parts;
 use crate::api::{ArtifactStore, Stack};
 
 /// An Api over one namespace, or over all of them.
@@ -192,6 +193,18 @@ impl Caches {
         );
     }
 
+    /// The claim of part `part` of the shared ConfigMap `name` in `namespace` ([`parts::Claim`]),
+    /// when its manager still holds its key and digest there.
+    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<parts::Claim> {
+        self.config_maps.part_claim(target(Kind::ConfigMap, namespace, name), part)
+    }
+
+    /// The parts of the shared ConfigMap `name` in `namespace` (the Stacks whose field managers own
+    /// something there); None when the caches do not hold it.
+    pub fn parts(&self, namespace: &str, name: &str) -> Option<Vec<Box<str>>> {
+        self.config_maps.parts(target(Kind::ConfigMap, namespace, name))
+    }
+
     /// The ServiceAccount `name` in `namespace`, as far as the reconcilers read one (see
     /// [`AccountSketch`]); None when the caches do not hold it.
     pub fn service_account(&self, namespace: &str, name: &str) -> Option<ServiceAccount> {
@@ -295,6 +308,7 @@ struct Versions {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
     claims: Arc<Mutex<HashMap<Target, u64>>>,
     accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
+    parts: Arc<Mutex<HashMap<Target, PartClaims>>>,
     complete: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -303,7 +317,33 @@ struct VersionsWriter {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
     claims: Arc<Mutex<HashMap<Target, u64>>>,
     accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
+    parts: Arc<Mutex<HashMap<Target, PartClaims>>>,
     complete: tokio::sync::watch::Sender<bool>,
+}
+
+/// A shared ConfigMap's parts, each with its claim if it has one ([`parts::claims`]).
+type PartClaims = Arc<[(Box<str>, Option<parts::Claim>)]>;
+
+/// What a metadata watch keeps of one object besides its version.
+#[derive(Default)]
+struct Kept {
+    /// The digest it was published with, when only this operator wrote it ([`claim`]).
+    claim: Option<u64>,
+    /// Of a ServiceAccount: what the reconcilers read of it.
+    account: Option<AccountSketch>,
+    /// Of a shared ConfigMap: its parts and their claims.
+    parts: Option<PartClaims>,
+}
+
+impl Kept {
+    fn of<K: Cached>(meta: &kube::core::ObjectMeta) -> Self {
+        let parts = parts::claims(meta);
+        Self {
+            claim: claim(meta),
+            account: (K::KIND == Kind::ServiceAccount).then(|| AccountSketch::of(meta)),
+            parts: (K::KIND == Kind::ConfigMap && !parts.is_empty()).then(|| parts.into()),
+        }
+    }
 }
 
 /// All the operator reads of a ServiceAccount, kept from the metadata its watch sees: its
@@ -362,10 +402,16 @@ impl Versions {
         let by_target = Arc::new(Mutex::new(HashMap::new()));
         let claims = Arc::new(Mutex::new(HashMap::new()));
         let accounts = Arc::new(Mutex::new(HashMap::new()));
+        let parts = Arc::new(Mutex::new(HashMap::new()));
         let (complete, listed) = tokio::sync::watch::channel(false);
-        let reader =
-            Self { by_target: by_target.clone(), claims: claims.clone(), accounts: accounts.clone(), complete: listed };
-        (reader, VersionsWriter { by_target, claims, accounts, complete })
+        let reader = Self {
+            by_target: by_target.clone(),
+            claims: claims.clone(),
+            accounts: accounts.clone(),
+            parts: parts.clone(),
+            complete: listed,
+        };
+        (reader, VersionsWriter { by_target, claims, accounts, parts, complete })
     }
 
     fn get(&self, target: Target) -> Option<Version> {
@@ -378,6 +424,24 @@ impl Versions {
         let digest = lock(&self.claims).get(&target).copied()?;
         // The watch updates both under the version's lock first; read again to pair them.
         (self.get(target) == Some(version)).then_some((version, digest))
+    }
+
+    /// The claim of part `part` of the shared ConfigMap `target` ([`parts::Claim`]), read with the
+    /// version as [`Versions::claimed`] reads a digest.
+    fn part_claim(&self, target: Target, part: &str) -> Option<parts::Claim> {
+        let version = self.get(target)?;
+        let claims = lock(&self.parts).get(&target).cloned()?;
+        let claim = claims.iter().find(|(name, _)| &**name == part).and_then(|(_, claim)| claim.clone())?;
+        (self.get(target) == Some(version)).then_some(claim)
+    }
+
+    /// The parts of the shared ConfigMap `target` (none when it has none), at the version cached;
+    /// None when the caches do not hold it.
+    fn parts(&self, target: Target) -> Option<Vec<Box<str>>> {
+        let version = self.get(target)?;
+        let claims = lock(&self.parts).get(&target).cloned();
+        let parts = claims.iter().flat_map(|claims| claims.iter()).map(|(part, _)| part.clone()).collect();
+        (self.get(target) == Some(version)).then_some(parts)
     }
 
     /// The ServiceAccount `target` as kept ([`AccountSketch`]), at the version cached.
@@ -394,17 +458,21 @@ impl Versions {
 }
 
 impl VersionsWriter {
-    /// Records `target` at `version`, with its claimed digest and, of a ServiceAccount, its
-    /// sketch; true when that is new (created, or changed).
-    fn set(&self, target: Target, version: Version, claimed: Option<u64>, account: Option<AccountSketch>) -> bool {
+    /// Records `target` at `version`, with what is kept of it; true when that is new (created, or
+    /// changed).
+    fn set(&self, target: Target, version: Version, kept: Kept) -> bool {
         let mut by_target = lock(&self.by_target);
-        match claimed {
+        match kept.claim {
             Some(digest) => lock(&self.claims).insert(target, digest),
             None => lock(&self.claims).remove(&target),
         };
-        if let Some(sketch) = account {
+        if let Some(sketch) = kept.account {
             lock(&self.accounts).insert(target, sketch);
         }
+        match kept.parts {
+            Some(claims) => lock(&self.parts).insert(target, claims),
+            None => lock(&self.parts).remove(&target),
+        };
         by_target.insert(target, version) != Some(version)
     }
 
@@ -412,6 +480,7 @@ impl VersionsWriter {
     fn remove(&self, target: Target) -> bool {
         lock(&self.claims).remove(&target);
         lock(&self.accounts).remove(&target);
+        lock(&self.parts).remove(&target);
         lock(&self.by_target).remove(&target).is_some()
     }
 
@@ -421,10 +490,12 @@ impl VersionsWriter {
         let gone: Vec<Target> = by_target.keys().filter(|t| !listed.contains(t)).copied().collect();
         let mut claims = lock(&self.claims);
         let mut accounts = lock(&self.accounts);
+        let mut parts = lock(&self.parts);
         for target in &gone {
             by_target.remove(target);
             claims.remove(target);
             accounts.remove(target);
+            parts.remove(target);
         }
         gone
     }
@@ -813,8 +884,7 @@ fn spawn_version_watch<K>(
                         listed.insert(target);
                     }
                     let version = version_of(object.metadata.resource_version.as_deref().unwrap_or_default());
-                    let account = (K::KIND == Kind::ServiceAccount).then(|| AccountSketch::of(&object.metadata));
-                    if versions.set(target, version, claim(&object.metadata), account) {
+                    if versions.set(target, version, Kept::of::<K>(&object.metadata)) {
                         fanout.changed(K::KIND, namespace, name);
                     }
                 }
@@ -890,13 +960,26 @@ mod tests {
         assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("not hex"))), None);
 
         let (versions, writer) = Versions::new();
-        writer.set(7, 1, Some(255), None);
+        let digest = |claim| Kept { claim, ..Kept::default() };
+        writer.set(7, 1, digest(Some(255)));
         assert_eq!(versions.claimed(7), Some((1, 255)));
-        writer.set(7, 2, None, None);
+        writer.set(7, 2, digest(None));
         assert_eq!(versions.claimed(7), None, "changed by someone: no longer claimed");
-        writer.set(7, 3, Some(9), None);
+        writer.set(7, 3, digest(Some(9)));
         writer.remove(7);
         assert_eq!(versions.claimed(7), None);
+
+        // The parts of a shared ConfigMap, each with its claim, until it changes without them.
+        let claim = parts::Claim { digest: 5, annotations: Box::default() };
+        let parts = vec![("dev".into(), None), ("prod".into(), Some(claim.clone()))];
+        writer.set(8, 1, Kept { parts: Some(parts.into()), ..Kept::default() });
+        assert_eq!(versions.part_claim(8, "prod"), Some(claim));
+        assert_eq!(versions.part_claim(8, "dev"), None, "a part without its claim");
+        assert_eq!(versions.parts(8), Some(vec!["dev".into(), "prod".into()]));
+        writer.set(8, 2, Kept::default());
+        assert_eq!(versions.part_claim(8, "prod"), None, "the part's manager no longer holds its key");
+        assert_eq!(versions.parts(8), Some(vec![]), "no part left");
+        assert_eq!(versions.parts(9), None, "not held");
     }
 
     #[test]
@@ -910,7 +993,7 @@ mod tests {
             .into(),
         );
         let (versions, writer) = Versions::new();
-        writer.set(7, version_of("41"), None, Some(AccountSketch::of(&meta)));
+        writer.set(7, version_of("41"), Kept::of::<ServiceAccount>(&meta));
         let account = versions.account(7).expect("kept").account("ns", "runner");
         assert_eq!(account.metadata.name.as_deref(), Some("runner"));
         assert_eq!(account.metadata.namespace.as_deref(), Some("ns"));
@@ -921,11 +1004,11 @@ mod tests {
         // Unannotated (Pod Identity, or not wired yet): no annotation at all.
         meta.annotations = None;
         meta.resource_version = Some("42".into());
-        writer.set(7, version_of("42"), None, Some(AccountSketch::of(&meta)));
+        writer.set(7, version_of("42"), Kept::of::<ServiceAccount>(&meta));
         let account = versions.account(7).expect("kept").account("ns", "runner");
         assert_eq!((account.metadata.annotations, account.metadata.resource_version.as_deref()), (None, Some("42")));
         // A sketch behind the version it was kept with is not served.
-        writer.set(7, version_of("43"), None, None);
+        writer.set(7, version_of("43"), Kept::default());
         assert_eq!(versions.account(7), None);
         writer.remove(7);
         assert_eq!(versions.account(7), None);
@@ -1086,10 +1169,10 @@ mod tests {
     async fn versions_tell_what_changed_and_what_went() {
         let (versions, writer) = Versions::new();
         let (keys, ca) = (target(Kind::Secret, "ns", "keys"), target(Kind::ConfigMap, "ns", "ca"));
-        assert!(writer.set(keys, version_of("5"), None, None), "created");
-        assert!(!writer.set(keys, version_of("5"), None, None), "the same version again is no change");
-        assert!(writer.set(keys, version_of("6"), None, None), "changed");
-        assert!(writer.set(ca, version_of("1"), None, None));
+        assert!(writer.set(keys, version_of("5"), Kept::default()), "created");
+        assert!(!writer.set(keys, version_of("5"), Kept::default()), "the same version again is no change");
+        assert!(writer.set(keys, version_of("6"), Kept::default()), "changed");
+        assert!(writer.set(ca, version_of("1"), Kept::default()));
         assert_eq!(versions.get(keys), Some(version_of("6")));
 
         // A re-list that no longer holds `ca`: it went meanwhile.

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod health;
 mod known;
 pub mod memory;
+pub mod parts;
 pub mod reads;
 pub mod subject;
 pub mod timetable;

@@ -49,6 +49,12 @@ impl Context {
         self.read::<ServiceAccount>(namespace, name).await
     }
 
+    /// The claim of part `part` of the shared ConfigMap `name` in `namespace`, as the caches keep
+    /// it (see [`super::parts`]): None unless the part's manager still holds what it applied.
+    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<super::parts::Claim> {
+        self.caches(namespace)?.part_claim(namespace, name, part)
+    }
+
     /// [`Context::read`], with the apiserver's record of field managers kept: for a shared object
     /// whose parts belong to several writers (`artifact-repositories`, a key per Stack).
     pub async fn read_with_managers<K: Cached>(

@@ -24,6 +24,7 @@ use crate::api::stack::OutputFormat;
 use crate::api::{Stack, kind};
 use crate::controller::Error;
 use crate::controller::apply::{self, Applied, FIELD_MANAGER, Presence};
+use crate::controller::parts;
 use crate::owner::{MANAGED_BY, Owner};
 use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
@@ -31,11 +32,6 @@ use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
 
 /// Held while the Stack may own a key of `artifact-repositories`.
 pub const FINALIZER: &str = "artifacts.dev/argo-repository";
-
-/// The field manager of one Stack's part of `artifact-repositories`.
-pub fn field_manager(stack: &str) -> String {
-    format!("{FIELD_MANAGER}/stack/{stack}")
-}
 
 fn config_maps(ctx: &crate::controller::Context, namespace: &str) -> Api<ConfigMap> {
     Api::namespaced(ctx.client.clone(), namespace)
@@ -234,12 +230,19 @@ async fn argo_claim(
         }
     }
     let value = build::argo_repository(stack, store);
+    let default = stack.argo_default_repository;
+    let part = ArgoApply::new(name, &value, default);
+    // The watch shows the Stack's manager still holding what it applied: nothing to read or write
+    // (after a restart too).
+    if ctx.part_claim(namespace, argo::CONFIG_MAP, name).is_some_and(|claim| part.claimed(&claim)) {
+        return Ok(Some(ArgoPart { ca_secret, exists: true, apply: None }));
+    }
     // Read whole only when someone wrote it since this process last read or wrote it: the Stacks
     // of a namespace that share it take each other's writes from memory.
     let read = ctx.read_with_managers::<ConfigMap>(namespace, argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let none = ConfigMap::default();
     let current = read.as_deref().unwrap_or(&none);
-    let owned = owned_fields(&current.metadata, &field_manager(name));
+    let owned = parts::owned(&current.metadata, &parts::manager(name));
     let no_data = BTreeMap::new();
     let data = current.data.as_ref().unwrap_or(&no_data);
     if data.contains_key(name) && !owned.key(name) {
@@ -251,7 +254,6 @@ async fn argo_claim(
             ),
         )));
     }
-    let default = stack.argo_default_repository;
     let annotation = current.annotations().get(argo::DEFAULT_REPOSITORY_ANNOTATION);
     if let Some(key) = annotation.filter(|key| default && *key != name) {
         return Err(Error::Invalid(Failure::new(
@@ -264,21 +266,40 @@ async fn argo_claim(
             ),
         )));
     }
-    let unchanged = data.get(name) == Some(&value)
-        && owned.key(name)
-        && owned.default_annotation == default
-        && (!default || annotation.map(String::as_str) == Some(name));
-    let apply = (!unchanged).then(|| argo_apply(name, &value, default));
+    let claims = parts::claims(&current.metadata).into_iter().filter(|(key, _)| &**key == name);
+    let claimed = claims.filter_map(|(_, claim)| claim).any(|claim| part.claimed(&claim));
+    let unchanged = claimed && data.get(name) == Some(&value);
+    let apply = (!unchanged).then_some(part.body);
     Ok(Some(ArgoPart { ca_secret, exists: read.is_some(), apply }))
 }
 
-/// The server-side apply of the Stack `name`'s key (and of the default annotation).
-fn argo_apply(name: &str, value: &str, default: bool) -> Value {
-    let mut metadata = json!({"name": argo::CONFIG_MAP});
-    if default {
-        metadata["annotations"] = json!({ (argo::DEFAULT_REPOSITORY_ANNOTATION): name });
+/// The server-side apply of a Stack's part of `artifact-repositories`: its key, the default
+/// annotation when it asks for it, and the digest of both ([`parts::digest_annotation`]).
+struct ArgoApply {
+    body: Value,
+    digest: u64,
+    default: bool,
+}
+
+impl ArgoApply {
+    fn new(name: &str, value: &str, default: bool) -> Self {
+        let mut annotations = serde_json::Map::new();
+        if default {
+            annotations.insert(argo::DEFAULT_REPOSITORY_ANNOTATION.to_owned(), json!(name));
+        }
+        let digest = crate::controller::digest((name, value, default));
+        annotations.insert(parts::digest_annotation(name), json!(parts::digest_value(digest)));
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": argo::CONFIG_MAP, "annotations": annotations}, "data": { name: value }});
+        Self { body, digest, default }
     }
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { name: value }})
+
+    /// Whether the part's manager holds this apply as it was made: the same digest, and the
+    /// default annotation exactly when asked for.
+    fn claimed(&self, claim: &parts::Claim) -> bool {
+        let holds_default = claim.annotations.iter().any(|a| &**a == argo::DEFAULT_REPOSITORY_ANNOTATION);
+        claim.digest == self.digest && holds_default == self.default
+    }
 }
 
 /// Once the Stack no longer asks for Argo: its key, its CA Secret, then the finalizer go.
@@ -317,7 +338,7 @@ impl ArgoPart {
         if !self.exists {
             create_argo_config_map(&api).await?;
         }
-        let manager = field_manager(&owner.name);
+        let manager = parts::manager(&owner.name);
         let written = api
             .patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
             .await
@@ -363,70 +384,7 @@ async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<(), Error> {
 
 /// Describes who a key of `artifact-repositories` belongs to.
 fn holder_of_key(meta: &ObjectMeta, key: &str) -> String {
-    let prefix = field_manager("");
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|entry| fields(entry).pointer(&format!("/f:data/f:{}", escape(key))).is_some())
-        .find_map(|entry| {
-            entry.manager.as_deref()?.strip_prefix(&prefix).map(|stack| format!("Stack {stack}'s key {key}"))
-        })
-        .unwrap_or_else(|| format!("key {key}"))
-}
-
-/// Which of the Stack's fields of `artifact-repositories` its field manager owns.
-struct Owned {
-    data_keys: Vec<String>,
-    default_annotation: bool,
-}
-
-impl Owned {
-    fn key(&self, key: &str) -> bool {
-        self.data_keys.iter().any(|k| k == key)
-    }
-
-    fn anything(&self) -> bool {
-        !self.data_keys.is_empty() || self.default_annotation
-    }
-}
-
-fn fields(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry) -> &Value {
-    static NONE: Value = Value::Null;
-    entry.fields_v1.as_ref().map_or(&NONE, |f| &f.0)
-}
-
-/// A JSON pointer token for a managedFields path element.
-fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
-
-/// The Stacks whose field managers own something in `artifact-repositories` (as `meta` shows
-/// it): only this operator's per-Stack managers, never a user's.
-pub fn stacks_with_fields(meta: &ObjectMeta) -> Vec<String> {
-    let prefix = field_manager("");
-    let entries = meta.managed_fields.iter().flatten().filter(|e| e.operation.as_deref() == Some("Apply"));
-    let mut stacks: Vec<String> = entries
-        .filter_map(|entry| entry.manager.as_deref()?.strip_prefix(&prefix))
-        .filter(|stack| !stack.is_empty())
-        .map(str::to_owned)
-        .collect();
-    stacks.sort();
-    stacks.dedup();
-    stacks
-}
-
-fn owned_fields(meta: &ObjectMeta, manager: &str) -> Owned {
-    let mut owned = Owned { data_keys: Vec::new(), default_annotation: false };
-    let entries = meta.managed_fields.iter().flatten();
-    for entry in entries.filter(|e| e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")) {
-        let fields = fields(entry);
-        if let Some(data) = fields.get("f:data").and_then(Value::as_object) {
-            owned.data_keys.extend(data.keys().filter_map(|k| k.strip_prefix("f:")).map(str::to_owned));
-        }
-        let annotation = format!("/f:metadata/f:annotations/f:{}", escape(argo::DEFAULT_REPOSITORY_ANNOTATION));
-        owned.default_annotation |= fields.pointer(&annotation).is_some();
-    }
-    owned
+    parts::part_owning_key(meta, key).map_or_else(|| format!("key {key}"), |stack| format!("Stack {stack}'s key {key}"))
 }
 
 /// Removes everything the Stack's field manager owns in `artifact-repositories` (its key, and the
@@ -436,8 +394,8 @@ pub async fn remove_argo_key(ctx: &crate::controller::Context, owner: &Owner) ->
     let Some(current) = api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? else {
         return Ok(());
     };
-    let manager = field_manager(&owner.name);
-    let current = if owned_fields(&current.metadata, &manager).anything() {
+    let manager = parts::manager(&owner.name);
+    let current = if parts::owned(&current.metadata, &manager).anything() {
         match drop_fields(&api, &current.metadata, &manager).await? {
             Some(updated) => updated,
             None => return Ok(()),
@@ -525,13 +483,31 @@ mod tests {
             ]),
             ..ObjectMeta::default()
         };
-        let prod = owned_fields(&meta, &field_manager("prod"));
-        assert!(prod.key("prod") && !prod.key("dev") && prod.default_annotation);
-        let dev = owned_fields(&meta, &field_manager("dev"));
-        assert!(dev.key("dev") && !dev.default_annotation);
-        assert!(!owned_fields(&meta, &field_manager("other")).anything());
+        let default = argo::DEFAULT_REPOSITORY_ANNOTATION;
+        let prod = parts::owned(&meta, &parts::manager("prod"));
+        assert!(prod.key("prod") && !prod.key("dev") && prod.annotation(default));
+        let dev = parts::owned(&meta, &parts::manager("dev"));
+        assert!(dev.key("dev") && !dev.annotation(default));
         assert_eq!(holder_of_key(&meta, "dev"), "Stack dev's key dev");
-        assert_eq!(stacks_with_fields(&meta), ["dev", "prod"], "the user's kubectl is no Stack");
         assert_eq!(holder_of_key(&meta, "mine"), "key mine");
+    }
+
+    #[test]
+    fn a_part_is_claimed_as_applied_only() {
+        let claim = |digest, annotations: &[&str]| parts::Claim {
+            digest,
+            annotations: annotations.iter().map(|a| (*a).into()).collect(),
+        };
+        let default = argo::DEFAULT_REPOSITORY_ANNOTATION;
+        let part = ArgoApply::new("prod", "s3: {}", true);
+        assert_eq!(part.body["metadata"]["annotations"][default], "prod");
+        assert_eq!(part.body["metadata"]["annotations"]["parts.artifacts.dev/prod"], parts::digest_value(part.digest));
+        assert!(part.claimed(&claim(part.digest, &[default])));
+        assert!(!part.claimed(&claim(part.digest, &[])), "the default annotation was taken from it");
+        assert!(!part.claimed(&claim(part.digest ^ 1, &[default])), "another value");
+        let other = ArgoApply::new("prod", "s3: {}", false);
+        assert_ne!(other.digest, part.digest);
+        assert!(other.claimed(&claim(other.digest, &[])));
+        assert!(!other.claimed(&claim(other.digest, &[default])), "a default it no longer asks for");
     }
 }

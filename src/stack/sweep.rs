@@ -33,7 +33,7 @@ use super::outputs;
 use crate::api::{Stack, kind};
 use crate::controller::caches::{Caches, Kind, Reference, Version};
 use crate::controller::timing::jittered;
-use crate::controller::{Context, scoped_api};
+use crate::controller::{Context, parts, scoped_api};
 use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR};
 use crate::render::{argo, kfp};
 
@@ -141,11 +141,13 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
     let listed = async |params: &ListParams| -> Result<Vec<ObjectMeta>, kube::Error> {
         Ok(all.list_metadata(params).await?.items.into_iter().map(|shared| shared.metadata).collect())
     };
-    // One namespace's `artifact-repositories`: none when the caches hold none; the copy this process
-    // holds when it read or wrote the version the caches hold (a ramp of Stacks changes it in every
-    // namespace, each change theirs); else as listed.
+    // One namespace's `artifact-repositories`: none when the caches hold none, or show a Stack for
+    // each of its parts (nothing was left behind); the copy this process holds when it read or
+    // wrote the version the caches hold (a ramp of Stacks changes it in every namespace, each
+    // change theirs); else as listed.
     let argo_maps = match scope {
         Some(namespace) if ctx.cached_absent::<ConfigMap>(namespace, argo::CONFIG_MAP) => Vec::new(),
+        Some(namespace) if every_part_has_its_stack(caches, namespace) => Vec::new(),
         Some(namespace) => match ctx.held_with_managers::<ConfigMap>(namespace, argo::CONFIG_MAP) {
             Some(held) => vec![held.metadata.clone()],
             None => listed(&named(argo::CONFIG_MAP)).await?,
@@ -156,7 +158,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
         let namespace = read.namespace.clone().unwrap_or_default();
         namespaces.insert(namespace.clone());
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-        for stack in outputs::stacks_with_fields(&read) {
+        for stack in parts::parts_with_fields(&read) {
             if stack_exists(ctx, caches, &namespace, &stack, None).await? {
                 continue;
             }
@@ -197,6 +199,13 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
     Ok(Sweep { removed, namespaces })
 }
 
+/// Whether the caches show `namespace`'s `artifact-repositories`, and a Stack for each of its parts
+/// (see [`parts`]): then nobody left anything there to sweep.
+fn every_part_has_its_stack(caches: &Caches, namespace: &str) -> bool {
+    let has_stack = |part: &str| caches.stacks.get(&ObjectRef::new(part).within(namespace)).is_some();
+    caches.parts(namespace, argo::CONFIG_MAP).is_some_and(|parts| parts.iter().all(|part| has_stack(part)))
+}
+
 /// Drops what Stack `stack`'s field manager owns in `artifact-repositories` as `read`, and the
 /// ConfigMap if that leaves ours empty. The ConfigMap after, unless gone.
 async fn drop_leftover(
@@ -204,7 +213,7 @@ async fn drop_leftover(
     read: &ObjectMeta,
     stack: &str,
 ) -> Result<Option<ConfigMap>, crate::controller::Error> {
-    let Some(updated) = outputs::drop_fields(api, read, &outputs::field_manager(stack)).await? else {
+    let Some(updated) = outputs::drop_fields(api, read, &parts::manager(stack)).await? else {
         return Ok(None);
     };
     outputs::delete_if_ours_and_empty(api, &updated).await?;
