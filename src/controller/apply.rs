@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 
-pub use super::caches::{FIELD_MANAGER, PUBLISHED_DIGEST_ANNOTATION};
+pub use super::claims::{FIELD_MANAGER, PUBLISHED_DIGEST_ANNOTATION};
 
 /// What publishing an owned object came to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::claims::{self, PartClaim};
 use super::health::{self, Health};
-use super::parts;
 use crate::api::{ArtifactStore, Stack};
 
 /// An Api over one namespace, or over all of them.
@@ -115,14 +115,6 @@ pub trait Referrer {
     fn references(&self) -> Vec<Reference>;
 }
 
-/// The one field manager for everything this operator writes.
-pub const FIELD_MANAGER: &str = "artifact-operator";
-
-/// The annotation with the digest of what the operator published an object as (hex): with the
-/// field managers, what tells a restarted process, from the watch alone, that the object still
-/// holds what it wrote.
-pub const PUBLISHED_DIGEST_ANNOTATION: &str = "artifacts.dev/published-digest";
-
 /// A resourceVersion as the caches keep it: its hash. Versions are only ever compared for
 /// equality (two that hash alike would make one read or write be skipped once in 2^64).
 pub type Version = u64;
@@ -160,7 +152,7 @@ impl Caches {
     }
 
     /// The cached version of the ConfigMap or Secret `reference` names, with the digest it was
-    /// published with, when only this operator wrote it ([`claim`]).
+    /// published with, when only this operator wrote it ([`claims::published`]).
     pub fn claimed(&self, namespace: &str, reference: &Reference) -> Option<(Version, u64)> {
         let versions = match reference.kind {
             Kind::ConfigMap => &self.config_maps,
@@ -193,9 +185,9 @@ impl Caches {
         );
     }
 
-    /// The claim of part `part` of the shared ConfigMap `name` in `namespace` ([`parts::Claim`]),
+    /// The claim of part `part` of the shared ConfigMap `name` in `namespace` ([`PartClaim`]),
     /// when its manager still holds its key and digest there.
-    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<parts::Claim> {
+    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<PartClaim> {
         self.config_maps.part_claim(target(Kind::ConfigMap, namespace, name), part)
     }
 
@@ -301,8 +293,10 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
 /// [`super::reads`]).
 ///
 /// Of the objects that carry the digest this operator wrote them with, and that nobody else has
-/// written since, it also keeps that digest (see [`claim`]): a restarted process knows from the
-/// watch alone that its publications still hold what it wrote, and reads none of them back.
+/// written since, it also keeps that digest (see [`claims::published`]): a restarted process knows
+/// from the watch alone that its publications still hold what it wrote, and reads none of them
+/// back. Of a shared ConfigMap (`artifact-repositories`) it keeps the parts and their claims (see
+/// [`claims::parts`]), to the same end.
 #[derive(Clone)]
 struct Versions {
     by_target: Arc<Mutex<HashMap<Target, Version>>>,
@@ -321,13 +315,13 @@ struct VersionsWriter {
     complete: tokio::sync::watch::Sender<bool>,
 }
 
-/// A shared ConfigMap's parts, each with its claim if it has one ([`parts::claims`]).
-type PartClaims = Arc<[(Box<str>, Option<parts::Claim>)]>;
+/// A shared ConfigMap's parts, each with its claim if it has one ([`claims::parts`]).
+type PartClaims = Arc<[(Box<str>, Option<PartClaim>)]>;
 
 /// What a metadata watch keeps of one object besides its version.
 #[derive(Default)]
 struct Kept {
-    /// The digest it was published with, when only this operator wrote it ([`claim`]).
+    /// The digest it was published with, when only this operator wrote it ([`claims::published`]).
     claim: Option<u64>,
     /// Of a ServiceAccount: what the reconcilers read of it.
     account: Option<AccountSketch>,
@@ -337,11 +331,11 @@ struct Kept {
 
 impl Kept {
     fn of<K: Cached>(meta: &kube::core::ObjectMeta) -> Self {
-        let parts = parts::claims(meta);
+        let parts = (K::KIND == Kind::ConfigMap).then(|| claims::parts(meta)).filter(|parts| !parts.is_empty());
         Self {
-            claim: claim(meta),
+            claim: claims::published(meta),
             account: (K::KIND == Kind::ServiceAccount).then(|| AccountSketch::of(meta)),
-            parts: (K::KIND == Kind::ConfigMap && !parts.is_empty()).then(|| parts.into()),
+            parts: parts.map(Into::into),
         }
     }
 }
@@ -384,19 +378,6 @@ impl AccountSketch {
     }
 }
 
-/// The digest an object was published with ([`PUBLISHED_DIGEST_ANNOTATION`]), when
-/// every field manager that wrote it is this operator's: a user's change to it (an edit, an
-/// apply, a replace) adds a manager of theirs, and then it is read whole again.
-fn claim(meta: &kube::core::ObjectMeta) -> Option<u64> {
-    let digest = meta.annotations.as_ref()?.get(PUBLISHED_DIGEST_ANNOTATION)?;
-    let managers = meta.managed_fields.as_deref().filter(|entries| !entries.is_empty())?;
-    managers
-        .iter()
-        .all(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER))
-        .then(|| u64::from_str_radix(digest, 16).ok())
-        .flatten()
-}
-
 impl Versions {
     fn new() -> (Self, VersionsWriter) {
         let by_target = Arc::new(Mutex::new(HashMap::new()));
@@ -418,7 +399,7 @@ impl Versions {
         lock(&self.by_target).get(&target).copied()
     }
 
-    /// The version and the claimed digest ([`claim`]) of `target`, read together.
+    /// The version and the claimed digest ([`claims::published`]) of `target`, read together.
     fn claimed(&self, target: Target) -> Option<(Version, u64)> {
         let version = lock(&self.by_target).get(&target).copied()?;
         let digest = lock(&self.claims).get(&target).copied()?;
@@ -426,9 +407,9 @@ impl Versions {
         (self.get(target) == Some(version)).then_some((version, digest))
     }
 
-    /// The claim of part `part` of the shared ConfigMap `target` ([`parts::Claim`]), read with the
+    /// The claim of part `part` of the shared ConfigMap `target` ([`PartClaim`]), read with the
     /// version as [`Versions::claimed`] reads a digest.
-    fn part_claim(&self, target: Target, part: &str) -> Option<parts::Claim> {
+    fn part_claim(&self, target: Target, part: &str) -> Option<PartClaim> {
         let version = self.get(target)?;
         let claims = lock(&self.parts).get(&target).cloned()?;
         let claim = claims.iter().find(|(name, _)| &**name == part).and_then(|(_, claim)| claim.clone())?;
@@ -941,24 +922,8 @@ mod tests {
         assert_eq!(listed.await.unwrap(), ["init", "keys"]);
     }
 
-    fn meta(managers: &[&str], digest: Option<&str>) -> kube::core::ObjectMeta {
-        serde_json::from_value(serde_json::json!({
-            "name": "ml-stack",
-            "annotations": digest.map(|d| serde_json::json!({PUBLISHED_DIGEST_ANNOTATION: d})),
-            "managedFields": managers.iter().map(|m| serde_json::json!({"manager": m, "operation": "Update"})).collect::<Vec<_>>(),
-        }))
-        .unwrap()
-    }
-
     #[test]
-    fn only_what_nobody_else_wrote_is_claimed() {
-        assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("00000000000000ff"))), Some(255));
-        assert_eq!(claim(&meta(&[FIELD_MANAGER, "kubectl-edit"], Some("ff"))), None, "a user's edit");
-        assert_eq!(claim(&meta(&["kubectl-client-side-apply"], Some("ff"))), None, "copied by someone else");
-        assert_eq!(claim(&meta(&[FIELD_MANAGER], None)), None, "written before digests");
-        assert_eq!(claim(&meta(&[], Some("ff"))), None, "no record of who wrote it");
-        assert_eq!(claim(&meta(&[FIELD_MANAGER], Some("not hex"))), None);
-
+    fn a_claim_is_kept_with_its_version_only() {
         let (versions, writer) = Versions::new();
         let digest = |claim| Kept { claim, ..Kept::default() };
         writer.set(7, 1, digest(Some(255)));
@@ -970,7 +935,7 @@ mod tests {
         assert_eq!(versions.claimed(7), None);
 
         // The parts of a shared ConfigMap, each with its claim, until it changes without them.
-        let claim = parts::Claim { digest: 5, annotations: Box::default() };
+        let claim = PartClaim { digest: 5, annotations: Box::default() };
         let parts = vec![("dev".into(), None), ("prod".into(), Some(claim.clone()))];
         writer.set(8, 1, Kept { parts: Some(parts.into()), ..Kept::default() });
         assert_eq!(versions.part_claim(8, "prod"), Some(claim));

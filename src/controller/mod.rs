@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod caches;
+pub mod claims;
 pub mod context;
 mod error;
 #[cfg(test)]
@@ -11,7 +12,6 @@ pub mod gate;
 pub mod health;
 mod known;
 pub mod memory;
-pub mod parts;
 pub mod reads;
 pub mod subject;
 pub mod timetable;

@@ -50,8 +50,8 @@ impl Context {
     }
 
     /// The claim of part `part` of the shared ConfigMap `name` in `namespace`, as the caches keep
-    /// it (see [`super::parts`]): None unless the part's manager still holds what it applied.
-    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<super::parts::Claim> {
+    /// it (see [`super::claims`]): None unless the part's manager still holds what it applied.
+    pub fn part_claim(&self, namespace: &str, name: &str, part: &str) -> Option<super::claims::PartClaim> {
         self.caches(namespace)?.part_claim(namespace, name, part)
     }
 

@@ -24,7 +24,7 @@ use crate::api::stack::OutputFormat;
 use crate::api::{Stack, kind};
 use crate::controller::Error;
 use crate::controller::apply::{self, Applied, FIELD_MANAGER, Presence};
-use crate::controller::parts;
+use crate::controller::claims;
 use crate::owner::{MANAGED_BY, Owner};
 use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
@@ -242,7 +242,7 @@ async fn argo_claim(
     let read = ctx.read_with_managers::<ConfigMap>(namespace, argo::CONFIG_MAP).await.map_err(Error::Dereference)?;
     let none = ConfigMap::default();
     let current = read.as_deref().unwrap_or(&none);
-    let owned = parts::owned(&current.metadata, &parts::manager(name));
+    let owned = claims::owned(&current.metadata, &claims::part_manager(name));
     let no_data = BTreeMap::new();
     let data = current.data.as_ref().unwrap_or(&no_data);
     if data.contains_key(name) && !owned.key(name) {
@@ -266,7 +266,7 @@ async fn argo_claim(
             ),
         )));
     }
-    let claims = parts::claims(&current.metadata).into_iter().filter(|(key, _)| &**key == name);
+    let claims = claims::parts(&current.metadata).into_iter().filter(|(key, _)| &**key == name);
     let claimed = claims.filter_map(|(_, claim)| claim).any(|claim| part.claimed(&claim));
     let unchanged = claimed && data.get(name) == Some(&value);
     let apply = (!unchanged).then_some(part.body);
@@ -274,7 +274,7 @@ async fn argo_claim(
 }
 
 /// The server-side apply of a Stack's part of `artifact-repositories`: its key, the default
-/// annotation when it asks for it, and the digest of both ([`parts::digest_annotation`]).
+/// annotation when it asks for it, and the digest of both ([`claims::part_digest_annotation`]).
 struct ArgoApply {
     body: Value,
     digest: u64,
@@ -288,7 +288,7 @@ impl ArgoApply {
             annotations.insert(argo::DEFAULT_REPOSITORY_ANNOTATION.to_owned(), json!(name));
         }
         let digest = crate::controller::digest((name, value, default));
-        annotations.insert(parts::digest_annotation(name), json!(parts::digest_value(digest)));
+        annotations.insert(claims::part_digest_annotation(name), json!(claims::digest_value(digest)));
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
                           "metadata": {"name": argo::CONFIG_MAP, "annotations": annotations}, "data": { name: value }});
         Self { body, digest, default }
@@ -296,7 +296,7 @@ impl ArgoApply {
 
     /// Whether the part's manager holds this apply as it was made: the same digest, and the
     /// default annotation exactly when asked for.
-    fn claimed(&self, claim: &parts::Claim) -> bool {
+    fn claimed(&self, claim: &claims::PartClaim) -> bool {
         let holds_default = claim.annotations.iter().any(|a| &**a == argo::DEFAULT_REPOSITORY_ANNOTATION);
         claim.digest == self.digest && holds_default == self.default
     }
@@ -338,7 +338,7 @@ impl ArgoPart {
         if !self.exists {
             create_argo_config_map(&api).await?;
         }
-        let manager = parts::manager(&owner.name);
+        let manager = claims::part_manager(&owner.name);
         let written = api
             .patch(argo::CONFIG_MAP, &PatchParams::apply(&manager), &Patch::Apply(&apply))
             .await
@@ -384,7 +384,8 @@ async fn create_argo_config_map(api: &Api<ConfigMap>) -> Result<(), Error> {
 
 /// Describes who a key of `artifact-repositories` belongs to.
 fn holder_of_key(meta: &ObjectMeta, key: &str) -> String {
-    parts::part_owning_key(meta, key).map_or_else(|| format!("key {key}"), |stack| format!("Stack {stack}'s key {key}"))
+    claims::part_owning_key(meta, key)
+        .map_or_else(|| format!("key {key}"), |stack| format!("Stack {stack}'s key {key}"))
 }
 
 /// Removes everything the Stack's field manager owns in `artifact-repositories` (its key, and the
@@ -394,8 +395,8 @@ pub async fn remove_argo_key(ctx: &crate::controller::Context, owner: &Owner) ->
     let Some(current) = api.get_opt(argo::CONFIG_MAP).await.map_err(Error::Dereference)? else {
         return Ok(());
     };
-    let manager = parts::manager(&owner.name);
-    let current = if parts::owned(&current.metadata, &manager).anything() {
+    let manager = claims::part_manager(&owner.name);
+    let current = if claims::owned(&current.metadata, &manager).anything() {
         match drop_fields(&api, &current.metadata, &manager).await? {
             Some(updated) => updated,
             None => return Ok(()),
@@ -484,9 +485,9 @@ mod tests {
             ..ObjectMeta::default()
         };
         let default = argo::DEFAULT_REPOSITORY_ANNOTATION;
-        let prod = parts::owned(&meta, &parts::manager("prod"));
+        let prod = claims::owned(&meta, &claims::part_manager("prod"));
         assert!(prod.key("prod") && !prod.key("dev") && prod.annotation(default));
-        let dev = parts::owned(&meta, &parts::manager("dev"));
+        let dev = claims::owned(&meta, &claims::part_manager("dev"));
         assert!(dev.key("dev") && !dev.annotation(default));
         assert_eq!(holder_of_key(&meta, "dev"), "Stack dev's key dev");
         assert_eq!(holder_of_key(&meta, "mine"), "key mine");
@@ -494,14 +495,14 @@ mod tests {
 
     #[test]
     fn a_part_is_claimed_as_applied_only() {
-        let claim = |digest, annotations: &[&str]| parts::Claim {
+        let claim = |digest, annotations: &[&str]| claims::PartClaim {
             digest,
             annotations: annotations.iter().map(|a| (*a).into()).collect(),
         };
         let default = argo::DEFAULT_REPOSITORY_ANNOTATION;
         let part = ArgoApply::new("prod", "s3: {}", true);
         assert_eq!(part.body["metadata"]["annotations"][default], "prod");
-        assert_eq!(part.body["metadata"]["annotations"]["parts.artifacts.dev/prod"], parts::digest_value(part.digest));
+        assert_eq!(part.body["metadata"]["annotations"]["parts.artifacts.dev/prod"], claims::digest_value(part.digest));
         assert!(part.claimed(&claim(part.digest, &[default])));
         assert!(!part.claimed(&claim(part.digest, &[])), "the default annotation was taken from it");
         assert!(!part.claimed(&claim(part.digest ^ 1, &[default])), "another value");

@@ -33,7 +33,7 @@ use super::outputs;
 use crate::api::{Stack, kind};
 use crate::controller::caches::{Caches, Kind, Reference, Version};
 use crate::controller::timing::jittered;
-use crate::controller::{Context, parts, scoped_api};
+use crate::controller::{Context, claims, scoped_api};
 use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR};
 use crate::render::{argo, kfp};
 
@@ -158,7 +158,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
         let namespace = read.namespace.clone().unwrap_or_default();
         namespaces.insert(namespace.clone());
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-        for stack in parts::parts_with_fields(&read) {
+        for stack in claims::parts_with_fields(&read) {
             if stack_exists(ctx, caches, &namespace, &stack, None).await? {
                 continue;
             }
@@ -200,7 +200,7 @@ pub async fn sweep(ctx: &Context, scope: &Option<String>, caches: &Caches) -> Re
 }
 
 /// Whether the caches show `namespace`'s `artifact-repositories`, and a Stack for each of its parts
-/// (see [`parts`]): then nobody left anything there to sweep.
+/// (see [`claims::parts`]): then nobody left anything there to sweep.
 fn every_part_has_its_stack(caches: &Caches, namespace: &str) -> bool {
     let has_stack = |part: &str| caches.stacks.get(&ObjectRef::new(part).within(namespace)).is_some();
     caches.parts(namespace, argo::CONFIG_MAP).is_some_and(|parts| parts.iter().all(|part| has_stack(part)))
@@ -213,7 +213,7 @@ async fn drop_leftover(
     read: &ObjectMeta,
     stack: &str,
 ) -> Result<Option<ConfigMap>, crate::controller::Error> {
-    let Some(updated) = outputs::drop_fields(api, read, &parts::manager(stack)).await? else {
+    let Some(updated) = outputs::drop_fields(api, read, &claims::part_manager(stack)).await? else {
         return Ok(None);
     };
     outputs::delete_if_ours_and_empty(api, &updated).await?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use artifact_operator::api::{ArtifactStore, Stack};
 use artifact_operator::conditions::{HasConditions, READY, find};
-use artifact_operator::controller::parts;
+use artifact_operator::controller::claims;
 use common::{Operator, apply, eventually, test_env, user_keys_secret};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -405,12 +405,12 @@ async fn stack_floor_writes(client: &Client, ns: &str, i: usize, data: BTreeMap<
     let repository = format!(
         "s3:\n  bucket: floor\n  keyFormat: team-{i}/{{{{workflow.name}}}}/{{{{pod.name}}}}\n  endpoint: 127.0.0.1:9000\n  insecure: true\n  accessKeySecret:\n    name: store-{i}-aws-credentials\n    key: AWS_ACCESS_KEY_ID\n"
     );
-    let digest = parts::digest_annotation(&name);
+    let digest = claims::part_digest_annotation(&name);
     let key = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "artifact-repositories", "annotations": {digest: parts::digest_value(i as u64)}},
+        "metadata": {"name": "artifact-repositories", "annotations": {digest: claims::digest_value(i as u64)}},
         "data": {&name: repository}});
     Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .patch("artifact-repositories", &PatchParams::apply(&parts::manager(&name)), &Patch::Apply(&key))
+        .patch("artifact-repositories", &PatchParams::apply(&claims::part_manager(&name)), &Patch::Apply(&key))
         .await
         .unwrap();
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();

@@ -1,19 +1,42 @@
-//! The parts of a shared ConfigMap: Argo's `artifact-repositories` holds a key a Stack, each
+//! What the operator knows from an object's metadata alone (what its watches see) about what it
+//! wrote there: that a whole object still holds what it published ([`published`]), and that a
+//! part of a shared one still does ([`parts`]).
+//!
+//! A shared ConfigMap's parts: Argo's `artifact-repositories` holds a key a Stack, each
 //! written by server-side apply with that Stack's own field manager, beside other Stacks' keys and
 //! the user's. What a field manager owns says whose a part is. With its key, each part applies an
 //! annotation of its own holding the digest of what it applied: as long as its manager owns both,
 //! nobody has changed either since (a change by anyone else takes the field from it), so the
 //! metadata watch alone tells a restarted process that the part still holds what it wrote
-//! ([`claims`]).
+//! ([`parts`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::core::ObjectMeta;
 use serde_json::Value;
 
-use super::caches::FIELD_MANAGER;
+/// The one field manager for everything this operator writes.
+pub const FIELD_MANAGER: &str = "artifact-operator";
+
+/// The annotation with the digest of what the operator published an object as (hex): with the
+/// field managers, what tells a restarted process, from the watch alone, that the object still
+/// holds what it wrote.
+pub const PUBLISHED_DIGEST_ANNOTATION: &str = "artifacts.dev/published-digest";
+
+/// The digest an object was published with ([`PUBLISHED_DIGEST_ANNOTATION`]), when
+/// every field manager that wrote it is this operator's: a user's change to it (an edit, an
+/// apply, a replace) adds a manager of theirs, and then it is read whole again.
+pub fn published(meta: &ObjectMeta) -> Option<u64> {
+    let digest = meta.annotations.as_ref()?.get(PUBLISHED_DIGEST_ANNOTATION)?;
+    let managers = meta.managed_fields.as_deref().filter(|entries| !entries.is_empty())?;
+    managers
+        .iter()
+        .all(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER))
+        .then(|| u64::from_str_radix(digest, 16).ok())
+        .flatten()
+}
 
 /// The field manager of part `part` (a Stack's name).
-pub fn manager(part: &str) -> String {
+pub fn part_manager(part: &str) -> String {
     format!("{FIELD_MANAGER}/stack/{part}")
 }
 
@@ -24,7 +47,7 @@ fn part_of(manager: &str) -> Option<&str> {
 
 /// The annotation holding the digest of what part `part` applied (a Stack's name fits an
 /// annotation's name: at most 63 characters, a DNS label's).
-pub fn digest_annotation(part: &str) -> String {
+pub fn part_digest_annotation(part: &str) -> String {
     format!("parts.artifacts.dev/{part}")
 }
 
@@ -92,31 +115,31 @@ pub fn parts_with_fields(meta: &ObjectMeta) -> Vec<String> {
 /// The part whose manager owns key `key`, if one does.
 pub fn part_owning_key(meta: &ObjectMeta, key: &str) -> Option<String> {
     let parts = parts_with_fields(meta);
-    parts.into_iter().find(|part| owned(meta, &manager(part)).key(key))
+    parts.into_iter().find(|part| owned(meta, &part_manager(part)).key(key))
 }
 
 /// What a part's manager holds of the ConfigMap, as the metadata watch sees it, when it still
 /// holds its own key (the part's name) and its digest annotation: the digest it applied, and
 /// which other annotations it holds.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Claim {
+pub struct PartClaim {
     pub digest: u64,
     pub annotations: Box<[Box<str>]>,
 }
 
 /// Every part of the ConfigMap `meta` describes (whose manager owns something there), with its
-/// claim where it has one (see [`Claim`]).
-pub fn claims(meta: &ObjectMeta) -> Vec<(Box<str>, Option<Claim>)> {
+/// claim where it has one (see [`PartClaim`]).
+pub fn parts(meta: &ObjectMeta) -> Vec<(Box<str>, Option<PartClaim>)> {
     let values = meta.annotations.as_ref();
     let claim = |part: &str| {
-        let fields = owned(meta, &manager(part));
-        let annotation = digest_annotation(part);
+        let fields = owned(meta, &part_manager(part));
+        let annotation = part_digest_annotation(part);
         if !fields.key(part) || !fields.annotation(&annotation) {
             return None;
         }
         let digest = u64::from_str_radix(values?.get(&annotation)?, 16).ok()?;
         let others = fields.annotations.iter().filter(|a| **a != annotation).map(|a| a.as_str().into()).collect();
-        Some(Claim { digest, annotations: others })
+        Some(PartClaim { digest, annotations: others })
     };
     parts_with_fields(meta).into_iter().map(|part| (part.as_str().into(), claim(&part))).collect()
 }
@@ -146,12 +169,31 @@ mod tests {
     }
 
     fn part(name: &str, extra: &[&str]) -> ManagedFieldsEntry {
-        let mut annotations = json!({ format!("f:{}", digest_annotation(name)): {} });
+        let mut annotations = json!({ format!("f:{}", part_digest_annotation(name)): {} });
         for annotation in extra {
             annotations[format!("f:{annotation}")] = json!({});
         }
         let fields = json!({"f:data": { format!("f:{name}"): {} }, "f:metadata": {"f:annotations": annotations}});
-        entry(&manager(name), "Apply", fields)
+        entry(&part_manager(name), "Apply", fields)
+    }
+
+    fn meta(managers: &[&str], digest: Option<&str>) -> ObjectMeta {
+        serde_json::from_value(json!({
+            "name": "ml-stack",
+            "annotations": digest.map(|d| json!({PUBLISHED_DIGEST_ANNOTATION: d})),
+            "managedFields": managers.iter().map(|m| json!({"manager": m, "operation": "Update"})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_what_nobody_else_wrote_is_claimed() {
+        assert_eq!(published(&meta(&[FIELD_MANAGER], Some("00000000000000ff"))), Some(255));
+        assert_eq!(published(&meta(&[FIELD_MANAGER, "kubectl-edit"], Some("ff"))), None, "a user's edit");
+        assert_eq!(published(&meta(&["kubectl-client-side-apply"], Some("ff"))), None, "copied by someone else");
+        assert_eq!(published(&meta(&[FIELD_MANAGER], None)), None, "written before digests");
+        assert_eq!(published(&meta(&[], Some("ff"))), None, "no record of who wrote it");
+        assert_eq!(published(&meta(&[FIELD_MANAGER], Some("not hex"))), None);
     }
 
     #[test]
@@ -162,31 +204,31 @@ mod tests {
                 part("prod", &[default]),
                 // A user's edit took dev's key from its manager.
                 entry(
-                    &manager("dev"),
+                    &part_manager("dev"),
                     "Apply",
                     json!({"f:metadata": {"f:annotations": {"f:parts.artifacts.dev/dev": {}}}}),
                 ),
                 entry("kubectl-edit", "Update", json!({"f:data": {"f:dev": {}}})),
                 // Stage applied before digests; qa's digest is not one.
-                entry(&manager("stage"), "Apply", json!({"f:data": {"f:stage": {}}})),
+                entry(&part_manager("stage"), "Apply", json!({"f:data": {"f:stage": {}}})),
                 part("qa", &[]),
                 entry("helm", "Apply", json!({"f:data": {"f:mine": {}}})),
             ],
             &[
-                (&digest_annotation("prod"), &digest_value(255)),
-                (&digest_annotation("dev"), &digest_value(1)),
-                (&digest_annotation("qa"), "not hex"),
+                (&part_digest_annotation("prod"), &digest_value(255)),
+                (&part_digest_annotation("dev"), &digest_value(1)),
+                (&part_digest_annotation("qa"), "not hex"),
                 (default, "prod"),
             ],
         );
-        let prod = Claim { digest: 255, annotations: vec![default.into()].into() };
-        let claims = claims(&meta);
+        let prod = PartClaim { digest: 255, annotations: vec![default.into()].into() };
+        let claims = parts(&meta);
         let expected = [("dev", None), ("prod", Some(prod)), ("qa", None), ("stage", None)];
         assert_eq!(claims, expected.map(|(part, claim)| (part.into(), claim)));
         assert_eq!(parts_with_fields(&meta), ["dev", "prod", "qa", "stage"], "never a user's manager");
         assert_eq!(part_owning_key(&meta, "stage").as_deref(), Some("stage"));
         assert_eq!(part_owning_key(&meta, "mine"), None, "the user's key");
-        assert!(owned(&meta, &manager("prod")).annotation(default));
-        assert!(!owned(&meta, &manager("other")).anything());
+        assert!(owned(&meta, &part_manager("prod")).annotation(default));
+        assert!(!owned(&meta, &part_manager("other")).anything());
     }
 }
