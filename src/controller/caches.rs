@@ -299,20 +299,24 @@ impl<K: Resource<DynamicType = ()>> IndexInner<K> {
 /// [`claims::parts`]), to the same end.
 #[derive(Clone)]
 struct Versions {
-    by_target: Arc<Mutex<HashMap<Target, Version>>>,
-    claims: Arc<Mutex<HashMap<Target, u64>>>,
-    accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
-    parts: Arc<Mutex<HashMap<Target, PartClaims>>>,
+    kept: Arc<KeptByTarget>,
     complete: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The watch's side of [`Versions`].
 struct VersionsWriter {
-    by_target: Arc<Mutex<HashMap<Target, Version>>>,
-    claims: Arc<Mutex<HashMap<Target, u64>>>,
-    accounts: Arc<Mutex<HashMap<Target, AccountSketch>>>,
-    parts: Arc<Mutex<HashMap<Target, PartClaims>>>,
+    kept: Arc<KeptByTarget>,
     complete: tokio::sync::watch::Sender<bool>,
+}
+
+/// What [`Versions`] keeps, by [`Target`]; the version is always written first and under its
+/// lock.
+#[derive(Default)]
+struct KeptByTarget {
+    by_target: Mutex<HashMap<Target, Version>>,
+    claims: Mutex<HashMap<Target, u64>>,
+    accounts: Mutex<HashMap<Target, AccountSketch>>,
+    parts: Mutex<HashMap<Target, PartClaims>>,
 }
 
 /// A shared ConfigMap's parts, each with its claim if it has one ([`claims::parts`]).
@@ -380,29 +384,19 @@ impl AccountSketch {
 
 impl Versions {
     fn new() -> (Self, VersionsWriter) {
-        let by_target = Arc::new(Mutex::new(HashMap::new()));
-        let claims = Arc::new(Mutex::new(HashMap::new()));
-        let accounts = Arc::new(Mutex::new(HashMap::new()));
-        let parts = Arc::new(Mutex::new(HashMap::new()));
+        let kept = Arc::new(KeptByTarget::default());
         let (complete, listed) = tokio::sync::watch::channel(false);
-        let reader = Self {
-            by_target: by_target.clone(),
-            claims: claims.clone(),
-            accounts: accounts.clone(),
-            parts: parts.clone(),
-            complete: listed,
-        };
-        (reader, VersionsWriter { by_target, claims, accounts, parts, complete })
+        (Self { kept: kept.clone(), complete: listed }, VersionsWriter { kept, complete })
     }
 
     fn get(&self, target: Target) -> Option<Version> {
-        lock(&self.by_target).get(&target).copied()
+        lock(&self.kept.by_target).get(&target).copied()
     }
 
     /// The version and the claimed digest ([`claims::published`]) of `target`, read together.
     fn claimed(&self, target: Target) -> Option<(Version, u64)> {
-        let version = lock(&self.by_target).get(&target).copied()?;
-        let digest = lock(&self.claims).get(&target).copied()?;
+        let version = lock(&self.kept.by_target).get(&target).copied()?;
+        let digest = lock(&self.kept.claims).get(&target).copied()?;
         // The watch updates both under the version's lock first; read again to pair them.
         (self.get(target) == Some(version)).then_some((version, digest))
     }
@@ -411,7 +405,7 @@ impl Versions {
     /// version as [`Versions::claimed`] reads a digest.
     fn part_claim(&self, target: Target, part: &str) -> Option<PartClaim> {
         let version = self.get(target)?;
-        let claims = lock(&self.parts).get(&target).cloned()?;
+        let claims = lock(&self.kept.parts).get(&target).cloned()?;
         let claim = claims.iter().find(|(name, _)| &**name == part).and_then(|(_, claim)| claim.clone())?;
         (self.get(target) == Some(version)).then_some(claim)
     }
@@ -420,7 +414,7 @@ impl Versions {
     /// None when the caches do not hold it.
     fn parts(&self, target: Target) -> Option<Vec<Box<str>>> {
         let version = self.get(target)?;
-        let claims = lock(&self.parts).get(&target).cloned();
+        let claims = lock(&self.kept.parts).get(&target).cloned();
         let parts = claims.iter().flat_map(|claims| claims.iter()).map(|(part, _)| part.clone()).collect();
         (self.get(target) == Some(version)).then_some(parts)
     }
@@ -428,7 +422,7 @@ impl Versions {
     /// The ServiceAccount `target` as kept ([`AccountSketch`]), at the version cached.
     fn account(&self, target: Target) -> Option<AccountSketch> {
         let version = self.get(target)?;
-        let sketch = lock(&self.accounts).get(&target).cloned()?;
+        let sketch = lock(&self.kept.accounts).get(&target).cloned()?;
         (version_of(&sketch.resource_version) == version).then_some(sketch)
     }
 
@@ -442,36 +436,36 @@ impl VersionsWriter {
     /// Records `target` at `version`, with what is kept of it; true when that is new (created, or
     /// changed).
     fn set(&self, target: Target, version: Version, kept: Kept) -> bool {
-        let mut by_target = lock(&self.by_target);
+        let mut by_target = lock(&self.kept.by_target);
         match kept.claim {
-            Some(digest) => lock(&self.claims).insert(target, digest),
-            None => lock(&self.claims).remove(&target),
+            Some(digest) => lock(&self.kept.claims).insert(target, digest),
+            None => lock(&self.kept.claims).remove(&target),
         };
         if let Some(sketch) = kept.account {
-            lock(&self.accounts).insert(target, sketch);
+            lock(&self.kept.accounts).insert(target, sketch);
         }
         match kept.parts {
-            Some(claims) => lock(&self.parts).insert(target, claims),
-            None => lock(&self.parts).remove(&target),
+            Some(claims) => lock(&self.kept.parts).insert(target, claims),
+            None => lock(&self.kept.parts).remove(&target),
         };
         by_target.insert(target, version) != Some(version)
     }
 
     /// Forgets `target`; true when it was there.
     fn remove(&self, target: Target) -> bool {
-        lock(&self.claims).remove(&target);
-        lock(&self.accounts).remove(&target);
-        lock(&self.parts).remove(&target);
-        lock(&self.by_target).remove(&target).is_some()
+        lock(&self.kept.claims).remove(&target);
+        lock(&self.kept.accounts).remove(&target);
+        lock(&self.kept.parts).remove(&target);
+        lock(&self.kept.by_target).remove(&target).is_some()
     }
 
     /// Forgets every object not in `listed` (gone while the watch re-listed) and returns them.
     fn keep_only(&self, listed: &HashSet<Target>) -> Vec<Target> {
-        let mut by_target = lock(&self.by_target);
+        let mut by_target = lock(&self.kept.by_target);
         let gone: Vec<Target> = by_target.keys().filter(|t| !listed.contains(t)).copied().collect();
-        let mut claims = lock(&self.claims);
-        let mut accounts = lock(&self.accounts);
-        let mut parts = lock(&self.parts);
+        let mut claims = lock(&self.kept.claims);
+        let mut accounts = lock(&self.kept.accounts);
+        let mut parts = lock(&self.kept.parts);
         for target in &gone {
             by_target.remove(target);
             claims.remove(target);
