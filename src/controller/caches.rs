@@ -309,8 +309,8 @@ struct VersionsWriter {
     complete: tokio::sync::watch::Sender<bool>,
 }
 
-/// What [`Versions`] keeps, by [`Target`]; the version is always written first and under its
-/// lock.
+/// What [`Versions`] keeps, by [`Target`]. The watch changes the others only while it holds the
+/// lock of `by_target`, so a reader pairs them by reading the version before and after.
 #[derive(Default)]
 struct KeptByTarget {
     by_target: Mutex<HashMap<Target, Version>>,
