@@ -550,7 +550,10 @@ async fn stacks_share_artifact_repositories_and_one_holds_the_default_and_kfp_la
     delete_stack(&client, &ns, "b").await;
     let shared = config_map(&client, &ns, REPOSITORIES).await.expect("kept for the user's key");
     assert_eq!(shared.data.unwrap().into_keys().collect::<Vec<_>>(), ["mine"]);
-    assert!(!shared.metadata.annotations.unwrap_or_default().contains_key(DEFAULT_ANNOTATION));
+    let annotations = shared.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key(DEFAULT_ANNOTATION));
+    // Each Stack's digest annotation went with its key.
+    assert!(!annotations.keys().any(|key| key.starts_with("parts.artifacts.dev/")), "{annotations:?}");
 }
 
 #[tokio::test]

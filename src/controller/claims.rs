@@ -10,6 +10,8 @@
 //! metadata watch alone tells a restarted process that the part still holds what it wrote
 //! ([`parts`]).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::core::ObjectMeta;
 use serde_json::Value;
@@ -85,11 +87,18 @@ fn applies(meta: &ObjectMeta) -> impl Iterator<Item = &ManagedFieldsEntry> {
 pub fn owned(meta: &ObjectMeta, manager: &str) -> Fields {
     let mut owned = Fields::default();
     for entry in applies(meta).filter(|e| e.manager.as_deref() == Some(manager)) {
-        let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else { continue };
-        owned.data_keys.extend(names(fields.get("f:data")));
-        owned.annotations.extend(names(fields.pointer("/f:metadata/f:annotations")));
+        owned.add(entry);
     }
     owned
+}
+
+impl Fields {
+    /// Adds what `entry` owns of the data and the annotations.
+    fn add(&mut self, entry: &ManagedFieldsEntry) {
+        let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else { return };
+        self.data_keys.extend(names(fields.get("f:data")));
+        self.annotations.extend(names(fields.pointer("/f:metadata/f:annotations")));
+    }
 }
 
 /// The names of a managedFields map's fields (`f:NAME`).
@@ -102,20 +111,26 @@ fn names(fields: Option<&Value>) -> impl Iterator<Item = String> + '_ {
         .map(str::to_owned)
 }
 
-/// The parts whose managers own something of the ConfigMap `meta` describes: only this
+/// What each part's manager owns, by part, in one pass over the managed fields: only this
 /// operator's per-part managers, never a user's.
+fn fields_by_part(meta: &ObjectMeta) -> BTreeMap<&str, Fields> {
+    let mut by_part: BTreeMap<&str, Fields> = BTreeMap::new();
+    for entry in applies(meta) {
+        if let Some(part) = entry.manager.as_deref().and_then(part_of) {
+            by_part.entry(part).or_default().add(entry);
+        }
+    }
+    by_part
+}
+
+/// The parts whose managers own something of the ConfigMap `meta` describes, in order.
 pub fn parts_with_fields(meta: &ObjectMeta) -> Vec<String> {
-    let mut parts: Vec<String> =
-        applies(meta).filter_map(|entry| part_of(entry.manager.as_deref()?)).map(str::to_owned).collect();
-    parts.sort();
-    parts.dedup();
-    parts
+    fields_by_part(meta).into_keys().map(str::to_owned).collect()
 }
 
 /// The part whose manager owns key `key`, if one does.
 pub fn part_owning_key(meta: &ObjectMeta, key: &str) -> Option<String> {
-    let parts = parts_with_fields(meta);
-    parts.into_iter().find(|part| owned(meta, &part_manager(part)).key(key))
+    fields_by_part(meta).into_iter().find(|(_, fields)| fields.key(key)).map(|(part, _)| part.to_owned())
 }
 
 /// What a part's manager holds of the ConfigMap, as the metadata watch sees it, when it still
@@ -127,21 +142,26 @@ pub struct PartClaim {
     pub annotations: Box<[Box<str>]>,
 }
 
+/// The claim of part `part`, which owns `fields` of the ConfigMap `meta` describes.
+fn claim(meta: &ObjectMeta, part: &str, fields: &Fields) -> Option<PartClaim> {
+    let annotation = part_digest_annotation(part);
+    if !fields.key(part) || !fields.annotation(&annotation) {
+        return None;
+    }
+    let digest = u64::from_str_radix(meta.annotations.as_ref()?.get(&annotation)?, 16).ok()?;
+    let others = fields.annotations.iter().filter(|a| **a != annotation).map(|a| a.as_str().into()).collect();
+    Some(PartClaim { digest, annotations: others })
+}
+
+/// The claim of part `part` of the ConfigMap `meta` describes, if it has one.
+pub fn part_claim(meta: &ObjectMeta, part: &str) -> Option<PartClaim> {
+    claim(meta, part, &owned(meta, &part_manager(part)))
+}
+
 /// Every part of the ConfigMap `meta` describes (whose manager owns something there), with its
 /// claim where it has one (see [`PartClaim`]).
 pub fn parts(meta: &ObjectMeta) -> Vec<(Box<str>, Option<PartClaim>)> {
-    let values = meta.annotations.as_ref();
-    let claim = |part: &str| {
-        let fields = owned(meta, &part_manager(part));
-        let annotation = part_digest_annotation(part);
-        if !fields.key(part) || !fields.annotation(&annotation) {
-            return None;
-        }
-        let digest = u64::from_str_radix(values?.get(&annotation)?, 16).ok()?;
-        let others = fields.annotations.iter().filter(|a| **a != annotation).map(|a| a.as_str().into()).collect();
-        Some(PartClaim { digest, annotations: others })
-    };
-    parts_with_fields(meta).into_iter().map(|part| (part.as_str().into(), claim(&part))).collect()
+    fields_by_part(meta).iter().map(|(part, fields)| ((*part).into(), claim(meta, part, fields))).collect()
 }
 
 #[cfg(test)]
@@ -223,8 +243,10 @@ mod tests {
         );
         let prod = PartClaim { digest: 255, annotations: vec![default.into()].into() };
         let claims = parts(&meta);
-        let expected = [("dev", None), ("prod", Some(prod)), ("qa", None), ("stage", None)];
+        let expected = [("dev", None), ("prod", Some(prod.clone())), ("qa", None), ("stage", None)];
         assert_eq!(claims, expected.map(|(part, claim)| (part.into(), claim)));
+        assert_eq!(part_claim(&meta, "prod"), Some(prod));
+        assert_eq!(part_claim(&meta, "dev"), None);
         assert_eq!(parts_with_fields(&meta), ["dev", "prod", "qa", "stage"], "never a user's manager");
         assert_eq!(part_owning_key(&meta, "stage").as_deref(), Some("stage"));
         assert_eq!(part_owning_key(&meta, "mine"), None, "the user's key");

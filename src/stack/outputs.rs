@@ -266,8 +266,7 @@ async fn argo_claim(
             ),
         )));
     }
-    let claims = claims::parts(&current.metadata).into_iter().filter(|(key, _)| &**key == name);
-    let claimed = claims.filter_map(|(_, claim)| claim).any(|claim| part.claimed(&claim));
+    let claimed = claims::part_claim(&current.metadata, name).is_some_and(|claim| part.claimed(&claim));
     let unchanged = claimed && data.get(name) == Some(&value);
     let apply = (!unchanged).then_some(part.body);
     Ok(Some(ArgoPart { ca_secret, exists: read.is_some(), apply }))
