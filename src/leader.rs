@@ -263,32 +263,32 @@ mod tests {
         jiff::Timestamp::from_second(1_800_000_000).unwrap()
     }
 
+    /// What "me" makes at [`now`] of a lease `holder` renewed `renewed_secs_ago`, just read.
+    fn verdict_on(holder: &str, renewed_secs_ago: i64) -> Verdict {
+        verdict(&lease(holder, renewed_secs_ago), "me", now(), JUST_READ)
+    }
+
     #[test]
     fn a_lease_is_free_only_when_expired_or_unheld() {
-        let now = now();
-        assert_eq!(verdict(&lease("me", 100), "me", now, JUST_READ), Verdict::Mine);
-        assert_eq!(verdict(&lease("other", 3), "me", now, JUST_READ), Verdict::HeldByOther);
-        assert_eq!(verdict(&lease("other", 18), "me", now, JUST_READ), Verdict::Free);
-        assert_eq!(verdict(&lease("", 0), "me", now, JUST_READ), Verdict::Free);
+        assert_eq!(verdict_on("me", 100), Verdict::Mine);
+        assert_eq!(verdict_on("other", 3), Verdict::HeldByOther);
+        assert_eq!(verdict_on("other", 18), Verdict::Free);
+        assert_eq!(verdict_on("", 0), Verdict::Free);
     }
 
     #[test]
     fn a_standby_whose_clock_runs_ahead_waits_out_the_grace() {
-        let now = now();
         // Renewed 16 s ago by this replica's clock, which may run up to 2 s ahead of the leader's.
-        assert_eq!(verdict(&lease("other", 16), "me", now, JUST_READ), Verdict::HeldByOther);
-        assert_eq!(verdict(&lease("other", 17), "me", now, JUST_READ), Verdict::HeldByOther);
-        assert_eq!(verdict(&lease("other", 18), "me", now, JUST_READ), Verdict::Free);
+        let verdicts = [16, 17, 18].map(|secs_ago| verdict_on("other", secs_ago));
+        assert_eq!(verdicts, [Verdict::HeldByOther, Verdict::HeldByOther, Verdict::Free]);
     }
 
     #[test]
     fn a_standby_whose_clock_runs_behind_still_takes_over_a_stopped_leader() {
-        let now = now();
         // The leader's clock is a minute ahead: its last renewTime looks like the future here.
         let from_the_future = lease("other", -60);
-        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(5)), Verdict::HeldByOther);
-        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(17)), Verdict::HeldByOther);
-        assert_eq!(verdict(&from_the_future, "me", now, Duration::from_secs(18)), Verdict::Free);
+        let verdicts = [5, 17, 18].map(|secs| verdict(&from_the_future, "me", now(), Duration::from_secs(secs)));
+        assert_eq!(verdicts, [Verdict::HeldByOther, Verdict::HeldByOther, Verdict::Free]);
     }
 
     #[tokio::test(start_paused = true)]

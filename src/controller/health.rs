@@ -411,15 +411,20 @@ mod tests {
         kube::Error::Api(Box::new(kube::core::Status::failure("leases is forbidden", "Forbidden").with_code(403)))
     }
 
+    /// Alive up to the 10 s limit after `since`, dead past it for the reason `why`, and alive again
+    /// once the apiserver answers.
+    fn dead_past_the_limit_until_an_answer(health: &Health, since: Instant, why: &str) {
+        assert!(health.liveness(since + 9 * SECOND).is_ok());
+        let said = health.liveness(since + 11 * SECOND).unwrap_err();
+        assert_eq!(said, format!("cannot reach the apiserver for 11s (the limit is 10s): {why}"));
+        health.apiserver_answered();
+        assert!(health.liveness(since + 11 * SECOND).is_ok());
+    }
+
     #[test]
     fn unhealthy_from_the_start_until_the_apiserver_first_answers() {
         let health = Health::new(10 * SECOND);
-        let start = Instant::now();
-        assert!(health.liveness(start + 9 * SECOND).is_ok());
-        let why = health.liveness(start + 11 * SECOND).unwrap_err();
-        assert_eq!(why, "cannot reach the apiserver for 11s (the limit is 10s): no answer yet");
-        health.apiserver_answered();
-        assert!(health.liveness(start + 11 * SECOND).is_ok());
+        dead_past_the_limit_until_an_answer(&health, Instant::now(), "no answer yet");
     }
 
     #[test]
@@ -427,12 +432,7 @@ mod tests {
         let health = Health::new(10 * SECOND);
         health.apiserver_answered();
         health.apiserver_unreachable(&watch_failed());
-        let failed = Instant::now();
-        assert!(health.liveness(failed + 9 * SECOND).is_ok());
-        let why = health.liveness(failed + 11 * SECOND).unwrap_err();
-        assert_eq!(why, "cannot reach the apiserver for 11s (the limit is 10s): watch stream failed");
-        health.apiserver_answered();
-        assert!(health.liveness(failed + 11 * SECOND).is_ok());
+        dead_past_the_limit_until_an_answer(&health, Instant::now(), "watch stream failed");
     }
 
     #[test]

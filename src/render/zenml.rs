@@ -144,15 +144,10 @@ mod tests {
             "spec": {"path": "s3://bucket/runs", "endpoint": {"url": "http://minio:9000"}, "auth": {"secretRef": {"name": "keys"}}},
         }))
         .unwrap();
+        let store = ResolvedStore::new(&store, "us-east-1", false).unwrap();
         let pod_settings = json!({"env_from": [{"configMapRef": {"name": "prod-stack"}}]});
-        let export = stack_export(
-            "prod",
-            &ResolvedStore::new(&store, "us-east-1", false).unwrap(),
-            "team",
-            "runner",
-            &pod_settings,
-            None,
-        );
+        let export_with = |registry| stack_export("prod", &store, "team", "runner", &pod_settings, registry);
+        let export = export_with(None);
         assert_eq!(export["zenml_version"], ZENML_VERSION);
         assert!(export["components"].get("container_registry").is_none(), "no registry was given");
         let artifact_store = &export["components"]["artifact_store"][0];
@@ -168,14 +163,7 @@ mod tests {
         assert_eq!(orchestrator["pod_settings"], pod_settings);
         assert_eq!(orchestrator["orchestrator_pod_settings"], pod_settings, "the orchestrator pod's too");
 
-        let with_registry = stack_export(
-            "prod",
-            &ResolvedStore::new(&store, "us-east-1", false).unwrap(),
-            "team",
-            "runner",
-            &pod_settings,
-            Some("10.0.0.5:5000/ml"),
-        );
+        let with_registry = export_with(Some("10.0.0.5:5000/ml"));
         assert_eq!(
             with_registry["components"]["container_registry"],
             json!([{"configuration": {"uri": "10.0.0.5:5000/ml"}, "flavor": "default", "name": "prod-container-registry", "type": "container_registry"}])
