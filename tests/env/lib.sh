@@ -126,6 +126,17 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# write_private_file FILE: writes stdin to FILE, readable by our user only, and atomically (to
+# FILE.tmp, then renamed), so that whoever finds FILE finds it whole: the env files of up.sh and
+# node-up.sh, whose presence means a complete environment or node.
+write_private_file() {
+  (
+    umask 077
+    cat >"$1.tmp"
+    mv "$1.tmp" "$1"
+  )
+}
+
 kube_curl() { # PATH [curl args...]: the apiserver as the admin user
   local path=$1; shift
   curl -fsS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \

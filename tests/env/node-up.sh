@@ -398,9 +398,7 @@ EOF
 }
 
 write_env_file() {
-  (
-    umask 077
-    cat >"$NODE_ENV_FILE.tmp" <<EOF
+  write_private_file "$NODE_ENV_FILE" <<EOF
 # The node started by tests/env/node-up.sh; stop it with tests/env/node-down.sh. Pods reach the
 # control plane and S3 at the AO_POD_* addresses; the rest is in up.sh's env file ($STATE_DIR/env).
 export AO_NODE_NAME='$NODE_NAME'
@@ -422,8 +420,6 @@ export AO_CONTAINERD_SNAPSHOTTER='$SNAPSHOTTER'
 export AO_PAUSE_IMAGE='$PAUSE_IMAGE'
 export AO_KUBELET_DIR='$KUBELET_DIR'
 EOF
-    mv "$NODE_ENV_FILE.tmp" "$NODE_ENV_FILE"
-  )
 }
 
 # --- startup --------------------------------------------------------------------------------------

@@ -242,9 +242,7 @@ start_all() {
   ZENML_OTHER_API_KEY=$(<"$zenml_dir/other-team.key")
 
   # The env file is written last and atomically: its presence means a complete environment.
-  (
-    umask 077
-    cat >"$ENV_FILE.tmp" <<EOF
+  write_private_file "$ENV_FILE" <<EOF
 # The local test environment started by tests/env/up.sh; stop it with tests/env/down.sh.
 export KUBECONFIG='$STATE_DIR/kubeconfig'
 export AO_KUBE_API='https://127.0.0.1:$API_PORT'
@@ -269,8 +267,6 @@ export AO_ZENML_ADMIN_PASSWORD='$ZENML_ADMIN_PASSWORD'
 export AO_VENV='$VENV'
 export AO_CACHE_DIR='$CACHE_DIR'
 EOF
-    mv "$ENV_FILE.tmp" "$ENV_FILE"
-  )
 }
 
 # --- main -----------------------------------------------------------------------------------------

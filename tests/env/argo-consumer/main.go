@@ -32,9 +32,16 @@ type release struct {
 	name string
 	// decode strictly decodes an ArtifactRepository and returns it re-encoded as JSON.
 	decode func(data []byte) ([]byte, error)
-	// use resolves the namespace default and round-trips an artifact; it returns the resolved
-	// ConfigMap key and the artifact's s3:// URL.
-	use func(ctx context.Context, k kubernetes.Interface, namespace string, secrets secretReader, dir string) (string, string, error)
+	use    useCheck
+}
+
+// useCheck resolves the namespace default and round-trips an artifact; it returns the resolved
+// ConfigMap key and the artifact's s3:// URL.
+type useCheck func(ctx context.Context, k kubernetes.Interface, namespace string, secrets secretReader, dir string) (string, string, error)
+
+// newRelease is the release of the Argo module at modulePath, whose ArtifactRepository type is R.
+func newRelease[R any](modulePath string, use useCheck) release {
+	return release{name: moduleVersion(modulePath), decode: decodeStrictly[R], use: use}
 }
 
 var releases = []release{v3Release, v4Release}
