@@ -6,10 +6,15 @@ mod common;
 use artifact_operator::api::ArtifactStore;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn store(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "ArtifactStore", "metadata": {"name": name}, "spec": spec})
+}
+
+fn stack(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": spec})
 }
 
 fn dynamic_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
@@ -17,16 +22,53 @@ fn dynamic_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject
     Api::namespaced_with(client.clone(), ns, &resource)
 }
 
+/// The CRDs installed, a fresh namespace for `test`, and the API of `kind` objects in it.
+async fn api_in_new_namespace(test: &str, kind: &str) -> Api<DynamicObject> {
+    let (client, ns) = common::setup(test).await;
+    dynamic_api(&client, &ns, kind)
+}
+
 async fn create(api: &Api<DynamicObject>, object: Value) -> Result<(), String> {
     let object: DynamicObject = serde_json::from_value(object).unwrap();
     api.create(&PostParams::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// An ArtifactStore spec the CRD must refuse: a case of tests/cases/crd_admission/stores.yaml.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefusedStore {
+    /// What the case tries.
+    name: String,
+    /// The whole spec of the store created.
+    spec: Value,
+    /// A part of the message the apiserver must refuse it with.
+    error: String,
+}
+
+/// Fields of a Stack's spec the CRD must refuse: a case of
+/// tests/cases/crd_admission/scoped_stacks.yaml.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefusedStack {
+    /// The fields set on the spec of an otherwise valid Stack orchestrated by Kubernetes.
+    extra: Value,
+    /// A part of the message the apiserver must refuse it with.
+    error: String,
+}
+
+/// The fixtures read without a cluster, no two stores share a name, and every extra is an object.
+#[test]
+fn the_refused_cases_are_well_formed() {
+    let stores: Vec<RefusedStore> = common::cases("crd_admission/stores.yaml");
+    let names = stores.iter().map(|case| case.name.as_str()).collect::<std::collections::BTreeSet<_>>();
+    assert!(!stores.is_empty() && names.len() == stores.len(), "{} stores, {} names", stores.len(), names.len());
+    let stacks: Vec<RefusedStack> = common::cases("crd_admission/scoped_stacks.yaml");
+    assert!(!stacks.is_empty() && stacks.iter().all(|case| case.extra.is_object()));
+}
+
 #[tokio::test]
 async fn valid_samples_are_accepted() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-valid").await;
+    let (client, ns) = common::setup("crd-valid").await;
     let stores = dynamic_api(&client, &ns, "ArtifactStore");
     create(
         &stores,
@@ -76,110 +118,16 @@ async fn valid_samples_are_accepted() {
     assert_eq!(keys.spec.deletion_policy, artifact_operator::api::artifact_store::DeletionPolicy::Retain);
 
     let stacks = dynamic_api(&client, &ns, "Stack");
-    let stack = json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"},
-        "spec": {"artifactStoreRef": {"name": "keys"}, "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "outputs": {"formats": ["ZenML", "Argo", "KFP"], "argoDefaultRepository": true}}});
-    create(&stacks, stack).await.unwrap();
+    let spec = json!({"artifactStoreRef": {"name": "keys"}, "orchestrator": {"type": "ArgoWorkflows", "serviceAccountName": "argo"}, "outputs": {"formats": ["ZenML", "Argo", "KFP"], "argoDefaultRepository": true}});
+    create(&stacks, stack("s", spec)).await.unwrap();
 }
 
 #[tokio::test]
 async fn bad_input_is_rejected_with_a_message_naming_the_field() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-invalid").await;
-    let stores = dynamic_api(&client, &ns, "ArtifactStore");
-    let keys = json!({"secretRef": {"name": "creds"}});
-    let cases: Vec<(&str, Value, &str)> = vec![
-        ("missing path", json!({"auth": keys}), "spec.path: Required value"),
-        ("no scheme", json!({"path": "my-bucket/x", "auth": keys}), "path must start with s3://"),
-        ("short bucket", json!({"path": "s3://ab", "auth": keys}), "must be 3 to 63 characters long"),
-        (
-            "long bucket",
-            json!({"path": format!("s3://{}", "a".repeat(64)), "auth": keys}),
-            "must be 3 to 63 characters long",
-        ),
-        (
-            "uppercase bucket",
-            json!({"path": "s3://MyBucket", "auth": keys}),
-            "only lowercase letters, digits, dots and hyphens",
-        ),
-        (
-            "underscore bucket",
-            json!({"path": "s3://my_bucket", "auth": keys}),
-            "only lowercase letters, digits, dots and hyphens",
-        ),
-        (
-            "hyphen at end",
-            json!({"path": "s3://bucket-", "auth": keys}),
-            "must start and end with a lowercase letter or a digit",
-        ),
-        ("adjacent dots", json!({"path": "s3://my..bucket", "auth": keys}), "two adjacent dots"),
-        ("ip address", json!({"path": "s3://192.168.10.1/p", "auth": keys}), "formatted as an IP address"),
-        (
-            "unknown checksums",
-            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "http://minio:9000", "checksums": "Never"}}),
-            "supported values: \"WhenRequired\", \"WhenSupported\"",
-        ),
-        ("xn-- prefix", json!({"path": "s3://xn--bucket", "auth": keys}), "reserved prefixes"),
-        ("-s3alias suffix", json!({"path": "s3://bucket-s3alias", "auth": keys}), "reserved suffixes"),
-        ("empty segment", json!({"path": "s3://bucket//p", "auth": keys}), "empty segments"),
-        (
-            "two auth methods",
-            json!({"path": "s3://bucket", "auth": {"implicit": {}, "secretRef": {"name": "c"}}}),
-            "spec.auth: Invalid value",
-        ),
-        (
-            "no auth method",
-            json!({"path": "s3://bucket", "auth": {}}),
-            "set exactly one of auth.implicit or auth.secretRef",
-        ),
-        (
-            "Delete with Adopt",
-            json!({"path": "s3://bucket", "auth": keys, "deletionPolicy": "Delete"}),
-            "spec.deletionPolicy: Forbidden: deletionPolicy Delete requires provisioning Create",
-        ),
-        (
-            "bucket settings with Adopt",
-            json!({"path": "s3://bucket", "auth": keys, "bucket": {"versioning": true}}),
-            "spec.bucket: Forbidden",
-        ),
-        (
-            "endpoint scheme",
-            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "ftp://minio:9000"}}),
-            "endpoint.url must be an http:// or https:// URL",
-        ),
-        (
-            "unknown addressing style",
-            json!({"path": "s3://bucket", "auth": keys, "endpoint": {"url": "http://minio:9000", "addressingStyle": "Dns"}}),
-            "spec.endpoint.addressingStyle: Unsupported value: \"Dns\"",
-        ),
-        (
-            "unknown provisioning",
-            json!({"path": "s3://bucket", "auth": keys, "provisioning": "Maybe"}),
-            "spec.provisioning: Unsupported value",
-        ),
-        (
-            "unknown encryption",
-            json!({"path": "s3://bucket", "auth": keys, "objectDefaults": {"serverSideEncryption": "rot13"}}),
-            "spec.objectDefaults.serverSideEncryption: Unsupported value",
-        ),
-        (
-            "kms key without kms",
-            json!({"path": "s3://bucket", "auth": keys, "objectDefaults": {"serverSideEncryption": "AES256", "sseKmsKeyId": "k"}}),
-            "sseKmsKeyId requires serverSideEncryption aws:kms",
-        ),
-        (
-            "bad role arn",
-            json!({"path": "s3://bucket", "auth": {"implicit": {"roleArn": "role/ml"}}}),
-            "spec.auth.implicit.roleArn",
-        ),
-        (
-            "too many attempts",
-            json!({"path": "s3://bucket", "auth": keys, "client": {"maxAttempts": 100}}),
-            "spec.client.maxAttempts",
-        ),
-    ];
+    let cases: Vec<RefusedStore> = common::cases("crd_admission/stores.yaml");
+    let stores = api_in_new_namespace("crd-invalid", "ArtifactStore").await;
     let mut failures = Vec::new();
-    for (name, spec, expected) in &cases {
+    for RefusedStore { name, spec, error: expected } in &cases {
         match create(&stores, store("bad", spec.clone())).await {
             Ok(()) => failures.push(format!("{name}: accepted")),
             Err(message) if !message.contains(expected) => {
@@ -193,10 +141,7 @@ async fn bad_input_is_rejected_with_a_message_naming_the_field() {
 
 #[tokio::test]
 async fn the_bucket_in_path_cannot_change_but_the_prefix_can() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-immutable").await;
-    let stores = dynamic_api(&client, &ns, "ArtifactStore");
+    let stores = api_in_new_namespace("crd-immutable", "ArtifactStore").await;
     create(&stores, store("s", json!({"path": "s3://first-bucket/a", "auth": {"secretRef": {"name": "c"}}})))
         .await
         .unwrap();
@@ -215,11 +160,8 @@ async fn the_bucket_in_path_cannot_change_but_the_prefix_can() {
 
 #[tokio::test]
 async fn stack_rejects_unknown_orchestrator_and_missing_reference() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-stack").await;
-    let stacks = dynamic_api(&client, &ns, "Stack");
-    let base = |spec: Value| json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": spec});
+    let stacks = api_in_new_namespace("crd-stack", "Stack").await;
+    let base = |spec: Value| stack("s", spec);
     let err = create(
         &stacks,
         base(
@@ -239,14 +181,11 @@ async fn stack_rejects_unknown_orchestrator_and_missing_reference() {
 
 #[tokio::test]
 async fn stack_zenml_is_checked_at_admission() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-zenml").await;
-    let stacks = dynamic_api(&client, &ns, "Stack");
+    let stacks = api_in_new_namespace("crd-zenml", "Stack").await;
     let with = |orchestrator: &str, zenml: Value| {
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": {
-            "artifactStoreRef": {"name": "x"}, "orchestrator": {"type": orchestrator, "serviceAccountName": "a"},
-            "zenml": zenml}})
+        let spec = json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": orchestrator, "serviceAccountName": "a"},
+            "zenml": zenml});
+        stack("s", spec)
     };
     let good = json!({"url": "https://zenml.example.com", "apiKeySecretRef": {"name": "zenml-key"}, "stackName": "team-a.prod"});
     let cases = [
@@ -287,14 +226,10 @@ async fn stack_zenml_is_checked_at_admission() {
 
 #[tokio::test]
 async fn stack_container_registry_is_checked_at_admission() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-registry").await;
-    let stacks = dynamic_api(&client, &ns, "Stack");
+    let stacks = api_in_new_namespace("crd-registry", "Stack").await;
     let with = |name: &str, orchestrator: &str, uri: &str| {
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": {
-            "artifactStoreRef": {"name": "x"},
-            "orchestrator": {"type": orchestrator, "serviceAccountName": "a", "containerRegistry": {"uri": uri}}}})
+        let orchestrator = json!({"type": orchestrator, "serviceAccountName": "a", "containerRegistry": {"uri": uri}});
+        stack(name, json!({"artifactStoreRef": {"name": "x"}, "orchestrator": orchestrator}))
     };
     let cases = [
         (
@@ -322,52 +257,20 @@ async fn stack_container_registry_is_checked_at_admission() {
 
 #[tokio::test]
 async fn stack_credentials_are_checked_at_admission() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::namespace(&client, "crd-scoped").await;
-    let stacks = dynamic_api(&client, &ns, "Stack");
+    let cases: Vec<RefusedStack> = common::cases("crd_admission/scoped_stacks.yaml");
+    let stacks = api_in_new_namespace("crd-scoped", "Stack").await;
     let with = |extra: Value| {
         let mut spec = json!({"artifactStoreRef": {"name": "x"}, "orchestrator": {"type": "Kubernetes", "serviceAccountName": "a"}});
         for (key, value) in extra.as_object().unwrap() {
             spec[key] = value.clone();
         }
-        json!({"apiVersion": "artifacts.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"}, "spec": spec})
+        stack("s", spec)
     };
-    let scoped = |fields: Value| {
-        let mut credentials = json!({"mode": "Scoped"});
-        for (key, value) in fields.as_object().unwrap() {
-            credentials[key] = value.clone();
-        }
-        json!({"credentials": credentials})
-    };
-    let cases = [
-        (scoped(json!({"duration": "5m"})), "duration must be like 15m, 1h or 2h30m, from 15m to 12h"),
-        (scoped(json!({"duration": "13h"})), "from 15m to 12h"),
-        (scoped(json!({"duration": "1 hour"})), "duration must be like"),
-        (scoped(json!({"prefix": "../other"})), "without . or .. parts"),
-        (scoped(json!({"prefix": "/a"})), "prefix must be key parts"),
-        (scoped(json!({"prefix": "a//b"})), "prefix must be key parts"),
-        // IAM reads these as a wildcard, one character and a policy variable: never a scope.
-        (scoped(json!({"prefix": "t*"})), "IAM reads them as patterns"),
-        (scoped(json!({"prefix": "*"})), "IAM reads them as patterns"),
-        (scoped(json!({"prefix": "team-?"})), "IAM reads them as patterns"),
-        (scoped(json!({"prefix": "${aws:username}"})), "IAM reads them as patterns"),
-        (scoped(json!({"access": "Admin"})), "Unsupported value: \"Admin\""),
-        (scoped(json!({"roleArn": "arn:aws:iam::12:role/x"})), "roleArn must be an IAM role ARN"),
-        (
-            json!({"credentials": {"mode": "Scoped"}, "outputs": {"formats": ["KFP"]}}),
-            "Kubeflow Pipelines' launcher takes no session token",
-        ),
-        (
-            json!({"credentials": {"mode": "Scoped"}, "verification": {"inPod": true}}),
-            "the in-pod check's image has no shell",
-        ),
-    ];
-    for (extra, expected) in cases {
+    for RefusedStack { extra, error: expected } in cases {
         let err = create(&stacks, with(extra.clone())).await.unwrap_err();
-        assert!(err.contains(expected), "{extra}: {err}");
+        assert!(err.contains(&expected), "{extra}: {err}");
     }
-    let good = scoped(json!({"duration": "2h30m", "prefix": "team-a/runs", "access": "ReadOnly",
-                              "roleArn": "arn:aws:iam::123456789012:role/ml"}));
+    let good = json!({"credentials": {"mode": "Scoped", "duration": "2h30m", "prefix": "team-a/runs",
+                                      "access": "ReadOnly", "roleArn": "arn:aws:iam::123456789012:role/ml"}});
     create(&stacks, with(good)).await.expect("valid scoped credentials are accepted");
 }

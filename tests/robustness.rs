@@ -379,31 +379,28 @@ fn request_lines_are_told_apart() {
     assert!(!matches("PUT /b-10 HTTP/1.1", "PUT /b-1 "));
 }
 
-#[tokio::test]
-async fn killed_at_create_bucket_the_bucket_is_recognised_completed_and_deletable() {
-    // S3 creates the bucket; the operator dies before it can tag it.
-    killed_while_creating("rb-kill-create", " ", true).await;
+/// One test for each kill point: `name(test, call, forward);` declares the test `name`, which runs
+/// `killed_while_creating(test, call, forward)`.
+macro_rules! killed_while_creating_tests {
+    ($($(#[$attribute:meta])* $name:ident($test:literal, $call:literal, $forward:literal);)*) => {
+        $(
+            $(#[$attribute])*
+            #[tokio::test]
+            async fn $name() {
+                killed_while_creating($test, $call, $forward).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn killed_at_tagging_the_bucket_is_recognised_completed_and_deletable() {
-    // The tagging never reaches S3: the bucket is left without its creator tag.
-    killed_while_creating("rb-kill-tags", "?tagging", false).await;
-}
-
-#[tokio::test]
-async fn killed_at_versioning_the_bucket_is_recognised_completed_and_deletable() {
-    killed_while_creating("rb-kill-versioning", "?versioning", true).await;
-}
-
-#[tokio::test]
-async fn killed_at_encryption_the_bucket_is_recognised_completed_and_deletable() {
-    killed_while_creating("rb-kill-encryption", "?encryption", true).await;
-}
-
-#[tokio::test]
-async fn killed_at_lifecycle_the_bucket_is_recognised_completed_and_deletable() {
-    killed_while_creating("rb-kill-lifecycle", "?lifecycle", true).await;
+killed_while_creating_tests! {
+    /// S3 creates the bucket; the operator dies before it can tag it.
+    killed_at_create_bucket_the_bucket_is_recognised_completed_and_deletable("rb-kill-create", " ", true);
+    /// The tagging never reaches S3: the bucket is left without its creator tag.
+    killed_at_tagging_the_bucket_is_recognised_completed_and_deletable("rb-kill-tags", "?tagging", false);
+    killed_at_versioning_the_bucket_is_recognised_completed_and_deletable("rb-kill-versioning", "?versioning", true);
+    killed_at_encryption_the_bucket_is_recognised_completed_and_deletable("rb-kill-encryption", "?encryption", true);
+    killed_at_lifecycle_the_bucket_is_recognised_completed_and_deletable("rb-kill-lifecycle", "?lifecycle", true);
 }
 
 /// The Secret a store's keys come from must not block the others: fixing it makes the store Ready.

@@ -224,6 +224,14 @@ pub fn repo() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The cases of the YAML fixture tests/cases/`file`: a list, one `T` a case, in the format `T`
+/// documents. Panics naming the file, and where in it, when it does not read.
+pub fn cases<T: serde::de::DeserializeOwned>(file: &str) -> Vec<T> {
+    let path = repo().join("tests/cases").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Runs a command and returns its stdout, failing the test with its output if it fails.
 pub fn run(command: &mut std::process::Command, what: &str) -> String {
     let output = command.output().unwrap_or_else(|e| panic!("{what} does not start: {e}"));
