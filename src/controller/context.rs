@@ -241,32 +241,44 @@ impl Context {
         note: String,
         action: &str,
     ) {
-        let now = jiff::Timestamp::now();
-        let namespace = reference.namespace.clone().unwrap_or_else(|| "default".to_owned());
-        let event = Event {
-            metadata: kube::core::ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}",
-                    reference.name.as_deref().unwrap_or(REPORTER),
-                    now.as_nanosecond() as u128 ^ u128::from(fastrand::u32(..))
-                )),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
-            action: Some(action.to_owned()),
-            reason: Some(reason.as_str().to_owned()),
-            note: Some(note),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(reference.clone()),
-            reporting_controller: Some(REPORTER.to_owned()),
-            reporting_instance: Some(REPORTER.to_owned()),
-            type_: Some(format!("{type_:?}")),
-            ..Event::default()
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let event = event(reference, type_, reason, note, action, jiff::Timestamp::now());
+        let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         if let Err(error) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(%error, "failed to publish an event");
         }
+    }
+}
+
+/// The Event this operator publishes on `reference` at `now`, under a name of its own.
+pub fn event(
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: crate::reason::Reason,
+    note: String,
+    action: &str,
+    now: jiff::Timestamp,
+) -> Event {
+    let namespace = reference.namespace.clone().unwrap_or_else(|| "default".to_owned());
+    Event {
+        metadata: kube::core::ObjectMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                reference.name.as_deref().unwrap_or(REPORTER),
+                now.as_nanosecond() as u128 ^ u128::from(fastrand::u32(..))
+            )),
+            namespace: Some(namespace),
+            ..Default::default()
+        },
+        action: Some(action.to_owned()),
+        reason: Some(reason.as_str().to_owned()),
+        note: Some(note),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        reporting_controller: Some(REPORTER.to_owned()),
+        reporting_instance: Some(REPORTER.to_owned()),
+        type_: Some(format!("{type_:?}")),
+        ..Event::default()
     }
 }
 
