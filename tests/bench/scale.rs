@@ -12,7 +12,8 @@
 //!
 //! `tests/bench/run.sh` runs it after the footprint benchmark; its arguments come here:
 //! `--stores N` (200), `--namespaces M` (10), `--resync SECONDS` (60), `--profile` (a CPU profile
-//! of the operator during the ramp, with perf).
+//! of the operator during the ramp, with perf), `--concurrency N` (the operator's, when not its
+//! default).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -45,10 +46,13 @@ struct Args {
     namespaces: usize,
     resync: Duration,
     profile: bool,
+    /// The operator's `--concurrency`, when not its default.
+    concurrency: Option<u64>,
 }
 
 fn args() -> Args {
-    let mut args = Args { stores: 200, namespaces: 10, resync: Duration::from_secs(60), profile: false };
+    let mut args =
+        Args { stores: 200, namespaces: 10, resync: Duration::from_secs(60), profile: false, concurrency: None };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         let mut number = || given.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the flag");
@@ -57,6 +61,7 @@ fn args() -> Args {
             "--namespaces" => args.namespaces = number() as usize,
             "--resync" => args.resync = Duration::from_secs(number()),
             "--profile" => args.profile = true,
+            "--concurrency" => args.concurrency = Some(number()),
             // cargo bench passes --bench.
             _ => {}
         }
@@ -275,6 +280,8 @@ struct Floor {
     stack_writes: Duration,
     /// Applying the Stacks themselves, with nobody reconciling them.
     stack_applies: Duration,
+    /// CPU seconds of the apiserver and etcd while the client made the Stacks' writes.
+    stack_cpu: (f64, f64),
 }
 
 /// The writes per store and per Stack of [`Floor::writes`] and [`Floor::stack_writes`].
@@ -378,6 +385,8 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
     let started = Instant::now();
     assert_eq!(apply_all(client, objects).await.len(), stores, "every Stack applied");
     let stack_applies = started.elapsed();
+    let (apiserver, etcd) = (pid_of("kube-apiserver"), pid_of("etcd"));
+    let cpu_before = (cpu_seconds(apiserver), cpu_seconds(etcd));
     let started = Instant::now();
     futures::stream::iter(0..stores)
         .map(|i| {
@@ -389,6 +398,7 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
         .collect::<Vec<()>>()
         .await;
     let stack_writes = started.elapsed();
+    let stack_cpu = (cpu_seconds(apiserver) - cpu_before.0, cpu_seconds(etcd) - cpu_before.1);
 
     // Nobody reconciles the floor's Stacks: their finalizers go by hand, or the namespaces stay.
     futures::stream::iter(0..stores)
@@ -414,7 +424,7 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
         (!listed.items.iter().any(|n| n.name_any().starts_with(&format!("floor-{run}-")))).then_some(())
     })
     .await;
-    Floor { writes, applies, stack_writes, stack_applies }
+    Floor { writes, applies, stack_writes, stack_applies, stack_cpu }
 }
 
 /// The writes the operator makes for one Ready Stack with ZenML and Argo outputs (see
@@ -481,8 +491,10 @@ fn profile_report(pid: u32) {
 
 /// The operator under test, watching every namespace: the binary the image ships when
 /// `AO_STATIC_BINARY` names it, else cargo's release build.
-fn start_operator(resync: &str) -> Operator {
-    let extra = ["--log-level", "warn"];
+fn start_operator(resync: &str, concurrency: Option<u64>) -> Operator {
+    let concurrency = concurrency.map(|n| n.to_string());
+    let mut extra = vec!["--log-level", "warn"];
+    extra.extend(concurrency.as_deref().map(|n| ["--concurrency", n]).into_iter().flatten());
     match std::env::var_os("AO_STATIC_BINARY") {
         Some(binary) => {
             let kubeconfig = std::path::Path::new(test_env().var("KUBECONFIG"));
@@ -503,7 +515,7 @@ async fn ready_in(operator: &Operator) -> Duration {
 }
 
 async fn run(args: Args) {
-    let Args { stores, namespaces, resync, profile: profiled } = args;
+    let Args { stores, namespaces, resync, profile: profiled, concurrency } = args;
     let client = common::client().await;
     common::install_crds(&client).await;
     let run = format!("{:06}", fastrand::u32(..) % 1_000_000);
@@ -515,8 +527,11 @@ async fn run(args: Args) {
         Ok(binary) => println!("operator: the static binary the image ships ({binary})"),
         Err(_) => println!("operator: cargo's release build (AO_STATIC_BINARY names the static one)"),
     }
+    if let Some(concurrency) = concurrency {
+        println!("operator: --concurrency {concurrency}");
+    }
 
-    let Floor { writes: floor, applies, stack_writes: stack_floor, stack_applies } =
+    let Floor { writes: floor, applies, stack_writes: stack_floor, stack_applies, stack_cpu } =
         floor(&client, &run, stores, namespaces).await;
     println!(
         "raw write floor, a plain client, {} writes (per store a ConfigMap, a Secret, its Ready status and its Ready Event; {IN_FLIGHT} in flight): {:.1} s ({:.0} writes/s)",
@@ -530,9 +545,11 @@ async fn run(args: Args) {
         applies.as_secs_f64() / floor.as_secs_f64()
     );
     println!(
-        "raw write floor of the Stacks, the same client, {} writes (per Stack its ConfigMap, its finalizer, its key of artifact-repositories, its Ready status and its Ready Event): {:.1} s",
+        "raw write floor of the Stacks, the same client, {} writes (per Stack its ConfigMap, its finalizer, its key of artifact-repositories, its Ready status and its Ready Event): {:.1} s; CPU seconds: apiserver {:.1}, etcd {:.1}",
         stores * STACK_FLOOR_WRITES,
-        stack_floor.as_secs_f64()
+        stack_floor.as_secs_f64(),
+        stack_cpu.0,
+        stack_cpu.1
     );
     println!(
         "the {stores} Stacks' own applies, nobody reconciling them: {:.1} s = {:.2}x their write floor (no ramp ends sooner)",
@@ -563,7 +580,7 @@ async fn run(args: Args) {
         );
     }
     let resync_flag = format!("{}s", resync.as_secs());
-    let mut operator = start_operator(&resync_flag);
+    let mut operator = start_operator(&resync_flag, concurrency);
     ready_in(&operator).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = operator.pid();
@@ -614,10 +631,12 @@ async fn run(args: Args) {
     let stack_objects: Vec<(String, serde_json::Value)> =
         (0..stores).map(|i| (names[i % namespaces].clone(), stack_object(&run, i))).collect();
     let requests_before = apiserver_requests(&client).await;
+    let cpu_before = cpu();
     let started = Instant::now();
     let applied = apply_all(&client, stack_objects).await;
     let latencies = wait_ready(&stack_ready, &applied).await;
     let all_ready = started.elapsed();
+    let cpu_after = cpu();
     println!(
         "{stores} Stacks (ZenML and Argo, {} per namespace) applied at once: all Ready in {:.1} s = {:.2}x their write floor; apply to Ready p50 {:.2} s, p99 {:.2} s",
         stores / namespaces,
@@ -625,6 +644,12 @@ async fn run(args: Args) {
         all_ready.as_secs_f64() / stack_floor.as_secs_f64(),
         percentile(&latencies, 0.5).as_secs_f64(),
         percentile(&latencies, 0.99).as_secs_f64(),
+    );
+    println!(
+        "CPU seconds during that ramp: operator {:.1}, apiserver {:.1}, etcd {:.1}",
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+        cpu_after.2 - cpu_before.2
     );
     let requests = difference(&apiserver_requests(&client).await, &requests_before);
     let (reads, writes) = reads_and_writes(&requests);
@@ -676,7 +701,7 @@ async fn run(args: Args) {
     // A restart: the new process lists everything and writes nothing.
     operator.terminate();
     let requests_before = apiserver_requests(&client).await;
-    let operator = start_operator(&resync_flag);
+    let operator = start_operator(&resync_flag, concurrency);
     let restart_peak = PeakMemory::watch(operator.pid());
     let readyz = ready_in(&operator).await;
     tokio::time::sleep(resync.saturating_sub(readyz)).await;
