@@ -272,9 +272,10 @@ async fn an_argo_workflow_saves_across_a_renewal_with_the_renewed_credentials() 
     let pod_node = write_pod.annotations().get("workflows.argoproj.io/node-id").cloned();
     assert_eq!(write["id"].as_str(), pod_node.as_deref(), "the write step ran in the pod watched");
     assert!(write_started < renew, "the write step started at {write_started}, before the renewal at {renew}");
+    // Argo records whole seconds, and the step writes once `write_after` (a whole second) has come.
     assert!(
-        write_finished > write_after,
-        "the write step (its save) finished at {write_finished}, after the first credentials' expiry at {expires}"
+        write_finished >= write_after,
+        "the write step (its save) finished at {write_finished}, before {write_after}, a minute past the first credentials' expiry at {expires}"
     );
     println!(
         "{line}; the write step ran {write_started} to {write_finished} in pod {}, saved with {second_key} after {first_key} expired at {expires} (which MinIO now refuses: {expired}) ({:.0} s)",
