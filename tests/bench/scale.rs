@@ -1,15 +1,15 @@
 //! The scale benchmark: N ArtifactStores and as many Stacks spread over M namespaces, against the
 //! real local apiserver and MinIO, with the operator watching every namespace: the static (musl)
 //! binary the image ships when `AO_STATIC_BINARY` names it (tests/bench/run.sh does), else the
-//! release binary cargo built. In one run
-//! it prints the raw write floor of the same writes made by a plain client, the time until every
-//! store is Ready and its ratio to that floor and to the full floor (the stores' own applies, then
-//! the floor's writes: every write of the ramp, by a plain client), the same for the Stacks (each with ZenML and Argo
-//! outputs, so that the Stacks of a namespace share its `artifact-repositories`) with their reads
-//! and writes per Stack, apply-to-Ready percentiles, the operator's memory
-//! (idle, peak, steady) and CPU next to the apiserver's and etcd's, the apiserver's own count of
-//! reads and writes per object per resync in the steady state, S3 calls per store per resync, and
-//! what a restart costs. It asserts only that the work it measures was done, never a speed.
+//! release binary cargo built. In one run it prints the raw write floor of the same writes made by
+//! a plain client, the time until every store is Ready and its ratio to that floor and to the full
+//! floor (the stores' own applies, then the floor's writes: every write of the ramp, by a plain
+//! client), the same for the Stacks (each with ZenML and Argo outputs, so that the Stacks of a
+//! namespace share its `artifact-repositories`) with their reads and writes per Stack,
+//! apply-to-Ready percentiles, the operator's memory (idle, peak, steady) and CPU next to the
+//! apiserver's and etcd's, the apiserver's own count of reads and writes per object per resync in
+//! the steady state, S3 calls per store per resync, and what a restart costs. It asserts only that
+//! the work it measures was done, never a speed.
 //!
 //! `tests/bench/run.sh` runs it after the footprint benchmark; its arguments come here:
 //! `--stores N` (200), `--namespaces M` (10), `--resync SECONDS` (60), `--profile` (a CPU profile
