@@ -312,6 +312,11 @@ fn stack_object(label: &str, i: usize) -> serde_json::Value {
                  "outputs": {"formats": ["ZenML", "Argo"]}}})
 }
 
+/// The message of a Ready store's Ready condition, and of its Ready Event.
+fn store_ready_message(bucket: &str, i: usize) -> String {
+    format!("s3://{bucket}/team-{i} is ready; pods use ConfigMap store-{i}-artifact-store")
+}
+
 /// The status the operator writes to a Ready store, for the floor's client to write alike.
 fn ready_status(bucket: &str, endpoint: &str, i: usize) -> serde_json::Value {
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -322,7 +327,7 @@ fn ready_status(bucket: &str, endpoint: &str, i: usize) -> serde_json::Value {
     json!({
         "observedGeneration": 1,
         "conditions": [
-            condition("Ready", "Ready", format!("s3://{bucket}/team-{i} is ready; pods use ConfigMap store-{i}-artifact-store")),
+            condition("Ready", "Ready", store_ready_message(bucket, i)),
             condition("BucketReady", "BucketExists", "bucket exists in us-east-1".to_owned()),
             condition("CredentialsValid", "Verified", format!("the Secret's keys can list s3://{bucket}/team-{i}")),
         ],
@@ -372,8 +377,8 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
                     .patch_status(&format!("store-{i}"), &params, &Patch::Apply(&status))
                     .await
                     .unwrap();
-                let message = &status["status"]["conditions"][0]["message"];
-                ready_event(client, &ns, "ArtifactStore", &format!("store-{i}"), message.as_str().unwrap()).await;
+                let message = store_ready_message("floor", i);
+                ready_event(client, &ns, "ArtifactStore", &format!("store-{i}"), &message).await;
             }
         })
         .buffer_unordered(IN_FLIGHT)
