@@ -227,6 +227,53 @@ async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
     counts
 }
 
+/// One ramp's figures: when all its objects were Ready, against the floors, and what it cost.
+struct Ramp<'a> {
+    /// What was applied, for the report's first line.
+    what: String,
+    /// The object's kind, as the report names one.
+    kind: &'a str,
+    all_ready: Duration,
+    /// The write floor and the objects' own applies, one after the other.
+    floor: Duration,
+    applies: Duration,
+    /// The floor's writes per object.
+    floor_writes: usize,
+    latencies: &'a [Duration],
+    /// CPU seconds (operator, apiserver, etcd) before and after.
+    cpu: ((f64, f64, f64), (f64, f64, f64)),
+}
+
+impl Ramp<'_> {
+    /// Prints the ramp's figures for `count` objects, with the apiserver's `requests` meanwhile.
+    fn report(&self, count: usize, requests: BTreeMap<String, f64>) {
+        let (kind, ready) = (self.kind, self.all_ready.as_secs_f64());
+        println!(
+            "{}: all Ready in {ready:.1} s = {:.2}x the write floor, {:.2}x the full floor (the {} writes of the applies and the floor's, one after the other); apply to Ready p50 {:.2} s, p99 {:.2} s",
+            self.what,
+            ready / self.floor.as_secs_f64(),
+            ready / (self.applies + self.floor).as_secs_f64(),
+            count * (1 + self.floor_writes),
+            percentile(self.latencies, 0.5).as_secs_f64(),
+            percentile(self.latencies, 0.99).as_secs_f64(),
+        );
+        let ((operator, apiserver, etcd), after) = self.cpu;
+        println!(
+            "CPU seconds during that ramp: operator {:.1}, apiserver {:.1}, etcd {:.1}",
+            after.0 - operator,
+            after.1 - apiserver,
+            after.2 - etcd
+        );
+        let (reads, writes) = reads_and_writes(&requests);
+        println!(
+            "apiserver requests until all were Ready: {reads} reads, {writes} writes = {:.2} reads and {:.2} writes per {kind} besides its own apply (the floor makes {} writes) {requests:?}",
+            reads / count as f64,
+            (writes - count as f64) / count as f64,
+            self.floor_writes
+        );
+    }
+}
+
 fn difference(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
@@ -437,7 +484,7 @@ async fn floor(client: &Client, run: &str, stores: usize, namespaces: usize) -> 
 /// [`Floor::stack_writes`]), made by a plain client.
 async fn stack_floor_writes(client: &Client, ns: &str, i: usize, data: BTreeMap<String, String>) {
     let name = format!("stack-{i}");
-    let config_map_name = artifact_operator::stack::build::config_map_name(&name);
+    let config_map_name = artifact_operator::stack::build::CONFIG_MAP.name(&name);
     let meta = ObjectMeta { name: Some(config_map_name.clone()), ..Default::default() };
     let config_map = ConfigMap { metadata: meta, data: Some(data), ..Default::default() };
     Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &config_map).await.unwrap();
@@ -608,29 +655,17 @@ async fn run(args: Args) {
     let applied_in = started.elapsed();
     let latencies = wait_ready(&store_ready, &applied).await;
     let all_ready = started.elapsed();
-    let cpu_after = cpu();
-    println!(
-        "{stores} ArtifactStores applied at once ({:.1} s to apply): all Ready in {:.1} s = {:.2}x the write floor, {:.2}x the full floor (the {} writes of the stores' applies and the floor's, one after the other); apply to Ready p50 {:.2} s, p99 {:.2} s",
-        applied_in.as_secs_f64(),
-        all_ready.as_secs_f64(),
-        all_ready.as_secs_f64() / floor.as_secs_f64(),
-        all_ready.as_secs_f64() / (applies + floor).as_secs_f64(),
-        stores * (1 + STORE_FLOOR_WRITES),
-        percentile(&latencies, 0.5).as_secs_f64(),
-        percentile(&latencies, 0.99).as_secs_f64(),
-    );
-    println!(
-        "CPU seconds during that ramp: operator {:.1}, apiserver {:.1}, etcd {:.1}",
-        cpu_after.0 - cpu_before.0,
-        cpu_after.1 - cpu_before.1,
-        cpu_after.2 - cpu_before.2
-    );
-    let requests = difference(&apiserver_requests(&client).await, &requests_before);
-    let (reads, writes) = reads_and_writes(&requests);
-    println!(
-        "apiserver requests until all stores were Ready: {reads} reads, {writes} writes = {:.2} writes per store besides its own apply (the floor makes {STORE_FLOOR_WRITES}) {requests:?}",
-        (writes - stores as f64) / stores as f64
-    );
+    Ramp {
+        what: format!("{stores} ArtifactStores applied at once ({:.1} s to apply)", applied_in.as_secs_f64()),
+        kind: "store",
+        all_ready,
+        floor,
+        applies,
+        floor_writes: STORE_FLOOR_WRITES,
+        latencies: &latencies,
+        cpu: (cpu_before, cpu()),
+    }
+    .report(stores, difference(&apiserver_requests(&client).await, &requests_before));
     if let Some(mut perf) = perf {
         let _ = perf.wait();
         profile_report(pid);
@@ -644,30 +679,17 @@ async fn run(args: Args) {
     let applied = apply_all(&client, stack_objects).await;
     let latencies = wait_ready(&stack_ready, &applied).await;
     let all_ready = started.elapsed();
-    let cpu_after = cpu();
-    println!(
-        "{stores} Stacks (ZenML and Argo, {} per namespace) applied at once: all Ready in {:.1} s = {:.2}x their write floor, {:.2}x their full floor (the {} writes of their applies and their floor's, one after the other); apply to Ready p50 {:.2} s, p99 {:.2} s",
-        stores / namespaces,
-        all_ready.as_secs_f64(),
-        all_ready.as_secs_f64() / stack_floor.as_secs_f64(),
-        all_ready.as_secs_f64() / (stack_applies + stack_floor).as_secs_f64(),
-        stores * (1 + STACK_FLOOR_WRITES),
-        percentile(&latencies, 0.5).as_secs_f64(),
-        percentile(&latencies, 0.99).as_secs_f64(),
-    );
-    println!(
-        "CPU seconds during that ramp: operator {:.1}, apiserver {:.1}, etcd {:.1}",
-        cpu_after.0 - cpu_before.0,
-        cpu_after.1 - cpu_before.1,
-        cpu_after.2 - cpu_before.2
-    );
-    let requests = difference(&apiserver_requests(&client).await, &requests_before);
-    let (reads, writes) = reads_and_writes(&requests);
-    println!(
-        "apiserver requests until all Stacks were Ready: {reads} reads, {writes} writes = {:.2} reads and {:.2} writes per Stack besides its own apply (the floor makes {STACK_FLOOR_WRITES} writes) {requests:?}",
-        reads / stores as f64,
-        (writes - stores as f64) / stores as f64
-    );
+    Ramp {
+        what: format!("{stores} Stacks (ZenML and Argo, {} per namespace) applied at once", stores / namespaces),
+        kind: "Stack",
+        all_ready,
+        floor: stack_floor,
+        applies: stack_applies,
+        floor_writes: STACK_FLOOR_WRITES,
+        latencies: &latencies,
+        cpu: (cpu_before, cpu()),
+    }
+    .report(stores, difference(&apiserver_requests(&client).await, &requests_before));
     store_watch.abort();
     stack_watch.abort();
 
