@@ -73,6 +73,38 @@ impl Owner {
     }
 }
 
+/// A kind of object that a store or a Stack names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    ArtifactStore,
+    ConfigMap,
+    Secret,
+    ServiceAccount,
+}
+
+/// Objects of one kind that a store or a Stack publishes under a name made from its own:
+/// `{publisher}{suffix}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub kind: Kind,
+    pub suffix: &'static str,
+}
+
+impl Published {
+    /// The name of what `publisher` publishes.
+    pub fn name(&self, publisher: &str) -> String {
+        format!("{publisher}{}", self.suffix)
+    }
+
+    /// Whose it would be, by its name, when `kind` `name` is such an object.
+    pub fn publisher<'a>(&self, kind: Kind, name: &'a str) -> Option<&'a str> {
+        if kind != self.kind {
+            return None;
+        }
+        name.strip_suffix(self.suffix).filter(|publisher| !publisher.is_empty())
+    }
+}
+
 /// An object's key in per-object memory and logs: `Kind/namespace/name`, so that a Stack and an
 /// ArtifactStore of the same name never share a failure count.
 pub fn key(kind: &str, namespace: &str, name: &str) -> String {

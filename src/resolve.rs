@@ -5,7 +5,7 @@ use crate::api::artifact_store::{
     AddressingStyle, ArtifactStore, ArtifactStoreStatus, Auth, BucketSettings, CaBundleRef, Checksums, ClientSettings,
     Endpoint, ObjectDefaults, Provisioning, RetryMode,
 };
-use crate::owner::Owner;
+use crate::owner::{Kind, Owner, Published};
 use crate::s3path::{PathError, S3Path};
 
 /// Where a CA bundle published in the store's ConfigMap is expected when that ConfigMap is mounted
@@ -217,7 +217,7 @@ impl ResolvedAuth {
                 secret_access_key_key: secret.secret_access_key_key().to_owned(),
                 session_token_key: secret.session_token_key().to_owned(),
                 holds_session_token: false,
-                env_secret_name: store_env_secret_name(store),
+                env_secret_name: STORE_ENV_SECRET.name(store),
             }),
             (implicit, None) => {
                 let implicit = implicit.as_deref().cloned().unwrap_or_default();
@@ -227,20 +227,10 @@ impl ResolvedAuth {
     }
 }
 
-/// What ends the name of the ConfigMap an ArtifactStore publishes.
-pub const STORE_CONFIG_MAP_SUFFIX: &str = "-artifact-store";
-/// What ends the name of the Secret with AWS environment variable names an ArtifactStore publishes.
-pub const STORE_ENV_SECRET_SUFFIX: &str = "-aws-credentials";
-
-/// The name of the ConfigMap an ArtifactStore publishes.
-pub fn store_config_map_name(store: &str) -> String {
-    format!("{store}{STORE_CONFIG_MAP_SUFFIX}")
-}
-
-/// The name of the Secret with AWS environment variable names an ArtifactStore publishes.
-pub fn store_env_secret_name(store: &str) -> String {
-    format!("{store}{STORE_ENV_SECRET_SUFFIX}")
-}
+/// The ConfigMap an ArtifactStore publishes: `<store>-artifact-store`.
+pub const STORE_CONFIG_MAP: Published = Published { kind: Kind::ConfigMap, suffix: "-artifact-store" };
+/// The Secret with AWS environment variable names an ArtifactStore publishes: `<store>-aws-credentials`.
+pub const STORE_ENV_SECRET: Published = Published { kind: Kind::Secret, suffix: "-aws-credentials" };
 
 /// Whether clients put the bucket in the path, given the addressing style of a custom endpoint
 /// (None: AWS's own endpoint, where the bucket goes in the host name).

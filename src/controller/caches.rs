@@ -21,6 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use super::claims::{self, PartClaim};
 use super::health::{self, Health};
 use crate::api::{ArtifactStore, Stack};
+use crate::owner::{Kind, Published};
 
 /// An Api over one namespace, or over all of them.
 pub fn scoped_api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
@@ -60,15 +61,6 @@ impl Cached for ServiceAccount {
     const KIND: Kind = Kind::ServiceAccount;
 }
 
-/// A kind of object that a store or a Stack names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    ArtifactStore,
-    ConfigMap,
-    Secret,
-    ServiceAccount,
-}
-
 /// An object that another one names (or publishes), in that one's namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Reference {
@@ -80,28 +72,10 @@ impl Reference {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
         Self { kind, name: name.into() }
     }
-}
 
-/// Objects of one kind that a store or a Stack publishes under a name made from its own:
-/// `{publisher}{suffix}`.
-#[derive(Clone, Copy, Debug)]
-pub struct Published {
-    pub kind: Kind,
-    pub suffix: &'static str,
-}
-
-impl Published {
-    /// The name of what `publisher` publishes.
-    pub fn name(&self, publisher: &str) -> String {
-        format!("{publisher}{}", self.suffix)
-    }
-
-    /// Whose it would be, by its name, when `kind` `name` is such an object.
-    pub fn publisher<'a>(&self, kind: Kind, name: &'a str) -> Option<&'a str> {
-        if kind != self.kind {
-            return None;
-        }
-        name.strip_suffix(self.suffix).filter(|publisher| !publisher.is_empty())
+    /// What `publisher` publishes as `published`.
+    pub fn published(published: &Published, publisher: &str) -> Self {
+        Self::new(published.kind, published.name(publisher))
     }
 }
 

@@ -18,7 +18,7 @@ use kube::core::ObjectMeta;
 use super::resolved::ResolvedStack;
 use crate::api::artifact_store::CaBundleKind;
 use crate::api::stack::OutputFormat;
-use crate::owner::Owner;
+use crate::owner::{Kind, Owner, Published};
 use crate::reason::{Failure, Reason};
 use crate::render::{self, argo, kfp};
 use crate::resolve::{CA_BUNDLE_KEY, CONFIG_MOUNT_PATH, ConsumerCredentials, ResolvedStore, SESSION_MOUNT_PATH};
@@ -28,19 +28,11 @@ pub const CONTENT_HASH_ANNOTATION: &str = "artifacts.dev/content-hash";
 /// The ConfigMap key with the ZenML stack export.
 pub const ZENML_STACK_KEY: &str = "zenml-stack.yaml";
 
-/// What ends the name of the Stack's ConfigMap.
-pub const CONFIG_MAP_SUFFIX: &str = "-stack";
-/// What ends the name of the Stack's CA bundle Secret.
-pub const CA_SECRET_SUFFIX: &str = "-ca-bundle";
-
-pub fn config_map_name(stack: &str) -> String {
-    format!("{stack}{CONFIG_MAP_SUFFIX}")
-}
-
-/// The Secret holding the CA bundle for Argo's `caSecret`, when the store's CA is in a ConfigMap.
-pub fn ca_secret_name(stack: &str) -> String {
-    format!("{stack}{CA_SECRET_SUFFIX}")
-}
+/// The Stack's ConfigMap: `<stack>-stack`.
+pub const CONFIG_MAP: Published = Published { kind: Kind::ConfigMap, suffix: "-stack" };
+/// The Secret holding the CA bundle for Argo's `caSecret`, when the store's CA is in a ConfigMap:
+/// `<stack>-ca-bundle`.
+pub const CA_SECRET: Published = Published { kind: Kind::Secret, suffix: "-ca-bundle" };
 
 /// What a pod needs to use the stack: the env keys (the Stack's ConfigMap and, with key auth, the
 /// store's credentials Secret) and the ConfigMap as files where the env keys point (the CA file).
@@ -56,7 +48,7 @@ const WIRING_VOLUME: &str = "artifact-store";
 const SESSION_VOLUME: &str = "artifact-store-credentials";
 
 pub fn pod_wiring(stack: &str, store: &ResolvedStore) -> PodWiring {
-    let config_map = config_map_name(stack);
+    let config_map = CONFIG_MAP.name(stack);
     let mut env_from = vec![EnvFromSource {
         config_map_ref: Some(ConfigMapEnvSource { name: config_map.clone(), optional: Some(false) }),
         ..EnvFromSource::default()
@@ -165,7 +157,7 @@ pub fn config_map(
         data.insert(ZENML_STACK_KEY.into(), serde_yaml_ng::to_string(&export).expect("JSON values serialize to YAML"));
     }
     let hash = render::content_hash(&data);
-    let mut meta = owned_meta(&stack.owner, config_map_name(name));
+    let mut meta = owned_meta(&stack.owner, CONFIG_MAP.name(name));
     meta.annotations = Some(BTreeMap::from([(CONTENT_HASH_ANNOTATION.to_owned(), hash.clone())]));
     Ok((ConfigMap { metadata: meta, data: Some(data), ..ConfigMap::default() }, hash))
 }
@@ -185,14 +177,14 @@ pub fn argo_ca(stack: &ResolvedStack, store: &ResolvedStore) -> Option<argo::CaS
     let ca = store.endpoint.as_ref()?.ca_bundle.as_ref()?;
     Some(match ca.kind {
         CaBundleKind::Secret => argo::CaSecret { name: ca.name.clone(), key: ca.key.clone() },
-        CaBundleKind::ConfigMap => argo::CaSecret { name: ca_secret_name(stack.name()), key: CA_BUNDLE_KEY.to_owned() },
+        CaBundleKind::ConfigMap => argo::CaSecret { name: CA_SECRET.name(stack.name()), key: CA_BUNDLE_KEY.to_owned() },
     })
 }
 
 /// The Secret with the store's CA certificates, for Argo's `caSecret`.
 pub fn ca_secret(owner: &Owner, pem: &str) -> Secret {
     Secret {
-        metadata: owned_meta(owner, ca_secret_name(&owner.name)),
+        metadata: owned_meta(owner, CA_SECRET.name(&owner.name)),
         data: Some(BTreeMap::from([(CA_BUNDLE_KEY.to_owned(), k8s_openapi::ByteString(pem.as_bytes().to_vec()))])),
         type_: Some("Opaque".into()),
         ..Secret::default()

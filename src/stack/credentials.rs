@@ -26,7 +26,7 @@ use crate::aws::failure::{CallError, source_chain};
 use crate::controller::Context;
 use crate::controller::Error;
 use crate::controller::apply;
-use crate::owner::Owner;
+use crate::owner::{Kind, Owner, Published};
 use crate::reason::{Failure, Reason};
 use crate::resolve::{ResolvedAuth, ResolvedStore};
 use crate::s3path::S3Path;
@@ -46,13 +46,8 @@ pub const SCOPE_ANNOTATION: &str = "artifacts.dev/credentials-scope";
 /// own user (MinIO takes and ignores it; the SDK requires one).
 const OWN_USER_ROLE: &str = "arn:aws:iam::000000000000:role/artifact-operator-own-user";
 
-/// What ends the name of the Secret with the Stack's session credentials.
-pub const SECRET_SUFFIX: &str = "-scoped-credentials";
-
-/// The Secret with the Stack's session credentials.
-pub fn secret_name(stack: &str) -> String {
-    format!("{stack}{SECRET_SUFFIX}")
-}
+/// The Secret with the Stack's session credentials: `<stack>-scoped-credentials`.
+pub const SECRET: Published = Published { kind: Kind::Secret, suffix: "-scoped-credentials" };
 
 /// What the credentials are for. Its digest changes when they must be issued anew.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,7 +186,7 @@ pub fn secret(owner: &Owner, issued: &Issued, held: &Held) -> Secret {
         "SessionToken": issued.keys.session_token,
         "Expiration": issued.expires_at.to_string(),
     });
-    let mut meta = owner.owned_meta("stack", secret_name(&owner.name));
+    let mut meta = owner.owned_meta("stack", SECRET.name(&owner.name));
     meta.annotations = Some(BTreeMap::from([
         (EXPIRES_AT_ANNOTATION.to_owned(), held.expires_at.to_string()),
         (RENEW_AT_ANNOTATION.to_owned(), held.renew_at.to_string()),
@@ -317,7 +312,7 @@ pub async fn ensure(
     };
     let digest = scope.digest();
     let owner = &stack.owner;
-    let name = secret_name(&owner.name);
+    let name = SECRET.name(&owner.name);
     let uid = &owner.uid;
     let now = Timestamp::now();
     let current = ctx.read::<Secret>(&owner.namespace, &name).await.map_err(Error::Dereference)?;
@@ -387,7 +382,7 @@ pub async fn retire(ctx: &Context, owner: &Owner, status: Option<&StackStatus>) 
     if status.and_then(|s| s.credentials.as_ref()).is_none() {
         return Ok(());
     }
-    let meta = owner.owned_meta("stack", secret_name(&owner.name));
+    let meta = owner.owned_meta("stack", SECRET.name(&owner.name));
     let empty = Secret { metadata: meta, data: Some(BTreeMap::new()), ..Secret::default() };
     // Another's Secret of that name (NotOurs) is never touched.
     apply::publish(ctx, &empty).await.map_err(Error::Publish)?;

@@ -25,13 +25,13 @@ use crate::api::{ArtifactStore, ArtifactStoreStatus, Stack, kind};
 use crate::aws::clients::S3Connection;
 use crate::conditions::{self, Observed, READY, SCOPED_CREDENTIALS, WORKLOAD_ACCESS_VERIFIED, ZENML_SYNCED};
 use crate::controller::apply;
-use crate::controller::caches::{Kind, Published, Reference, Referrer};
+use crate::controller::caches::{Reference, Referrer};
 use crate::controller::timing::{backoff, jittered};
 use crate::controller::{Context, Next, object_key};
 use crate::identity::Probe;
-use crate::owner::Owner;
+use crate::owner::{Kind, Owner, Published};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{ConsumerCredentials, ResolvedStore, STORE_CONFIG_MAP, STORE_ENV_SECRET};
 /// Why a Stack's reconcile did not finish.
 pub type Error = crate::controller::Error;
 use resolved::{Asks, PodCredentials, ResolvedStack};
@@ -39,11 +39,7 @@ use workload::Verdict;
 use zenml::ZenmlReport;
 
 impl Referrer for Stack {
-    const PUBLISHES: &'static [Published] = &[
-        Published { kind: Kind::ConfigMap, suffix: build::CONFIG_MAP_SUFFIX },
-        Published { kind: Kind::Secret, suffix: build::CA_SECRET_SUFFIX },
-        Published { kind: Kind::Secret, suffix: credentials::SECRET_SUFFIX },
-    ];
+    const PUBLISHES: &'static [Published] = &[build::CONFIG_MAP, build::CA_SECRET, credentials::SECRET];
 
     /// The store and what it publishes, the orchestrator's ServiceAccount, and what the Stack
     /// publishes (its ConfigMap and CA Secret, and the shared ConfigMaps it asks for).
@@ -52,12 +48,12 @@ impl Referrer for Stack {
         let name = self.name_any();
         let mut references = vec![
             Reference::new(Kind::ArtifactStore, store),
-            Reference::new(Kind::ConfigMap, store_config_map_name(store)),
-            Reference::new(Kind::Secret, store_env_secret_name(store)),
+            Reference::published(&STORE_CONFIG_MAP, store),
+            Reference::published(&STORE_ENV_SECRET, store),
             Reference::new(Kind::ServiceAccount, &self.spec.orchestrator.service_account_name),
-            Reference::new(Kind::ConfigMap, build::config_map_name(&name)),
-            Reference::new(Kind::Secret, build::ca_secret_name(&name)),
-            Reference::new(Kind::Secret, credentials::secret_name(&name)),
+            Reference::published(&build::CONFIG_MAP, &name),
+            Reference::published(&build::CA_SECRET, &name),
+            Reference::published(&credentials::SECRET, &name),
         ];
         if let Some(zenml) = &self.spec.zenml {
             references.push(Reference::new(Kind::Secret, &zenml.api_key_secret_ref.name));

@@ -28,7 +28,7 @@ use crate::controller::claims;
 use crate::owner::{MANAGED_BY, Owner};
 use crate::reason::{Failure, Reason};
 use crate::render::{argo, kfp};
-use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, store_config_map_name};
+use crate::resolve::{CA_BUNDLE_KEY, ResolvedStore, STORE_CONFIG_MAP};
 
 /// Held while the Stack may own a key of `artifact-repositories`.
 pub const FINALIZER: &str = "artifacts.dev/argo-repository";
@@ -59,7 +59,7 @@ pub async fn publish(
 ) -> Result<Publication, Error> {
     let ca_pem = store_ca_bundle(ctx, stack.namespace(), store).await?;
     let (config_map, hash) = build::config_map(stack, store, ca_pem.as_deref()).map_err(Error::Invalid)?;
-    let name = build::config_map_name(stack.name());
+    let name = build::CONFIG_MAP.name(stack.name());
     if apply::publish(ctx, &config_map).await.map_err(Error::Publish)? == Applied::NotOurs {
         return Err(Error::Invalid(stack.owner.name_conflict("ConfigMap", &name)));
     }
@@ -110,7 +110,7 @@ pub async fn store_ca_bundle(
     if store.endpoint.as_ref().and_then(|e| e.ca_bundle.as_ref()).is_none() {
         return Ok(None);
     }
-    let name = store_config_map_name(&store.name);
+    let name = STORE_CONFIG_MAP.name(&store.name);
     let published = ctx.read::<ConfigMap>(namespace, &name).await.map_err(Error::Dereference)?;
     match published.as_ref().and_then(|cm| cm.data.as_ref()).and_then(|data| data.get(CA_BUNDLE_KEY)).cloned() {
         Some(pem) => Ok(Some(pem)),
@@ -223,7 +223,7 @@ async fn argo_claim(
     let name = stack.name();
     let ca_secret = ca_pem.filter(|_| from_config_map).map(|pem| build::ca_secret(&stack.owner, pem));
     if let Some(secret) = &ca_secret {
-        let secret_name = build::ca_secret_name(name);
+        let secret_name = build::CA_SECRET.name(name);
         let current = ctx.read::<Secret>(namespace, &secret_name).await.map_err(Error::Dereference)?;
         if current.is_some_and(|current| !apply::is_ours(&current.metadata, &secret.metadata)) {
             return Err(Error::Invalid(stack.owner.name_conflict("Secret", &secret_name)));
@@ -324,7 +324,7 @@ impl ArgoPart {
     async fn publish_ca_secret(&self, ctx: &crate::controller::Context, owner: &Owner) -> Result<(), Error> {
         let Some(secret) = &self.ca_secret else { return Ok(()) };
         if apply::publish(ctx, secret).await.map_err(Error::Publish)? == Applied::NotOurs {
-            return Err(Error::Invalid(owner.name_conflict("Secret", &build::ca_secret_name(&owner.name))));
+            return Err(Error::Invalid(owner.name_conflict("Secret", &build::CA_SECRET.name(&owner.name))));
         }
         Ok(())
     }
@@ -351,7 +351,7 @@ impl ArgoPart {
 async fn remove_ca_secret(secrets: &Api<Secret>, owner: &Owner) -> Result<(), Error> {
     let desired = build::ca_secret(owner, "");
     let Some(current) =
-        secrets.get_metadata_opt(&build::ca_secret_name(&owner.name)).await.map_err(Error::Dereference)?
+        secrets.get_metadata_opt(&build::CA_SECRET.name(&owner.name)).await.map_err(Error::Dereference)?
     else {
         return Ok(());
     };

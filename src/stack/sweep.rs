@@ -31,10 +31,10 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::outputs;
 use crate::api::{Stack, kind};
-use crate::controller::caches::{Caches, Kind, Reference, Version};
+use crate::controller::caches::{Caches, Reference, Version};
 use crate::controller::timing::jittered;
 use crate::controller::{Context, claims, scoped_api};
-use crate::owner::{MANAGED_BY, MANAGED_BY_SELECTOR};
+use crate::owner::{Kind, MANAGED_BY, MANAGED_BY_SELECTOR};
 use crate::render::{argo, kfp};
 
 /// How long after a Stack's deletion its namespace is swept: the pass that was running for it

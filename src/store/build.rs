@@ -8,7 +8,7 @@ use kube::core::ObjectMeta;
 use crate::aws::StaticKeys;
 use crate::owner::Owner;
 use crate::render;
-use crate::resolve::{CA_BUNDLE_KEY, ConsumerCredentials, ResolvedStore, store_config_map_name, store_env_secret_name};
+use crate::resolve::{CA_BUNDLE_KEY, ConsumerCredentials, ResolvedStore, STORE_CONFIG_MAP, STORE_ENV_SECRET};
 
 /// The ConfigMap key with ZenML's S3 artifact store configuration.
 pub const ZENML_KEY: &str = "zenml-artifact-store.json";
@@ -33,7 +33,7 @@ pub fn config_map(resolved: &ResolvedStore, ca_pem: Option<&str>) -> ConfigMap {
     if let Some(pem) = ca_pem {
         data.insert(CA_BUNDLE_KEY.to_owned(), pem.to_owned());
     }
-    let name = store_config_map_name(&resolved.name);
+    let name = STORE_CONFIG_MAP.name(&resolved.name);
     ConfigMap { metadata: owned_meta(&resolved.owner, name), data: Some(data), ..ConfigMap::default() }
 }
 
@@ -47,7 +47,7 @@ pub fn env_secret(owner: &Owner, keys: &StaticKeys) -> Secret {
         data.insert("AWS_SESSION_TOKEN".to_owned(), token.clone());
     }
     Secret {
-        metadata: owned_meta(owner, store_env_secret_name(&owner.name)),
+        metadata: owned_meta(owner, STORE_ENV_SECRET.name(&owner.name)),
         string_data: Some(data),
         type_: Some("Opaque".into()),
         ..Secret::default()

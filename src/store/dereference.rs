@@ -8,7 +8,8 @@ use kube::ResourceExt;
 use crate::api::artifact_store::{CaBundleKind, CaBundleRef};
 use crate::aws::StaticKeys;
 use crate::controller::Context;
-use crate::controller::caches::{Kind, Reference, version_of};
+use crate::controller::caches::{Reference, version_of};
+use crate::owner::Kind;
 use crate::reason::{Failure, Reason};
 use crate::resolve::{KeyRefs, ResolvedStore};
 

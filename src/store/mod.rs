@@ -20,17 +20,14 @@ use crate::api::artifact_store::{CaBundleKind, DeletionPolicy};
 use crate::api::{ArtifactStore, ArtifactStoreStatus, Word, kind};
 use crate::conditions::{self, Observed, READY};
 use crate::controller::apply::{self, Applied, Presence};
-use crate::controller::caches::{Kind, Published, Reference, Referrer};
+use crate::controller::caches::{Reference, Referrer};
 use crate::controller::context::EventType;
 use crate::controller::subject;
 use crate::controller::timing::{backoff, jittered, spread};
 use crate::controller::{Context, Next, object_key};
-use crate::owner::Owner;
+use crate::owner::{Kind, Owner, Published};
 use crate::reason::{Failure, Reason};
-use crate::resolve::{
-    DEFAULT_REGION, ResolvedAuth, ResolvedStore, STORE_CONFIG_MAP_SUFFIX, STORE_ENV_SECRET_SUFFIX,
-    store_config_map_name, store_env_secret_name,
-};
+use crate::resolve::{DEFAULT_REGION, ResolvedAuth, ResolvedStore, STORE_CONFIG_MAP, STORE_ENV_SECRET};
 use dereference::{Inputs, dereference};
 
 /// Held while a store with `deletionPolicy: Delete` may still have to delete its bucket.
@@ -40,20 +37,15 @@ pub const FINALIZER: &str = "artifacts.dev/bucket-deletion";
 pub type Error = crate::controller::Error<dereference::Error>;
 
 impl Referrer for ArtifactStore {
-    const PUBLISHES: &'static [Published] = &[
-        Published { kind: Kind::ConfigMap, suffix: STORE_CONFIG_MAP_SUFFIX },
-        Published { kind: Kind::Secret, suffix: STORE_ENV_SECRET_SUFFIX },
-    ];
+    const PUBLISHES: &'static [Published] = &[STORE_CONFIG_MAP, STORE_ENV_SECRET];
 
     /// The Secret, CA bundle and ServiceAccount the store reads, and the ConfigMap and Secret it
     /// publishes (a clashing object's removal lets it publish at once).
     fn references(&self) -> Vec<Reference> {
         let spec = &self.spec;
         let name = self.name_any();
-        let mut references = vec![
-            Reference::new(Kind::ConfigMap, store_config_map_name(&name)),
-            Reference::new(Kind::Secret, store_env_secret_name(&name)),
-        ];
+        let mut references =
+            vec![Reference::published(&STORE_CONFIG_MAP, &name), Reference::published(&STORE_ENV_SECRET, &name)];
         let auth = ResolvedAuth::new(&spec.auth, &name);
         if let Some(keys) = auth.keys() {
             references.push(Reference::new(Kind::Secret, &keys.secret_name));
@@ -301,7 +293,7 @@ fn still_published(resolved: &ResolvedStore, ctx: &Context) -> bool {
     let config_map = apply::is_published(ctx, &rendered(false)) || apply::is_published(ctx, &rendered(true));
     let env_secret = || {
         let owner = &resolved.owner;
-        apply::is_intact::<Secret>(ctx, &owner.namespace, &store_env_secret_name(&owner.name))
+        apply::is_intact::<Secret>(ctx, &owner.namespace, &STORE_ENV_SECRET.name(&owner.name))
     };
     config_map && (resolved.auth.keys().is_none() || env_secret())
 }
@@ -354,7 +346,7 @@ async fn verify_and_publish(
     };
     let outcome = verify::verify(ctx, resolved, &inputs, &provenance, record).await;
     let region = outcome.region.clone().or_else(|| previous.region.as_deref().map(str::to_owned));
-    let config_map_name = store_config_map_name(&resolved.name);
+    let config_map_name = STORE_CONFIG_MAP.name(&resolved.name);
     let verified = outcome.bucket.is_ok() && outcome.credentials.is_ok();
     let conflict = match verified {
         true => {
@@ -396,7 +388,7 @@ async fn verify_and_publish(
         return Ok(Conclusion { status: Some((observed, fields)), after: After::Failed(resolved.owner.clone()) });
     }
     fields.config_map_name = Some(config_map_name);
-    fields.credentials_secret_name = inputs.keys.as_ref().map(|_| store_env_secret_name(&resolved.name));
+    fields.credentials_secret_name = inputs.keys.as_ref().map(|_| STORE_ENV_SECRET.name(&resolved.name));
     fields.verified_inputs = Some(inputs.fingerprint.clone());
     let verified = Verified::Now(inputs.fingerprint.clone());
     let settled = Settled::Ready(Box::new(inputs));
@@ -410,7 +402,7 @@ async fn publish(resolved: &ResolvedStore, ctx: &Context, inputs: &Inputs) -> Re
     let owner = &resolved.owner;
     let resolved = resolved.clone().with_session_token(inputs.has_session_token);
     let config_map = build::config_map(&resolved, inputs.ca_pem.as_deref());
-    let config_map_name = store_config_map_name(&owner.name);
+    let config_map_name = STORE_CONFIG_MAP.name(&owner.name);
     let written = match apply::publish(ctx, &config_map).await.map_err(Error::Publish)? {
         Applied::NotOurs => return Ok(Some(owner.name_conflict("ConfigMap", &config_map_name))),
         applied => applied == Applied::Written,
@@ -419,7 +411,7 @@ async fn publish(resolved: &ResolvedStore, ctx: &Context, inputs: &Inputs) -> Re
         let secret = apply::secret_with_data(build::env_secret(owner, keys));
         let applied = apply::publish(ctx, &secret).await.map_err(Error::Publish)?;
         if applied == Applied::NotOurs {
-            return Ok(Some(owner.name_conflict("Secret", &store_env_secret_name(&owner.name))));
+            return Ok(Some(owner.name_conflict("Secret", &STORE_ENV_SECRET.name(&owner.name))));
         }
     }
     if written {
