@@ -146,21 +146,23 @@ mod tests {
     #[test]
     fn rejects_bad_paths() {
         assert_eq!(S3Path::parse("gs://bucket"), Err(PathError::Scheme));
-        for (bad, why) in [
-            ("s3://bucket//x", PathError::EmptySegment),
-            ("s3://bucket//", PathError::EmptySegment),
-            ("s3://bucket/a//", PathError::EmptySegment),
-            ("s3://bucket/.", PathError::DotSegment),
-            ("s3://bucket/..", PathError::DotSegment),
-            ("s3://bucket/a/./b", PathError::DotSegment),
-            ("s3://bucket/a/../b/", PathError::DotSegment),
-            ("s3://bucket/team\nb", PathError::ControlCharacter),
-            ("s3://bucket/team\tb", PathError::ControlCharacter),
-            ("s3://bucket/team\u{7f}", PathError::ControlCharacter),
-            ("s3://buck\net/x", PathError::ControlCharacter),
-            ("s3://my\rbucket", PathError::ControlCharacter),
+        for (why, bad_paths) in [
+            (PathError::EmptySegment, &["s3://bucket//x", "s3://bucket//", "s3://bucket/a//"][..]),
+            (PathError::DotSegment, &["s3://bucket/.", "s3://bucket/..", "s3://bucket/a/./b", "s3://bucket/a/../b/"]),
+            (
+                PathError::ControlCharacter,
+                &[
+                    "s3://bucket/team\nb",
+                    "s3://bucket/team\tb",
+                    "s3://bucket/team\u{7f}",
+                    "s3://buck\net/x",
+                    "s3://my\rbucket",
+                ],
+            ),
         ] {
-            assert_eq!(S3Path::parse(bad), Err(why), "{bad:?}");
+            for bad in bad_paths {
+                assert_eq!(S3Path::parse(bad).err().as_ref(), Some(&why), "{bad:?}");
+            }
         }
         for fine in ["s3://bucket/.hidden/a..b/...", "s3://bucket/", "s3://bucket/a/"] {
             assert!(S3Path::parse(fine).is_ok(), "{fine}");
