@@ -4,6 +4,10 @@
 
 use std::sync::Arc;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
 use super::failure::CallError;
 use super::iam;
 use super::ratelimit::RateLimiter;
@@ -48,32 +52,35 @@ impl PodIdentity {
 
     /// The association of `service_account` in `namespace`, if the cluster has one.
     pub async fn association(&self, namespace: &str, service_account: &str) -> Result<Option<Association>, Failure> {
-        self.limiter.acquire("ambient").await;
-        let listed = self
+        let list = self
             .client
             .list_pod_identity_associations()
             .cluster_name(&self.cluster)
             .namespace(namespace)
-            .service_account(service_account)
-            .send()
-            .await
-            .map_err(|e| self.failure(&CallError::from_sdk(&e), "eks:ListPodIdentityAssociations"))?;
+            .service_account(service_account);
+        let listed = self.send("eks:ListPodIdentityAssociations", list.send()).await?;
         let Some(id) = listed.associations().iter().find_map(|a| a.association_id()) else { return Ok(None) };
-        self.limiter.acquire("ambient").await;
-        let described = self
-            .client
-            .describe_pod_identity_association()
-            .cluster_name(&self.cluster)
-            .association_id(id)
-            .send()
-            .await
-            .map_err(|e| self.failure(&CallError::from_sdk(&e), "eks:DescribePodIdentityAssociation"))?;
+        let describe = self.client.describe_pod_identity_association().cluster_name(&self.cluster).association_id(id);
+        let described = self.send("eks:DescribePodIdentityAssociation", describe.send()).await?;
         let association = described.association();
         Ok(Some(Association {
             id: id.to_owned(),
             role_arn: association.and_then(|a| a.role_arn()).unwrap_or_default().to_owned(),
             target_role_arn: association.and_then(|a| a.target_role_arn()).map(str::to_owned),
         }))
+    }
+
+    /// Makes the EKS call `action` once the rate limiter lets it.
+    async fn send<T, E>(
+        &self,
+        action: &str,
+        call: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, Failure>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.limiter.acquire("ambient").await;
+        call.await.map_err(|e| self.failure(&CallError::from_sdk(&e), action))
     }
 
     fn failure(&self, error: &CallError, action: &str) -> Failure {
@@ -107,26 +114,20 @@ impl PodIdentity {
 /// principal `pods.eks.amazonaws.com` with both `sts:AssumeRole` and `sts:TagSession`. The error
 /// says what is missing.
 pub fn check_trust_policy(document: &str) -> Result<(), String> {
-    let mut trusts_the_principal = false;
-    for statement in iam::allow_statements(document)? {
-        let services = iam::as_strings(statement.get("Principal").and_then(|p| p.get("Service")));
-        if !services.contains(&POD_IDENTITY_PRINCIPAL) {
-            continue;
-        }
-        trusts_the_principal = true;
-        if iam::allows_action(&statement, "sts:AssumeRole") && iam::allows_action(&statement, "sts:TagSession") {
-            return Ok(());
-        }
-    }
-    if trusts_the_principal {
-        Err(format!(
-            "the role's trust policy lets {POD_IDENTITY_PRINCIPAL} in without both sts:AssumeRole and sts:TagSession; allow both"
-        ))
-    } else {
-        Err(format!(
-            "the role's trust policy has no Allow statement for the service principal {POD_IDENTITY_PRINCIPAL} (sts:AssumeRole and sts:TagSession)"
-        ))
-    }
+    let principal = POD_IDENTITY_PRINCIPAL;
+    iam::check_trust(
+        document,
+        |statement| iam::as_strings(statement.get("Principal").and_then(|p| p.get("Service"))).contains(&principal),
+        |statement| iam::allows_action(statement, "sts:AssumeRole") && iam::allows_action(statement, "sts:TagSession"),
+        [
+            format!(
+                "the role's trust policy has no Allow statement for the service principal {principal} (sts:AssumeRole and sts:TagSession)"
+            ),
+            format!(
+                "the role's trust policy lets {principal} in without both sts:AssumeRole and sts:TagSession; allow both"
+            ),
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -119,40 +119,55 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// Checks a role's trust policy (JSON) for IRSA. The error says what the trust policy lacks.
+/// Checks a role's trust policy (JSON): Ok when one Allow statement both trusts the principal
+/// (`trusts`) and grants what it needs (`grants`). Otherwise the error is `[untrusted, ungranted]`'s
+/// first when no Allow statement trusts the principal, its second when those that do fall short.
+pub(crate) fn check_trust(
+    document: &str,
+    trusts: impl Fn(&Value) -> bool,
+    grants: impl Fn(&Value) -> bool,
+    [untrusted, ungranted]: [String; 2],
+) -> Result<(), String> {
+    let trusting: Vec<Value> = allow_statements(document)?.into_iter().filter(|s| trusts(s)).collect();
+    match (trusting.is_empty(), trusting.iter().any(grants)) {
+        (_, true) => Ok(()),
+        (true, false) => Err(untrusted),
+        (false, false) => Err(ungranted),
+    }
+}
+
+/// Checks a role's trust policy (JSON) for IRSA: web identity from the cluster's OIDC issuer, for
+/// the ServiceAccount's subject when the statement names subjects. The error says what it lacks.
 pub fn check_trust_policy(document: &str, issuer: &str, namespace: &str, service_account: &str) -> Result<(), String> {
     let provider = issuer_host_path(issuer);
     let subject = format!("system:serviceaccount:{namespace}:{service_account}");
-    let mut federates_issuer = false;
-    for statement in allow_statements(document)? {
-        if !allows_action(&statement, "sts:AssumeRoleWithWebIdentity") {
-            continue;
-        }
+    let sub_key = format!("{provider}:sub");
+    let federates_issuer = |statement: &Value| {
         let federated = as_strings(statement.get("Principal").and_then(|p| p.get("Federated")));
-        if !federated.iter().any(|f| f.ends_with(&format!(":oidc-provider/{provider}"))) {
-            continue;
-        }
-        federates_issuer = true;
+        allows_action(statement, "sts:AssumeRoleWithWebIdentity")
+            && federated.iter().any(|f| f.ends_with(&format!(":oidc-provider/{provider}")))
+    };
+    let admits_subject = |statement: &Value| {
         let condition = statement.get("Condition");
-        let sub_key = format!("{provider}:sub");
         let equals = as_strings(condition.and_then(|c| c.get("StringEquals")).and_then(|c| c.get(&sub_key)));
         let like = as_strings(condition.and_then(|c| c.get("StringLike")).and_then(|c| c.get(&sub_key)));
-        if equals.is_empty() && like.is_empty() {
-            return Ok(());
-        }
-        if equals.contains(&subject.as_str()) || like.iter().any(|pattern| glob_matches(pattern, &subject)) {
-            return Ok(());
-        }
-    }
-    if federates_issuer {
-        Err(format!(
-            "the role's trust policy does not allow the subject {subject}; add it to the {provider}:sub condition"
-        ))
-    } else {
-        Err(format!(
-            "the role's trust policy has no Allow statement for sts:AssumeRoleWithWebIdentity from the federated principal oidc-provider/{provider} (this cluster's OIDC issuer)"
-        ))
-    }
+        (equals.is_empty() && like.is_empty())
+            || equals.contains(&subject.as_str())
+            || like.iter().any(|pattern| glob_matches(pattern, &subject))
+    };
+    check_trust(
+        document,
+        federates_issuer,
+        admits_subject,
+        [
+            format!(
+                "the role's trust policy has no Allow statement for sts:AssumeRoleWithWebIdentity from the federated principal oidc-provider/{provider} (this cluster's OIDC issuer)"
+            ),
+            format!(
+                "the role's trust policy does not allow the subject {subject}; add it to the {provider}:sub condition"
+            ),
+        ],
+    )
 }
 
 pub struct Iam {
