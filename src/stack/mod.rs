@@ -245,7 +245,7 @@ async fn full_pass(ctx: &Context, object: &Stack, stack: &ResolvedStack, report:
         message.push_str(&format!("; scoped credentials in Secret {} until {}", record.secret_name, record.expires_at));
     }
     if let Some(target) = &stack.zenml {
-        match zenml::sync(ctx, stack, status, target, &store).await {
+        match zenml::sync(ctx, stack, target, status.and_then(|s| s.zenml.as_deref()), &store).await {
             Ok(record) => {
                 message.push_str(&format!(
                     "; ZenML stack {} in {}",

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::build::{pod_wiring, zenml_pod_settings};
 use super::resolved::{ResolvedStack, ZenmlTarget};
 use crate::api::Stack;
-use crate::api::stack::{ApiKeySecretRef, StackStatus, ZenmlStatus};
+use crate::api::stack::{ApiKeySecretRef, ZenmlStatus};
 use crate::aws::clients::StaticKeys;
 use crate::controller::Context;
 use crate::controller::Error;
@@ -425,13 +425,13 @@ async fn api_key(ctx: &Context, namespace: &str, reference: &ApiKeySecretRef) ->
     Ok(key.to_owned())
 }
 
-/// Makes the ZenML server hold what the Stack declares; returns what to record in the status.
-/// (`status`: the Stack's, as last written.)
+/// Makes the ZenML server at `target` hold what the Stack declares with `store`; returns what to
+/// record in the status (`recorded`: what the status last recorded).
 pub async fn sync(
     ctx: &Context,
     stack: &ResolvedStack,
-    status: Option<&StackStatus>,
     target: &ZenmlTarget,
+    recorded: Option<&ZenmlStatus>,
     store: &ResolvedStore,
 ) -> Result<ZenmlStatus, Error> {
     let namespace = stack.namespace();
@@ -439,7 +439,7 @@ pub async fn sync(
     let key = api_key(ctx, namespace, &target.api_key_secret_ref).await?;
     let keys = super::credentials::consumer_keys(ctx, namespace, store).await?;
     let declared = declare(stack, target, store, keys.as_ref());
-    let previous = status.and_then(|s| s.zenml.as_ref()).filter(|s| s.url == target.url);
+    let previous = recorded.filter(|s| s.url == target.url);
     let result = async {
         let server = ctx.zenml.server(&target.url, &key).await?;
         ctx.zenml.remember(&uid, &server);
@@ -450,7 +450,7 @@ pub async fn sync(
                 format!("the ZenML server at {} has no project {project} (spec.zenml.project)", server.url()),
             ));
         }
-        let mut ids = Ids::of(previous.map(|p| &**p));
+        let mut ids = Ids::of(previous);
         let name = &declared.stack_name;
         let secret = declared.secret.as_ref().map(|(name, _)| name.clone());
         let mut steps = vec![(Kind::ArtifactStore, name.clone()), (Kind::Orchestrator, name.clone())];
