@@ -19,6 +19,7 @@ pub const DEFAULT_SESSION_TOKEN_KEY: &str = "aws_session_token";
 /// An S3 location for pipeline artifacts, verified by the operator and published as a ConfigMap
 /// that orchestrator pods consume.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "artifacts.dev",
@@ -76,7 +77,6 @@ pub struct ArtifactStoreSpec {
 
     /// AWS region of the bucket, for example `eu-west-1`. When omitted, the operator discovers the
     /// bucket's region; when set and the bucket is elsewhere, the store reports RegionMismatch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')", "message": "region must start and end with a lowercase letter or a digit, for example eu-west-1: it becomes part of the S3 host name"}
@@ -84,7 +84,6 @@ pub struct ArtifactStoreSpec {
     pub region: Option<String>,
 
     /// How to reach an S3-compatible service (MinIO, Ceph RGW, ...). Omit for AWS S3.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Box<Endpoint>>,
 
     /// How pods (and the operator, to verify access) authenticate: exactly one of `implicit` or
@@ -92,11 +91,9 @@ pub struct ArtifactStoreSpec {
     pub auth: Auth,
 
     /// S3 client settings, rendered as ZenML's `config_kwargs` (botocore Config).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<Box<ClientSettings>>,
 
     /// Options applied to every object written, rendered as ZenML's `s3_additional_kwargs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_defaults: Option<Box<ObjectDefaults>>,
 
     /// `Adopt` (default): the bucket must already exist and is never created or deleted. `Create`:
@@ -105,7 +102,6 @@ pub struct ArtifactStoreSpec {
     pub provisioning: Provisioning,
 
     /// Settings applied to a bucket the operator creates (`provisioning: Create`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<Box<BucketSettings>>,
 
     /// What happens to the bucket when this ArtifactStore is deleted. `Retain` (default) keeps it.
@@ -115,11 +111,11 @@ pub struct ArtifactStoreSpec {
     pub deletion_policy: DeletionPolicy,
 
     /// How thoroughly the operator proves access.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
 }
 
 /// How to reach an S3-compatible endpoint.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -159,7 +155,6 @@ pub struct Endpoint {
     pub addressing_style: AddressingStyle,
 
     /// TLS settings for an https endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EndpointTls>,
 
     /// When clients add integrity checksums to requests and validate them in responses.
@@ -202,12 +197,12 @@ pub enum AddressingStyle {
 }
 
 /// TLS verification of the endpoint. Verification is on unless `insecureSkipVerify` is true.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointTls {
     /// A PEM CA bundle to trust in addition to the system roots, from a ConfigMap or Secret key in
     /// this namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
 
     /// Skip TLS certificate verification. Off by default; never use it in production.
@@ -244,6 +239,7 @@ pub enum CaBundleKind {
 }
 
 /// How pods authenticate to S3. Exactly one method.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -252,27 +248,24 @@ pub enum CaBundleKind {
 pub struct Auth {
     /// Use the ambient AWS identity of the pod: IRSA (a ServiceAccount annotated with
     /// `eks.amazonaws.com/role-arn`), EKS Pod Identity, or the node's instance role.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implicit: Option<Box<ImplicitAuth>>,
 
     /// Use access keys from a Secret in this namespace (ZenML's `authentication_secret`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<Box<SecretAuth>>,
 }
 
 /// The ambient AWS identity.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImplicitAuth {
     /// The ServiceAccount the consuming pods run as. With IRSA its `eks.amazonaws.com/role-arn`
     /// annotation names the role; the operator checks the role's trust policy and permissions.
     /// Without it, the operator checks its own ambient identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::object_name)]
     pub service_account_name: Option<String>,
 
     /// The IAM role the ServiceAccount is expected to assume; a different annotation is reported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 20, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": r"self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\\w+=,.@/-]+$')", "message": "roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/ml-pipelines; role names and paths may contain only letters, digits and + = , . @ _ / -"}
@@ -281,6 +274,7 @@ pub struct ImplicitAuth {
 }
 
 /// Access keys in a Secret. Key names default to ZenML's.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretAuth {
@@ -288,15 +282,12 @@ pub struct SecretAuth {
     #[schemars(transform = validation::object_name)]
     pub name: String,
     /// Key holding the access key id. Defaults to `aws_access_key_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::data_key)]
     pub access_key_id_key: Option<String>,
     /// Key holding the secret access key. Defaults to `aws_secret_access_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::data_key)]
     pub secret_access_key_key: Option<String>,
     /// Key holding an optional session token. Defaults to `aws_session_token`; used when present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::data_key)]
     pub session_token_key: Option<String>,
 }
@@ -314,26 +305,22 @@ impl SecretAuth {
 }
 
 /// S3 client settings (botocore `Config`, ZenML's `config_kwargs`).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientSettings {
     /// Retry mode: `legacy`, `standard` or `adaptive`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_mode: Option<RetryMode>,
     /// Total attempts per request, including the first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 20))]
     pub max_attempts: Option<u32>,
     /// Seconds to wait for a connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600))]
     pub connect_timeout_seconds: Option<u32>,
     /// Seconds to wait for a response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub read_timeout_seconds: Option<u32>,
     /// Request signature version. Only `s3v4` (SigV4) is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_version: Option<SignatureVersion>,
 }
 
@@ -354,6 +341,7 @@ pub enum SignatureVersion {
 }
 
 /// Options sent with every write (ZenML's `s3_additional_kwargs`).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -366,17 +354,13 @@ pub enum SignatureVersion {
 ]))]
 pub struct ObjectDefaults {
     /// Server-side encryption for written objects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_side_encryption: Option<ServerSideEncryption>,
     /// KMS key id or ARN, with `aws:kms` or `aws:kms:dsse`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::kms_key_id)]
     pub sse_kms_key_id: Option<String>,
     /// Canned ACL for written objects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<CannedAcl>,
     /// Storage class for written objects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<StorageClass>,
 }
 
@@ -478,6 +462,7 @@ pub enum DeletionPolicy {
 }
 
 /// Settings for a bucket the operator creates.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BucketSettings {
@@ -485,7 +470,6 @@ pub struct BucketSettings {
     #[serde(default = "default_true")]
     pub versioning: bool,
     /// Default encryption for the bucket. Defaults to AES256 (SSE-S3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_encryption: Option<BucketEncryption>,
     /// Block all public access to the bucket. On by default.
     #[serde(default = "default_true")]
@@ -496,7 +480,6 @@ pub struct BucketSettings {
     #[schemars(transform = validation::bucket_tags)]
     pub tags: BTreeMap<String, String>,
     /// Lifecycle rules, scoped to the store's prefix where they concern objects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
 }
 
@@ -517,6 +500,7 @@ fn default_true() -> bool {
 }
 
 /// Bucket default encryption.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -531,25 +515,22 @@ pub struct BucketEncryption {
     /// `AES256`, `aws:kms` or `aws:kms:dsse`.
     pub algorithm: ServerSideEncryption,
     /// KMS key id or ARN for the KMS algorithms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::kms_key_id)]
     pub kms_key_id: Option<String>,
 }
 
 /// Lifecycle rules for a created bucket.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     /// Days after which noncurrent object versions expire.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 36500))]
     pub noncurrent_version_expiration_days: Option<i32>,
     /// Days after which incomplete multipart uploads are aborted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 36500))]
     pub abort_incomplete_multipart_upload_days: Option<i32>,
     /// Days after which objects under the prefix expire. Off unless set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 36500))]
     pub expire_objects_after_days: Option<i32>,
 }
@@ -564,51 +545,40 @@ pub struct Verification {
 }
 
 /// Observed state of an ArtifactStore.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactStoreStatus {
     /// The generation the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `BucketReady` and `CredentialsValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The bucket, from path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<Word>,
     /// The key prefix, from path (empty for the whole bucket).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// The bucket's region as resolved by the operator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<Word>,
     /// The S3 endpoint clients use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Word>,
     /// True when this operator created the bucket (and may delete it under deletionPolicy Delete).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_created: Option<bool>,
     /// When the operator asked S3 to create the bucket. Written before the request is sent, so that
     /// a bucket found afterwards, empty and without the creator tag (the operator stopped between
     /// creating and tagging it), is still recognised as this store's and completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_create_requested: Option<Time>,
     /// The ARN of the identity whose access was verified (never a key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_arn: Option<Word>,
     /// The ConfigMap holding the resolved configuration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_name: Option<String>,
     /// The Secret holding the access keys under environment variable names (key auth only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_name: Option<String>,
     /// When access was verified with the result these conditions show. A periodic check that
     /// finds nothing changed does not rewrite the status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
     /// Fingerprint of the inputs last verified (spec and referenced objects' versions), so a restart
     /// need not re-verify unchanged stores at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_inputs: Option<String>,
 }

@@ -22,12 +22,12 @@ pub const ZENML_SYNCED: &str = "ZenmlSynced";
 pub const SCOPED_CREDENTIALS: &str = "ScopedCredentials";
 
 /// A condition of an object's status, as `metav1.Condition`.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub last_transition_time: Time,
     pub message: Word,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     pub reason: Word,
     pub status: Word,

@@ -10,6 +10,7 @@ use super::validation;
 
 /// An artifact store combined with an orchestrator, as ZenML's stacks are.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one printcolumn(...) per column
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "artifacts.dev",
@@ -61,16 +62,13 @@ pub struct StackSpec {
     #[serde(default)]
     pub outputs: Outputs,
     /// Extra proof that the orchestrator's pods can use the store.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
     /// Register the stack in a ZenML server: its S3 artifact store (with the store's keys in a
     /// ZenML secret, or none with implicit auth), its kubernetes orchestrator and the stack. The
     /// operator keeps them as declared and removes them when the Stack goes or this field does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zenml: Option<Box<Zenml>>,
     /// Which credentials the orchestrator's pods get: the store's own (`Shared`, the default) or
     /// short-lived ones of their own, limited to a prefix (`Scoped`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Box<ScopedCredentials>>,
 }
 
@@ -82,6 +80,7 @@ impl StackSpec {
 }
 
 /// The credentials the Stack's pods get.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopedCredentials {
@@ -97,7 +96,6 @@ pub struct ScopedCredentials {
     pub access: Access,
     /// The credentials' lifetime, from `15m` to `12h`. Defaults to `1h`. Argo steps read them when
     /// they start: keep it at least three times the longest step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 16))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^([0-9]{1,3}h)?([0-9]{1,4}m)?([0-9]{1,6}s)?$') && self != '' && duration(self) >= duration('15m') && duration(self) <= duration('12h')", "message": "duration must be like 15m, 1h or 2h30m, from 15m to 12h"}
@@ -106,7 +104,6 @@ pub struct ScopedCredentials {
     /// The prefix below the store's path that the credentials reach, for example `team-a`: a
     /// literal key prefix (no `*`, `?` or `$`, which IAM reads as patterns). Defaults to the
     /// store's path itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": r"self.matches('^[A-Za-z0-9!_.()-]+(/[A-Za-z0-9!_.()-]+)*$') && !self.split('/').exists(p, p == '.' || p == '..')", "message": "prefix must be key parts of letters, digits and ! _ . ( ) - joined by /, without . or .. parts or a leading or trailing /; * ? and $ are refused because IAM reads them as patterns in the session policy"}
@@ -115,7 +112,6 @@ pub struct ScopedCredentials {
     /// On AWS: the IAM role the store's keys assume (its policies, cut down by the session
     /// policy). Unset against an S3-compatible server whose STS issues sessions of the store's own
     /// user (MinIO).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 20, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": r"self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\\w+=,.@/-]+$')", "message": "roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/ml-pipelines"}
@@ -140,6 +136,7 @@ pub enum Access {
 }
 
 /// A ZenML server and the names the stack and its components get there.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Zenml {
@@ -154,24 +151,22 @@ pub struct Zenml {
     pub api_key_secret_ref: ApiKeySecretRef,
     /// The ZenML project the stack's pipelines run in; it must exist. Defaults to `default`.
     /// (ZenML 0.98 keeps stacks, components and secrets server-wide, not per project.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::zenml_name)]
     pub project: Option<String>,
     /// The ZenML stack's name, and that of its artifact store and orchestrator components.
     /// Defaults to `NAMESPACE-NAME` of this Stack.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::zenml_name)]
     pub stack_name: Option<String>,
 }
 
 /// A key of a Secret in the Stack's namespace.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ApiKeySecretRef {
     /// Name of the Secret.
     #[schemars(transform = validation::object_name)]
     pub name: String,
     /// The key holding the API key. Defaults to `api-key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = validation::data_key)]
     pub key: Option<String>,
 }
@@ -205,6 +200,7 @@ pub struct ArtifactStoreRef {
 }
 
 /// The orchestrator and the identity its pods run as.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -228,7 +224,6 @@ pub struct Orchestrator {
     /// components {CONTAINER_REGISTRY}`): with it, the registered stack and `zenml-stack.yaml` carry
     /// a `default` container registry component with this URI. The nodes pull from it as the
     /// ServiceAccount's `imagePullSecrets` allow.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_registry: Option<ContainerRegistry>,
 }
 
@@ -311,33 +306,28 @@ pub enum OutputFormat {
 }
 
 /// Observed state of a Stack.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StackStatus {
     /// The generation the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, and with `verification.inPod` `WorkloadAccessVerified`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The ConfigMap holding the renderings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_name: Option<String>,
     /// SHA-256 of the ConfigMap's data, also set as its `artifacts.dev/content-hash` annotation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
     /// With `verification.inPod`: what the `WorkloadAccessVerified` condition's check ran with (a
     /// hash of the ConfigMap, the ServiceAccount, the credentials and the image), so that the check
     /// runs again only when one of them changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_check: Option<String>,
     /// With `zenml`: what the operator made in the ZenML server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zenml: Option<Box<ZenmlStatus>>,
     /// With `credentials.mode: Scoped`: the session credentials the pods have, and when they are
     /// renewed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Box<CredentialsStatus>>,
 }
 
@@ -362,28 +352,23 @@ pub struct CredentialsStatus {
 }
 
 /// The ZenML objects the operator made for the Stack, and what it needs to remove them.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ZenmlStatus {
     /// The server they are in.
     pub url: String,
     /// The ZenML stack's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_id: Option<String>,
     /// The stack's name in ZenML (`zenml stack set NAME`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_name: Option<String>,
     /// The S3 artifact store component's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_store_id: Option<String>,
     /// The kubernetes orchestrator component's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orchestrator_id: Option<String>,
     /// The container registry component's id (with `orchestrator.containerRegistry`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_registry_id: Option<String>,
     /// The ZenML secret holding the store's keys (key auth only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_id: Option<String>,
     /// The API key the objects were made with, to remove them once `spec.zenml` is gone.
     pub api_key_secret_ref: ApiKeySecretRef,
