@@ -234,7 +234,8 @@ struct Ramp<'a> {
     /// The object's kind, as the report names one.
     kind: &'a str,
     all_ready: Duration,
-    /// The write floor and the objects' own applies, one after the other.
+    /// The raw write floor, and the objects' own applies with nobody reconciling them: the full
+    /// floor is the two one after the other.
     floor: Duration,
     applies: Duration,
     /// The floor's writes per object.
